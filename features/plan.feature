@@ -1,0 +1,19 @@
+Feature: rbee plan shows what would change, Terraform-style
+
+  Background:
+    Given a hive.yaml with one local hive "box" serving model "smol" with 2 replicas
+
+  Scenario: plan shows the cold start
+    Given nothing runs on hive "box"
+    When I run rbee plan with --detailed-exitcode
+    Then the plan installs and starts hive "box"
+    And the plan adds model "smol" to hive "box"
+    And the plan starts 2 workers of "smol"
+    And the plan ends with "Plan: 4 to add, 0 to change, 0 to destroy."
+    And rbee exits with 2
+
+  Scenario: a matching fleet plans no changes
+    Given hive "box" runs model "smol" with 2 idle workers
+    When I run rbee plan with --detailed-exitcode
+    Then the plan ends with "No changes. Live state matches hive.yaml."
+    And rbee exits with 0

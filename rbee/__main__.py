@@ -1,0 +1,3 @@
+from rbee.cli import main
+
+main()

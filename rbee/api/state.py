@@ -1,0 +1,100 @@
+"""What is live: the body of a hive's `GET /v1/state`, and the observation the queen and keeper make of
+every hive (which may be that it did not answer, and why).
+
+These are read, never remembered: an observation describes one moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class WorkerState(StrEnum):
+    LOADING = "loading"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    @property
+    def is_running(self) -> bool:
+        """Counts towards a replica count: it holds the model or is about to."""
+        return self in (WorkerState.LOADING, WorkerState.IDLE, WorkerState.BUSY)
+
+
+class CatalogEntry(Frozen):
+    name: str
+    source: str
+    format: str
+    size_bytes: int = 0
+    sha256: str | None = None
+    managed: bool = True
+    """False for a model someone put on the hive by hand: rbee never removes what it did not create."""
+
+
+class WorkerInfo(Frozen):
+    id: str
+    model: str
+    backend: str
+    """The backend the worker runs (never `auto`)."""
+    requested_backend: str = "auto"
+    """The backend hive.yaml asked for, so `auto` workers match their spec."""
+    device: str = "cpu"
+    requested_device: str = "auto"
+    state: WorkerState
+    pid: int | None = None
+    port: int | None = None
+    reason: str | None = None
+    managed: bool = True
+
+
+class HiveState(Frozen):
+    """What a hive daemon reports about itself."""
+
+    name: str
+    version: str
+    backends: tuple[str, ...] = ()
+    catalog: tuple[CatalogEntry, ...] = ()
+    workers: tuple[WorkerInfo, ...] = ()
+
+
+class HiveStatus(StrEnum):
+    RUNNING = "running"
+    """The daemon answered `GET /v1/state`."""
+    DOWN = "down"
+    """The machine answered but the daemon did not (connection refused): it is stopped or not installed."""
+    UNREACHABLE = "unreachable"
+    """Nothing answered in time: the machine is off, cut off, or the address is wrong."""
+
+
+class HiveObservation(Frozen):
+    name: str
+    status: HiveStatus
+    reason: str = ""
+    installed: bool | None = None
+    """Whether rbee is installed there; None when that could not be seen."""
+    state: HiveState | None = None
+    managed: bool = True
+    seen_before: bool = False
+    """rbee has seen this hive running before (the queen's registry says so). An unreachable hive that was
+    never seen is planned from scratch, like any new resource; one seen before waits until it answers."""
+
+
+class ObservedState(Frozen):
+    hives: tuple[HiveObservation, ...] = ()
+
+    def hive(self, name: str) -> HiveObservation | None:
+        return next((hive for hive in self.hives if hive.name == name), None)
+
+    def workers(self) -> Iterator[tuple[str, WorkerInfo]]:
+        for hive in self.hives:
+            for worker in hive.state.workers if hive.state else ():
+                yield hive.name, worker

@@ -1,0 +1,150 @@
+"""Rules across hive.yaml's sections: names are unique, workers name models and hives that exist, each
+worker's backend can run its model, no two hives claim one address.
+
+Each problem is a location in the document (as pydantic writes locations) and one sentence.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from rbee.spec.schema import Backend, HiveFile, ModelKind, ModelSpec, WorkerSpec
+from rbee.spec.source import ModelFormat
+
+Location = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    location: Location
+    message: str
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+BACKENDS_FOR_FORMAT: dict[ModelFormat, frozenset[Backend]] = {
+    ModelFormat.GGUF: frozenset({Backend.GGUF, Backend.CTRANSFORMERS}),
+    ModelFormat.SAFETENSORS: frozenset({Backend.TORCH, Backend.MLX, Backend.EMBED}),
+    ModelFormat.MLX: frozenset({Backend.MLX}),
+}
+
+
+def check(spec: HiveFile) -> list[Problem]:
+    if not spec.hives:
+        return [Problem(("hives",), "no hives are defined; add at least one, e.g. {name: local}")]
+    return [
+        *_unique_names("hives", [hive.name for hive in spec.hives]),
+        *_unique_names("models", [model.name for model in spec.models]),
+        *_unique_addresses(spec),
+        *_api_key_scopes(spec),
+        *_workers(spec),
+    ]
+
+
+def _unique_names(section: str, names: list[str]) -> Iterator[Problem]:
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if name in first:
+            yield Problem(
+                (section, index, "name"),
+                f"the name '{name}' is already used by {section}[{first[name]}]; names must be unique",
+            )
+        first.setdefault(name, index)
+
+
+def _unique_addresses(spec: HiveFile) -> Iterator[Problem]:
+    seen: dict[tuple[str, str], str] = {}
+    names: set[str] = set()
+    for index, hive in enumerate(spec.hives):
+        if hive.name in names:
+            continue  # reported as a duplicate name already
+        names.add(hive.name)
+        machine = "this machine" if hive.ssh is None else f"{hive.ssh.host}"
+        port = hive.listen_address.rpartition(":")[2]
+        key = (machine, port)
+        if key in seen:
+            yield Problem(
+                ("hives", index, "listen"),
+                f"hive '{hive.name}' would listen on port {port} of {machine} like hive '{seen[key]}'; "
+                "give one of them another listen port",
+            )
+        seen.setdefault(key, hive.name)
+
+
+def _api_key_scopes(spec: HiveFile) -> Iterator[Problem]:
+    known = {model.name for model in spec.models}
+    for key_index, key in enumerate(spec.queen.api_keys):
+        for model_index, name in enumerate(key.models or ()):
+            if name not in known:
+                yield Problem(
+                    ("queen", "api_keys", key_index, "models", model_index),
+                    f"API key {key.env} is scoped to unknown model '{name}'{did_you_mean(name, known)}",
+                )
+
+
+def _workers(spec: HiveFile) -> Iterator[Problem]:
+    models = {model.name: model for model in spec.models}
+    hives = {hive.name: hive for hive in spec.hives}
+    seen: dict[tuple[str, str, str, str], int] = {}
+    for index, worker in enumerate(spec.workers):
+        model = models.get(worker.model)
+        if model is None:
+            hint = did_you_mean(worker.model, models) or f"; define it under models: (known: {_names(models)})"
+            yield Problem(("workers", index, "model"), f"unknown model '{worker.model}'{hint}")
+        hive = hives.get(worker.hive)
+        if hive is None:
+            hint = did_you_mean(worker.hive, hives) or f"; define it under hives: (known: {_names(hives)})"
+            yield Problem(("workers", index, "hive"), f"unknown hive '{worker.hive}'{hint}")
+        key = (worker.model, worker.hive, str(worker.backend), worker.device)
+        if key in seen:
+            yield Problem(
+                ("workers", index),
+                f"workers[{seen[key]}] already runs model '{worker.model}' on hive '{worker.hive}' with the "
+                "same backend and device; merge the two entries into one replica count",
+            )
+        seen.setdefault(key, index)
+        if model is not None:
+            yield from _backend_fits(index, worker, model)
+        pinned = hive.backends if hive is not None and hive.backends != "auto" else None
+        if pinned is not None and worker.backend != "auto" and worker.backend not in pinned:
+            names = ", ".join(str(backend) for backend in pinned)
+            yield Problem(
+                ("workers", index, "backend"),
+                f"hive '{worker.hive}' pins backends [{names}]; add {worker.backend} there or use one of them",
+            )
+
+
+def _backend_fits(index: int, worker: WorkerSpec, model: ModelSpec) -> Iterator[Problem]:
+    if worker.backend == "auto":
+        return
+    backend = Backend(worker.backend)
+    if model.kind is ModelKind.EMBEDDING and backend is not Backend.EMBED:
+        yield Problem(
+            ("workers", index, "backend"),
+            f"model '{model.name}' is an embedding model and runs only on the embed backend, not {backend}",
+        )
+        return
+    if model.kind is ModelKind.TEXT and backend is Backend.EMBED:
+        yield Problem(
+            ("workers", index, "backend"),
+            f"the embed backend serves embedding models, and '{model.name}' is a text model; "
+            "use auto, or set kind: embedding on the model",
+        )
+        return
+    fmt = model.resolved_format
+    if backend not in BACKENDS_FOR_FORMAT[fmt]:
+        allowed = ", ".join(sorted(BACKENDS_FOR_FORMAT[fmt]))
+        yield Problem(
+            ("workers", index, "backend"),
+            f"model '{model.name}' is {fmt} and the {backend} backend cannot load it; use auto or one of: {allowed}",
+        )
+
+
+def _names(items: Iterable[str]) -> str:
+    names = ", ".join(items)
+    return names or "none yet"

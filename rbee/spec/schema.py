@@ -1,0 +1,251 @@
+"""The hive.yaml schema: pydantic models that reject unknown keys and describe themselves as JSON Schema.
+
+Field-level rules live here; rules that span sections (a worker naming a model) live in `checks`.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+)
+
+from rbee.spec import source as source_mod
+
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+Name = Annotated[str, StringConstraints(pattern=DNS_LABEL)]
+"""A DNS label: lowercase letters, digits and hyphens, 1-63 characters, no hyphen at either end."""
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _parse_duration(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '5m', '1h'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if not match:
+            raise ValueError(f"'{value}' is not a duration; write seconds or a string like '30s', '5m', '1h'")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[
+    float,
+    Field(ge=0),
+    BeforeValidator(_parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}),
+]
+
+
+def _check_address(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{value}' is not a listen address; write host:port, e.g. 127.0.0.1:9200")
+    return value
+
+
+Address = Annotated[str, BeforeValidator(_check_address)]
+
+
+class Backend(StrEnum):
+    GGUF = "gguf"
+    TORCH = "torch"
+    MLX = "mlx"
+    EMBED = "embed"
+    CTRANSFORMERS = "ctransformers"
+
+
+class ModelKind(StrEnum):
+    TEXT = "text"
+    EMBEDDING = "embedding"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKeyRef(Strict):
+    """An API key the queen accepts, read at start from an environment variable; never written inline."""
+
+    env: Annotated[str, StringConstraints(pattern=ENV_NAME)] = Field(
+        description="Name of the environment variable that holds the key."
+    )
+    models: tuple[Name, ...] | None = Field(
+        default=None, description="Models this key may use; omitted means all models."
+    )
+
+
+def _refuse_inline_key(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError("API keys are never written inline; write {env: VARIABLE_NAME} and export the key there")
+    return value
+
+
+class QueenSpec(Strict):
+    listen: Address = "127.0.0.1:8080"
+    reconcile_interval: Seconds = 30.0
+    heartbeat_interval: Seconds = 30.0
+    api_keys: tuple[Annotated[ApiKeyRef, BeforeValidator(_refuse_inline_key)], ...] = ()
+
+
+class HostKeyPolicy(StrEnum):
+    STRICT = "strict"
+    ACCEPT_NEW = "accept-new"
+
+
+class SshConnection(Strict):
+    host: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]+$", max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] | None = None
+    key: str | None = Field(default=None, description="Private key path; omitted means the SSH agent.")
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
+
+
+class SshBlock(Strict):
+    ssh: SshConnection
+
+
+LOCAL: Literal["local"] = "local"
+
+
+def _connection_tag(value: Any) -> str | None:
+    if value == LOCAL:
+        return "local"
+    return "ssh-connection" if isinstance(value, dict | SshBlock) else None
+
+
+Connection = Annotated[
+    Annotated[Literal["local"], Tag("local")] | Annotated[SshBlock, Tag("ssh-connection")],
+    Discriminator(
+        _connection_tag,
+        custom_error_type="connection",
+        custom_error_message="connection is 'local' or a mapping 'ssh: {host: ...}'",
+    ),
+]
+
+UNION_TAGS = frozenset({"local", "ssh-connection", "auto", "pinned"})
+"""Tags of hive.yaml's tagged unions; they appear in validation locations and are not field names."""
+
+
+def _backends_tag(value: Any) -> str:
+    return "auto" if isinstance(value, str) else "pinned"
+
+
+Backends = Annotated[
+    Annotated[Literal["auto"], Tag("auto")] | Annotated[tuple[Backend, ...], Tag("pinned")],
+    Discriminator(_backends_tag),
+]
+
+
+class HiveSpec(Strict):
+    name: Name
+    connection: Connection = LOCAL
+    backends: Backends = "auto"
+    listen: Address | None = Field(
+        default=None,
+        description="Where the hive daemon listens; defaults to 127.0.0.1:9200 (local) or 0.0.0.0:9200 (ssh).",
+    )
+    data_dir: str = "~/.local/share/rbee"
+
+    @property
+    def ssh(self) -> SshConnection | None:
+        return self.connection.ssh if isinstance(self.connection, SshBlock) else None
+
+    @property
+    def listen_address(self) -> str:
+        if self.listen:
+            return self.listen
+        return "127.0.0.1:9200" if self.ssh is None else "0.0.0.0:9200"
+
+    @property
+    def api_url(self) -> str:
+        """Where the queen reaches this hive's HTTP API."""
+        host, _, port = self.listen_address.rpartition(":")
+        if self.ssh is not None and host in ("0.0.0.0", "::"):
+            host = self.ssh.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    def describe_connection(self) -> str:
+        ssh = self.ssh
+        if ssh is None:
+            return "local"
+        user = f"{ssh.user}@" if ssh.user else ""
+        return f"ssh {user}{ssh.host}:{ssh.port}"
+
+
+class ModelSpec(Strict):
+    name: Name
+    source: str = Field(description="hf://org/repo[/file][@revision], file:///path or pypi://package/path")
+    format: Literal["auto"] | source_mod.ModelFormat = "auto"
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    kind: ModelKind = ModelKind.TEXT
+    idle_timeout: Seconds = Field(default=300.0, description="Stop a worker idle this long; 0 means never.")
+
+    @field_validator("source")
+    @classmethod
+    def _valid_source(cls, value: str) -> str:
+        source_mod.parse_source(value)
+        return value
+
+    @property
+    def parsed_source(self) -> source_mod.ModelSource:
+        return source_mod.parse_source(self.source)
+
+    @property
+    def resolved_format(self) -> source_mod.ModelFormat:
+        if self.format != "auto":
+            return source_mod.ModelFormat(self.format)
+        return self.parsed_source.guess_format()
+
+
+class WorkerSpec(Strict):
+    model: str
+    hive: str
+    backend: Literal["auto"] | Backend = "auto"
+    device: Annotated[str, StringConstraints(pattern=r"^(auto|cpu|metal|cuda(:\d+)?)$")] = "auto"
+    replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    idle_timeout: Seconds | None = Field(default=None, description="Overrides the model's idle_timeout.")
+
+
+class HiveFile(Strict):
+    """The whole of hive.yaml."""
+
+    version: Literal[1] = 1
+    queen: QueenSpec = QueenSpec()
+    hives: tuple[HiveSpec, ...]
+    models: tuple[ModelSpec, ...] = ()
+    workers: tuple[WorkerSpec, ...] = ()
+
+    def hive(self, name: str) -> HiveSpec | None:
+        return next((hive for hive in self.hives if hive.name == name), None)
+
+    def model(self, name: str) -> ModelSpec | None:
+        return next((model for model in self.models if model.name == name), None)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = HiveFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "rbee hive.yaml"
+    return schema

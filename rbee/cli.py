@@ -113,5 +113,56 @@ def version() -> None:
     out.print(f"rbee {__version__}")
 
 
+hive_app = typer.Typer(help="The hive daemon (started on each machine by `rbee apply`).", no_args_is_help=True)
+worker_app = typer.Typer(help="A worker process (started by its hive).", no_args_is_help=True)
+app.add_typer(hive_app, name="hive")
+app.add_typer(worker_app, name="worker")
+
+
+@hive_app.command("serve")
+def hive_serve(
+    config: Annotated[Path, typer.Option(help="The hive.json written by the install step.")],
+) -> None:
+    """Run the hive daemon in the foreground."""
+    from rbee.hive import config as hive_config
+    from rbee.hive import server
+
+    server.serve(hive_config.load(config))
+
+
+@worker_app.command("serve")
+def worker_serve(
+    worker_id: Annotated[str, typer.Option("--id")],
+    model: Annotated[str, typer.Option()],
+    model_path: Annotated[str, typer.Option()],
+    backend: Annotated[str, typer.Option()] = "gguf",
+    device: Annotated[str, typer.Option()] = "cpu",
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8001,
+    hive_url: Annotated[str | None, typer.Option()] = None,
+    token_file: Annotated[str | None, typer.Option()] = None,
+    parent_pid: Annotated[int | None, typer.Option()] = None,
+    threads: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run one worker in the foreground."""
+    from rbee.worker import server
+
+    server.serve(
+        server.WorkerOptions(
+            worker_id=worker_id,
+            model=model,
+            model_path=model_path,
+            backend=backend,
+            device=device,
+            host=host,
+            port=port,
+            hive_url=hive_url,
+            token=server.token_from_file(token_file),
+            parent_pid=parent_pid,
+            threads=threads,
+        )
+    )
+
+
 def main() -> None:
     app()

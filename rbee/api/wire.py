@@ -1,0 +1,115 @@
+"""Request bodies and stream events that cross process boundaries: queen -> worker, hive <-> worker.
+
+Text generation streams Server-Sent Events:
+    data: {"token": "...", "index": i}
+    ...
+    data: {"done": true, "total_tokens": n, "prompt_tokens": p, "finish_reason": "stop" | "length" | "cancelled"}
+and an error at any point is `event: error` with `data: {"error": "...", "code": "..."}`, never a silent close.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | None = ""
+
+
+class SamplingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_tokens: Annotated[int, Field(ge=1, le=131072)] = 256
+    temperature: Annotated[float, Field(ge=0, le=5)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    top_k: Annotated[int, Field(ge=0)] = 40
+    repeat_penalty: Annotated[float, Field(gt=0, le=10)] = 1.1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+class ExecuteRequest(SamplingOptions):
+    """The body of a worker's `POST /v1/execute`: either a raw prompt or chat messages."""
+
+    request_id: Annotated[str, Field(min_length=1, max_length=128)] = "anonymous"
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ExecuteRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.messages is not None and not self.messages:
+            raise ValueError("'messages' must not be empty")
+        return self
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+
+
+class ReadyReport(BaseModel):
+    """A worker tells its hive it has loaded its model: `POST /v1/workers/{id}/ready`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    port: int
+    backend: str
+    device: str
+    load_seconds: float = 0.0
+
+
+def sse(data: dict[str, Any], event: str | None = None) -> bytes:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def token_event(token: str, index: int) -> bytes:
+    return sse({"token": token, "index": index})
+
+
+def done_event(total_tokens: int, prompt_tokens: int, finish_reason: FinishReason) -> bytes:
+    return sse(
+        {"done": True, "total_tokens": total_tokens, "prompt_tokens": prompt_tokens, "finish_reason": finish_reason}
+    )
+
+
+def error_event(message: str, code: str = "worker_error") -> bytes:
+    return sse({"error": message, "code": code}, event="error")
+
+
+def error_body(message: str, code: str) -> dict[str, Any]:
+    """A JSON error for hive and worker endpoints: one sentence and a machine-readable code."""
+    return {"error": {"message": message, "code": code}}
+
+
+class ModelRequest(BaseModel):
+    """The body of a hive's `POST /v1/models`: put this model in the catalog."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    source: str
+    format: str = "auto"
+    sha256: str | None = None
+    kind: str = "text"
+
+
+class WorkersRequest(BaseModel):
+    """The body of a hive's `POST /v1/workers`: start this many replicas of a catalog model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    backend: str = "auto"
+    device: str = "auto"
+    replicas: Annotated[int, Field(ge=1, le=1024)] = 1

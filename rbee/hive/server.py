@@ -1,0 +1,253 @@
+"""The hive daemon's HTTP API: `rbee hive serve`.
+
+GET /health (open), and with the cluster token: GET /v1/state, POST /v1/models (SSE progress),
+DELETE /v1/models/{name}, POST /v1/workers, POST /v1/workers/{id}/ready|failed|stop, POST /v1/shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from rbee import __version__
+from rbee.api import wire
+from rbee.api.state import HiveState
+from rbee.hive import provision
+from rbee.hive.catalog import Catalog
+from rbee.hive.config import HiveConfig
+from rbee.hive.supervisor import Supervisor, SupervisorError
+
+log = logging.getLogger("rbee.hive")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Hive:
+    def __init__(self, config: HiveConfig) -> None:
+        self.config = config
+        self.catalog = Catalog(config.root / "hive.db")
+        ended = self.catalog.end_orphaned_workers()
+        if ended:
+            log.info("%d workers of an earlier daemon are recorded as stopped", ended)
+        self.supervisor = Supervisor(config, self.catalog)
+        self.token = config.token()
+        self.server: uvicorn.Server | None = None
+        self._model_locks: dict[str, asyncio.Lock] = {}
+
+    def state(self) -> HiveState:
+        return HiveState(
+            name=self.config.name,
+            version=__version__,
+            backends=("gguf",),
+            catalog=tuple(record.entry() for record in self.catalog.models()),
+            workers=tuple(self.supervisor.infos()),
+        )
+
+    async def shutdown(self) -> None:
+        await self.supervisor.stop_all()
+        if self.server is not None:
+            self.server.should_exit = True
+
+
+def error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse(wire.error_body(message, code), status)
+
+
+async def parse(request: Request, model: type[pydantic.BaseModel]) -> Any:
+    try:
+        return model.model_validate_json(await request.body())
+    except pydantic.ValidationError as failure:
+        item = failure.errors()[0]
+        where = ".".join(str(part) for part in item["loc"])
+        raise BadRequest(f"{where + ': ' if where else ''}{item['msg']}") from None
+
+
+class BadRequest(Exception):
+    pass
+
+
+def create_app(hive: Hive) -> Starlette:
+    def guarded(handler: Handler) -> Handler:
+        async def check(request: Request) -> Response:
+            if hive.token is not None:
+                given = request.headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {hive.token}".encode()):
+                    return error(401, "missing or wrong cluster token", "unauthorized")
+            try:
+                return await handler(request)
+            except BadRequest as bad:
+                return error(400, str(bad), "invalid_request")
+
+        return check
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "name": hive.config.name, "version": __version__})
+
+    async def get_state(request: Request) -> Response:
+        return Response(hive.state().model_dump_json(), media_type="application/json")
+
+    async def add_model(request: Request) -> Response:
+        body: wire.ModelRequest = await parse(request, wire.ModelRequest)
+        return StreamingResponse(_provision(hive, body), media_type="text/event-stream")
+
+    async def remove_model(request: Request) -> Response:
+        name = request.path_params["name"]
+        record = hive.catalog.model(name)
+        if record is None:
+            return error(404, f"model {name} is not in this hive's catalog", "not_found")
+        users = hive.supervisor.uses_model(name)
+        if users:
+            return error(409, f"model {name} is used by workers {', '.join(users)}; stop them first", "in_use")
+        hive.catalog.delete_model(name)
+        if record.owns_files:
+            folder = hive.config.models_dir / name
+            await asyncio.to_thread(_remove_tree, folder)
+        return JSONResponse({"removed": name, "freed_bytes": record.size_bytes if record.owns_files else 0})
+
+    async def start_workers(request: Request) -> Response:
+        body: wire.WorkersRequest = await parse(request, wire.WorkersRequest)
+        record = hive.catalog.model(body.model)
+        if record is None:
+            return error(404, f"model {body.model} is not in this hive's catalog; add it first", "not_found")
+        try:
+            ids = hive.supervisor.spawn(record, body.backend, body.device, body.replicas)
+        except SupervisorError as failure:
+            return error(422, str(failure), "unsupported")
+        return JSONResponse({"workers": ids}, 202)
+
+    async def worker_ready(request: Request) -> Response:
+        report: wire.ReadyReport = await parse(request, wire.ReadyReport)
+        try:
+            hive.supervisor.mark_ready(request.path_params["id"])
+        except KeyError:
+            return error(404, f"no worker {request.path_params['id']} on this hive", "not_found")
+        return JSONResponse({"ok": True, "port": report.port})
+
+    async def worker_failed(request: Request) -> Response:
+        body = await request.json() if await request.body() else {}
+        try:
+            hive.supervisor.mark_failed(request.path_params["id"], str(body.get("reason", "no reason given")))
+        except KeyError:
+            return error(404, f"no worker {request.path_params['id']} on this hive", "not_found")
+        return JSONResponse({"ok": True})
+
+    async def stop_worker(request: Request) -> Response:
+        try:
+            await hive.supervisor.stop(request.path_params["id"])
+        except KeyError:
+            return error(404, f"no worker {request.path_params['id']} on this hive", "not_found")
+        return JSONResponse({"stopped": request.path_params["id"]})
+
+    async def shutdown(request: Request) -> Response:
+        asyncio.get_running_loop().create_task(hive.shutdown())
+        return JSONResponse({"state": "stopping"}, 202)
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/state", guarded(get_state)),
+            Route("/v1/models", guarded(add_model), methods=["POST"]),
+            Route("/v1/models/{name}", guarded(remove_model), methods=["DELETE"]),
+            Route("/v1/workers", guarded(start_workers), methods=["POST"]),
+            Route("/v1/workers/{id}/ready", guarded(worker_ready), methods=["POST"]),
+            Route("/v1/workers/{id}/failed", guarded(worker_failed), methods=["POST"]),
+            Route("/v1/workers/{id}/stop", guarded(stop_worker), methods=["POST"]),
+            Route("/v1/shutdown", guarded(shutdown), methods=["POST"]),
+        ]
+    )
+
+
+async def _provision(hive: Hive, body: wire.ModelRequest) -> AsyncIterator[bytes]:
+    lock = hive._model_locks.setdefault(body.name, asyncio.Lock())
+    async with lock:
+        existing = hive.catalog.model(body.name)
+        if existing and existing.source == body.source and (body.sha256 in (None, existing.sha256)):
+            yield wire.sse({"done": True, "entry": existing.entry().model_dump(), "already": True})
+            return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def report(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        task = asyncio.create_task(asyncio.to_thread(provision.provision, body, hive.config.models_dir, report))
+        last_sent = 0.0
+        while not task.done() or not queue.empty():
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                event = getter.result()
+                now = loop.time()
+                if event.get("stage") != "download" or now - last_sent > 0.2 or event["bytes"] == event["total"]:
+                    last_sent = now
+                    yield wire.sse(event)
+            else:
+                getter.cancel()
+        try:
+            record = task.result()
+        except provision.ProvisionError as failure:
+            yield wire.error_event(f"model {body.name}: {failure}", "provision_failed")
+            return
+        except Exception as failure:
+            log.exception("provisioning %s failed", body.name)
+            yield wire.error_event(f"model {body.name}: {failure}", "provision_failed")
+            return
+        if existing and existing.owns_files and existing.path != record.path:
+            await asyncio.to_thread(_remove_tree, Path(existing.path))
+        hive.catalog.put_model(record)
+        yield wire.sse({"done": True, "entry": record.entry().model_dump()})
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def serve(config: HiveConfig) -> None:
+    config.logs_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s hive %(levelname)s %(message)s")
+    hive = Hive(config)
+    app = create_app(hive)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    hive.server = server
+
+    async def main() -> None:
+        hive.supervisor.start()
+        loop = asyncio.get_running_loop()
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: loop.create_task(hive.shutdown()))
+        await serving
+        await hive.supervisor.stop_all()
+
+    log.info("hive %s listening on %s (pid %d)", config.name, config.listen, os.getpid())
+    asyncio.run(main())
+    hive.catalog.close()

@@ -1,0 +1,282 @@
+"""The worker supervisor: spawns each worker as its own process, learns when it is ready, stops it gently then
+firmly, and notices when one dies. It restarts nothing on its own: replacing workers is the queen's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from rbee.api.state import WorkerInfo, WorkerState
+from rbee.hive.catalog import Catalog, ModelRecord
+from rbee.hive.config import HiveConfig
+
+log = logging.getLogger("rbee.hive")
+FIRST_WORKER_PORT = 8001
+LOAD_TIMEOUT = 600.0
+STOP_GRACE = 10.0
+
+
+class SupervisorError(Exception):
+    """A worker request the hive cannot carry out; the message says why."""
+
+
+@dataclass
+class Worker:
+    id: str
+    model: str
+    backend: str
+    requested_backend: str
+    device: str
+    requested_device: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    state: WorkerState = WorkerState.LOADING
+    reason: str | None = None
+    started: float = 0.0
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            model=self.model,
+            backend=self.backend,
+            requested_backend=self.requested_backend,
+            device=self.device,
+            requested_device=self.requested_device,
+            state=self.state,
+            pid=self.process.pid,
+            port=self.port,
+            reason=self.reason,
+        )
+
+
+def resolve_backend(record: ModelRecord, requested: str) -> str:
+    if requested != "auto":
+        if requested != "gguf":
+            raise SupervisorError(f"the {requested} backend is not available on this hive yet")
+        if record.format != "gguf":
+            raise SupervisorError(f"model {record.name} is {record.format}; the gguf backend loads only GGUF files")
+        return requested
+    if record.format == "gguf":
+        return "gguf"
+    raise SupervisorError(f"model {record.name} is {record.format} and this hive has no backend for it yet")
+
+
+def _set_parent_death_signal() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, config: HiveConfig, catalog: Catalog) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.workers: dict[str, Worker] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._watch = asyncio.get_running_loop().create_task(self._watch_processes())
+
+    def infos(self) -> list[WorkerInfo]:
+        return [worker.info() for worker in self.workers.values() if worker.state is not WorkerState.STOPPED]
+
+    def spawn(self, record: ModelRecord, requested_backend: str, requested_device: str, replicas: int) -> list[str]:
+        """Start `replicas` workers; returns their ids at once (they report ready when loaded).
+
+        Runs on the event loop's thread on purpose: the parent-death signal fires when the thread that forked
+        a child ends, so forking from a short-lived thread would kill the worker with it.
+        """
+        backend = resolve_backend(record, requested_backend)
+        device = "cpu" if requested_device == "auto" else requested_device
+        group = (record.name, requested_backend, requested_device)
+        for worker_id in [w.id for w in self.workers.values() if w.state is WorkerState.FAILED]:
+            failed = self.workers[worker_id]
+            if (failed.model, failed.requested_backend, failed.requested_device) == group:
+                del self.workers[worker_id]  # replaced now; its reason stays in the worker table
+        ids = []
+        for _ in range(replicas):
+            seq = self.catalog.next_worker_seq()
+            worker_id = f"w-{seq}"
+            port = self._free_port()
+            log_path = self.config.logs_dir / f"worker-{worker_id}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            command = [
+                sys.executable,
+                "-m",
+                "rbee",
+                "worker",
+                "serve",
+                "--id",
+                worker_id,
+                "--model",
+                record.name,
+                "--model-path",
+                record.path,
+                "--backend",
+                backend,
+                "--device",
+                device,
+                "--host",
+                self.config.host or "127.0.0.1",
+                "--port",
+                str(port),
+                "--hive-url",
+                self.config.url,
+                "--parent-pid",
+                str(os.getpid()),
+            ]
+            if self.config.token_file:
+                command += ["--token-file", self.config.token_file]
+            with log_path.open("ab") as log_file:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_set_parent_death_signal,
+                )
+            worker = Worker(
+                id=worker_id,
+                model=record.name,
+                backend=backend,
+                requested_backend=requested_backend,
+                device=device,
+                requested_device=requested_device,
+                port=port,
+                process=process,
+                log_path=log_path,
+                started=time.monotonic(),
+            )
+            self.workers[worker_id] = worker
+            self.catalog.record_worker(
+                worker_id,
+                seq,
+                record.name,
+                backend,
+                requested_backend,
+                device,
+                requested_device,
+                str(WorkerState.LOADING),
+                process.pid,
+                port,
+            )
+            ids.append(worker_id)
+            log.info("started %s for %s (pid %d, port %d)", worker_id, record.name, process.pid, port)
+        return ids
+
+    def mark_ready(self, worker_id: str) -> Worker:
+        worker = self._get(worker_id)
+        if worker.state is WorkerState.LOADING:
+            worker.state = WorkerState.IDLE
+            self.catalog.update_worker(worker_id, str(WorkerState.IDLE))
+            log.info("%s is ready after %.1f s", worker_id, time.monotonic() - worker.started)
+        return worker
+
+    def mark_failed(self, worker_id: str, reason: str) -> None:
+        worker = self._get(worker_id)
+        self._fail(worker, reason)
+
+    async def stop(self, worker_id: str) -> None:
+        worker = self._get(worker_id)
+        if worker.state is WorkerState.STOPPED:
+            return
+        worker.state = WorkerState.STOPPING
+        self.catalog.update_worker(worker_id, str(WorkerState.STOPPING))
+        process = worker.process
+        if process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+                    await client.post(
+                        f"http://{self._worker_host()}:{worker.port}/v1/admin/shutdown", headers=self._auth()
+                    )
+            if not await self._wait_exit(process, STOP_GRACE):
+                process.terminate()
+                if not await self._wait_exit(process, 5.0):
+                    process.kill()
+                    await self._wait_exit(process, 5.0)
+        worker.state = WorkerState.STOPPED
+        self.catalog.update_worker(worker_id, str(WorkerState.STOPPED), ended=True)
+        del self.workers[worker_id]
+        log.info("stopped %s", worker_id)
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(worker_id) for worker_id in list(self.workers)))
+
+    def uses_model(self, name: str) -> list[str]:
+        return [w.id for w in self.workers.values() if w.model == name and w.state is not WorkerState.FAILED]
+
+    def _get(self, worker_id: str) -> Worker:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise KeyError(worker_id)
+        return worker
+
+    def _fail(self, worker: Worker, reason: str) -> None:
+        if worker.state in (WorkerState.STOPPING, WorkerState.STOPPED, WorkerState.FAILED):
+            return
+        worker.state = WorkerState.FAILED
+        worker.reason = reason
+        self.catalog.update_worker(worker.id, str(WorkerState.FAILED), reason, ended=True)
+        if worker.process.poll() is None:
+            worker.process.kill()
+        log.warning("%s failed: %s", worker.id, reason)
+
+    async def _watch_processes(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            for worker in list(self.workers.values()):
+                code = worker.process.poll()
+                if code is not None and worker.state in (WorkerState.LOADING, WorkerState.IDLE, WorkerState.BUSY):
+                    self._fail(worker, f"the process exited with code {code}{_last_line(worker.log_path)}")
+                elif worker.state is WorkerState.LOADING and time.monotonic() - worker.started > LOAD_TIMEOUT:
+                    self._fail(worker, f"not ready after {LOAD_TIMEOUT:.0f} s")
+
+    async def _wait_exit(self, process: subprocess.Popen[bytes], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def _auth(self) -> dict[str, str]:
+        token = self.config.token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _worker_host(self) -> str:
+        host = self.config.host
+        return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+    def _free_port(self) -> int:
+        taken = {worker.port for worker in self.workers.values()}
+        for port in range(FIRST_WORKER_PORT, FIRST_WORKER_PORT + 1000):
+            if port in taken or port == self.config.port:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((self._worker_host(), port))
+                except OSError:
+                    continue
+                return port
+        raise SupervisorError(f"no free port from {FIRST_WORKER_PORT} to {FIRST_WORKER_PORT + 999} on this hive")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f": {lines[-1][-300:]}" if lines else ""

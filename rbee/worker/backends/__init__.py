@@ -1,0 +1,48 @@
+"""Engines behind one small protocol: load with progress, generate a stream of text pieces, cancel, unload."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
+
+
+class BackendError(Exception):
+    """A request the engine cannot serve (prompt too long, bad template); the message says why."""
+
+
+@dataclass
+class Generation:
+    """Filled in while a generation runs; read after its iterator is exhausted."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: FinishReason = FinishReason.STOP
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def load(self, progress: Callable[[float], None]) -> None: ...
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
+        """The prompt for a chat, and the stop strings its template implies."""
+        ...
+
+    def generate(
+        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
+    ) -> Iterator[str]: ...
+
+    def unload(self) -> None: ...
+
+
+def create(backend: str, model_path: str, device: str, threads: int | None) -> Backend:
+    if backend == "gguf":
+        from rbee.worker.backends import gguf
+
+        return gguf.GgufBackend(model_path, device=device, threads=threads)
+    raise BackendError(f"the {backend} backend is not available in this rbee yet")

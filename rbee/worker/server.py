@@ -1,0 +1,304 @@
+"""The worker daemon: `rbee worker serve`. One model replica in one process, one request at a time.
+
+States: loading -> idle <-> busy -> stopping. It tells its hive when it is ready (or why it failed), and it
+exits when its hive dies (parent-death signal, and a watchdog on the parent pid where that is unavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import hmac
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydantic
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from rbee.api import wire
+from rbee.api.state import WorkerState
+from rbee.worker import backends
+
+log = logging.getLogger("rbee.worker")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass
+class WorkerOptions:
+    worker_id: str
+    model: str
+    model_path: str
+    backend: str
+    device: str
+    host: str
+    port: int
+    hive_url: str | None
+    token: str | None
+    parent_pid: int | None = None
+    threads: int | None = None
+
+
+@dataclass
+class Runtime:
+    options: WorkerOptions
+    engine: backends.Backend
+    state: WorkerState = WorkerState.LOADING
+    progress: float = 0.0
+    error: str | None = None
+    request_id: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    loop: asyncio.AbstractEventLoop | None = None
+    server: uvicorn.Server | None = None
+
+    def set_state(self, state: WorkerState) -> None:
+        self.state = state
+        self.notify()
+
+    def notify(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    token = runtime.options.token
+
+    def guarded(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def check(request: Request) -> Response:
+            if token is not None:
+                given = request.headers.get("authorization", "")
+                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                    return JSONResponse(wire.error_body("missing or wrong cluster token", "unauthorized"), 401)
+            return await handler(request)
+
+        return check
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "state": str(runtime.state), "id": runtime.options.worker_id})
+
+    async def ready(request: Request) -> Response:
+        is_ready = runtime.state in (WorkerState.IDLE, WorkerState.BUSY)
+        body = {"ready": is_ready, "state": str(runtime.state), "error": runtime.error}
+        return JSONResponse(body, 200 if is_ready else 503)
+
+    async def loading_progress(request: Request) -> Response:
+        async def events() -> AsyncIterator[bytes]:
+            while True:
+                waiter = runtime.changed
+                yield wire.sse({"progress": runtime.progress, "state": str(runtime.state), "error": runtime.error})
+                if runtime.state is not WorkerState.LOADING:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), 1.0)
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def execute(request: Request) -> Response:
+        try:
+            body = wire.ExecuteRequest.model_validate_json(await request.body())
+        except pydantic.ValidationError as error:
+            return JSONResponse(wire.error_body(_first_error(error), "invalid_request"), 400)
+        if runtime.state is WorkerState.LOADING:
+            return JSONResponse(wire.error_body("the model is still loading", "loading"), 503)
+        if runtime.state is not WorkerState.IDLE:
+            return JSONResponse(wire.error_body(f"the worker is {runtime.state}", str(runtime.state)), 503)
+        if body.messages is not None:
+            prompt, template_stops = runtime.engine.render_chat(body.messages)
+            options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
+        else:
+            prompt, options = body.prompt or "", body
+        runtime.request_id = body.request_id
+        runtime.cancel = threading.Event()
+        runtime.set_state(WorkerState.BUSY)
+        return StreamingResponse(_stream(runtime, prompt, options), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def cancel(request: Request) -> Response:
+        try:
+            wanted = json.loads(await request.body() or b"{}").get("request_id")
+        except (ValueError, AttributeError):
+            return JSONResponse(wire.error_body("the body must be JSON", "invalid_request"), 400)
+        hit = runtime.state is WorkerState.BUSY and wanted in (None, runtime.request_id)
+        if hit:
+            runtime.cancel.set()
+        return JSONResponse({"cancelled": hit, "request_id": runtime.request_id})
+
+    async def shutdown(request: Request) -> Response:
+        runtime.set_state(WorkerState.STOPPING)
+        runtime.cancel.set()
+        if runtime.server is not None:
+            runtime.server.should_exit = True
+        return JSONResponse({"state": "stopping"}, 202)
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/ready", guarded(ready)),
+            Route("/v1/loading/progress", guarded(loading_progress)),
+            Route("/v1/execute", guarded(execute), methods=["POST"]),
+            Route("/v1/cancel", guarded(cancel), methods=["POST"]),
+            Route("/v1/admin/shutdown", guarded(shutdown), methods=["POST"]),
+        ]
+    )
+
+
+async def _stream(runtime: Runtime, prompt: str, options: wire.SamplingOptions) -> AsyncIterator[bytes]:
+    """Run the generation in a thread and relay its pieces; a client that goes away cancels it."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    result = backends.Generation()
+    cancel = runtime.cancel
+
+    def produce() -> None:
+        try:
+            for piece in runtime.engine.generate(prompt, options, cancel, result):
+                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+        except backends.BackendError as error:
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", str(error)))
+        except Exception as error:  # an engine crash must still end the stream with an error event
+            log.exception("generation failed")
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", f"generation failed: {error}"))
+
+    thread = threading.Thread(target=produce, name="generate", daemon=True)
+    thread.start()
+    index = 0
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "piece":
+                yield wire.token_event(value, index)
+                index += 1
+            elif kind == "done":
+                yield wire.done_event(result.completion_tokens, result.prompt_tokens, result.finish_reason)
+                return
+            else:
+                yield wire.error_event(value, "generation_failed")
+                return
+    finally:
+        cancel.set()
+        await asyncio.to_thread(thread.join)
+        if runtime.state is WorkerState.BUSY:
+            runtime.request_id = None
+            runtime.set_state(WorkerState.IDLE)
+
+
+def _first_error(error: pydantic.ValidationError) -> str:
+    item = error.errors()[0]
+    where = ".".join(str(part) for part in item["loc"])
+    message = str(item["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def _load(runtime: Runtime) -> None:
+    options = runtime.options
+    started = time.monotonic()
+
+    def progress(fraction: float) -> None:
+        runtime.progress = fraction
+        runtime.notify()
+
+    try:
+        runtime.engine.load(progress)
+    except Exception as error:
+        runtime.error = f"loading {options.model} failed: {error}"
+        log.error(runtime.error)
+        runtime.set_state(WorkerState.FAILED)
+        _tell_hive(options, "failed", {"reason": runtime.error})
+        if runtime.server is not None:
+            runtime.server.should_exit = True
+        return
+    runtime.set_state(WorkerState.IDLE)
+    report = wire.ReadyReport(
+        port=options.port,
+        backend=runtime.engine.name,
+        device=runtime.engine.device,
+        load_seconds=round(time.monotonic() - started, 3),
+    )
+    _tell_hive(options, "ready", report.model_dump())
+
+
+def _tell_hive(options: WorkerOptions, what: str, body: dict[str, Any]) -> None:
+    if not options.hive_url:
+        return
+    headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
+    url = f"{options.hive_url}/v1/workers/{options.worker_id}/{what}"
+    try:
+        httpx.post(url, json=body, headers=headers, timeout=10.0, trust_env=False).raise_for_status()
+    except httpx.HTTPError as error:
+        log.error("could not tell the hive this worker is %s: %s", what, error)
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Exit when the hive that started us exits, even if it is killed outright."""
+    if parent_pid is None:
+        return
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def serve(options: WorkerOptions) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    die_with_parent(options.parent_pid)
+    engine = backends.create(options.backend, options.model_path, options.device, options.threads)
+    runtime = Runtime(options=options, engine=engine)
+    app = create_app(runtime)
+    config = uvicorn.Config(
+        app,
+        host=options.host,
+        port=options.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=3,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    runtime.server = server
+
+    async def main() -> None:
+        runtime.loop = asyncio.get_running_loop()
+        serving = asyncio.create_task(server.serve())
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            threading.Thread(target=_load, args=(runtime,), name="load", daemon=True).start()
+        await serving
+
+    asyncio.run(main())
+    with contextlib.suppress(Exception):
+        engine.unload()
+    if runtime.state is WorkerState.FAILED or not server.started:
+        raise SystemExit(1)
+
+
+def token_from_file(path: str | None) -> str | None:
+    return Path(path).read_text().strip() if path else None

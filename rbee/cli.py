@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from rbee import __version__
+from rbee.apply import executor, processes, queen_process
+from rbee.apply.console import ConsoleReporter
+from rbee.apply.home import Home
 from rbee.observe import hives as observe_hives
 from rbee.plan import planner, render
-from rbee.plan.actions import Symbol
-from rbee.plan.saved import SavedPlan
+from rbee.plan.actions import Plan, Symbol
+from rbee.plan.saved import SavedPlan, observed_digest
 from rbee.spec import load, schema
 
 app = typer.Typer(
@@ -69,7 +76,7 @@ def plan(
     """Show what `rbee apply` would change to make live state match FILE."""
     spec = load_spec(file)
     started = time.monotonic()
-    observed = observe_hives.observe(spec, timeout=timeout)
+    observed = observe_hives.observe(spec, timeout=timeout, token=Home.default().token(create=False))
     elapsed = time.monotonic() - started
     the_plan = planner.make_plan(spec, observed)
     saved = SavedPlan(spec=spec, spec_file=str(file), observed=observed, plan=the_plan)
@@ -82,13 +89,231 @@ def plan(
     else:
         count = len(spec.hives)
         out.print(Text(f"Observed {count} hive{'s' if count != 1 else ''} in {elapsed:.2f} s.\n", style="dim"))
-        for line in render.lines(the_plan, spec, show_unchanged=unchanged):
-            style = STYLES.get(line.symbol) if line.symbol else ("bold" if line.text.startswith("hive ") else "")
-            out.print(Text(line.text, style=style or ""))
+        print_plan(the_plan, spec, unchanged)
         if output is not None:
             out.print(Text(f"\nSaved the plan to {output}; apply it exactly with: rbee apply {output}", style="dim"))
     if detailed_exitcode and the_plan.summary.has_changes:
         raise typer.Exit(2)
+
+
+def print_plan(the_plan: Plan, spec: schema.HiveFile, unchanged: bool = True) -> None:
+    for line in render.lines(the_plan, spec, show_unchanged=unchanged):
+        style = STYLES.get(line.symbol) if line.symbol else ("bold" if line.text.startswith("hive ") else "")
+        out.print(Text(line.text, style=style or ""))
+
+
+def load_target(target: Path, home: Home, timeout: float) -> tuple[schema.HiveFile, Plan, str]:
+    """hive.yaml (plan it now) or a saved plan (check that the world has not moved since)."""
+    token = home.token(create=False)
+    if target.suffix == ".json":
+        try:
+            saved = SavedPlan.from_json(json.loads(target.read_text()))
+        except (OSError, ValueError) as error:
+            fail(f"{target}: {error}")
+        observed = observe_hives.observe(saved.spec, timeout=timeout, token=token)
+        if observed_digest(observed) != observed_digest(saved.observed):
+            fail(f"{target} is stale: live state changed since the plan was made; run rbee plan again.")
+        return saved.spec, saved.plan, saved.spec_file or str(target)
+    spec = load_spec(target)
+    observed = observe_hives.observe(spec, timeout=timeout, token=token)
+    return spec, planner.make_plan(spec, observed), str(target)
+
+
+@app.command()
+def apply(
+    target: Annotated[Path, typer.Argument(help="hive.yaml, or a plan saved with `rbee plan -o`.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each hive.")] = observe_hives.DEFAULT_TIMEOUT,
+) -> None:
+    """Make live state match hive.yaml: install and start hives, fetch models, start workers, run the queen."""
+    home = Home.default()
+    spec, the_plan, source = load_target(target, home, timeout)
+    print_plan(the_plan, spec, unchanged=False)
+    actionable = the_plan.actionable
+    if actionable and not yes:
+        if not sys.stdin.isatty():
+            fail("Refusing to apply without confirmation: there is no terminal to ask on; pass --yes.")
+        if not typer.confirm("Apply these changes?", default=False):
+            fail("Nothing was changed.", code=1)
+    token = home.token(create=True)
+    assert token is not None
+    errors: dict[str, str | None] = {}
+    if actionable:
+        out.print()
+        with ConsoleReporter(out) as reporter:
+            errors = asyncio.run(executor.Executor(spec, token, reporter).execute(the_plan))
+    try:
+        url, started = queen_process.ensure_running(spec, home, token)
+        generation, changed = queen_process.push_spec(url, token, spec, source)
+    except queen_process.QueenError as error:
+        fail(str(error))
+    failed = {key: value for key, value in errors.items() if value}
+    out.print()
+    queen_line = f"queen {'started' if started else 'running'} at {url}, spec generation {generation}"
+    queen_line += " (updated)" if changed else " (unchanged)"
+    if failed:
+        out.print(Text(f"Apply failed for {len(failed)} of {len(errors)} changes; {queen_line}.", style="red"))
+        raise typer.Exit(1)
+    if not actionable:
+        out.print(f"Nothing to change; {queen_line}.")
+    else:
+        out.print(Text(f"Apply complete: {len(errors)} changes made; {queen_line}.", style="green"))
+
+
+@app.command()
+def status(
+    file: Annotated[
+        Path | None, typer.Argument(help="Observe the hives of this hive.yaml instead of asking the queen.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show hives, models and workers with their states."""
+    home = Home.default()
+    token = home.token(create=False)
+    if file is not None:
+        hives = [hive.model_dump(mode="json") for hive in observe_hives.observe(load_spec(file), token=token).hives]
+    else:
+        record = home.queen()
+        if record is None:
+            fail("No queen is running for this RBEE_HOME; run rbee apply, or pass a hive.yaml to observe directly.")
+        try:
+            response = httpx.get(
+                f"{record['url']}/v2/status", headers={"Authorization": f"Bearer {token}"}, timeout=5.0, trust_env=False
+            )
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            fail(f"The queen at {record['url']} does not answer ({error}); run rbee apply to start it.")
+        hives = response.json()["hives"]
+    if as_json:
+        sys.stdout.write(json.dumps({"hives": hives}, indent=2) + "\n")
+        return
+    render_status(hives)
+
+
+def render_status(hives: list[dict[str, Any]]) -> None:
+    table = Table("hive", "status", "version", "reason", box=None)
+    models = Table("hive", "model", "format", "size", "source", box=None)
+    workers = Table("hive", "worker", "model", "backend", "device", "state", "pid", "port", "reason", box=None)
+    for hive in hives:
+        state = hive.get("state") or {}
+        colour = {"running": "green", "down": "yellow"}.get(hive["status"], "red")
+        table.add_row(
+            hive["name"], Text(hive["status"], style=colour), state.get("version", ""), hive.get("reason", "")
+        )
+        for entry in state.get("catalog", []):
+            models.add_row(
+                hive["name"], entry["name"], entry["format"], planner.human_size(entry["size_bytes"]), entry["source"]
+            )
+        for worker in state.get("workers", []):
+            workers.add_row(
+                hive["name"],
+                worker["id"],
+                worker["model"],
+                worker["backend"],
+                worker["device"],
+                worker["state"],
+                str(worker.get("pid") or ""),
+                str(worker.get("port") or ""),
+                worker.get("reason") or "",
+            )
+    out.print(table)
+    if models.row_count:
+        out.print()
+        out.print(models)
+    out.print()
+    out.print(workers if workers.row_count else Text("No workers.", style="dim"))
+
+
+@app.command()
+def infer(
+    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="A model name from hive.yaml.")],
+    max_tokens: Annotated[int, typer.Option(help="At most this many tokens.")] = 256,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    seed: Annotated[int | None, typer.Option()] = None,
+    system: Annotated[str | None, typer.Option(help="A system message.")] = None,
+    queen: Annotated[str | None, typer.Option(help="The queen's URL; defaults to the one rbee apply started.")] = None,
+) -> None:
+    """Stream an answer from MODEL through the queen (API key from $RBEE_API_KEY when the queen needs one)."""
+    url = queen or str((Home.default().queen() or {}).get("url") or "http://127.0.0.1:8080")
+    key = os.environ.get("RBEE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    try:
+        with httpx.Client(
+            base_url=url, headers=headers, timeout=httpx.Timeout(30.0, read=None), trust_env=False
+        ) as client:
+            created = client.post("/v2/tasks", json=body)
+            if created.status_code != 201:
+                fail(f"The queen refused: {_error_text(created)}")
+            with client.stream("GET", created.json()["events"]) as events:
+                event_name = None
+                for line in events.iter_lines():
+                    if line.startswith("event:"):
+                        event_name = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data = json.loads(line[5:])
+                        if event_name == "error":
+                            sys.stdout.write("\n")
+                            fail(f"Inference failed: {data.get('error')}")
+                        if data.get("done"):
+                            sys.stdout.write("\n")
+                            err.print(
+                                Text(f"[{data.get('total_tokens')} tokens, {data.get('finish_reason')}]", style="dim")
+                            )
+                            return
+                        sys.stdout.write(data["token"])
+                        sys.stdout.flush()
+    except httpx.HTTPError as error:
+        fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        error = response.json()["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+@app.command()
+def destroy(
+    file: Annotated[Path, typer.Argument(help="The hive.yaml whose fleet to stop.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Destroy without asking.")] = False,
+    purge: Annotated[bool, typer.Option(help="Also remove rbee's files and downloaded models from each hive.")] = False,
+) -> None:
+    """Stop every worker, every hive and the queen (cascading); with --purge, uninstall too."""
+    spec = load_spec(file)
+    home = Home.default()
+    if not yes:
+        if not sys.stdin.isatty():
+            fail("Refusing to destroy without confirmation: there is no terminal to ask on; pass --yes.")
+        if not typer.confirm(f"Stop all {len(spec.hives)} hives, their workers and the queen?", default=False):
+            fail("Nothing was changed.")
+    token = home.token(create=False) or ""
+    steps = ["stop", "uninstall"] if purge else ["stop"]
+    results = asyncio.run(executor.run_pyinfra(executor.pyinfra_job(spec.hives, steps, token)))
+    failed = False
+    for hive in spec.hives:
+        result = results.get(hive.name, {})
+        if result.get("error"):
+            failed = True
+            out.print(Text(f"  ✗ hive {hive.name}: {result['error']}", style="red"))
+        else:
+            what = "stopped" if result.get("changed") else "was not running"
+            out.print(Text(f"  - hive {hive.name} {what}{' and uninstalled' if purge else ''}", style="red"))
+    if queen_process.stop(home, token):
+        out.print(Text("  - queen stopped", style="red"))
+    left = processes.rbee_processes()
+    if left:
+        out.print(
+            Text("rbee processes still running: " + ", ".join(f"{pid} ({cmd})" for pid, cmd in left), style="red")
+        )
+        raise typer.Exit(1)
+    out.print("Destroy complete. No rbee process remains.")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command("schema")
@@ -115,8 +340,24 @@ def version() -> None:
 
 hive_app = typer.Typer(help="The hive daemon (started on each machine by `rbee apply`).", no_args_is_help=True)
 worker_app = typer.Typer(help="A worker process (started by its hive).", no_args_is_help=True)
+queen_app = typer.Typer(help="The queen daemon (started by `rbee apply`).", no_args_is_help=True)
+app.add_typer(queen_app, name="queen")
 app.add_typer(hive_app, name="hive")
 app.add_typer(worker_app, name="worker")
+
+
+@queen_app.command("serve")
+def queen_serve(
+    state_dir: Annotated[Path, typer.Option(help="Where the queen keeps its SQLite state.")],
+    listen: Annotated[str, typer.Option(help="host:port for the API.")] = "127.0.0.1:8080",
+    token_file: Annotated[Path | None, typer.Option(help="The cluster token.")] = None,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between reads of the hives' state.")] = 1.0,
+) -> None:
+    """Run the queen in the foreground."""
+    from rbee.queen import server
+
+    token = token_file.read_text().strip() if token_file else None
+    server.serve(state_dir, listen, token, poll_interval)
 
 
 @hive_app.command("serve")

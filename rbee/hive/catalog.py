@@ -102,8 +102,15 @@ class Catalog:
         ).fetchall()
         return [
             ModelRecord(
-                name=row[0], source=row[1], format=row[2], kind=row[3], path=row[4], size_bytes=int(row[5]),
-                sha256=row[6], managed=bool(row[7]), owns_files=bool(row[8]),
+                name=row[0],
+                source=row[1],
+                format=row[2],
+                kind=row[3],
+                path=row[4],
+                size_bytes=int(row[5]),
+                sha256=row[6],
+                managed=bool(row[7]),
+                owns_files=bool(row[8]),
             )
             for row in rows
         ]

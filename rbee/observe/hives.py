@@ -87,4 +87,4 @@ def _cause(error: BaseException) -> str:
 def _installed_locally(hive: HiveSpec) -> bool | None:
     if hive.ssh is not None:
         return None
-    return (Path(hive.data_dir).expanduser() / INSTALL_MARKER).is_file()
+    return (Path(hive.data_path).expanduser() / INSTALL_MARKER).is_file()

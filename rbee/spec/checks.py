@@ -60,6 +60,7 @@ def _unique_names(section: str, names: list[str]) -> Iterator[Problem]:
 def _unique_addresses(spec: HiveFile) -> Iterator[Problem]:
     seen: dict[tuple[str, str], str] = {}
     names: set[str] = set()
+    local_dirs: dict[str, str] = {}
     for index, hive in enumerate(spec.hives):
         if hive.name in names:
             continue  # reported as a duplicate name already
@@ -74,6 +75,15 @@ def _unique_addresses(spec: HiveFile) -> Iterator[Problem]:
                 "give one of them another listen port",
             )
         seen.setdefault(key, hive.name)
+        if hive.ssh is None:
+            data = hive.data_path
+            if data in local_dirs:
+                yield Problem(
+                    ("hives", index, "data_dir"),
+                    f"hive '{hive.name}' would share the data dir {data} with hive '{local_dirs[data]}' on this "
+                    "machine; give it its own data_dir",
+                )
+            local_dirs.setdefault(data, hive.name)
 
 
 def _api_key_scopes(spec: HiveFile) -> Iterator[Problem]:

@@ -164,11 +164,15 @@ class HiveSpec(Strict):
         default=None,
         description="Where the hive daemon listens; defaults to 127.0.0.1:9200 (local) or 0.0.0.0:9200 (ssh).",
     )
-    data_dir: str = "~/.local/share/rbee"
+    data_dir: str | None = Field(default=None, description="Defaults to ~/.local/share/rbee/hives/NAME.")
 
     @property
     def ssh(self) -> SshConnection | None:
         return self.connection.ssh if isinstance(self.connection, SshBlock) else None
+
+    @property
+    def data_path(self) -> str:
+        return (self.data_dir or f"~/.local/share/rbee/hives/{self.name}").rstrip("/") or "/"
 
     @property
     def listen_address(self) -> str:

@@ -1,0 +1,75 @@
+"""Live progress of an apply for people: one line per change, download bars and worker readiness on a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from rbee.plan.actions import Change
+from rbee.plan.render import VERBS
+
+
+def describe(change: Change) -> str:
+    target = change.target + (f" x{change.replicas}" if change.replicas else "")
+    return f"{change.symbol} {VERBS[change.action]} {target} on hive {change.hive}"
+
+
+class ConsoleReporter:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.bars = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self.failed = 0
+        self.done = 0
+
+    def __enter__(self) -> ConsoleReporter:
+        if self.live:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.live:
+            self.bars.stop()
+
+    def begin(self, change: Change) -> None:
+        if self.live:
+            self.tasks[change.id] = self.bars.add_task(describe(change), total=None)
+        else:
+            self.console.print(f"  {describe(change)} ...")
+
+    def progress_line(self, change: Change, text: str) -> None:
+        if not self.live:
+            self.console.print(Text(f"    {text}", style="dim"))
+
+    def progress(self, change: Change, data: dict[str, Any]) -> None:
+        task = self.tasks.get(change.id)
+        if "bytes" in data:
+            if task is not None:
+                self.bars.update(task, completed=data["bytes"], total=data.get("total") or None)
+        elif "ready" in data:
+            if task is not None:
+                self.bars.update(task, description=f"{describe(change)} ({data['ready']}/{data['of']} ready)")
+        elif data.get("stage"):
+            self.progress_line(change, f"{data['stage']}: {data.get('detail') or data.get('file') or ''}".rstrip(": "))
+
+    def end(self, change: Change, error: str | None) -> None:
+        task = self.tasks.pop(change.id, None)
+        if task is not None:
+            self.bars.remove_task(task)
+        if error:
+            self.failed += 1
+            self.console.print(Text(f"  ✗ {describe(change)}: {error}", style="red"))
+        else:
+            self.done += 1
+            self.console.print(Text(f"  ✓ {describe(change)}", style="green"))

@@ -1,0 +1,45 @@
+"""pyinfra facts about a hive: a shell command plus a pure parser of its output (tested on recorded output)."""
+
+from __future__ import annotations
+
+from pyinfra.api.facts import FactBase
+
+from rbee.apply import shell
+
+
+class HiveConfigFile(FactBase[str | None]):
+    """The hive.json in a data dir, or None when rbee is not installed there."""
+
+    def command(self, data_dir: str) -> str:
+        config = shell.path(f"{data_dir.rstrip('/')}/hive.json")
+        return f"cat {config} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str | None:
+        return parse_config(output)
+
+
+class HiveProcess(FactBase[int | None]):
+    """The pid of the running hive daemon, from its pidfile, when that pid is alive and is a hive."""
+
+    def command(self, data_dir: str) -> str:
+        pidfile = shell.path(f"{data_dir.rstrip('/')}/hive.pid")
+        return (
+            f"p=$(cat {pidfile} 2>/dev/null); "
+            'if [ -n "$p" ] && kill -0 "$p" 2>/dev/null && ps -p "$p" -o args= | grep -q "hive serve"; '
+            'then echo "$p"; fi; true'
+        )
+
+    def process(self, output: list[str]) -> int | None:
+        return parse_pid(output)
+
+
+def parse_config(output: list[str]) -> str | None:
+    text = "\n".join(output).strip()
+    return text or None
+
+
+def parse_pid(output: list[str]) -> int | None:
+    for line in output:
+        if line.strip().isdigit():
+            return int(line.strip())
+    return None

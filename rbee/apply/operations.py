@@ -1,0 +1,92 @@
+"""rbee's own pyinfra operations for hives. Each reads facts and yields only the commands that close the gap,
+or says why nothing is needed. `deploys/` calls these; so does `rbee apply` (in a subprocess: pyinfra is gevent).
+
+Per-host values come from arguments, or from host data (`rbee_data_dir`, `rbee_config`, `rbee_token`,
+`rbee_python`) so that one call serves every host of an inventory.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Generator
+from typing import Any
+
+from pyinfra.api.operation import operation
+from pyinfra.context import host
+from pyinfra.operations import files
+
+from rbee.apply import shell
+from rbee.apply.facts import HiveConfigFile, HiveProcess
+
+OWNED = ("hive.json", "cluster.token", "hive.db", "hive.db-wal", "hive.db-shm", "hive.pid", "logs", "models")
+"""What rbee creates in a data dir; uninstall removes exactly these."""
+
+
+def _data(name: str, given: Any) -> Any:
+    value = given if given is not None else host.data.get(name)
+    if value is None:
+        raise ValueError(f"no {name} given for host {host.name}")
+    return value
+
+
+@operation()
+def hive_installed(
+    data_dir: str | None = None, config: str | None = None, token: str | None = None
+) -> Generator[Any, None, None]:
+    """The data dir exists (mode 700) with hive.json and the cluster token (mode 600)."""
+    data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
+    config = str(_data("rbee_config", config))
+    token = str(_data("rbee_token", token))
+    current = host.get_fact(HiveConfigFile, data_dir=data_dir)
+    if current is None:
+        root = shell.path(data_dir)
+        yield f"mkdir -p {root} {shell.path(data_dir + '/logs')} {shell.path(data_dir + '/models')} && chmod 700 {root}"
+    elif current.strip() == config.strip():
+        host.noop(f"hive config in {data_dir} is current")
+    yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600")
+    yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/cluster.token", mode="600")
+
+
+@operation()
+def hive_running(data_dir: str | None = None, python: str | None = None) -> Generator[str, None, None]:
+    """The hive daemon runs in the background, detached, with a pidfile and a log in the data dir."""
+    data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
+    python = str(_data("rbee_python", python))
+    pid = host.get_fact(HiveProcess, data_dir=data_dir)
+    if pid is not None:
+        host.noop(f"hive already running (pid {pid})")
+        return
+    root = shell.path(data_dir)
+    config = shell.path(f"{data_dir}/hive.json")
+    log = shell.path(f"{data_dir}/logs/hive.log")
+    pidfile = shell.path(f"{data_dir}/hive.pid")
+    yield (
+        f"cd {root} && nohup setsid {shell.path(python)} -m rbee hive serve --config {config}"
+        f" >> {log} 2>&1 < /dev/null & echo $! > {pidfile}"
+    )
+
+
+@operation()
+def hive_stopped(data_dir: str | None = None, grace_seconds: int = 15) -> Generator[str, None, None]:
+    """No hive daemon runs: SIGTERM (it stops its workers first), then SIGKILL after the grace period."""
+    data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
+    pid = host.get_fact(HiveProcess, data_dir=data_dir)
+    if pid is None:
+        host.noop("hive is not running")
+        return
+    ticks = grace_seconds * 10
+    yield (
+        f"kill -TERM {pid}; i=0; while kill -0 {pid} 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done;"
+        f" kill -KILL {pid} 2>/dev/null; rm -f {shell.path(data_dir + '/hive.pid')}; true"
+    )
+
+
+@operation()
+def hive_uninstalled(data_dir: str | None = None) -> Generator[str, None, None]:
+    """Nothing rbee created is left in the data dir; the dir itself goes if it is then empty."""
+    data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
+    if host.get_fact(HiveConfigFile, data_dir=data_dir) is None:
+        host.noop(f"rbee is not installed in {data_dir}")
+        return
+    owned = " ".join(shell.path(f"{data_dir}/{name}") for name in OWNED)
+    yield f"rm -rf {owned} && (rmdir {shell.path(data_dir)} 2>/dev/null || true)"

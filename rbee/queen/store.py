@@ -1,0 +1,96 @@
+"""The queen's durable state in SQLite (WAL, versioned schema): applied specs with generation numbers, and an
+event log. Live worker state is never stored here: it is observed from the hives.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from rbee.spec.schema import HiveFile
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE specs (
+            generation INTEGER PRIMARY KEY,
+            applied_at REAL NOT NULL,
+            source TEXT NOT NULL,
+            spec TEXT NOT NULL
+        )""",
+        """CREATE TABLE hives_seen (
+            name TEXT PRIMARY KEY,
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )""",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            target TEXT NOT NULL,
+            message TEXT NOT NULL
+        )""",
+    ],
+]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        current = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            if version > current:
+                self._db.execute("BEGIN IMMEDIATE")
+                for statement in statements:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {version}")
+                self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def current_spec(self) -> tuple[int, HiveFile] | None:
+        row = self._db.execute("SELECT generation, spec FROM specs ORDER BY generation DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        return int(row[0]), HiveFile.model_validate_json(row[1])
+
+    def apply_spec(self, spec: HiveFile, source: str) -> tuple[int, bool]:
+        """Store `spec` as the desired state; returns (generation, changed)."""
+        body = spec.model_dump_json()
+        current = self._db.execute("SELECT generation, spec FROM specs ORDER BY generation DESC LIMIT 1").fetchone()
+        if current is not None and json.loads(current[1]) == json.loads(body):
+            return int(current[0]), False
+        generation = (int(current[0]) if current else 0) + 1
+        self._db.execute(
+            "INSERT INTO specs (generation, applied_at, source, spec) VALUES (?, ?, ?, ?)",
+            (generation, time.time(), source, body),
+        )
+        self.log("spec", source, f"applied generation {generation}")
+        return generation, True
+
+    def saw_hive(self, name: str) -> None:
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO hives_seen (name, first_seen, last_seen) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET last_seen = excluded.last_seen",
+            (name, now, now),
+        )
+
+    def seen_hives(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT name FROM hives_seen")}
+
+    def log(self, kind: str, target: str, message: str) -> None:
+        self._db.execute(
+            "INSERT INTO events (at, kind, target, message) VALUES (?, ?, ?, ?)", (time.time(), kind, target, message)
+        )
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT id, at, kind, target, message FROM events ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [dict(zip(("id", "at", "kind", "target", "message"), row, strict=True)) for row in reversed(rows)]

@@ -305,7 +305,12 @@ def destroy(
             out.print(Text(f"  - hive {hive.name} {what}{' and uninstalled' if purge else ''}", style="red"))
     if queen_process.stop(home, token):
         out.print(Text("  - queen stopped", style="red"))
-    left = processes.rbee_processes()
+    markers = (
+        str(home.queen_dir),
+        *(executor.hive_config(hive).data_dir for hive in spec.hives),
+        *(f"--hive-url {executor.hive_config(hive).url}" for hive in spec.hives),
+    )
+    left = processes.rbee_processes(markers)
     if left:
         out.print(
             Text("rbee processes still running: " + ", ".join(f"{pid} ({cmd})" for pid, cmd in left), style="red")

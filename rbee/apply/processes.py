@@ -8,8 +8,9 @@ from pathlib import Path
 DAEMONS = ("rbee hive serve", "rbee worker serve", "rbee queen serve")
 
 
-def rbee_processes(home: Path | None = None) -> list[tuple[int, str]]:
-    """(pid, command line) of every running rbee hive, worker and queen, except this process."""
+def rbee_processes(markers: tuple[str, ...] = ()) -> list[tuple[int, str]]:
+    """(pid, command line) of running rbee hives, workers and queens; with `markers`, only those whose command
+    line names one of them (a data dir, a hive URL, a queen state dir)."""
     found = []
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -21,6 +22,6 @@ def rbee_processes(home: Path | None = None) -> list[tuple[int, str]]:
             continue
         if ") Z " in status:
             continue  # a zombie holds no memory
-        if any(daemon in command for daemon in DAEMONS):
+        if any(daemon in command for daemon in DAEMONS) and (not markers or any(m in command for m in markers)):
             found.append((int(entry.name), command))
     return found

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from rbee.api.wire import ModelRequest
+from rbee.hive import gguf
 from rbee.hive.catalog import ModelRecord
 from rbee.spec.source import ModelFormat, ModelSource, SourceError, SourceKind, parse_source
 
 Report = Callable[[dict[str, Any]], None]
 CHUNK = 8 << 20
-GGUF_MAGIC = b"GGUF"
 
 
 class ProvisionError(Exception):
@@ -82,13 +81,10 @@ def check(path: Path, fmt: ModelFormat, sha256: str | None, report: Report) -> N
 def check_gguf(path: Path) -> None:
     if not path.is_file():
         raise ProvisionError(f"{path} is not a file; a GGUF model is one .gguf file")
-    with path.open("rb") as handle:
-        header = handle.read(24)
-    if len(header) < 24 or header[:4] != GGUF_MAGIC:
-        raise ProvisionError(f"{path.name} is not a GGUF file (it does not start with the GGUF magic)")
-    version, tensors, kvs = struct.unpack("<IQQ", header[4:24])
-    if version not in (2, 3) or tensors > 1_000_000 or kvs > 1_000_000:
-        raise ProvisionError(f"{path.name} has an unreadable GGUF header (version {version})")
+    try:
+        gguf.validate(path)
+    except gguf.GgufError as error:
+        raise ProvisionError(str(error)) from None
 
 
 def file_sha256(path: Path) -> str:

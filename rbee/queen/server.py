@@ -60,7 +60,10 @@ class Task:
 
 
 class Queen:
-    def __init__(self, state_dir: Path, token: str | None, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self, state_dir: Path, token: str | None, poll_interval: float = 1.0, queue_wait: float = QUEUE_WAIT
+    ) -> None:
+        self.queue_wait = queue_wait
         self.store = Store(state_dir / "queen.db")
         self.token = token
         self.poll_interval = poll_interval
@@ -74,6 +77,7 @@ class Queen:
         self.generation: int = current[0] if current else 0
         self.spec: HiveFile | None = current[1] if current else None
         if self.spec is not None:
+            self.registry.spec = self.spec
             self._load_keys(self.spec)
 
     def _load_keys(self, spec: HiveFile) -> None:
@@ -89,6 +93,7 @@ class Queen:
     def set_spec(self, spec: HiveFile, source: str) -> tuple[int, bool]:
         generation, changed = self.store.apply_spec(spec, source)
         self.generation, self.spec = generation, spec
+        self.registry.spec = spec
         self._load_keys(spec)
         return generation, changed
 
@@ -114,7 +119,7 @@ class Queen:
     async def run(self, model: str, body: dict[str, Any]) -> AsyncIterator[Event]:
         """Route one request to a free worker and relay its events; errors become an error event."""
         try:
-            route = await self.registry.acquire(model, QUEUE_WAIT)
+            route = await self.registry.acquire(model, self.queue_wait)
         except NoWorker as refusal:
             yield Event("error", {"error": str(refusal), "code": "no_worker", "retry_after": refusal.retry_after})
             return

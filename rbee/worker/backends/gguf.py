@@ -96,7 +96,10 @@ class GgufBackend:
             )
         limit = min(options.max_tokens, room)
         if options.seed is not None:
+            # Reusing the cached prompt prefix evaluates fewer tokens in a different batch shape, which shifts
+            # logits in the last bits; a seeded request is evaluated from scratch so it repeats exactly.
             llama.set_seed(options.seed)
+            llama.reset()
         assembler = TextAssembler(options.stop)
         eos, vocab = llama.token_eos(), llama._model.vocab
         result.finish_reason = FinishReason.LENGTH

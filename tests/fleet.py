@@ -1,0 +1,49 @@
+"""A real local fleet for tests: hive.yaml on free ports in a temp dir, applied and destroyed by the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rbee.apply import processes
+from tests.servers import free_port
+
+
+@dataclass
+class Fleet:
+    root: Path
+    spec: Path
+    queen_url: str
+    hive_url: str
+    env: dict[str, str]
+
+    def rbee(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rbee", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def ours(self) -> list[tuple[int, str]]:
+        """rbee processes that belong to this fleet (other fleets may run beside it)."""
+        return processes.rbee_processes((str(self.root), self.hive_url))
+
+
+def make_fleet(root: Path, source: str, replicas: int = 1, model: str = "smollm2") -> Fleet:
+    queen_port, hive_port = free_port(), free_port()
+    spec = root / "hive.yaml"
+    spec.write_text(
+        f"queen: {{listen: '127.0.0.1:{queen_port}', reconcile_interval: 5s}}\n"
+        f"hives:\n  - {{name: local, listen: '127.0.0.1:{hive_port}', data_dir: '{root / 'hive'}'}}\n"
+        f"models:\n  - {{name: {model}, source: '{source}'}}\n"
+        f"workers:\n  - {{model: {model}, hive: local, replicas: {replicas}}}\n"
+    )
+    env = {**os.environ, "RBEE_HOME": str(root / "home"), "NO_COLOR": "1"}
+    env.pop("RBEE_API_KEY", None)
+    return Fleet(root, spec, f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{hive_port}", env)

@@ -1,0 +1,100 @@
+"""The queen's app in-process: bad requests get 4xx JSON errors in OpenAI's shape, never a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from rbee.queen.server import Queen, create_app
+from rbee.spec import load
+
+SPEC = """
+queen:
+  api_keys:
+    - env: RBEE_TEST_ADMIN_KEY
+    - env: RBEE_TEST_CHAT_KEY
+      models: [chat]
+hives: [{name: local, listen: '127.0.0.1:1'}]
+models:
+  - {name: chat, source: 'file:///m/chat.gguf'}
+  - {name: other, source: 'file:///m/other.gguf'}
+workers: [{model: chat, hive: local}, {model: other, hive: local}]
+"""
+ADMIN = {"Authorization": "Bearer admin-key"}
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setenv("RBEE_TEST_ADMIN_KEY", "admin-key")
+    monkeypatch.setenv("RBEE_TEST_CHAT_KEY", "chat-key")
+    queen = Queen(tmp_path, token="cluster", queue_wait=0.2)
+    queen.set_spec(load.loads(SPEC), "test")
+    with TestClient(create_app(queen), raise_server_exceptions=True) as test_client:
+        yield test_client
+
+
+CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "the body must be a JSON object"),
+        ({"model": "chat"}, 400, "messages"),
+        ({**CHAT, "max_tokens": 0}, 400, "max_tokens"),
+        ({**CHAT, "messages": []}, 400, "messages"),
+        ({**CHAT, "n": 2}, 400, "n"),
+        ({**CHAT, "model": "ghost"}, 404, "the model ghost does not exist"),
+        (CHAT, 503, "no worker of model chat is ready"),
+    ],
+)
+def test_chat_refusals(client: TestClient, body: object, status: int, words: str) -> None:
+    if isinstance(body, bytes):
+        response = client.post("/v1/chat/completions", content=body, headers=ADMIN)
+    else:
+        response = client.post("/v1/chat/completions", json=body, headers=ADMIN)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert words in error["message"]
+    assert set(error) == {"message", "type", "param", "code"}
+    if status == 503:
+        assert response.headers["retry-after"] == "5"
+
+
+def test_completions_take_one_prompt(client: TestClient) -> None:
+    response = client.post("/v1/completions", json={"model": "chat", "prompt": ["a", "b"]}, headers=ADMIN)
+    assert response.status_code == 400 and "one prompt per request" in response.json()["error"]["message"]
+
+
+def test_api_keys_are_required_and_scoped(client: TestClient) -> None:
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 401
+    wrong = client.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    scoped = {"Authorization": "Bearer chat-key"}
+    refused = client.post("/v1/chat/completions", json={**CHAT, "model": "other"}, headers=scoped)
+    assert refused.status_code == 403
+    assert client.get("/v1/models", headers=scoped).status_code == 200
+
+
+def test_task_api_validates(client: TestClient) -> None:
+    missing = client.post("/v2/tasks", json={"model": "chat"}, headers=ADMIN)
+    assert missing.status_code == 400 and "exactly one of 'prompt' or 'messages'" in missing.json()["error"]["message"]
+    bad = client.post("/v2/tasks", json={"model": "chat", "prompt": "x", "max_tokens": -1}, headers=ADMIN)
+    assert bad.status_code == 400
+    assert client.get("/v2/tasks/task-nope/events", headers=ADMIN).status_code == 404
+
+
+def test_operator_endpoints_need_the_cluster_token(client: TestClient) -> None:
+    assert client.put("/v2/spec", json={}, headers=ADMIN).status_code == 401
+    assert client.get("/v2/status").status_code == 401
+    status = client.get("/v2/status", headers={"Authorization": "Bearer cluster"})
+    assert status.status_code == 200 and status.json()["generation"] == 1
+    invalid = client.put("/v2/spec", json={"spec": {"hives": "no"}}, headers={"Authorization": "Bearer cluster"})
+    assert invalid.status_code == 400
+
+
+def test_models_lists_served_models(client: TestClient) -> None:
+    assert [m["id"] for m in client.get("/v1/models", headers=ADMIN).json()["data"]] == ["chat", "other"]

@@ -1,0 +1,78 @@
+"""A local server that speaks as much of the Hugging Face Hub protocol as huggingface_hub's downloads use,
+so the real download code runs in tests (FACTS.md)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class Hub:
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/api/models/{org}/{name}/revision/{revision}", self.revision),
+                Route("/api/models/{org}/{name}/tree/{revision}", self.tree),
+                Route("/{org}/{name}/resolve/{revision}/{path:path}", self.resolve, methods=["GET", "HEAD"]),
+            ]
+        )
+
+    def _missing(self, code: str, message: str) -> Response:
+        headers = {"X-Error-Code": code, "X-Error-Message": message}
+        if code == "EntryNotFound":
+            headers["X-Repo-Commit"] = COMMIT
+        return JSONResponse({"error": message}, 404, headers=headers)
+
+    async def revision(self, request: Request) -> Response:
+        repo = f"{request.path_params['org']}/{request.path_params['name']}"
+        if repo not in self.repos:
+            return self._missing("RepoNotFound", "Repository not found")
+        return JSONResponse({"id": repo, "sha": COMMIT, "siblings": [{"rfilename": p} for p in self.repos[repo]]})
+
+    async def tree(self, request: Request) -> Response:
+        repo = f"{request.path_params['org']}/{request.path_params['name']}"
+        if repo not in self.repos:
+            return self._missing("RepoNotFound", "Repository not found")
+        return JSONResponse(
+            [
+                {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                for path, data in self.repos[repo].items()
+            ]
+        )
+
+    async def resolve(self, request: Request) -> Response:
+        repo = f"{request.path_params['org']}/{request.path_params['name']}"
+        path = request.path_params["path"]
+        self.requests.append(f"{request.method} {repo}/{path}")
+        if repo not in self.repos:
+            return self._missing("RepoNotFound", "Repository not found")
+        data = self.repos[repo].get(path)
+        if data is None:
+            return self._missing("EntryNotFound", "Entry not found")
+        headers = {
+            "X-Repo-Commit": COMMIT,
+            "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+            "Content-Length": str(len(data)),
+            "Accept-Ranges": "bytes",
+        }
+        status = 200
+        ranged = request.headers.get("range", "")
+        if ranged.startswith("bytes="):
+            start = int(ranged[6:].split("-")[0] or 0)
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            data, status = data[start:], 206
+            headers["Content-Length"] = str(len(data))
+        if request.method == "HEAD":
+            return Response(b"", status, headers=headers)
+        return Response(data, status, headers=headers)

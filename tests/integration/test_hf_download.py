@@ -1,0 +1,154 @@
+"""hf:// models through the real huggingface_hub code, against a local server speaking the Hub protocol,
+into a real hive daemon: what is good enters the catalog, what is not is refused and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rbee.hive.config import HiveConfig
+from tests.hub import Hub
+from tests.models import tiny_gguf
+from tests.servers import free_port, serve
+
+pytestmark = pytest.mark.slow
+TOKEN = "hub-test-token"
+GOOD = tiny_gguf(256)
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[str]:
+    hub = Hub(
+        repos={
+            "lab/tiny-gguf": {"tiny.gguf": GOOD, "README.md": b"# tiny\n"},
+            "lab/broken": {"cut.gguf": GOOD[: len(GOOD) // 2], "not.gguf": b"PK\x03\x04 a zip, not a model" * 10},
+        }
+    )
+    with serve(hub.app()) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def hive(hub: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
+    root = tmp_path_factory.mktemp("hfhive")
+    (root / "cluster.token").write_text(TOKEN)
+    config = HiveConfig(
+        name="hf",
+        listen=f"127.0.0.1:{free_port()}",
+        data_dir=str(root),
+        version="0.1.0",
+        token_file=str(root / "cluster.token"),
+    )
+    (root / "hive.json").write_text(config.model_dump_json())
+    env = {**os.environ, "HF_ENDPOINT": hub, "HF_HOME": str(root / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rbee", "hive", "serve", "--config", str(root / "hive.json")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = httpx.Client(
+        base_url=config.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60, trust_env=False
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if client.get("/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield client, root
+    process.terminate()
+    process.wait(timeout=30)
+    client.close()
+
+
+def add(client: httpx.Client, name: str, source: str) -> list[tuple[str | None, dict[str, object]]]:
+    events, event = [], None
+    with client.stream("POST", "/v1/models", json={"name": name, "source": source}) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                events.append((event, json.loads(line[5:])))
+                event = None
+    return events
+
+
+def catalog(client: httpx.Client) -> list[str]:
+    return [entry["name"] for entry in client.get("/v1/state").json()["catalog"]]
+
+
+def leftovers(root: Path) -> list[str]:
+    models = root / "models"
+    return sorted(path.name for path in models.iterdir()) if models.exists() else []
+
+
+def test_a_gguf_file_downloads_with_progress_into_the_catalog(hive: tuple[httpx.Client, Path]) -> None:
+    client, root = hive
+    events = add(client, "tiny", "hf://lab/tiny-gguf/tiny.gguf@main")
+    assert events[-1][1]["done"] is True
+    assert any(data.get("stage") == "download" for _, data in events)
+    assert "tiny" in catalog(client)
+    stored = root / "models" / "tiny" / "tiny.gguf"
+    assert stored.read_bytes() == GOOD
+
+
+def test_a_missing_repo_is_a_clear_error_and_changes_nothing(hive: tuple[httpx.Client, Path]) -> None:
+    client, root = hive
+    before = (catalog(client), leftovers(root))
+    event, data = add(client, "ghost", "hf://lab/no-such-repo/model.gguf")[-1]
+    assert event == "error"
+    assert "hf://lab/no-such-repo does not exist" in str(data["error"])
+    assert (catalog(client), leftovers(root)) == before
+
+
+def test_a_missing_file_is_a_clear_error(hive: tuple[httpx.Client, Path]) -> None:
+    client, _ = hive
+    event, data = add(client, "ghost", "hf://lab/tiny-gguf/other.gguf")[-1]
+    assert event == "error" and "has no file other.gguf" in str(data["error"])
+    assert "ghost" not in catalog(client)
+
+
+def test_a_truncated_gguf_is_rejected(hive: tuple[httpx.Client, Path]) -> None:
+    client, root = hive
+    before = leftovers(root)
+    event, data = add(client, "cut", "hf://lab/broken/cut.gguf")[-1]
+    assert event == "error" and "is truncated" in str(data["error"])
+    assert "cut" not in catalog(client)
+    assert leftovers(root) == before, "no partial download is left behind"
+
+
+def test_a_file_that_is_not_gguf_is_rejected(hive: tuple[httpx.Client, Path]) -> None:
+    client, _ = hive
+    event, data = add(client, "zip", "hf://lab/broken/not.gguf")[-1]
+    assert event == "error" and "is not a GGUF file" in str(data["error"])
+    assert "zip" not in catalog(client)
+
+
+def test_a_sha256_mismatch_is_rejected(hive: tuple[httpx.Client, Path]) -> None:
+    client, _ = hive
+    with client.stream(
+        "POST",
+        "/v1/models",
+        json={
+            "name": "tampered",
+            "source": "hf://lab/tiny-gguf/tiny.gguf",
+            "sha256": "0" * 64,
+        },
+    ) as response:
+        body = response.read().decode()
+    assert "event: error" in body and "has sha256" in body
+    assert "tampered" not in catalog(client)

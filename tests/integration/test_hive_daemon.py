@@ -1,0 +1,128 @@
+"""The hive daemon as a real process: workers are real processes too, and they die with their hive."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rbee.hive.config import HiveConfig
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+TOKEN = "test-cluster-token"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return ") Z " not in stat.read()
+
+
+@pytest.fixture
+def hive(tmp_path: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
+    (tmp_path / "cluster.token").write_text(TOKEN)
+    config = HiveConfig(
+        name="solo",
+        listen=f"127.0.0.1:{free_port()}",
+        data_dir=str(tmp_path),
+        version="0.1.0",
+        token_file=str(tmp_path / "cluster.token"),
+    )
+    (tmp_path / "hive.json").write_text(config.model_dump_json())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rbee", "hive", "serve", "--config", str(tmp_path / "hive.json")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = httpx.Client(
+        base_url=config.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30, trust_env=False
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if client.get("/health").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the hive did not start"
+        time.sleep(0.05)
+    yield client, process
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+    client.close()
+
+
+def add_and_start(client: httpx.Client, model_path: Path, replicas: int) -> list[dict[str, object]]:
+    added = client.post("/v1/models", json={"name": "smol", "source": f"file://{model_path}"})
+    assert added.status_code == 200 and '"done":true' in added.text, added.text
+    started = client.post("/v1/workers", json={"model": "smol", "replicas": replicas})
+    assert started.status_code == 202, started.text
+    deadline = time.monotonic() + 60
+    while True:
+        workers = client.get("/v1/state").json()["workers"]
+        if workers and all(worker["state"] == "idle" for worker in workers):
+            return list(workers)
+        assert all(worker["state"] != "failed" for worker in workers), workers
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.1)
+
+
+def test_killing_the_hive_takes_its_workers_with_it(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    client, process = hive
+    workers = add_and_start(client, smollm2, replicas=2)
+    pids = [int(str(worker["pid"])) for worker in workers]
+    assert all(alive(pid) for pid in pids)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids), "workers outlived their hive by more than 5 s"
+
+
+def test_shutdown_stops_workers_then_the_hive(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    client, process = hive
+    pids = [int(str(worker["pid"])) for worker in add_and_start(client, smollm2, replicas=1)]
+    assert client.post("/v1/shutdown").status_code == 202
+    assert process.wait(timeout=30) == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_a_dead_worker_is_reported_failed_with_a_reason(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    client, _ = hive
+    worker = add_and_start(client, smollm2, replicas=1)[0]
+    os.kill(int(str(worker["pid"])), signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while (state := client.get("/v1/state").json()["workers"][0])["state"] != "failed":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+    assert "exited with code -9" in state["reason"]
+
+
+def test_bad_requests_get_json_errors(hive: tuple[httpx.Client, subprocess.Popen[bytes]]) -> None:
+    client, _ = hive
+    assert client.post("/v1/workers", json={"model": "ghost"}).json()["error"]["code"] == "not_found"
+    assert client.post("/v1/workers", content=b"{nope").status_code == 400
+    assert client.post("/v1/workers", json={"model": "x", "replicas": 0}).status_code == 400
+    assert httpx.get(f"{client.base_url}/v1/state", trust_env=False).status_code == 401
+    wrong = httpx.get(f"{client.base_url}/v1/state", headers={"Authorization": "Bearer nope"}, trust_env=False)
+    assert wrong.status_code == 401 and json.loads(wrong.text)["error"]["code"] == "unauthorized"

@@ -1,0 +1,113 @@
+"""rbee apply on this machine with a real model: the queen streams tokens, the official openai client works
+unchanged, a second apply changes nothing, destroy leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.fleet import Fleet, make_fleet
+from tests.models import SMOLLM2_SOURCE
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = make_fleet(tmp_path_factory.mktemp("fleet"), SMOLLM2_SOURCE, replicas=2)
+    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "Apply complete: 4 changes made; queen started" in applied.stdout
+    yield fleet
+    fleet.rbee("destroy", str(fleet.spec), "--yes")
+
+
+def test_status_shows_the_running_fleet(fleet: Fleet) -> None:
+    result = fleet.rbee("status", "--json")
+    assert result.returncode == 0, result.stderr
+    hives = json.loads(result.stdout)["hives"]
+    assert [hive["status"] for hive in hives] == ["running"]
+    workers = hives[0]["state"]["workers"]
+    assert sorted(worker["state"] for worker in workers) == ["idle", "idle"]
+    assert hives[0]["state"]["catalog"][0]["size_bytes"] > 90_000_000
+
+
+def test_openai_client_streams_and_answers(fleet: Fleet) -> None:
+    client = openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="unused", max_retries=0)
+    assert [model.id for model in client.models.list()] == ["smollm2"]
+
+    answer = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+    )
+    assert answer.choices[0].message.content
+    assert answer.usage is not None and answer.usage.completion_tokens > 0 and answer.usage.prompt_tokens > 5
+
+    pieces, usage = [], None
+    for chunk in client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        else:
+            usage = chunk.usage
+    assert len([p for p in pieces if p]) > 1, "tokens arrive one by one"
+    assert "".join(pieces) == answer.choices[0].message.content, "same prompt, temperature 0: same text"
+    assert usage is not None and usage.completion_tokens == answer.usage.completion_tokens
+
+    completion = client.completions.create(model="smollm2", prompt="Once upon a time", max_tokens=8, seed=7)
+    assert completion.choices[0].text and completion.choices[0].finish_reason == "length"
+
+
+def test_openai_client_gets_errors_in_openai_shape(fleet: Fleet) -> None:
+    client = openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=0)
+
+
+def test_task_api_streams_rbee_events(fleet: Fleet) -> None:
+    created = httpx.post(f"{fleet.queen_url}/v2/tasks", json={"model": "smollm2", "prompt": "Hello", "max_tokens": 5})
+    assert created.status_code == 201
+    lines = httpx.get(fleet.queen_url + created.json()["events"], timeout=60).text.splitlines()
+    events = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+    assert [event["index"] for event in events[:-1]] == list(range(len(events) - 1))
+    assert events[-1] == {**events[-1], "done": True, "total_tokens": 5, "finish_reason": "length"}
+
+
+def test_rbee_infer_streams_to_stdout(fleet: Fleet) -> None:
+    result = fleet.rbee("infer", "--model", "smollm2", "Name a colour.", "--max-tokens", "6", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert "6 tokens, length" in result.stderr
+
+
+def test_second_apply_changes_nothing(fleet: Fleet) -> None:
+    result = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "No changes. Live state matches hive.yaml." in result.stdout
+    assert "Nothing to change; queen running" in result.stdout
+    assert "(unchanged)" in result.stdout
+
+
+def test_zz_destroy_leaves_no_process(fleet: Fleet) -> None:
+    before = fleet.ours()
+    assert len(before) == 4, before  # queen, hive, two workers
+    result = fleet.rbee("destroy", str(fleet.spec), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No rbee process remains." in result.stdout
+    assert fleet.ours() == []
+    assert not (Path(fleet.root) / "hive" / "hive.pid").exists()

@@ -117,23 +117,37 @@ class Queen:
             await asyncio.sleep(self.poll_interval)
 
     async def run(self, model: str, body: dict[str, Any]) -> AsyncIterator[Event]:
-        """Route one request to a free worker and relay its events; errors become an error event."""
-        try:
-            route = await self.registry.acquire(model, self.queue_wait)
-        except NoWorker as refusal:
-            yield Event("error", {"error": str(refusal), "code": "no_worker", "retry_after": refusal.retry_after})
-            return
-        try:
-            async for event in self.upstream.execute(route.url, body):
-                yield event
-        except UpstreamError as failure:
-            if failure.code == "worker_lost":
-                self.registry.forget(route)
-            yield Event(
-                "error", {"error": f"worker {route.worker_id} on hive {route.hive}: {failure}", "code": failure.code}
-            )
-        finally:
-            await self.registry.release(route)
+        """Route one request to a free worker and relay its events; errors become an error event.
+
+        A worker that refuses before its first event (busy: the registry's view was a moment old) is not an
+        error; the request goes back to waiting for a free worker until its deadline.
+        """
+        deadline = time.monotonic() + self.queue_wait
+        while True:
+            try:
+                route = await self.registry.acquire(model, max(0.0, deadline - time.monotonic()))
+            except NoWorker as refusal:
+                yield Event("error", {"error": str(refusal), "code": "no_worker", "retry_after": refusal.retry_after})
+                return
+            started = False
+            try:
+                async for event in self.upstream.execute(route.url, body):
+                    started = True
+                    yield event
+                return
+            except UpstreamError as failure:
+                if failure.code == "worker_refused" and not started and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                    continue
+                if failure.code == "worker_lost":
+                    self.registry.forget(route)
+                yield Event(
+                    "error",
+                    {"error": f"worker {route.worker_id} on hive {route.hive}: {failure}", "code": failure.code},
+                )
+                return
+            finally:
+                await self.registry.release(route)
 
     def client_allowed(self, request: Request, model: str | None) -> JSONResponse | None:
         if not self.api_keys and not (self.spec and self.spec.queen.api_keys):

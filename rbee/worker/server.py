@@ -187,18 +187,26 @@ async def _stream(runtime: Runtime, prompt: str, options: wire.SamplingOptions) 
             if kind == "piece":
                 yield wire.token_event(value, index)
                 index += 1
-            elif kind == "done":
+                continue
+            # The engine is done: become idle before the last event, so whoever reads it may send the next
+            # request at once.
+            await asyncio.to_thread(thread.join)
+            _release(runtime)
+            if kind == "done":
                 yield wire.done_event(result.completion_tokens, result.prompt_tokens, result.finish_reason)
-                return
             else:
                 yield wire.error_event(value, "generation_failed")
-                return
+            return
     finally:
         cancel.set()
         await asyncio.to_thread(thread.join)
-        if runtime.state is WorkerState.BUSY:
-            runtime.request_id = None
-            runtime.set_state(WorkerState.IDLE)
+        _release(runtime)
+
+
+def _release(runtime: Runtime) -> None:
+    if runtime.state is WorkerState.BUSY:
+        runtime.request_id = None
+        runtime.set_state(WorkerState.IDLE)
 
 
 def _first_error(error: pydantic.ValidationError) -> str:

@@ -92,7 +92,7 @@ def test_rbee_infer_streams_to_stdout(fleet: Fleet) -> None:
     result = fleet.rbee("infer", "--model", "smollm2", "Name a colour.", "--max-tokens", "6", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
-    assert "6 tokens, length" in result.stderr
+    assert "6 tokens, length" in result.stderr, (result.stdout, result.stderr)
 
 
 def test_second_apply_changes_nothing(fleet: Fleet) -> None:

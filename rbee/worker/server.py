@@ -65,6 +65,8 @@ class Runtime:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     loop: asyncio.AbstractEventLoop | None = None
     server: uvicorn.Server | None = None
+    streaming: bool = False
+    claimed: float = 0.0
 
     def set_state(self, state: WorkerState) -> None:
         self.state = state
@@ -128,6 +130,7 @@ def create_app(runtime: Runtime) -> Starlette:
             prompt, options = body.prompt or "", body
         runtime.request_id = body.request_id
         runtime.cancel = threading.Event()
+        runtime.claimed = time.monotonic()
         runtime.set_state(WorkerState.BUSY)
         return StreamingResponse(_stream(runtime, prompt, options), media_type="text/event-stream", headers=SSE_HEADERS)
 
@@ -178,6 +181,7 @@ async def _stream(runtime: Runtime, prompt: str, options: wire.SamplingOptions) 
             log.exception("generation failed")
             loop.call_soon_threadsafe(queue.put_nowait, ("error", f"generation failed: {error}"))
 
+    runtime.streaming = True
     thread = threading.Thread(target=produce, name="generate", daemon=True)
     thread.start()
     index = 0
@@ -198,15 +202,25 @@ async def _stream(runtime: Runtime, prompt: str, options: wire.SamplingOptions) 
                 yield wire.error_event(value, "generation_failed")
             return
     finally:
+        # No await here: a client that went away cancels this task, and every await would raise again.
+        # The engine sees `cancel` within one token and holds its own lock, so the next request waits for it.
         cancel.set()
-        await asyncio.to_thread(thread.join)
         _release(runtime)
 
 
 def _release(runtime: Runtime) -> None:
+    runtime.streaming = False
     if runtime.state is WorkerState.BUSY:
         runtime.request_id = None
         runtime.set_state(WorkerState.IDLE)
+
+
+async def _release_abandoned(runtime: Runtime) -> None:
+    """A request whose client left before its stream began would hold the worker busy forever: free it."""
+    while True:
+        await asyncio.sleep(1.0)
+        if runtime.state is WorkerState.BUSY and not runtime.streaming and time.monotonic() - runtime.claimed > 5:
+            _release(runtime)
 
 
 def _first_error(error: pydantic.ValidationError) -> str:
@@ -295,11 +309,13 @@ def serve(options: WorkerOptions) -> None:
     async def main() -> None:
         runtime.loop = asyncio.get_running_loop()
         serving = asyncio.create_task(server.serve())
+        guard = asyncio.create_task(_release_abandoned(runtime))
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
         if server.started:
             threading.Thread(target=_load, args=(runtime,), name="load", daemon=True).start()
         await serving
+        guard.cancel()
 
     asyncio.run(main())
     with contextlib.suppress(Exception):

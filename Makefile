@@ -12,11 +12,21 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "rbee needs Python 3.11 or newer"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,gguf]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rbee plan examples/local.yaml
+	$(BIN)/rbee apply examples/local.yaml --yes
+	@echo
+	$(BIN)/rbee infer --model smollm2 --seed 7 "In two sentences, what does a queen bee do?"
+	@echo
+	@echo "The fleet is running. Ask it yourself:"
+	@echo "  curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "    -d '{\"model\": \"smollm2\", \"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'"
+	@echo "  $(BIN)/python -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://127.0.0.1:8080/v1\", api_key=\"-\"); \\"
+	@echo "    print(c.chat.completions.create(model=\"smollm2\", messages=[{\"role\": \"user\", \"content\": \"Hi!\"}]).choices[0].message.content)'"
+	@echo "  $(BIN)/rbee status"
+	@echo "Tear it down (no process is left): $(BIN)/rbee destroy examples/local.yaml --yes"
 
 lint: $(STAMP)
 	$(BIN)/ruff check rbee tests features bench

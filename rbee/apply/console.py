@@ -14,7 +14,8 @@ from rbee.plan.render import VERBS
 
 def describe(change: Change) -> str:
     target = change.target + (f" x{change.replicas}" if change.replicas else "")
-    return f"{change.symbol} {VERBS[change.action]} {target} on hive {change.hive}"
+    where = "" if change.target.startswith("hive ") else f" on hive {change.hive}"
+    return f"{change.symbol} {VERBS[change.action]} {target}{where}"
 
 
 class ConsoleReporter:

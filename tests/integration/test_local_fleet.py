@@ -4,6 +4,7 @@ unchanged, a second apply changes nothing, destroy leaves no process behind."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +94,23 @@ def test_rbee_infer_streams_to_stdout(fleet: Fleet) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert "6 tokens, length" in result.stderr, (result.stdout, result.stderr)
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_worker(fleet: Fleet) -> None:
+    token = (fleet.root / "home" / "cluster.token").read_text()
+    state = httpx.get(f"{fleet.hive_url}/v1/state", headers={"Authorization": f"Bearer {token}"}).json()
+    worker = f"http://127.0.0.1:{state['workers'][0]['port']}"
+    auth = {"Authorization": f"Bearer {token}"}
+    body = {"prompt": "Write a very long story.", "max_tokens": 500}
+    with httpx.stream("POST", f"{worker}/v1/execute", json=body, headers=auth, timeout=30) as response:
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+    deadline = time.monotonic() + 3
+    while httpx.get(f"{worker}/health").json()["state"] != "idle":
+        assert time.monotonic() < deadline, "the worker stayed busy after its client left"
+        time.sleep(0.05)
+    again = httpx.post(f"{worker}/v1/execute", json={"prompt": "Hi", "max_tokens": 2}, headers=auth, timeout=30)
+    assert again.status_code == 200 and '"done":true' in again.text
 
 
 def test_second_apply_changes_nothing(fleet: Fleet) -> None:

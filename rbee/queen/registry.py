@@ -59,6 +59,14 @@ class Registry:
                 fresh[key] = route
         self.routes = fresh
 
+    def snapshot(self) -> list[tuple[str, str, str, str]]:
+        return sorted((r.hive, r.worker_id, r.model, r.url) for r in self.routes.values())
+
+    def restore(self, workers: list[tuple[str, str, str, str]]) -> None:
+        """Routes remembered from before a restart, used until the hives are observed again."""
+        for hive, worker_id, model, url in workers:
+            self.routes[f"{hive}/{worker_id}"] = Route(worker_id, hive, model, url)
+
     def models(self) -> list[str]:
         if self.spec is None:
             return []

@@ -78,6 +78,7 @@ class Queen:
         self.spec: HiveFile | None = current[1] if current else None
         if self.spec is not None:
             self.registry.spec = self.spec
+            self.registry.restore(self.store.workers())
             self._load_keys(self.spec)
 
     def _load_keys(self, spec: HiveFile) -> None:
@@ -105,7 +106,12 @@ class Queen:
         for hive in observed.hives:
             if hive.state is not None:
                 self.store.saw_hive(hive.name)
+        before = self.registry.snapshot()
         self.registry.update(spec, observed)
+        after = self.registry.snapshot()
+        if after != before:
+            self.store.replace_workers(after)
+            self.store.log("registry", "workers", f"{len(after)} workers routable")
         self.refreshed.set()
 
     async def poll(self) -> None:

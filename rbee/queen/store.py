@@ -33,6 +33,16 @@ MIGRATIONS: list[list[str]] = [
             message TEXT NOT NULL
         )""",
     ],
+    [
+        """CREATE TABLE workers (
+            hive TEXT NOT NULL,
+            id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            url TEXT NOT NULL,
+            seen_at REAL NOT NULL,
+            PRIMARY KEY (hive, id)
+        )""",
+    ],
 ]
 
 
@@ -83,6 +93,21 @@ class Store:
 
     def seen_hives(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT name FROM hives_seen")}
+
+    def replace_workers(self, workers: list[tuple[str, str, str, str]]) -> None:
+        """The registry of routable workers as last observed: (hive, id, model, url)."""
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM workers")
+        self._db.executemany(
+            "INSERT INTO workers (hive, id, model, url, seen_at) VALUES (?, ?, ?, ?, ?)",
+            [(*worker, now) for worker in workers],
+        )
+        self._db.execute("COMMIT")
+
+    def workers(self) -> list[tuple[str, str, str, str]]:
+        rows = self._db.execute("SELECT hive, id, model, url FROM workers ORDER BY hive, id").fetchall()
+        return [(str(a), str(b), str(c), str(d)) for a, b, c, d in rows]
 
     def log(self, kind: str, target: str, message: str) -> None:
         self._db.execute(

@@ -23,7 +23,7 @@ def rbee(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "NO_COLOR": "1"},
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "NO_COLOR": "1", "RBEE_HOME": "/nonexistent/rbee-home"},
     )
 
 
@@ -107,3 +107,26 @@ def test_validate_counts_what_the_file_asks_for() -> None:
     result = rbee("validate", str(EXAMPLE))
     assert result.returncode == 0
     assert "3 hives, 4 models, 7 worker replicas" in result.stdout
+
+
+def test_apply_without_a_terminal_needs_yes_and_changes_nothing(tmp_path: Path) -> None:
+    spec = local_spec(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "rbee", "apply", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NO_COLOR": "1", "RBEE_HOME": str(tmp_path / "home")},
+    )
+    assert result.returncode == 1
+    assert "Refusing to apply without confirmation" in result.stderr
+    assert "Plan: 4 to add" in result.stdout
+    assert not (tmp_path / "data").exists() and not (tmp_path / "home").exists()
+
+
+def test_apply_refuses_a_file_that_is_not_a_plan(tmp_path: Path) -> None:
+    bogus = tmp_path / "plan.json"
+    bogus.write_text('{"hello": 1}')
+    result = rbee("apply", str(bogus), "--yes")
+    assert result.returncode == 1 and "is not a saved rbee plan" in result.stderr

@@ -98,3 +98,19 @@ def test_operator_endpoints_need_the_cluster_token(client: TestClient) -> None:
 
 def test_models_lists_served_models(client: TestClient) -> None:
     assert [m["id"] for m in client.get("/v1/models", headers=ADMIN).json()["data"]] == ["chat", "other"]
+
+
+def test_a_restarted_queen_resumes_its_spec_and_routes(tmp_path: Path) -> None:
+    first = Queen(tmp_path, token="cluster")
+    generation, changed = first.set_spec(load.loads(SPEC), "hive.yaml")
+    assert (generation, changed) == (1, True)
+    assert first.set_spec(load.loads(SPEC), "hive.yaml") == (1, False), "the same spec is not a new generation"
+    first.store.replace_workers([("local", "w-1", "chat", "http://127.0.0.1:8001")])
+    first.store.close()
+
+    second = Queen(tmp_path, token="cluster")
+    assert second.generation == 1 and second.spec is not None
+    assert [(r.worker_id, r.model, r.url) for r in second.registry.routes.values()] == [
+        ("w-1", "chat", "http://127.0.0.1:8001")
+    ]
+    assert [event["message"] for event in second.store.events()] == ["applied generation 1"]

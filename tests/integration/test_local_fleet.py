@@ -121,6 +121,26 @@ def test_second_apply_changes_nothing(fleet: Fleet) -> None:
     assert "(unchanged)" in result.stdout
 
 
+def test_a_saved_plan_applies_exactly_and_a_stale_one_is_refused(fleet: Fleet) -> None:
+    saved = fleet.root / "plan.json"
+    planned = fleet.rbee("plan", str(fleet.spec), "-o", str(saved))
+    assert planned.returncode == 0 and "No changes." in planned.stdout
+    token = (fleet.root / "home" / "cluster.token").read_text()
+    auth = {"Authorization": f"Bearer {token}"}
+    worker = httpx.get(f"{fleet.hive_url}/v1/state", headers=auth).json()["workers"][0]["id"]
+    assert httpx.post(f"{fleet.hive_url}/v1/workers/{worker}/stop", headers=auth, timeout=60).status_code == 200
+    stale = fleet.rbee("apply", str(saved), "--yes")
+    assert stale.returncode == 1
+    assert "is stale: live state changed since the plan was made" in stale.stderr
+    healed = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert "~ start     workers smollm2 x1" in healed.stdout and "Apply complete: 1 changes made" in healed.stdout
+    again = fleet.rbee("plan", str(fleet.spec), "-o", str(saved))
+    assert "No changes." in again.stdout
+    exact = fleet.rbee("apply", str(saved), "--yes")
+    assert exact.returncode == 0 and "Nothing to change" in exact.stdout
+
+
 def test_zz_destroy_leaves_no_process(fleet: Fleet) -> None:
     before = fleet.ours()
     assert len(before) == 4, before  # queen, hive, two workers

@@ -54,6 +54,8 @@ class WorkerInfo(Frozen):
     port: int | None = None
     reason: str | None = None
     managed: bool = True
+    slots: int = 1
+    """Requests the worker serves at once (from its backend)."""
 
 
 class HiveState(Frozen):

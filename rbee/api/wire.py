@@ -35,12 +35,26 @@ class SamplingOptions(BaseModel):
     seed: int | None = None
 
 
+class StreamFormat(StrEnum):
+    RBEE = "rbee"
+    OPENAI_CHAT = "openai-chat"
+    OPENAI_COMPLETION = "openai-completion"
+
+
 class ExecuteRequest(SamplingOptions):
-    """The body of a worker's `POST /v1/execute`: either a raw prompt or chat messages."""
+    """The body of a worker's `POST /v1/execute`: either a raw prompt or chat messages.
+
+    `format` picks the wire format of the stream: rbee's events, or OpenAI's chunks written by the worker itself
+    (with `openai_model` and `include_usage`) so the queen relays the bytes unchanged. Every format ends with an
+    SSE comment `: rbee-end {...}` (ignored by SSE clients) carrying the token counts and how it ended.
+    """
 
     request_id: Annotated[str, Field(min_length=1, max_length=128)] = "anonymous"
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    format: StreamFormat = StreamFormat.RBEE
+    openai_model: str | None = None
+    include_usage: bool = False
 
     @model_validator(mode="after")
     def _one_input(self) -> ExecuteRequest:
@@ -85,6 +99,26 @@ def done_event(total_tokens: int, prompt_tokens: int, finish_reason: FinishReaso
 
 def error_event(message: str, code: str = "worker_error") -> bytes:
     return sse({"error": message, "code": code}, event="error")
+
+
+END_MARK = b": rbee-end "
+
+
+def end_comment(prompt_tokens: int, completion_tokens: int, finish_reason: str, error: str | None = None) -> bytes:
+    body = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "finish_reason": finish_reason}
+    if error is not None:
+        body["error"] = error
+    return END_MARK + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def parse_end(chunk: bytes) -> dict[str, Any] | None:
+    """The `: rbee-end` comment's body, if this chunk holds it."""
+    at = chunk.find(END_MARK)
+    if at == -1:
+        return None
+    line_end = chunk.find(b"\n", at)
+    data: dict[str, Any] = json.loads(chunk[at + len(END_MARK) : line_end if line_end != -1 else None])
+    return data
 
 
 def error_body(message: str, code: str) -> dict[str, Any]:

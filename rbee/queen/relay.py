@@ -1,7 +1,8 @@
-"""The queen's upstream client: one pooled aiohttp session to every worker, reading their SSE streams.
+"""The queen's upstream client: one pooled aiohttp session to every worker.
 
-aiohttp with keep-alive and no pool limit relayed 1,000 concurrent streams where a shared httpx client collapsed
-(FACTS.md). Events are parsed here because the queen re-shapes them for OpenAI clients.
+`stream` passes a worker's bytes through untouched (the worker already wrote the client's wire format);
+`events` parses rbee events for the few paths that assemble a whole answer. aiohttp with keep-alive and no pool
+limit relayed 1,000 concurrent streams where a shared httpx client collapsed (FACTS.md).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+
+from rbee.api import wire
 
 
 class UpstreamError(Exception):
@@ -46,7 +49,9 @@ class Upstream:
         if self._session is not None:
             await self._session.close()
 
-    async def execute(self, url: str, body: dict[str, Any]) -> AsyncIterator[Event]:
+    async def stream(self, url: str, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The worker's response bytes as they arrive; raises UpstreamError (`worker_refused` before any byte
+        when the worker is busy or loading, `worker_lost` when the connection breaks)."""
         try:
             async with self.session().post(f"{url}/v1/execute", json=body) as response:
                 if response.status != 200:
@@ -55,26 +60,39 @@ class Upstream:
                         _message(detail) or f"the worker answered HTTP {response.status}",
                         "worker_refused" if response.status == 503 else "worker_error",
                     )
-                event_name = None
-                async for raw in response.content:
-                    line = raw.rstrip(b"\r\n")
-                    if not line:
-                        event_name = None
-                        continue
-                    if line.startswith(b"event:"):
-                        event_name = line[6:].strip().decode()
-                    elif line.startswith(b"data:"):
-                        data = json.loads(line[5:])
-                        if event_name == "error":
-                            yield Event("error", data)
-                            return
-                        kind = "done" if data.get("done") else "token"
-                        yield Event(kind, data)
-                        if kind == "done":
-                            return
+                async for chunk in response.content.iter_any():
+                    yield chunk
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
             raise UpstreamError(f"the worker went away mid-request ({type(error).__name__})", "worker_lost") from None
+
+    async def events(self, url: str, body: dict[str, Any]) -> AsyncIterator[Event]:
+        """rbee events parsed from the worker's stream (asks for the rbee format)."""
+        buffer = b""
+        async for chunk in self.stream(url, {**body, "format": str(wire.StreamFormat.RBEE)}):
+            buffer += chunk
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                event = _parse_block(block)
+                if event is None:
+                    continue
+                yield event
+                if event.kind in ("done", "error"):
+                    return
         raise UpstreamError("the worker closed the stream without finishing", "worker_lost")
+
+
+def _parse_block(block: bytes) -> Event | None:
+    name, data = None, None
+    for line in block.split(b"\n"):
+        if line.startswith(b"event:"):
+            name = line[6:].strip().decode()
+        elif line.startswith(b"data:"):
+            data = json.loads(line[5:])
+    if data is None:
+        return None
+    if name == "error":
+        return Event("error", data)
+    return Event("done" if data.get("done") else "token", data)
 
 
 def _message(body: str) -> str | None:

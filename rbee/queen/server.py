@@ -1,8 +1,12 @@
 """The queen daemon: `rbee queen serve`.
 
 Clients: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (OpenAI-compatible), and rbee's task
-API POST /v2/tasks, GET /v2/tasks/{id}/events, DELETE /v2/tasks/{id}. Operators (cluster token): PUT /v2/spec,
-GET /v2/status, GET /v2/events, POST /v2/admin/shutdown. GET /health is open.
+API POST /v2/tasks, GET /v2/tasks/{id}/events, DELETE /v2/tasks/{id}; GET /metrics, GET /openapi.json.
+Operators (cluster token): PUT /v2/spec, GET /v2/status, GET /v2/route, GET /v2/events, POST /v2/admin/shutdown.
+GET /health is open.
+
+Streams are passed through: the worker writes the wire format the client asked for, and the queen relays its
+bytes, looking only for the `: rbee-end` comment that carries the token counts.
 """
 
 from __future__ import annotations
@@ -28,32 +32,81 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from rbee import __version__
+from rbee.api import openai as oai
 from rbee.api import wire
 from rbee.observe import hives as observe_hives
-from rbee.queen import openai_api as oai
-from rbee.queen.registry import NoWorker, Registry
-from rbee.queen.relay import Event, Upstream, UpstreamError
+from rbee.queen import docs
+from rbee.queen.admission import Admission, Refusal, Ticket
+from rbee.queen.metrics import Metrics
+from rbee.queen.registry import Registry
+from rbee.queen.relay import Upstream, UpstreamError
+from rbee.queen.scheduling import Ask, Policy, PolicyError, PolicyKind
 from rbee.queen.store import Store
 from rbee.spec.schema import HiveFile
 
 log = logging.getLogger("rbee.queen")
+request_log = logging.getLogger("rbee.requests")
 Handler = Callable[[Request], Awaitable[Response]]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-QUEUE_WAIT = 30.0
 MAX_TASKS = 1000
+TAIL = 4096
+
+
+class ClientError(Exception):
+    """A request refused before any work: an HTTP status and an OpenAI-shaped body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.code, self.param, self.retry_after = status, kind, code, param, retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return JSONResponse(oai.error(str(self), self.kind, self.code, self.param), self.status, headers=headers)
+
+
+@dataclass
+class Key:
+    name: str
+    models: tuple[str, ...] | None
+    max_concurrent: int | None
+
+
+@dataclass
+class Exchange:
+    """One request's record: what the request log line and the metrics say about it."""
+
+    id: str
+    model: str
+    key: str | None
+    started: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    worker: str | None = None
+    hive: str | None = None
+    queued: float = 0.0
+    status: int = 200
+    tokens: int = 0
+    error: str | None = None
 
 
 @dataclass
 class Task:
     id: str
     model: str
-    events: list[bytes] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)
     finished: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[None] | None = None
 
-    def add(self, event: bytes, final: bool = False) -> None:
-        self.events.append(event)
+    def add(self, chunk: bytes, final: bool = False) -> None:
+        self.chunks.append(chunk)
         self.finished = self.finished or final
         self.changed.set()
         self.changed = asyncio.Event()
@@ -61,41 +114,58 @@ class Task:
 
 class Queen:
     def __init__(
-        self, state_dir: Path, token: str | None, poll_interval: float = 1.0, queue_wait: float = QUEUE_WAIT
+        self, state_dir: Path, token: str | None, poll_interval: float = 1.0, queue_wait: float | None = None
     ) -> None:
-        self.queue_wait = queue_wait
         self.store = Store(state_dir / "queen.db")
         self.token = token
         self.poll_interval = poll_interval
+        self.queue_wait_override = queue_wait
         self.registry = Registry()
+        self.admission = Admission()
+        self.metrics = Metrics(self.admission)
         self.upstream = Upstream(token)
         self.tasks: dict[str, Task] = {}
-        self.api_keys: dict[str, tuple[str, ...] | None] = {}
+        self.keys: dict[str, Key] = {}
         self.server: uvicorn.Server | None = None
-        self.refreshed = asyncio.Event()
         current = self.store.current_spec()
         self.generation: int = current[0] if current else 0
         self.spec: HiveFile | None = current[1] if current else None
+        self.policy_source: str | None = self.store.policy_source()
         if self.spec is not None:
-            self.registry.spec = self.spec
+            self._configure(self.spec)
             self.registry.restore(self.store.workers())
-            self._load_keys(self.spec)
+            self.admission.sync(self.registry.routes.values())
 
-    def _load_keys(self, spec: HiveFile) -> None:
-        keys: dict[str, tuple[str, ...] | None] = {}
+    @property
+    def queue_wait(self) -> float:
+        if self.queue_wait_override is not None:
+            return self.queue_wait_override
+        return self.spec.queen.queue_timeout if self.spec else 30.0
+
+    @property
+    def max_body(self) -> int:
+        return self.spec.queen.max_body_bytes if self.spec else 4 << 20
+
+    def _configure(self, spec: HiveFile) -> None:
+        keys: dict[str, Key] = {}
         for ref in spec.queen.api_keys:
             value = os.environ.get(ref.env)
             if value:
-                keys[value] = ref.models
+                keys[value] = Key(ref.env, ref.models, ref.max_concurrent)
             else:
                 log.warning("API key variable %s is not set in the queen's environment; that key is refused", ref.env)
-        self.api_keys = keys
-
-    def set_spec(self, spec: HiveFile, source: str) -> tuple[int, bool]:
-        generation, changed = self.store.apply_spec(spec, source)
-        self.generation, self.spec = generation, spec
+        self.keys = keys
         self.registry.spec = spec
-        self._load_keys(spec)
+        self.admission.max_queue = spec.queen.max_queue
+        self.admission.policy = make_policy(spec.queen.routing, self.policy_source)
+
+    def set_spec(self, spec: HiveFile, source: str, policy_source: str | None = None) -> tuple[int, bool]:
+        if spec.queen.routing.endswith(".py"):
+            make_policy(spec.queen.routing, policy_source)  # refuse a bad policy before storing anything
+        generation, changed = self.store.apply_spec(spec, source)
+        self.store.set_policy_source(policy_source)
+        self.generation, self.spec, self.policy_source = generation, spec, policy_source
+        self._configure(spec)
         return generation, changed
 
     async def refresh(self) -> None:
@@ -108,11 +178,11 @@ class Queen:
                 self.store.saw_hive(hive.name)
         before = self.registry.snapshot()
         self.registry.update(spec, observed)
+        self.admission.sync(self.registry.routes.values())
         after = self.registry.snapshot()
         if after != before:
             self.store.replace_workers(after)
             self.store.log("registry", "workers", f"{len(after)} workers routable")
-        self.refreshed.set()
 
     async def poll(self) -> None:
         while True:
@@ -122,59 +192,153 @@ class Queen:
                 log.exception("refreshing the registry failed")
             await asyncio.sleep(self.poll_interval)
 
-    async def run(self, model: str, body: dict[str, Any]) -> AsyncIterator[Event]:
-        """Route one request to a free worker and relay its events; errors become an error event.
+    def authorize(self, request: Request, model: str | None) -> Key | None:
+        if not self.keys and not (self.spec and self.spec.queen.api_keys):
+            return None
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip().encode()
+        for value, key in self.keys.items():
+            if hmac.compare_digest(given, value.encode()):
+                if model is not None and key.models is not None and model not in key.models:
+                    raise ClientError(
+                        403, f"this API key may not use model {model}", "permission_error", "model_not_allowed", "model"
+                    )
+                return key
+        raise ClientError(
+            401,
+            "a valid API key is required: send Authorization: Bearer <key>",
+            "authentication_error",
+            "invalid_api_key",
+        )
 
-        A worker that refuses before its first event (busy: the registry's view was a moment old) is not an
-        error; the request goes back to waiting for a free worker until its deadline.
-        """
+    async def open_stream(
+        self, ask: Ask, key: Key | None, body: dict[str, Any], exchange: Exchange
+    ) -> tuple[Ticket, bytes, AsyncIterator[bytes]]:
+        """Admit the request, open its worker's stream and read the first bytes. A worker that refuses as busy
+        (the registry saw it a moment ago) sends the request back to wait, until its deadline."""
         deadline = time.monotonic() + self.queue_wait
         while True:
             try:
-                route = await self.registry.acquire(model, max(0.0, deadline - time.monotonic()))
-            except NoWorker as refusal:
-                yield Event("error", {"error": str(refusal), "code": "no_worker", "retry_after": refusal.retry_after})
-                return
-            started = False
+                ticket = await self.admission.acquire(
+                    ask, max(0.0, deadline - time.monotonic()), key.max_concurrent if key else None
+                )
+            except Refusal as refusal:
+                kind = "rate_limit_error" if refusal.status == 429 else "service_unavailable"
+                if refusal.status == 504:
+                    kind = "timeout"
+                raise ClientError(
+                    refusal.status, str(refusal), kind, refusal.reason, retry_after=refusal.retry_after
+                ) from None
+            exchange.worker, exchange.hive = ticket.route.worker_id, ticket.route.hive
+            exchange.queued = ticket.queued_seconds
+            chunks = self.upstream.stream(ticket.route.url, body)
             try:
-                async for event in self.upstream.execute(route.url, body):
-                    started = True
-                    yield event
-                return
+                first = await anext(chunks)
             except UpstreamError as failure:
-                if failure.code == "worker_refused" and not started and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)
+                ticket.release()
+                if failure.code == "worker_refused" and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
                     continue
                 if failure.code == "worker_lost":
-                    self.registry.forget(route)
-                yield Event(
-                    "error",
-                    {"error": f"worker {route.worker_id} on hive {route.hive}: {failure}", "code": failure.code},
-                )
-                return
-            finally:
-                await self.registry.release(route)
+                    self.registry.forget(ticket.route)
+                raise ClientError(
+                    502,
+                    f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}",
+                    "api_error",
+                    failure.code,
+                ) from None
+            except StopAsyncIteration:
+                ticket.release()
+                raise ClientError(502, "the worker sent nothing", "api_error", "worker_lost") from None
+            except BaseException:
+                ticket.release()
+                raise
+            exchange.first_byte = time.monotonic()
+            return ticket, first, chunks
 
-    def client_allowed(self, request: Request, model: str | None) -> JSONResponse | None:
-        if not self.api_keys and not (self.spec and self.spec.queen.api_keys):
-            return None
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        for key, models in self.api_keys.items():
-            if hmac.compare_digest(given.encode(), key.encode()):
-                if model is not None and models is not None and model not in models:
-                    return JSONResponse(
-                        oai.error(f"this API key may not use model {model}", "permission_error", "model_not_allowed"),
-                        403,
-                    )
-                return None
-        return JSONResponse(
-            oai.error(
-                "a valid API key is required: send Authorization: Bearer <key>",
-                "authentication_error",
-                "invalid_api_key",
-            ),
-            401,
+    async def relay(
+        self,
+        exchange: Exchange,
+        ticket: Ticket,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        on_error: Callable[[str, str], bytes],
+    ) -> AsyncIterator[bytes]:
+        """Pass the worker's bytes through; end with an error in the client's format if the worker fails."""
+        tail = first[-TAIL:]
+        finished = False
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+                tail = (tail + chunk)[-TAIL:]
+            finished = True
+            end = wire.parse_end(tail)
+            if end is None:
+                self._fail(exchange, ticket, "the worker ended the stream without finishing")
+                yield on_error(str(exchange.error), "worker_lost")
+            else:
+                exchange.tokens = int(end.get("completion_tokens", 0))
+                if end.get("error"):
+                    exchange.status, exchange.error = 502, str(end["error"])
+        except UpstreamError as failure:
+            finished = True
+            self._fail(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
+            yield on_error(str(exchange.error), failure.code)
+        finally:
+            if not finished:
+                exchange.status, exchange.error = 499, "the client went away"
+                asyncio.get_running_loop().create_task(_close(chunks))
+            ticket.release()
+            self.record(exchange)
+
+    def _fail(self, exchange: Exchange, ticket: Ticket, message: str) -> None:
+        exchange.status, exchange.error = 502, message
+        self.registry.forget(ticket.route)
+
+    def record(self, exchange: Exchange) -> None:
+        now = time.monotonic()
+        model = exchange.model
+        self.metrics.requests.labels(model, str(exchange.status)).inc()
+        if exchange.tokens:
+            self.metrics.tokens.labels(model).inc(exchange.tokens)
+        if exchange.first_byte is not None:
+            self.metrics.ttft.labels(model).observe(exchange.first_byte - exchange.started)
+            if exchange.tokens > 1:
+                self.metrics.token_latency.labels(model).observe((now - exchange.first_byte) / (exchange.tokens - 1))
+        request_log.info(
+            json.dumps(
+                {
+                    "id": exchange.id,
+                    "model": model,
+                    "key": exchange.key,
+                    "hive": exchange.hive,
+                    "worker": exchange.worker,
+                    "status": exchange.status,
+                    "tokens": exchange.tokens,
+                    "queued_ms": round(exchange.queued * 1000, 2),
+                    "ttft_ms": round((exchange.first_byte - exchange.started) * 1000, 2)
+                    if exchange.first_byte
+                    else None,
+                    "duration_ms": round((now - exchange.started) * 1000, 2),
+                    "error": exchange.error,
+                }
+            )
         )
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    with contextlib.suppress(Exception):
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def make_policy(routing_name: str, source: str | None) -> Policy:
+    if routing_name == "round-robin":
+        return Policy(PolicyKind.ROUND_ROBIN)
+    if routing_name.endswith(".py"):
+        if source is None:
+            raise PolicyError(f"the routing policy {routing_name} was not sent with the spec")
+        return Policy(PolicyKind.FILE, source, Path(routing_name).name)
+    return Policy()
 
 
 def create_app(queen: Queen) -> Starlette:
@@ -188,68 +352,120 @@ def create_app(queen: Queen) -> Starlette:
 
         return check
 
-    async def read_json(request: Request) -> Any:
+    def client(handler: Handler) -> Handler:
+        async def guard(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ClientError as refusal:
+                return refusal.response()
+
+        return guard
+
+    async def read_body(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > queen.max_body:
+            raise ClientError(413, f"the body is larger than {queen.max_body} bytes", code="body_too_large")
+        raw = b""
+        async for part in request.stream():
+            raw += part
+            if len(raw) > queen.max_body:
+                raise ClientError(413, f"the body is larger than {queen.max_body} bytes", code="body_too_large")
         try:
-            return json.loads(await request.body())
+            return json.loads(raw)
         except ValueError:
-            return None
+            raise ClientError(400, "the body must be a JSON object", code="invalid_json") from None
+
+    def validation_error(failure: pydantic.ValidationError) -> ClientError:
+        item = failure.errors()[0]
+        param = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        return ClientError(400, f"{param}: {message}" if param else message, param=param or None)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "version": __version__, "generation": queen.generation})
 
     async def list_models(request: Request) -> Response:
-        refused = queen.client_allowed(request, None)
-        if refused:
-            return refused
+        queen.authorize(request, None)
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "rbee"} for name in queen.registry.models()]
         return JSONResponse({"object": "list", "data": data})
 
     async def openai_endpoint(request: Request, chat: bool) -> Response:
-        raw = await read_json(request)
+        raw = await read_body(request)
         if not isinstance(raw, dict):
-            return JSONResponse(oai.error("the body must be a JSON object"), 400)
+            raise ClientError(400, "the body must be a JSON object", code="invalid_json")
         try:
             body: oai.ChatRequest | oai.CompletionRequest = (
                 oai.ChatRequest.model_validate(raw) if chat else oai.CompletionRequest.model_validate(raw)
             )
         except pydantic.ValidationError as failure:
-            item = failure.errors()[0]
-            param = ".".join(str(part) for part in item["loc"])
-            return JSONResponse(oai.error(f"{param}: {item['msg']}", param=param), 400)
-        refused = queen.client_allowed(request, body.model)
-        if refused:
-            return refused
+            raise validation_error(failure) from None
+        key = queen.authorize(request, body.model)
         if not queen.registry.knows(body.model):
-            return JSONResponse(
-                oai.error(f"the model {body.model} does not exist", code="model_not_found", param="model"), 404
-            )
+            raise ClientError(404, f"the model {body.model} does not exist", code="model_not_found", param="model")
         request_id = oai.new_id("chatcmpl" if chat else "cmpl")
         execute: dict[str, Any] = {"request_id": request_id, **body.sampling()}
         if isinstance(body, oai.ChatRequest):
             execute["messages"] = [message.model_dump(exclude_none=True) for message in body.messages]
+            prompt_chars = sum(len(message.content or "") for message in body.messages)
         else:
             execute["prompt"] = body.text
-        events = queen.run(body.model, execute)
+            prompt_chars = len(body.text)
+        ask = Ask(body.model, request.headers.get("x-rbee-hive"), key.name if key else None, prompt_chars)
+        exchange = Exchange(request_id, body.model, ask.key)
         if body.stream:
-            first = await anext(events)
-            if first.kind == "error":
-                return _error_response(first)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            stream = _openai_stream(first, events, request_id, body.model, chat, include_usage)
+            fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
+            execute.update(format=str(fmt), openai_model=body.model, include_usage=include_usage)
+            try:
+                ticket, first, chunks = await queen.open_stream(ask, key, execute, exchange)
+            except ClientError as refusal:
+                exchange.status, exchange.error = refusal.status, str(refusal)
+                queen.record(exchange)
+                raise
+            encoder = oai.StreamEncoder(request_id, body.model, chat, include_usage)
+            stream = queen.relay(exchange, ticket, first, chunks, encoder.error)
             return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-        text, done = [], None
-        async for event in events:
-            if event.kind == "error":
-                return _error_response(event)
-            if event.kind == "token":
-                text.append(event.data["token"])
-            else:
-                done = event.data
-        assert done is not None
-        usage = oai.usage(done.get("prompt_tokens", 0), done.get("total_tokens", 0))
-        finish = oai.openai_finish(done.get("finish_reason", "stop"))
+        return await whole_answer(ask, key, execute, exchange, chat, body.model)
+
+    async def whole_answer(
+        ask: Ask, key: Key | None, execute: dict[str, Any], exchange: Exchange, chat: bool, model: str
+    ) -> Response:
+        execute["format"] = str(wire.StreamFormat.RBEE)
+        try:
+            ticket, first, chunks = await queen.open_stream(ask, key, execute, exchange)
+        except ClientError as refusal:
+            exchange.status, exchange.error = refusal.status, str(refusal)
+            queen.record(exchange)
+            raise
+        text, end = [], None
+        try:
+            buffer = first
+            async for chunk in chunks:
+                buffer += chunk
+            for block in buffer.split(b"\n\n"):
+                if block.startswith(b"data:"):
+                    data = json.loads(block[5:])
+                    if "token" in data:
+                        text.append(data["token"])
+                elif block.startswith(b"event: error"):
+                    message = json.loads(block.split(b"data:", 1)[1])["error"]
+                    exchange.status, exchange.error = 502, str(message)
+                    raise ClientError(502, str(message), "api_error", "generation_failed")
+            end = wire.parse_end(buffer)
+        except UpstreamError as failure:
+            exchange.status, exchange.error = 502, str(failure)
+            raise ClientError(502, str(failure), "api_error", failure.code) from None
+        finally:
+            ticket.release()
+            if end is not None:
+                exchange.tokens = int(end.get("completion_tokens", 0))
+            queen.record(exchange)
+        if end is None:
+            raise ClientError(502, "the worker ended the stream without finishing", "api_error", "worker_lost")
+        usage = oai.usage(int(end["prompt_tokens"]), int(end["completion_tokens"]))
+        finish = oai.openai_finish(str(end.get("finish_reason", "stop")))
         shape = oai.chat_response if chat else oai.completion_response
-        return JSONResponse(shape(request_id, body.model, "".join(text), finish, usage))
+        return JSONResponse(shape(exchange.id, model, "".join(text), finish, usage))
 
     async def chat_completions(request: Request) -> Response:
         return await openai_endpoint(request, chat=True)
@@ -258,25 +474,19 @@ def create_app(queen: Queen) -> Starlette:
         return await openai_endpoint(request, chat=False)
 
     async def create_task(request: Request) -> Response:
-        raw = await read_json(request)
+        raw = await read_body(request)
         if not isinstance(raw, dict) or not isinstance(raw.get("model"), str):
-            return JSONResponse(
-                wire.error_body("the body must be a JSON object with a 'model'", "invalid_request"), 400
-            )
+            raise ClientError(400, "the body must be a JSON object with a 'model'", param="model")
         model = raw.pop("model")
-        refused = queen.client_allowed(request, model)
-        if refused:
-            return refused
+        hive = raw.pop("hive", None)
+        key = queen.authorize(request, model)
         task_id = oai.new_id("task")
         try:
             execute = wire.ExecuteRequest.model_validate({**raw, "request_id": task_id})
         except pydantic.ValidationError as failure:
-            item = failure.errors()[0]
-            where = ".".join(str(part) for part in item["loc"])
-            message = str(item["msg"]).removeprefix("Value error, ")
-            return JSONResponse(wire.error_body(f"{where + ': ' if where else ''}{message}", "invalid_request"), 400)
+            raise validation_error(failure) from None
         if not queen.registry.knows(model):
-            return JSONResponse(wire.error_body(f"the model {model} does not exist", "model_not_found"), 404)
+            raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
         task = Task(task_id, model)
         queen.tasks[task_id] = task
         while len(queen.tasks) > MAX_TASKS:
@@ -284,23 +494,24 @@ def create_app(queen: Queen) -> Starlette:
             if not queen.tasks[oldest].finished:
                 break
             del queen.tasks[oldest]
-        task.runner = asyncio.get_running_loop().create_task(_run_task(queen, task, execute.model_dump()))
+        prompt_chars = len(execute.prompt or "") + sum(len(m.content or "") for m in execute.messages or ())
+        ask = Ask(model, hive if isinstance(hive, str) else None, key.name if key else None, prompt_chars)
+        body = execute.model_dump(mode="json") | {"format": str(wire.StreamFormat.RBEE)}
+        task.runner = asyncio.get_running_loop().create_task(_run_task(queen, task, ask, key, body))
         return JSONResponse({"task_id": task_id, "events": f"/v2/tasks/{task_id}/events"}, 201)
 
     async def task_events(request: Request) -> Response:
         task = queen.tasks.get(request.path_params["id"])
         if task is None:
-            return JSONResponse(wire.error_body("no such task", "not_found"), 404)
-        refused = queen.client_allowed(request, task.model)
-        if refused:
-            return refused
+            raise ClientError(404, "no such task", code="not_found")
+        queen.authorize(request, task.model)
 
         async def replay() -> AsyncIterator[bytes]:
             sent = 0
             while True:
                 waiter = task.changed
-                while sent < len(task.events):
-                    yield task.events[sent]
+                while sent < len(task.chunks):
+                    yield task.chunks[sent]
                     sent += 1
                 if task.finished:
                     return
@@ -311,26 +522,34 @@ def create_app(queen: Queen) -> Starlette:
     async def cancel_task(request: Request) -> Response:
         task = queen.tasks.get(request.path_params["id"])
         if task is None:
-            return JSONResponse(wire.error_body("no such task", "not_found"), 404)
-        refused = queen.client_allowed(request, task.model)
-        if refused:
-            return refused
+            raise ClientError(404, "no such task", code="not_found")
+        queen.authorize(request, task.model)
         if task.runner is not None and not task.finished:
             task.runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task.runner
         return JSONResponse({"task_id": task.id, "finished": True})
 
+    async def metrics(request: Request) -> Response:
+        return Response(queen.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(docs.openapi())
+
     async def put_spec(request: Request) -> Response:
-        raw = await read_json(request)
+        raw = await read_body(request)
         try:
             spec = HiveFile.model_validate(raw.get("spec") if isinstance(raw, dict) else None)
         except pydantic.ValidationError as failure:
             return JSONResponse(
                 wire.error_body(f"not a valid hive.yaml: {failure.errors()[0]['msg']}", "invalid_spec"), 400
             )
-        source = str(raw.get("source", "")) if isinstance(raw, dict) else ""
-        generation, changed = queen.set_spec(spec, source)
+        source = str(raw.get("source", ""))
+        policy = raw.get("policy_source")
+        try:
+            generation, changed = queen.set_spec(spec, source, policy if isinstance(policy, str) else None)
+        except PolicyError as error:
+            return JSONResponse(wire.error_body(str(error), "invalid_policy"), 400)
         await queen.refresh()
         return JSONResponse({"generation": generation, "changed": changed})
 
@@ -342,9 +561,31 @@ def create_app(queen: Queen) -> Starlette:
                 "observed_at": queen.registry.observed_at,
                 "hives": observed.model_dump(mode="json")["hives"] if observed else [],
                 "routes": [
-                    {"worker": r.worker_id, "hive": r.hive, "model": r.model, "url": r.url, "in_flight": r.in_flight}
+                    {
+                        "worker": r.worker_id,
+                        "hive": r.hive,
+                        "model": r.model,
+                        "url": r.url,
+                        "in_flight": r.in_flight,
+                        "slots": r.slots,
+                    }
                     for r in queen.registry.routes.values()
                 ],
+                "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
+            }
+        )
+
+    async def explain(request: Request) -> Response:
+        model = request.query_params.get("model", "")
+        ask = Ask(model, request.query_params.get("hive"), None, int(request.query_params.get("prompt_chars", 0)))
+        candidates, pick, reason = queen.admission.explain(ask)
+        return JSONResponse(
+            {
+                "model": model,
+                "policy": queen.admission.policy.kind,
+                "candidates": candidates,
+                "pick": pick,
+                "reason": reason,
             }
         )
 
@@ -359,92 +600,44 @@ def create_app(queen: Queen) -> Starlette:
     return Starlette(
         routes=[
             routing.Route("/health", health),
-            routing.Route("/v1/models", list_models),
-            routing.Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            routing.Route("/v1/completions", completions, methods=["POST"]),
-            routing.Route("/v2/tasks", create_task, methods=["POST"]),
-            routing.Route("/v2/tasks/{id}/events", task_events),
-            routing.Route("/v2/tasks/{id}", cancel_task, methods=["DELETE"]),
-            routing.Route("/v2/spec", operator(put_spec), methods=["PUT"]),
+            routing.Route("/metrics", metrics),
+            routing.Route("/openapi.json", openapi),
+            routing.Route("/v1/models", client(list_models)),
+            routing.Route("/v1/chat/completions", client(chat_completions), methods=["POST"]),
+            routing.Route("/v1/completions", client(completions), methods=["POST"]),
+            routing.Route("/v2/tasks", client(create_task), methods=["POST"]),
+            routing.Route("/v2/tasks/{id}/events", client(task_events)),
+            routing.Route("/v2/tasks/{id}", client(cancel_task), methods=["DELETE"]),
+            routing.Route("/v2/spec", operator(client(put_spec)), methods=["PUT"]),
             routing.Route("/v2/status", operator(status)),
+            routing.Route("/v2/route", operator(explain)),
             routing.Route("/v2/events", operator(events)),
             routing.Route("/v2/admin/shutdown", operator(shutdown), methods=["POST"]),
         ]
     )
 
 
-def _error_response(event: Event) -> JSONResponse:
-    code = str(event.data.get("code", "worker_error"))
-    status = 503 if code in ("no_worker", "worker_refused") else 502
-    headers = {"Retry-After": str(event.data["retry_after"])} if event.data.get("retry_after") else None
-    kind = "service_unavailable" if status == 503 else "api_error"
-    return JSONResponse(oai.error(str(event.data.get("error")), kind, code), status, headers=headers)
-
-
-async def _openai_stream(
-    first: Event, events: AsyncIterator[Event], request_id: str, model: str, chat: bool, include_usage: bool
-) -> AsyncIterator[bytes]:
-    created = int(time.time())
-
-    def frame(payload: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-    if chat:
-        yield frame(oai.chat_chunk(request_id, model, created, {"role": "assistant", "content": ""}, None))
-
-    async def all_events() -> AsyncIterator[Event]:
-        yield first
-        async for event in events:
-            yield event
-
-    async for event in all_events():
-        if event.kind == "token":
-            token = event.data["token"]
-            yield frame(
-                oai.chat_chunk(request_id, model, created, {"content": token}, None)
-                if chat
-                else oai.completion_chunk(request_id, model, created, token, None)
-            )
-        elif event.kind == "done":
-            finish = oai.openai_finish(event.data.get("finish_reason", "stop"))
-            yield frame(
-                oai.chat_chunk(request_id, model, created, {}, finish)
-                if chat
-                else oai.completion_chunk(request_id, model, created, "", finish)
-            )
-            if include_usage:
-                usage = oai.usage(event.data.get("prompt_tokens", 0), event.data.get("total_tokens", 0))
-                yield frame(
-                    oai.chat_chunk(request_id, model, created, {}, None, usage)
-                    if chat
-                    else oai.completion_chunk(request_id, model, created, "", None, usage)
-                )
-            yield b"data: [DONE]\n\n"
-            return
-        else:
-            yield frame(oai.error(str(event.data.get("error")), "api_error", str(event.data.get("code"))))
-            return
-
-
-async def _run_task(queen: Queen, task: Task, execute: dict[str, Any]) -> None:
+async def _run_task(queen: Queen, task: Task, ask: Ask, key: Key | None, body: dict[str, Any]) -> None:
+    exchange = Exchange(task.id, task.model, ask.key)
     try:
-        async for event in queen.run(task.model, execute):
-            if event.kind == "token":
-                task.add(wire.token_event(event.data["token"], event.data["index"]))
-            elif event.kind == "done":
-                task.add(wire.sse(event.data), final=True)
-                return
-            else:
-                task.add(wire.sse(event.data, event="error"), final=True)
-                return
+        ticket, first, chunks = await queen.open_stream(ask, key, body, exchange)
+    except ClientError as refusal:
+        exchange.status, exchange.error = refusal.status, str(refusal)
+        queen.record(exchange)
+        task.add(wire.error_event(str(refusal), refusal.code or "refused"), final=True)
+        return
+    try:
+        async for chunk in queen.relay(exchange, ticket, first, chunks, wire.error_event):
+            task.add(chunk)
     except asyncio.CancelledError:
         task.add(wire.done_event(0, 0, wire.FinishReason.CANCELLED), final=True)
         raise
+    task.add(b"", final=True)
 
 
 def serve(state_dir: Path, listen: str, token: str | None, poll_interval: float = 1.0) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s queen %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     host, _, port = listen.rpartition(":")
 
     async def main() -> None:

@@ -43,6 +43,12 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (hive, id)
         )""",
     ],
+    [
+        """CREATE TABLE settings (
+            name TEXT PRIMARY KEY,
+            value TEXT
+        )""",
+    ],
 ]
 
 
@@ -82,6 +88,13 @@ class Store:
         )
         self.log("spec", source, f"applied generation {generation}")
         return generation, True
+
+    def policy_source(self) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE name = 'policy_source'").fetchone()
+        return str(row[0]) if row and row[0] is not None else None
+
+    def set_policy_source(self, source: str | None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES ('policy_source', ?)", (source,))
 
     def saw_hive(self, name: str) -> None:
         now = time.time()

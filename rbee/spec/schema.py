@@ -92,6 +92,9 @@ class ApiKeyRef(Strict):
     models: tuple[Name, ...] | None = Field(
         default=None, description="Models this key may use; omitted means all models."
     )
+    max_concurrent: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Requests this key may have in flight or queued at once (429 past it)."
+    )
 
 
 def _refuse_inline_key(value: Any) -> Any:
@@ -100,11 +103,27 @@ def _refuse_inline_key(value: Any) -> Any:
     return value
 
 
+def _check_routing(value: Any) -> Any:
+    if isinstance(value, str) and value not in ("least-loaded", "round-robin") and not value.endswith(".py"):
+        raise ValueError(f"'{value}' is not a routing policy; use least-loaded, round-robin or a path to a .py file")
+    return value
+
+
 class QueenSpec(Strict):
     listen: Address = "127.0.0.1:8080"
     reconcile_interval: Seconds = 30.0
     heartbeat_interval: Seconds = 30.0
     api_keys: tuple[Annotated[ApiKeyRef, BeforeValidator(_refuse_inline_key)], ...] = ()
+    routing: Annotated[str, BeforeValidator(_check_routing)] = Field(
+        default="least-loaded",
+        description="least-loaded, round-robin, or a Python file (relative to hive.yaml) defining "
+        "route(request, candidates) -> candidate.",
+    )
+    max_queue: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        default=256, description="Requests that may wait per model; past it the queen answers 503."
+    )
+    queue_timeout: Seconds = Field(default=30.0, description="How long a request may wait for a worker (504).")
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(default=4 << 20, description="Larger bodies get 413.")
 
 
 class HostKeyPolicy(StrEnum):

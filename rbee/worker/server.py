@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pydantic
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from rbee.api import wire
+from rbee.api import openai, wire
 from rbee.api.state import WorkerState
 from rbee.worker import backends
 
@@ -128,11 +128,14 @@ def create_app(runtime: Runtime) -> Starlette:
             options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
         else:
             prompt, options = body.prompt or "", body
+        encoder = _encoder(body, runtime.options.model)
         runtime.request_id = body.request_id
         runtime.cancel = threading.Event()
         runtime.claimed = time.monotonic()
         runtime.set_state(WorkerState.BUSY)
-        return StreamingResponse(_stream(runtime, prompt, options), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(
+            _stream(runtime, prompt, options, encoder), media_type="text/event-stream", headers=SSE_HEADERS
+        )
 
     async def cancel(request: Request) -> Response:
         try:
@@ -163,7 +166,44 @@ def create_app(runtime: Runtime) -> Starlette:
     )
 
 
-async def _stream(runtime: Runtime, prompt: str, options: wire.SamplingOptions) -> AsyncIterator[bytes]:
+class Encoder(Protocol):
+    def start(self) -> bytes: ...
+
+    def token(self, text: str) -> bytes: ...
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes: ...
+
+    def error(self, message: str, code: str) -> bytes: ...
+
+
+class RbeeEncoder:
+    def __init__(self) -> None:
+        self.index = 0
+
+    def start(self) -> bytes:
+        return b""
+
+    def token(self, text: str) -> bytes:
+        self.index += 1
+        return wire.token_event(text, self.index - 1)
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return wire.done_event(completion_tokens, prompt_tokens, wire.FinishReason(reason))
+
+    def error(self, message: str, code: str) -> bytes:
+        return wire.error_event(message, code)
+
+
+def _encoder(body: wire.ExecuteRequest, model: str) -> Encoder:
+    if body.format is wire.StreamFormat.RBEE:
+        return RbeeEncoder()
+    chat = body.format is wire.StreamFormat.OPENAI_CHAT
+    return openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
+
+
+async def _stream(
+    runtime: Runtime, prompt: str, options: wire.SamplingOptions, encoder: Encoder
+) -> AsyncIterator[bytes]:
     """Run the generation in a thread and relay its pieces; a client that goes away cancels it."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -184,22 +224,25 @@ async def _stream(runtime: Runtime, prompt: str, options: wire.SamplingOptions) 
     runtime.streaming = True
     thread = threading.Thread(target=produce, name="generate", daemon=True)
     thread.start()
-    index = 0
     try:
+        opening = encoder.start()  # sent with the first token, so a client's first bytes hold text
         while True:
             kind, value = await queue.get()
             if kind == "piece":
-                yield wire.token_event(value, index)
-                index += 1
+                yield opening + encoder.token(value) if opening else encoder.token(value)
+                opening = b""
                 continue
             # The engine is done: become idle before the last event, so whoever reads it may send the next
             # request at once.
             await asyncio.to_thread(thread.join)
             _release(runtime)
+            reason = str(result.finish_reason)
             if kind == "done":
-                yield wire.done_event(result.completion_tokens, result.prompt_tokens, result.finish_reason)
+                end = wire.end_comment(result.prompt_tokens, result.completion_tokens, reason)
+                yield opening + end + encoder.finish(reason, result.prompt_tokens, result.completion_tokens)
             else:
-                yield wire.error_event(value, "generation_failed")
+                end = wire.end_comment(result.prompt_tokens, result.completion_tokens, "error", value)
+                yield opening + end + encoder.error(value, "generation_failed")
             return
     finally:
         # No await here: a client that went away cancels this task, and every await would raise again.

@@ -1,7 +1,12 @@
-"""OpenAI-compatible request bodies and the response shapes the official client expects."""
+"""OpenAI-compatible request bodies, and the response and stream shapes the official client expects.
+
+The stream encoders are shared: a worker asked for OpenAI's wire format writes these bytes itself, so the queen
+passes them through without parsing each event. No I/O here.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Annotated, Any
@@ -144,3 +149,61 @@ def completion_response(
 
 def openai_finish(reason: str) -> str:
     return "length" if reason == "length" else "stop"
+
+
+def _dump(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def frame(payload: dict[str, Any]) -> bytes:
+    return b"data: " + _dump(payload) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class StreamEncoder:
+    """Bytes of an OpenAI stream, one token at a time, with the per-chunk JSON precomputed around the text."""
+
+    def __init__(self, request_id: str, model: str, chat: bool, include_usage: bool, created: int | None = None):
+        self.request_id, self.model, self.chat, self.include_usage = request_id, model, chat, include_usage
+        self.created = created or int(time.time())
+        head = {
+            "id": request_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": self.created,
+            "model": model,
+        }
+        prefix = _dump(head)[:-1]
+        if chat:
+            self._before = b"data: " + prefix + b',"choices":[{"index":0,"delta":{"content":'
+            self._after = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        else:
+            self._before = b"data: " + prefix + b',"choices":[{"index":0,"text":'
+            self._after = b',"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def start(self) -> bytes:
+        if not self.chat:
+            return b""
+        return frame(chat_chunk(self.request_id, self.model, self.created, {"role": "assistant", "content": ""}, None))
+
+    def token(self, text: str) -> bytes:
+        return self._before + _dump(text) + self._after
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+        finish = openai_finish(reason)
+        if self.chat:
+            out = frame(chat_chunk(self.request_id, self.model, self.created, {}, finish))
+        else:
+            out = frame(completion_chunk(self.request_id, self.model, self.created, "", finish))
+        if self.include_usage:
+            block = usage(prompt_tokens, completion_tokens)
+            out += frame(
+                chat_chunk(self.request_id, self.model, self.created, {}, None, block)
+                if self.chat
+                else completion_chunk(self.request_id, self.model, self.created, "", None, block)
+            )
+        return out + DONE
+
+    def error(self, message: str, code: str) -> bytes:
+        return frame(error(message, "api_error", code)) + DONE

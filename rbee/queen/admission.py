@@ -1,0 +1,192 @@
+"""Admission control per model: slots per worker, a bounded FIFO queue with a deadline, and a concurrency
+limit per API key. Refusals are exact: queue full -> 503, key limit -> 429 (both with Retry-After), waited past
+the deadline -> 504, no worker at all -> 503.
+
+Counters are exception-safe: every admitted request is released exactly once by `Ticket.release`, which the
+queen calls in a `finally`; a waiter that is cancelled or times out leaves the queue and gives back what it held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from rbee.queen.scheduling import Ask, FreeHeap, Policy, Route
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, reason: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+@dataclass(eq=False)
+class Waiter:
+    ask: Ask
+    future: asyncio.Future[Route]
+    since: float
+
+
+@dataclass
+class Lane:
+    """One model's workers and queue."""
+
+    routes: dict[str, Route] = field(default_factory=dict)
+    free: FreeHeap = field(default_factory=FreeHeap)
+    queue: deque[Waiter] = field(default_factory=deque)
+
+    def route_list(self) -> list[Route]:
+        return [route for route in self.routes.values() if not route.gone]
+
+
+@dataclass(eq=False)
+class Ticket:
+    """An admitted request: the worker it holds and how long it queued. Release exactly once."""
+
+    admission: Admission
+    route: Route
+    key: str | None
+    queued_seconds: float
+    reason: str
+    released: bool = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.admission._release(self.route, self.key)
+
+
+class Admission:
+    def __init__(self, policy: Policy | None = None, max_queue: int = 64) -> None:
+        self.policy = policy or Policy()
+        self.max_queue = max_queue
+        self.lanes: dict[str, Lane] = {}
+        self.key_load: Counter[str] = Counter()
+        self.refusals: Counter[tuple[str, str]] = Counter()
+
+    def sync(self, routes: Iterable[Route]) -> None:
+        """Make the lanes hold exactly these workers; a worker that left keeps serving what it holds."""
+        seen: set[str] = set()
+        for route in routes:
+            seen.add(route.key)
+            lane = self.lanes.setdefault(route.model, Lane())
+            known = lane.routes.get(route.key)
+            if known is not route:
+                if known is not None:
+                    known.gone = True
+                lane.routes[route.key] = route
+                lane.free.push(route)
+                self._dispatch(lane)
+        for lane in self.lanes.values():
+            for key in [key for key in lane.routes if key not in seen]:
+                lane.routes.pop(key).gone = True
+
+    async def acquire(self, ask: Ask, wait: float, key_limit: int | None = None) -> Ticket:
+        if ask.key is not None and key_limit is not None and self.key_load[ask.key] >= key_limit:
+            raise self._refuse(
+                ask, 429, "key_limit", f"this API key already has {key_limit} requests in flight or queued", 1
+            )
+        lane = self.lanes.get(ask.model)
+        if lane is None or not lane.route_list():
+            raise self._refuse(
+                ask, 503, "no_worker", f"no worker of model {ask.model} is ready; check `rbee status`", 5
+            )
+        if ask.key is not None:
+            self.key_load[ask.key] += 1
+        try:
+            return await self._wait_for_route(lane, ask, wait)
+        except BaseException:
+            if ask.key is not None:
+                self.key_load[ask.key] -= 1
+            raise
+
+    async def _wait_for_route(self, lane: Lane, ask: Ask, wait: float) -> Ticket:
+        started = time.monotonic()
+        if not lane.queue:
+            route, reason = self.policy.choose(ask, lane.free, lane.route_list())
+            if route is not None:
+                self._assign(lane, route)
+                return Ticket(self, route, ask.key, 0.0, reason)
+        if len(lane.queue) >= self.max_queue:
+            raise self._refuse(
+                ask, 503, "queue_full", f"the queue for model {ask.model} is full ({self.max_queue} waiting)", 1
+            )
+        waiter = Waiter(ask, asyncio.get_running_loop().create_future(), started)
+        lane.queue.append(waiter)
+        try:
+            route = await asyncio.wait_for(asyncio.shield(waiter.future), timeout=wait)
+        except TimeoutError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                waited = time.monotonic() - started
+                return Ticket(self, waiter.future.result(), ask.key, waited, "assigned at the deadline")
+            waiter.future.cancel()
+            raise self._refuse(
+                ask, 504, "deadline", f"no worker of model {ask.model} was free within {wait:g} s", None
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                self._release(waiter.future.result(), None)
+            waiter.future.cancel()
+            raise
+        finally:
+            if waiter in lane.queue and waiter.future.done():
+                lane.queue.remove(waiter)
+        return Ticket(self, route, ask.key, time.monotonic() - started, "the first free worker after queueing")
+
+    def _assign(self, lane: Lane, route: Route) -> None:
+        route.in_flight += 1
+        route.last_used = time.monotonic()
+        lane.free.push(route)
+
+    def _release(self, route: Route, key: str | None) -> None:
+        route.in_flight = max(0, route.in_flight - 1)
+        if key is not None:
+            self.key_load[key] -= 1
+            if self.key_load[key] <= 0:
+                del self.key_load[key]
+        lane = self.lanes.get(route.model)
+        if lane is None or route.gone:
+            return
+        lane.free.push(route)
+        self._dispatch(lane)
+
+    def _dispatch(self, lane: Lane) -> None:
+        while lane.queue:
+            waiter = lane.queue[0]
+            if waiter.future.done():
+                lane.queue.popleft()
+                continue
+            route, _ = self.policy.choose(waiter.ask, lane.free, lane.route_list())
+            if route is None:
+                return
+            lane.queue.popleft()
+            self._assign(lane, route)
+            waiter.future.set_result(route)
+
+    def _refuse(self, ask: Ask, status: int, reason: str, message: str, retry_after: int | None) -> Refusal:
+        self.refusals[(ask.model, reason)] += 1
+        return Refusal(status, reason, message, retry_after)
+
+    def explain(self, ask: Ask) -> tuple[list[dict[str, object]], str | None, str]:
+        """What the policy would pick for `ask` now, and why, without admitting anything."""
+        lane = self.lanes.get(ask.model)
+        if lane is None or not lane.route_list():
+            return [], None, f"no worker of model {ask.model} is ready"
+        candidates = [route.candidate() for route in lane.route_list()]
+        turns = dict(getattr(self.policy, "_turn", {}))
+        route, reason = self.policy.choose(ask, lane.free, lane.route_list())
+        self.policy._turn = turns
+        if route is None:
+            return candidates, None, f"{reason}; the request would wait in the queue ({len(lane.queue)} waiting)"
+        lane.free.push(route)
+        return candidates, route.key, reason
+
+    def queue_depth(self, model: str) -> int:
+        lane = self.lanes.get(model)
+        return sum(1 for waiter in lane.queue if not waiter.future.done()) if lane else 0
+
+    def in_flight(self) -> list[Route]:
+        return [route for lane in self.lanes.values() for route in lane.routes.values()]

@@ -1,0 +1,184 @@
+"""Which free worker gets a request: least-loaded (default), round-robin, or the operator's own `route()`.
+
+A policy sees plain data: the request (model, pinned hive, API key name, prompt size) and the candidates
+(free workers of that model). A user policy that raises or returns something that is not a candidate falls
+back to least-loaded, with a warning in the log.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+log = logging.getLogger("rbee.queen")
+
+
+class PolicyKind(StrEnum):
+    LEAST_LOADED = "least-loaded"
+    ROUND_ROBIN = "round-robin"
+    FILE = "file"
+
+
+@dataclass(eq=False)
+class Route:
+    """A worker the queen can send requests to. Identity matters: one object per worker, kept across refreshes."""
+
+    worker_id: str
+    hive: str
+    model: str
+    url: str
+    slots: int = 1
+    in_flight: int = 0
+    last_used: float = 0.0
+    gone: bool = False
+    version: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.hive}/{self.worker_id}"
+
+    @property
+    def free(self) -> bool:
+        return not self.gone and self.in_flight < self.slots
+
+    def candidate(self) -> dict[str, Any]:
+        return {
+            "worker": self.worker_id,
+            "hive": self.hive,
+            "model": self.model,
+            "in_flight": self.in_flight,
+            "slots": self.slots,
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What a policy knows about a request."""
+
+    model: str
+    hive: str | None = None
+    key: str | None = None
+    prompt_chars: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "hive": self.hive, "key": self.key, "prompt_chars": self.prompt_chars}
+
+
+@dataclass
+class FreeHeap:
+    """The free workers of one model, least loaded first, with lazy invalidation: O(log n) per decision."""
+
+    heap: list[tuple[float, float, int, int, Route]] = field(default_factory=list)
+    counter: Iterable[int] = field(default_factory=itertools.count)
+
+    def push(self, route: Route) -> None:
+        if route.free:
+            route.version += 1
+            entry = (route.in_flight / route.slots, route.last_used, next(self.counter), route.version, route)  # type: ignore[call-overload]
+            heapq.heappush(self.heap, entry)
+
+    def pop(self, accept: Callable[[Route], bool] | None = None) -> Route | None:
+        skipped = []
+        found = None
+        while self.heap:
+            entry = heapq.heappop(self.heap)
+            route = entry[4]
+            if entry[3] != route.version or not route.free:
+                continue
+            if accept is None or accept(route):
+                found = route
+                break
+            skipped.append(entry)
+        for entry in skipped:
+            heapq.heappush(self.heap, entry)
+        return found
+
+
+class Policy:
+    def __init__(
+        self, kind: PolicyKind = PolicyKind.LEAST_LOADED, source: str | None = None, name: str = "policy.py"
+    ) -> None:
+        self.kind = kind
+        self.name = name
+        self._user: Callable[[dict[str, Any], list[dict[str, Any]]], Any] | None = None
+        self._turn: dict[str, int] = {}
+        if kind is PolicyKind.FILE:
+            self._user = load_user_policy(source or "", name)
+
+    def choose(self, ask: Ask, free: FreeHeap, routes: list[Route]) -> tuple[Route | None, str]:
+        """A free worker for `ask` and why; None when every worker is full."""
+        if self.kind is PolicyKind.ROUND_ROBIN:
+            return self._round_robin(ask, routes)
+        if self.kind is PolicyKind.FILE:
+            candidates = [route for route in routes if route.free]
+            if not candidates:
+                return None, "every worker is full"
+            picked, why = self._ask_user(ask, candidates)
+            if picked is not None:
+                return picked, why
+            route, reason = self._least_loaded(ask, free)
+            return route, f"{why}; {reason}"
+        return self._least_loaded(ask, free)
+
+    def _least_loaded(self, ask: Ask, free: FreeHeap) -> tuple[Route | None, str]:
+        if ask.hive is not None:
+            pinned = free.pop(lambda route: route.hive == ask.hive)
+            if pinned is not None:
+                return pinned, f"least loaded on the pinned hive {ask.hive} ({pinned.in_flight}/{pinned.slots} busy)"
+        route = free.pop()
+        if route is None:
+            return None, "every worker is full"
+        where = f"; hive {ask.hive} has no free worker" if ask.hive is not None else ""
+        return route, f"least loaded ({route.in_flight}/{route.slots} busy){where}"
+
+    def _round_robin(self, ask: Ask, routes: list[Route]) -> tuple[Route | None, str]:
+        start = self._turn.get(ask.model, 0)
+        order = [routes[(start + step) % len(routes)] for step in range(len(routes))]
+        preferred = [route for route in order if route.free and route.hive == ask.hive]
+        anywhere = [route for route in order if route.free]
+        if not anywhere:
+            return None, "every worker is full"
+        route = (preferred or anywhere)[0]
+        self._turn[ask.model] = (routes.index(route) + 1) % len(routes)
+        pinned = "" if ask.hive is None or preferred else f" (pinned hive {ask.hive} has no free worker)"
+        return route, f"round-robin: next free worker after turn {start}{pinned}"
+
+    def _ask_user(self, ask: Ask, candidates: list[Route]) -> tuple[Route | None, str]:
+        assert self._user is not None
+        offered = [route.candidate() for route in candidates]
+        try:
+            answer = self._user(ask.as_dict(), offered)
+        except Exception as error:
+            log.warning("routing policy %s raised %s: %s; using least-loaded", self.name, type(error).__name__, error)
+            return None, f"{self.name} raised {type(error).__name__}: {error}"
+        for route, offer in zip(candidates, offered, strict=True):
+            if answer is offer or answer == offer or answer == route.worker_id:
+                return route, f"chosen by {self.name}"
+        log.warning("routing policy %s returned %r, which is not a candidate; using least-loaded", self.name, answer)
+        return None, f"{self.name} returned {answer!r}, not a candidate"
+
+
+class PolicyError(ValueError):
+    """A routing policy file that cannot be used; the message says what is wrong."""
+
+
+def load_user_policy(source: str, name: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], Any]:
+    module = types.ModuleType("rbee_user_policy")
+    try:
+        exec(compile(source, name, "exec"), module.__dict__)  # the operator's own policy file
+    except Exception as error:
+        raise PolicyError(f"{name} does not load: {type(error).__name__}: {error}") from None
+    route = getattr(module, "route", None)
+    if not callable(route):
+        raise PolicyError(f"{name} defines no function route(request, candidates)")
+    code = getattr(route, "__code__", None)
+    if code is not None and code.co_argcount != 2:
+        raise PolicyError(f"{name}: route must take exactly two arguments (request, candidates)")
+    return route  # type: ignore[no-any-return]

@@ -24,6 +24,7 @@ from rbee.observe import hives as observe_hives
 from rbee.plan import planner, render
 from rbee.plan.actions import Plan, Symbol
 from rbee.plan.saved import SavedPlan, observed_digest
+from rbee.queen import scheduling
 from rbee.spec import load, schema
 
 app = typer.Typer(
@@ -53,9 +54,28 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def load_spec(path: Path) -> schema.HiveFile:
     try:
-        return load.load(path)
+        spec = load.load(path)
     except load.SpecError as error:
         fail(str(error))
+    policy_source(spec, path)
+    return spec
+
+
+def policy_source(spec: schema.HiveFile, spec_path: Path) -> str | None:
+    """The routing policy file named in hive.yaml, read and checked now, so a broken one changes nothing."""
+    routing = spec.queen.routing
+    if not routing.endswith(".py"):
+        return None
+    path = (spec_path.parent / routing).resolve()
+    try:
+        source = path.read_text()
+    except OSError as error:
+        fail(f"{spec_path}: queen.routing: cannot read the routing policy {path} ({error.strerror}).")
+    try:
+        scheduling.load_user_policy(source, path.name)
+    except scheduling.PolicyError as error:
+        fail(f"{spec_path}: queen.routing: {error}.")
+    return source
 
 
 @app.command()
@@ -144,7 +164,8 @@ def apply(
             errors = asyncio.run(executor.Executor(spec, token, reporter).execute(the_plan))
     try:
         url, started = queen_process.ensure_running(spec, home, token)
-        generation, changed = queen_process.push_spec(url, token, spec, source)
+        policy = policy_source(spec, Path(source))
+        generation, changed = queen_process.push_spec(url, token, spec, source, policy)
     except queen_process.QueenError as error:
         fail(str(error))
     failed = {key: value for key, value in errors.items() if value}
@@ -267,6 +288,48 @@ def infer(
                         sys.stdout.flush()
     except httpx.HTTPError as error:
         fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")
+
+
+@app.command()
+def route(
+    model: Annotated[str, typer.Option("--model", "-m", help="The model of the sample request.")],
+    explain: Annotated[bool, typer.Option("--explain", help="Say which worker the policy picks and why.")] = True,
+    hive: Annotated[str | None, typer.Option(help="Pin the sample request to this hive.")] = None,
+    prompt_chars: Annotated[int, typer.Option(help="Size of the sample prompt.")] = 100,
+) -> None:
+    """Show, for a sample request, the candidate workers and which one the routing policy picks."""
+    home = Home.default()
+    record = home.queen()
+    if record is None:
+        fail("No queen is running for this RBEE_HOME; run rbee apply first.")
+    params: dict[str, str | int] = {"model": model, "prompt_chars": prompt_chars}
+    if hive:
+        params["hive"] = hive
+    try:
+        response = httpx.get(
+            f"{record['url']}/v2/route",
+            params=params,
+            trust_env=False,
+            timeout=5.0,
+            headers={"Authorization": f"Bearer {home.token(create=False)}"},
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        fail(f"The queen at {record['url']} does not answer ({error}).")
+    answer = response.json()
+    table = Table("worker", "hive", "in flight", "slots", "url", box=None)
+    for candidate in answer["candidates"]:
+        picked = f"{candidate['hive']}/{candidate['worker']}" == answer["pick"]
+        table.add_row(
+            Text(("→ " if picked else "  ") + candidate["worker"], style="bold green" if picked else ""),
+            candidate["hive"],
+            str(candidate["in_flight"]),
+            str(candidate["slots"]),
+            candidate["url"],
+        )
+    out.print(f"policy: {answer['policy']}")
+    out.print(table if answer["candidates"] else Text("No candidates.", style="dim"))
+    out.print(f"pick: {answer['pick'] or 'none'} — {answer['reason']}" if explain else f"pick: {answer['pick']}")
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -35,15 +35,23 @@ class Fleet:
         return processes.rbee_processes((str(self.root), self.hive_url))
 
 
-def make_fleet(root: Path, source: str, replicas: int = 1, model: str = "smollm2") -> Fleet:
+def make_fleet(
+    root: Path,
+    source: str,
+    replicas: int = 1,
+    model: str = "smollm2",
+    queen: str = "",
+    env: dict[str, str] | None = None,
+) -> Fleet:
     queen_port, hive_port = free_port(), free_port()
     spec = root / "hive.yaml"
     spec.write_text(
-        f"queen: {{listen: '127.0.0.1:{queen_port}', reconcile_interval: 5s}}\n"
+        f"queen: {{listen: '127.0.0.1:{queen_port}', reconcile_interval: 5s{', ' + queen if queen else ''}}}\n"
         f"hives:\n  - {{name: local, listen: '127.0.0.1:{hive_port}', data_dir: '{root / 'hive'}'}}\n"
         f"models:\n  - {{name: {model}, source: '{source}'}}\n"
         f"workers:\n  - {{model: {model}, hive: local, replicas: {replicas}}}\n"
     )
-    env = {**os.environ, "RBEE_HOME": str(root / "home"), "NO_COLOR": "1"}
-    env.pop("RBEE_API_KEY", None)
-    return Fleet(root, spec, f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{hive_port}", env)
+    full_env = {**os.environ, "RBEE_HOME": str(root / "home"), "NO_COLOR": "1", **(env or {})}
+    if not env or "RBEE_API_KEY" not in env:
+        full_env.pop("RBEE_API_KEY", None)
+    return Fleet(root, spec, f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{hive_port}", full_env)

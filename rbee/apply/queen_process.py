@@ -80,14 +80,9 @@ def ensure_running(spec: HiveFile, home: Home, token: str) -> tuple[str, bool]:
     return url, True
 
 
-def push_spec(url: str, token: str, spec: HiveFile, source: str) -> tuple[int, bool]:
-    response = httpx.put(
-        f"{url}/v2/spec",
-        json={"spec": spec.model_dump(mode="json"), "source": source},
-        headers=_auth(token),
-        timeout=30.0,
-        trust_env=False,
-    )
+def push_spec(url: str, token: str, spec: HiveFile, source: str, policy_source: str | None = None) -> tuple[int, bool]:
+    body = {"spec": spec.model_dump(mode="json"), "source": source, "policy_source": policy_source}
+    response = httpx.put(f"{url}/v2/spec", json=body, headers=_auth(token), timeout=30.0, trust_env=False)
     if response.status_code != 200:
         raise QueenError(f"the queen refused the spec: {response.text}")
     body = response.json()

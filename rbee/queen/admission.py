@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from rbee.queen.scheduling import Ask, FreeHeap, Policy, Route
 
 
+class _Deadline(Exception):
+    """A queued request's deadline passed before a worker was free."""
+
+
+def _expire(future: asyncio.Future[Route]) -> None:
+    if not future.done():
+        future.set_exception(_Deadline())
+
+
 class Refusal(Exception):
     def __init__(self, status: int, reason: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -99,8 +108,7 @@ class Admission:
         try:
             return await self._wait_for_route(lane, ask, wait)
         except BaseException:
-            if ask.key is not None:
-                self.key_load[ask.key] -= 1
+            self._forget_key(ask.key)
             raise
 
     async def _wait_for_route(self, lane: Lane, ask: Ask, wait: float) -> Ticket:
@@ -114,25 +122,24 @@ class Admission:
             raise self._refuse(
                 ask, 503, "queue_full", f"the queue for model {ask.model} is full ({self.max_queue} waiting)", 1
             )
-        waiter = Waiter(ask, asyncio.get_running_loop().create_future(), started)
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(ask, loop.create_future(), started)
         lane.queue.append(waiter)
+        timer = loop.call_later(wait, _expire, waiter.future)
         try:
-            route = await asyncio.wait_for(asyncio.shield(waiter.future), timeout=wait)
-        except TimeoutError:
-            if waiter.future.done() and not waiter.future.cancelled():
-                waited = time.monotonic() - started
-                return Ticket(self, waiter.future.result(), ask.key, waited, "assigned at the deadline")
-            waiter.future.cancel()
+            route = await waiter.future
+        except _Deadline:
             raise self._refuse(
                 ask, 504, "deadline", f"no worker of model {ask.model} was free within {wait:g} s", None
             ) from None
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled():
+            # Cancelled in the same step a worker was handed over: give the worker back.
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self._release(waiter.future.result(), None)
-            waiter.future.cancel()
             raise
         finally:
-            if waiter in lane.queue and waiter.future.done():
+            timer.cancel()
+            if waiter in lane.queue:
                 lane.queue.remove(waiter)
         return Ticket(self, route, ask.key, time.monotonic() - started, "the first free worker after queueing")
 
@@ -141,12 +148,15 @@ class Admission:
         route.last_used = time.monotonic()
         lane.free.push(route)
 
-    def _release(self, route: Route, key: str | None) -> None:
-        route.in_flight = max(0, route.in_flight - 1)
+    def _forget_key(self, key: str | None) -> None:
         if key is not None:
             self.key_load[key] -= 1
             if self.key_load[key] <= 0:
                 del self.key_load[key]
+
+    def _release(self, route: Route, key: str | None) -> None:
+        route.in_flight = max(0, route.in_flight - 1)
+        self._forget_key(key)
         lane = self.lanes.get(route.model)
         if lane is None or route.gone:
             return

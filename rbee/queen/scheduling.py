@@ -8,10 +8,9 @@ back to least-loaded, with a warning in the log.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -75,14 +74,12 @@ class Ask:
 class FreeHeap:
     """The free workers of one model, least loaded first, with lazy invalidation: O(log n) per decision."""
 
-    heap: list[tuple[float, float, int, int, Route]] = field(default_factory=list)
-    counter: Iterable[int] = field(default_factory=itertools.count)
+    heap: list[tuple[float, float, str, int, Route]] = field(default_factory=list)
 
     def push(self, route: Route) -> None:
         if route.free:
             route.version += 1
-            entry = (route.in_flight / route.slots, route.last_used, next(self.counter), route.version, route)  # type: ignore[call-overload]
-            heapq.heappush(self.heap, entry)
+            heapq.heappush(self.heap, (route.in_flight / route.slots, route.last_used, route.key, route.version, route))
 
     def pop(self, accept: Callable[[Route], bool] | None = None) -> Route | None:
         skipped = []

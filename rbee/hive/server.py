@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from rbee import __version__
+from rbee import __version__, aio
 from rbee.api import wire
 from rbee.api.state import HiveState
 from rbee.hive import provision
@@ -222,6 +222,7 @@ def _remove_tree(path: Path) -> None:
 def serve(config: HiveConfig) -> None:
     config.logs_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s hive %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     hive = Hive(config)
     app = create_app(hive)
     server = uvicorn.Server(
@@ -249,5 +250,5 @@ def serve(config: HiveConfig) -> None:
         await hive.supervisor.stop_all()
 
     log.info("hive %s listening on %s (pid %d)", config.name, config.listen, os.getpid())
-    asyncio.run(main())
+    aio.run(main())
     hive.catalog.close()

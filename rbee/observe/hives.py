@@ -25,18 +25,32 @@ def observe(spec: HiveFile, *, timeout: float = DEFAULT_TIMEOUT, token: str | No
     return asyncio.run(observe_async(spec, timeout=timeout, token=token))
 
 
-async def observe_async(spec: HiveFile, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> ObservedState:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    limits = httpx.Limits(max_connections=max(len(spec.hives), 1))
-    async with httpx.AsyncClient(timeout=timeout, headers=headers, limits=limits, trust_env=False) as client:
+async def observe_async(
+    spec: HiveFile,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    token: str | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> ObservedState:
+    """Observe every hive at once. A long-lived caller passes its own `client` (from `make_client`): making
+    one builds a TLS context, which costs tens of milliseconds of CPU."""
+    if client is not None:
         observations = await asyncio.gather(*(_observe_hive(client, hive, timeout) for hive in spec.hives))
-    return ObservedState(hives=tuple(observations))
+        return ObservedState(hives=tuple(observations))
+    async with make_client(token, len(spec.hives)) as own:
+        return await observe_async(spec, timeout=timeout, client=own)
+
+
+def make_client(token: str | None, hives: int = 16) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    limits = httpx.Limits(max_connections=max(hives, 16), max_keepalive_connections=max(hives, 16))
+    return httpx.AsyncClient(headers=headers, limits=limits, trust_env=False)
 
 
 async def _observe_hive(client: httpx.AsyncClient, hive: HiveSpec, timeout: float) -> HiveObservation:
     url = f"{hive.api_url}/v1/state"
     try:
-        response = await asyncio.wait_for(client.get(url), timeout)
+        response = await asyncio.wait_for(client.get(url, timeout=timeout), timeout)
     except (TimeoutError, httpx.TimeoutException):
         return _unreachable(hive, f"no answer from {hive.api_url} within {timeout:g} s")
     except httpx.ConnectError as error:

@@ -46,9 +46,14 @@ class Lane:
     routes: dict[str, Route] = field(default_factory=dict)
     free: FreeHeap = field(default_factory=FreeHeap)
     queue: deque[Waiter] = field(default_factory=deque)
+    live: list[Route] = field(default_factory=list)
+    """The routes that are not gone, rebuilt when the set changes (never per request)."""
 
     def route_list(self) -> list[Route]:
-        return [route for route in self.routes.values() if not route.gone]
+        return self.live
+
+    def rebuild(self) -> None:
+        self.live = [route for route in self.routes.values() if not route.gone]
 
 
 @dataclass(eq=False)
@@ -79,6 +84,7 @@ class Admission:
     def sync(self, routes: Iterable[Route]) -> None:
         """Make the lanes hold exactly these workers; a worker that left keeps serving what it holds."""
         seen: set[str] = set()
+        changed: set[str] = set()
         for route in routes:
             seen.add(route.key)
             lane = self.lanes.setdefault(route.model, Lane())
@@ -87,11 +93,17 @@ class Admission:
                 if known is not None:
                     known.gone = True
                 lane.routes[route.key] = route
-                lane.free.push(route)
-                self._dispatch(lane)
-        for lane in self.lanes.values():
-            for key in [key for key in lane.routes if key not in seen]:
+                changed.add(route.model)
+        for model, lane in self.lanes.items():
+            for key in [key for key in lane.routes if key not in seen or lane.routes[key].gone]:
                 lane.routes.pop(key).gone = True
+                changed.add(model)
+        for model in changed:
+            lane = self.lanes[model]
+            lane.rebuild()
+            for route in lane.live:
+                lane.free.push(route)
+            self._dispatch(lane)
 
     async def acquire(self, ask: Ask, wait: float, key_limit: int | None = None) -> Ticket:
         if ask.key is not None and key_limit is not None and self.key_load[ask.key] >= key_limit:

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from rbee import aio
 from rbee.api import openai, wire
 from rbee.api.state import WorkerState
 from rbee.worker import backends
@@ -333,6 +334,7 @@ def die_with_parent(parent_pid: int | None) -> None:
 
 def serve(options: WorkerOptions) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     die_with_parent(options.parent_pid)
     engine = backends.create(options.backend, options.model_path, options.device, options.threads)
     runtime = Runtime(options=options, engine=engine)
@@ -360,7 +362,7 @@ def serve(options: WorkerOptions) -> None:
         await serving
         guard.cancel()
 
-    asyncio.run(main())
+    aio.run(main())
     with contextlib.suppress(Exception):
         engine.unload()
     if runtime.state is WorkerState.FAILED or not server.started:

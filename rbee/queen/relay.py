@@ -67,6 +67,21 @@ class Upstream:
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
             raise UpstreamError(f"the worker went away mid-request ({type(error).__name__})", "worker_lost") from None
 
+    async def call(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON request to a worker (embeddings)."""
+        try:
+            async with self.session().post(f"{url}/v1/execute", json=body) as response:
+                text = await response.text()
+                if response.status != 200:
+                    raise UpstreamError(
+                        _message(text) or f"the worker answered HTTP {response.status}",
+                        "worker_refused" if response.status == 503 else "worker_error",
+                    )
+                answer: dict[str, Any] = json.loads(text)
+                return answer
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+            raise UpstreamError(f"the worker went away mid-request ({type(error).__name__})", "worker_lost") from None
+
     async def events(self, url: str, body: dict[str, Any]) -> AsyncIterator[Event]:
         """rbee events parsed from the worker's stream (asks for the rbee format)."""
         buffer = b""

@@ -214,6 +214,42 @@ class Queen:
             "invalid_api_key",
         )
 
+    async def admit(self, ask: Ask, key: Key | None, deadline: float) -> Ticket:
+        try:
+            return await self.admission.acquire(
+                ask, max(0.0, deadline - time.monotonic()), key.max_concurrent if key else None
+            )
+        except Refusal as refusal:
+            kind = {429: "rate_limit_error", 504: "timeout"}.get(refusal.status, "service_unavailable")
+            raise ClientError(
+                refusal.status, str(refusal), kind, refusal.reason, retry_after=refusal.retry_after
+            ) from None
+
+    async def embed(self, ask: Ask, key: Key | None, texts: list[str], exchange: Exchange) -> dict[str, Any]:
+        deadline = time.monotonic() + self.queue_wait
+        while True:
+            ticket = await self.admit(ask, key, deadline)
+            exchange.worker, exchange.hive = ticket.route.worker_id, ticket.route.hive
+            exchange.queued = ticket.queued_seconds
+            try:
+                answer = await self.upstream.call(ticket.route.url, {"request_id": exchange.id, "input": texts})
+            except UpstreamError as failure:
+                if failure.code == "worker_refused" and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                    continue
+                if failure.code == "worker_lost":
+                    self.registry.forget(ticket.route)
+                raise ClientError(
+                    502,
+                    f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}",
+                    "api_error",
+                    failure.code,
+                ) from None
+            finally:
+                ticket.release()
+            exchange.first_byte = time.monotonic()
+            return answer
+
     async def open_stream(
         self, ask: Ask, key: Key | None, body: dict[str, Any], exchange: Exchange
     ) -> tuple[Ticket, bytes, AsyncIterator[bytes]]:
@@ -221,17 +257,7 @@ class Queen:
         (the registry saw it a moment ago) sends the request back to wait, until its deadline."""
         deadline = time.monotonic() + self.queue_wait
         while True:
-            try:
-                ticket = await self.admission.acquire(
-                    ask, max(0.0, deadline - time.monotonic()), key.max_concurrent if key else None
-                )
-            except Refusal as refusal:
-                kind = "rate_limit_error" if refusal.status == 429 else "service_unavailable"
-                if refusal.status == 504:
-                    kind = "timeout"
-                raise ClientError(
-                    refusal.status, str(refusal), kind, refusal.reason, retry_after=refusal.retry_after
-                ) from None
+            ticket = await self.admit(ask, key, deadline)
             exchange.worker, exchange.hive = ticket.route.worker_id, ticket.route.hive
             exchange.queued = ticket.queued_seconds
             chunks = self.upstream.stream(ticket.route.url, body)
@@ -460,6 +486,13 @@ def create_app(queen: Queen) -> RawSend:
         key = queen.authorize(request, body.model)
         if not queen.registry.knows(body.model):
             raise ClientError(404, f"the model {body.model} does not exist", code="model_not_found", param="model")
+        if model_kind(body.model) == "embedding":
+            raise ClientError(
+                400,
+                f"the model {body.model} is an embedding model; use /v1/embeddings",
+                code="wrong_model_kind",
+                param="model",
+            )
         request_id = oai.new_id("chatcmpl" if chat else "cmpl")
         execute: dict[str, Any] = {"request_id": request_id, **body.sampling()}
         if isinstance(body, oai.ChatRequest):
@@ -523,6 +556,43 @@ def create_app(queen: Queen) -> RawSend:
         finish = oai.openai_finish(str(end.get("finish_reason", "stop")))
         shape = oai.chat_response if chat else oai.completion_response
         return JSONResponse(shape(exchange.id, model, "".join(text), finish, usage))
+
+    def model_kind(model: str) -> str | None:
+        spec = queen.spec.model(model) if queen.spec else None
+        return str(spec.kind) if spec else None
+
+    async def embeddings(request: Request) -> Response:
+        raw = await read_body(request)
+        if not isinstance(raw, dict):
+            raise ClientError(400, "the body must be a JSON object", code="invalid_json")
+        try:
+            body = oai.EmbeddingRequest.model_validate(raw)
+        except pydantic.ValidationError as failure:
+            raise validation_error(failure) from None
+        key = queen.authorize(request, body.model)
+        kind = model_kind(body.model)
+        if kind is None:
+            raise ClientError(404, f"the model {body.model} does not exist", code="model_not_found", param="model")
+        if kind != "embedding":
+            raise ClientError(
+                400,
+                f"the model {body.model} is a text model; /v1/embeddings needs an embedding model",
+                code="wrong_model_kind",
+                param="model",
+            )
+        exchange = Exchange(oai.new_id("emb"), body.model, key.name if key else None)
+        ask = Ask(body.model, request.headers.get("x-rbee-hive"), exchange.key, sum(map(len, body.texts)))
+        try:
+            answer = await queen.embed(ask, key, body.texts, exchange)
+        except ClientError as refusal:
+            exchange.status, exchange.error = refusal.status, str(refusal)
+            raise
+        finally:
+            queen.record(exchange)
+        exchange.tokens = 0
+        return JSONResponse(
+            oai.embedding_response(body.model, answer["embeddings"], int(answer["prompt_tokens"]), body.encoding_format)
+        )
 
     async def chat_completions(request: Request) -> Response:
         return await openai_endpoint(request, chat=True)
@@ -663,6 +733,7 @@ def create_app(queen: Queen) -> RawSend:
                 routing.Route("/v1/models", client(list_models)),
                 routing.Route("/v1/chat/completions", client(chat_completions), methods=["POST"]),
                 routing.Route("/v1/completions", client(completions), methods=["POST"]),
+                routing.Route("/v1/embeddings", client(embeddings), methods=["POST"]),
                 routing.Route("/v2/tasks", client(create_task), methods=["POST"]),
                 routing.Route("/v2/tasks/{id}/events", client(task_events)),
                 routing.Route("/v2/tasks/{id}", client(cancel_task), methods=["DELETE"]),

@@ -57,7 +57,7 @@ class WorkerOptions:
 @dataclass
 class Runtime:
     options: WorkerOptions
-    engine: backends.Backend
+    engine: backends.Backend | backends.Embedder
     state: WorkerState = WorkerState.LOADING
     progress: float = 0.0
     error: str | None = None
@@ -116,6 +116,9 @@ def create_app(runtime: Runtime) -> Starlette:
         return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     async def execute(request: Request) -> Response:
+        engine = runtime.engine
+        if isinstance(engine, backends.Embedder):
+            return await embed(request, engine)
         try:
             body = wire.ExecuteRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
@@ -125,7 +128,7 @@ def create_app(runtime: Runtime) -> Starlette:
         if runtime.state is not WorkerState.IDLE:
             return JSONResponse(wire.error_body(f"the worker is {runtime.state}", str(runtime.state)), 503)
         if body.messages is not None:
-            prompt, template_stops = runtime.engine.render_chat(body.messages)
+            prompt, template_stops = engine.render_chat(body.messages)
             options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
         else:
             prompt, options = body.prompt or "", body
@@ -135,8 +138,28 @@ def create_app(runtime: Runtime) -> Starlette:
         runtime.claimed = time.monotonic()
         runtime.set_state(WorkerState.BUSY)
         return StreamingResponse(
-            _stream(runtime, prompt, options, encoder), media_type="text/event-stream", headers=SSE_HEADERS
+            _stream(runtime, engine, prompt, options, encoder), media_type="text/event-stream", headers=SSE_HEADERS
         )
+
+    async def embed(request: Request, engine: backends.Embedder) -> Response:
+        try:
+            body = wire.EmbedRequest.model_validate_json(await request.body())
+        except pydantic.ValidationError as error:
+            return JSONResponse(wire.error_body(_first_error(error), "invalid_request"), 400)
+        if runtime.state is not WorkerState.IDLE:
+            return JSONResponse(wire.error_body(f"the worker is {runtime.state}", str(runtime.state)), 503)
+        runtime.request_id = body.request_id
+        runtime.claimed = time.monotonic()
+        runtime.streaming = True
+        runtime.set_state(WorkerState.BUSY)
+        try:
+            vectors, tokens = await asyncio.to_thread(engine.embed, body.input)
+        except Exception as error:
+            log.exception("embedding failed")
+            return JSONResponse(wire.error_body(f"embedding failed: {error}", "generation_failed"), 500)
+        finally:
+            _release(runtime)
+        return JSONResponse({"embeddings": vectors, "prompt_tokens": tokens})
 
     async def cancel(request: Request) -> Response:
         try:
@@ -203,7 +226,7 @@ def _encoder(body: wire.ExecuteRequest, model: str) -> Encoder:
 
 
 async def _stream(
-    runtime: Runtime, prompt: str, options: wire.SamplingOptions, encoder: Encoder
+    runtime: Runtime, engine: backends.Backend, prompt: str, options: wire.SamplingOptions, encoder: Encoder
 ) -> AsyncIterator[bytes]:
     """Run the generation in a thread and relay its pieces; a client that goes away cancels it."""
     loop = asyncio.get_running_loop()
@@ -213,7 +236,7 @@ async def _stream(
 
     def produce() -> None:
         try:
-            for piece in runtime.engine.generate(prompt, options, cancel, result):
+            for piece in engine.generate(prompt, options, cancel, result):
                 loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
             loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
         except backends.BackendError as error:

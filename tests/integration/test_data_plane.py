@@ -165,9 +165,16 @@ def test_deleting_a_task_cancels_it(fleet: Fleet) -> None:
 
 
 def test_client_errors(fleet: Fleet) -> None:
-    client = openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key=KEYS["RBEE_TEST_TWO"], max_retries=0)
+    with (
+        openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key=KEYS["RBEE_TEST_TWO"], max_retries=0) as client,
+        openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="wrong", max_retries=0) as stranger,
+    ):
+        check_client_errors(fleet, client, stranger)
+
+
+def check_client_errors(fleet: Fleet, client: openai.OpenAI, stranger: openai.OpenAI) -> None:
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="wrong", max_retries=0).models.list()
+        stranger.models.list()
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="ghost", prompt="x")
     with pytest.raises(openai.BadRequestError):

@@ -38,8 +38,13 @@ def test_status_shows_the_running_fleet(fleet: Fleet) -> None:
     assert hives[0]["state"]["catalog"][0]["size_bytes"] > 90_000_000
 
 
-def test_openai_client_streams_and_answers(fleet: Fleet) -> None:
-    client = openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="unused", max_retries=0)
+@pytest.fixture
+def client(fleet: Fleet) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="unused", max_retries=0) as client:
+        yield client
+
+
+def test_openai_client_streams_and_answers(client: openai.OpenAI) -> None:
     assert [model.id for model in client.models.list()] == ["smollm2"]
 
     answer = client.chat.completions.create(
@@ -72,8 +77,7 @@ def test_openai_client_streams_and_answers(fleet: Fleet) -> None:
     assert completion.choices[0].text and completion.choices[0].finish_reason == "length"
 
 
-def test_openai_client_gets_errors_in_openai_shape(fleet: Fleet) -> None:
-    client = openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="unused", max_retries=0)
+def test_openai_client_gets_errors_in_openai_shape(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError):

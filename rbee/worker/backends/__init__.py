@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 
@@ -24,6 +24,8 @@ class Generation:
 
 
 class Backend(Protocol):
+    """A text generator."""
+
     name: str
     device: str
 
@@ -40,9 +42,28 @@ class Backend(Protocol):
     def unload(self) -> None: ...
 
 
-def create(backend: str, model_path: str, device: str, threads: int | None) -> Backend:
+@runtime_checkable
+class Embedder(Protocol):
+    """A text embedder: batches of texts in, vectors out."""
+
+    name: str
+    device: str
+    kind: str
+
+    def load(self, progress: Callable[[float], None]) -> None: ...
+
+    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]: ...
+
+    def unload(self) -> None: ...
+
+
+def create(backend: str, model_path: str, device: str, threads: int | None) -> Backend | Embedder:
     if backend == "gguf":
         from rbee.worker.backends import gguf
 
         return gguf.GgufBackend(model_path, device=device, threads=threads)
+    if backend == "embed":
+        from rbee.worker.backends import embed
+
+        return embed.EmbedBackend(model_path, device=device, threads=threads)
     raise BackendError(f"the {backend} backend is not available in this rbee yet")

@@ -356,7 +356,7 @@ def destroy(
             fail("Nothing was changed.")
     token = home.token(create=False) or ""
     steps = ["stop", "uninstall"] if purge else ["stop"]
-    results = asyncio.run(executor.run_pyinfra(executor.pyinfra_job(spec.hives, steps, token)))
+    results = asyncio.run(executor.run_jobs(list(spec.hives), steps, token))
     failed = False
     for hive in spec.hives:
         result = results.get(hive.name, {})

@@ -49,19 +49,31 @@ def pyinfra_job(hives: Iterable[HiveSpec], steps: list[str], token: str) -> dict
     for hive in hives:
         config = hive_config(hive)
         ssh = hive.ssh
+        python = hive.python or (sys.executable if ssh is None else f"{config.data_dir}/venv/bin/python")
         hosts.append(
             {
                 "name": hive.name,
-                "ssh": None if ssh is None else {"host": ssh.host, "port": ssh.port, "user": ssh.user, "key": ssh.key},
+                "ssh": None if ssh is None else ssh.model_dump(mode="json"),
                 "data": {
                     "rbee_data_dir": config.data_dir,
                     "rbee_config": config.model_dump_json(indent=2),
                     "rbee_token": token,
-                    "rbee_python": sys.executable,
+                    "rbee_python": python,
                 },
             }
         )
     return {"hosts": hosts, "steps": steps}
+
+
+async def run_jobs(hives: list[HiveSpec], steps: list[str], token: str) -> dict[str, dict[str, Any]]:
+    """Run `steps` on every hive: pyinfra's @local takes one host a run, so each local hive gets its own run
+    beside one run for all SSH hives, all at once."""
+    remote = [hive for hive in hives if hive.ssh is not None]
+    batches = [[hive] for hive in hives if hive.ssh is None] + ([remote] if remote else [])
+    results: dict[str, dict[str, Any]] = {}
+    for part in await asyncio.gather(*(run_pyinfra(pyinfra_job(batch, steps, token)) for batch in batches)):
+        results.update(part)
+    return results
 
 
 async def run_pyinfra(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -93,7 +105,7 @@ class Executor:
         down = [change for change in changes if change.action in HIVE_DOWN]
         middle = [change for change in changes if change.action not in HIVE_UP + HIVE_DOWN]
         if up:
-            await self._hive_job(up, ["install", "start"])
+            await self._hive_job(up, ["python", "install", "start"])
         by_hive: dict[str, list[Change]] = {}
         for change in middle:
             by_hive.setdefault(change.hive, []).append(change)
@@ -129,7 +141,7 @@ class Executor:
         if not names:
             return
         hives = [self._hive_spec(name) for name in names]
-        results = await run_pyinfra(pyinfra_job(hives, steps, self.token))
+        results = await run_jobs(hives, steps, self.token)
         health: dict[str, str | None] = {}
         if "start" in steps:
             for hive in hives:

@@ -43,3 +43,21 @@ def parse_pid(output: list[str]) -> int | None:
         if line.strip().isdigit():
             return int(line.strip())
     return None
+
+
+class RbeeVersion(FactBase[str | None]):
+    """The rbee version importable by a Python on the host, or None when there is none."""
+
+    def command(self, python: str) -> str:
+        return f"{shell.path(python)} -c 'import rbee; print(rbee.__version__)' 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str | None:
+        return parse_version(output)
+
+
+def parse_version(output: list[str]) -> str | None:
+    for line in output:
+        text = line.strip()
+        if text and text[0].isdigit():
+            return text
+    return None

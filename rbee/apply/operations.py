@@ -15,8 +15,14 @@ from pyinfra.api.operation import operation
 from pyinfra.context import host
 from pyinfra.operations import files
 
+from rbee import __version__
 from rbee.apply import shell
-from rbee.apply.facts import HiveConfigFile, HiveProcess
+from rbee.apply.facts import HiveConfigFile, HiveProcess, RbeeVersion
+
+
+class InstallError(Exception):
+    """The hive's Python cannot run this rbee; the message says what to do."""
+
 
 OWNED = ("hive.json", "cluster.token", "hive.db", "hive.db-wal", "hive.db-shm", "hive.pid", "logs", "models")
 """What rbee creates in a data dir; uninstall removes exactly these."""
@@ -45,6 +51,23 @@ def hive_installed(
         host.noop(f"hive config in {data_dir} is current")
     yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600")
     yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/cluster.token", mode="600")
+
+
+@operation()
+def rbee_importable(python: str | None = None) -> Generator[str, None, None]:
+    """The hive's Python imports this version of rbee. rbee does not install itself over SSH yet: point
+    `hives[].python` at a Python that has it (for example a venv made with `pip install rbee[gguf]`)."""
+    python = str(_data("rbee_python", python))
+    version = host.get_fact(RbeeVersion, python=python)
+    if version == __version__:
+        host.noop(f"rbee {version} is importable with {python}")
+        return
+    found = f"rbee {version}" if version else "no rbee"
+    raise InstallError(
+        f"{python} on {host.name} has {found}, and this keeper is rbee {__version__}; install rbee {__version__} "
+        "there (pip install rbee[gguf]) and set hives[].python to that Python"
+    )
+    yield ""  # pragma: no cover - makes this a generator; the raise above always happens first
 
 
 @operation()

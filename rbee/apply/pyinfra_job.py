@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-STEPS = ("install", "start", "stop", "uninstall")
+STEPS = ("python", "install", "start", "stop", "uninstall")
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
@@ -33,18 +33,22 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         if ssh is None:
             hosts.append(("@local", data))
         else:
-            data.update({"ssh_port": ssh.get("port", 22), "ssh_user": ssh.get("user"), "ssh_key": ssh.get("key")})
-            hosts.append((ssh["host"], data))
+            data.update(ssh_data(ssh))
+            hosts.append((item["name"], data))
         names.append(item["name"])
     inventory = Inventory((hosts, {}))  # type: ignore[no-untyped-call]
-    state = State(inventory=inventory, config=Config(CONNECT_TIMEOUT=10, FAIL_PERCENT=100))  # type: ignore[no-untyped-call]
+    config = Config(CONNECT_TIMEOUT=int(job.get("connect_timeout", 10)), FAIL_PERCENT=100)  # type: ignore[no-untyped-call]
+    state = State(inventory=inventory, config=config)
     results: dict[str, dict[str, Any]] = {name: {"changed": False, "error": None, "notes": []} for name in names}
     by_host = dict(zip([host for host in inventory], names, strict=True))
+    errors = _ErrorLog()
+    logging.getLogger("pyinfra").addHandler(errors)
     connect_all(state)
     for host in inventory:
         if host not in state.activated_hosts:
-            results[by_host[host]]["error"] = "could not connect"
+            results[by_host[host]]["error"] = f"could not connect over SSH: {errors.about(host.name)}"
     ops = {
+        "python": operations.rbee_importable,
         "install": operations.hive_installed,
         "start": operations.hive_running,
         "stop": operations.hive_stopped,
@@ -62,15 +66,52 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         for host, op in meta.items():
             result = results[by_host[host]]
             if not op.is_complete():
+                if not result["error"] and errors.about(host.name) != "no reason logged":
+                    result["error"] = f"{step} failed: {errors.about(host.name)}"
                 continue
             if op.did_error():
-                result["error"] = result["error"] or f"{step} failed: {(op.stderr or op.stdout).strip()[-500:]}"
+                detail = (op.stderr or op.stdout).strip()[-500:] or errors.about(host.name)
+                result["error"] = result["error"] or f"{step} failed: {detail}"
             elif op.did_change():
                 result["changed"] = True
                 result["notes"].append(f"{step}: changed")
             else:
                 result["notes"].append(f"{step}: no change")
     return {"hosts": results}
+
+
+def ssh_data(ssh: dict[str, Any]) -> dict[str, Any]:
+    """pyinfra host data for an SSH hive: key checking as hive.yaml says, and a bound on every wait."""
+    data: dict[str, Any] = {
+        "ssh_hostname": ssh["host"],
+        "ssh_port": ssh.get("port", 22),
+        "ssh_known_hosts_file": ssh.get("known_hosts") or "~/.ssh/known_hosts",
+        "ssh_strict_host_key_checking": "accept-new" if ssh.get("host_key_policy") == "accept-new" else "yes",
+        "ssh_paramiko_connect_kwargs": {"timeout": 10, "banner_timeout": 10, "auth_timeout": 10, "channel_timeout": 10},
+        "ssh_connect_retries": 0,
+    }
+    if ssh.get("user"):
+        data["ssh_user"] = ssh["user"]
+    if ssh.get("key"):
+        data["ssh_key"] = ssh["key"]
+    return data
+
+
+class _ErrorLog(logging.Handler):
+    """pyinfra's own words about a host that failed, to give the user the reason, not just the fact."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def about(self, name: str) -> str:
+        import re
+
+        mentions = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in self.lines if name in line]
+        return mentions[-1].strip() if mentions else "no reason logged"
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ class HiveConfig(BaseModel):
         return f"http://{host}:{self.port}"
 
     def token(self) -> str | None:
-        return Path(self.token_file).read_text().strip() if self.token_file else None
+        return Path(self.token_file).expanduser().read_text().strip() if self.token_file else None
 
 
 def load(path: str | Path) -> HiveConfig:

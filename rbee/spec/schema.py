@@ -137,6 +137,7 @@ class SshConnection(Strict):
     user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] | None = None
     key: str | None = Field(default=None, description="Private key path; omitted means the SSH agent.")
     host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
+    known_hosts: str | None = Field(default=None, description="known_hosts file; defaults to ~/.ssh/known_hosts.")
 
 
 class SshBlock(Strict):
@@ -184,6 +185,11 @@ class HiveSpec(Strict):
         description="Where the hive daemon listens; defaults to 127.0.0.1:9200 (local) or 0.0.0.0:9200 (ssh).",
     )
     data_dir: str | None = Field(default=None, description="Defaults to ~/.local/share/rbee/hives/NAME.")
+    python: str | None = Field(
+        default=None,
+        description="A Python on the hive that has this version of rbee installed (with the backends' extras); "
+        "the hive daemon and its workers run with it.",
+    )
 
     @property
     def ssh(self) -> SshConnection | None:

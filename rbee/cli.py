@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rbee import __version__
+from rbee.api.state import ObservedState
 from rbee.apply import executor, processes, queen_process
 from rbee.apply.console import ConsoleReporter
 from rbee.apply.home import Home
@@ -96,10 +97,10 @@ def plan(
     """Show what `rbee apply` would change to make live state match FILE."""
     spec = load_spec(file)
     started = time.monotonic()
-    observed = observe_hives.observe(spec, timeout=timeout, token=Home.default().token(create=False))
+    observed, retired = observe_for(spec, Home.default(), timeout)
     elapsed = time.monotonic() - started
     the_plan = planner.make_plan(spec, observed)
-    saved = SavedPlan(spec=spec, spec_file=str(file), observed=observed, plan=the_plan)
+    saved = SavedPlan(spec=spec, spec_file=str(file), observed=observed, plan=the_plan, retired=retired)
     if output is not None:
         tmp = output.with_name(f".{output.name}.tmp")
         tmp.write_text(json.dumps(saved.to_json(), indent=2) + "\n")
@@ -122,21 +123,47 @@ def print_plan(the_plan: Plan, spec: schema.HiveFile, unchanged: bool = True) ->
         out.print(Text(line.text, style=style or ""))
 
 
-def load_target(target: Path, home: Home, timeout: float) -> tuple[schema.HiveFile, Plan, str]:
+def applied_before(home: Home) -> tuple[schema.HiveFile | None, set[str]]:
+    """The spec the queen last applied and the hives it has seen running, read from its SQLite state."""
+    database = home.queen_dir / "queen.db"
+    if not database.exists():
+        return None, set()
+    from rbee.queen.store import Store
+
+    store = Store(database)
+    try:
+        current = store.current_spec()
+        return (current[1] if current else None), store.seen_hives()
+    finally:
+        store.close()
+
+
+def observe_for(spec: schema.HiveFile, home: Home, timeout: float) -> tuple[ObservedState, tuple[schema.HiveSpec, ...]]:
+    """Observe the hives of `spec` and those applied before but gone from it (they are planned for removal)."""
+    previous, seen = applied_before(home)
+    retired = tuple(hive for hive in (previous.hives if previous else ()) if spec.hive(hive.name) is None)
+    everything = spec.model_copy(update={"hives": spec.hives + retired})
+    observed = observe_hives.observe(everything, timeout=timeout, token=home.token(create=False))
+    marked = tuple(hive.model_copy(update={"seen_before": hive.name in seen}) for hive in observed.hives)
+    return ObservedState(hives=marked), retired
+
+
+def load_target(
+    target: Path, home: Home, timeout: float
+) -> tuple[schema.HiveFile, Plan, str, tuple[schema.HiveSpec, ...]]:
     """hive.yaml (plan it now) or a saved plan (check that the world has not moved since)."""
-    token = home.token(create=False)
     if target.suffix == ".json":
         try:
             saved = SavedPlan.from_json(json.loads(target.read_text()))
         except (OSError, ValueError) as error:
             fail(f"{target}: {error}")
-        observed = observe_hives.observe(saved.spec, timeout=timeout, token=token)
+        observed, _ = observe_for(saved.spec, home, timeout)
         if observed_digest(observed) != observed_digest(saved.observed):
             fail(f"{target} is stale: live state changed since the plan was made; run rbee plan again.")
-        return saved.spec, saved.plan, saved.spec_file or str(target)
+        return saved.spec, saved.plan, saved.spec_file or str(target), saved.retired
     spec = load_spec(target)
-    observed = observe_hives.observe(spec, timeout=timeout, token=token)
-    return spec, planner.make_plan(spec, observed), str(target)
+    observed, retired = observe_for(spec, home, timeout)
+    return spec, planner.make_plan(spec, observed), str(target), retired
 
 
 @app.command()
@@ -147,7 +174,7 @@ def apply(
 ) -> None:
     """Make live state match hive.yaml: install and start hives, fetch models, start workers, run the queen."""
     home = Home.default()
-    spec, the_plan, source = load_target(target, home, timeout)
+    spec, the_plan, source, retired = load_target(target, home, timeout)
     print_plan(the_plan, spec, unchanged=False)
     actionable = the_plan.actionable
     if actionable and not yes:
@@ -161,7 +188,7 @@ def apply(
     if actionable:
         out.print()
         with ConsoleReporter(out) as reporter:
-            errors = asyncio.run(executor.Executor(spec, token, reporter).execute(the_plan))
+            errors = asyncio.run(executor.Executor(spec, token, reporter, retired).execute(the_plan))
     try:
         url, started = queen_process.ensure_running(spec, home, token)
         policy = policy_source(spec, Path(source))

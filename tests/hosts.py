@@ -39,6 +39,7 @@ class Host:
     veth: str
     root: Path
     pid: int = 0
+    process: subprocess.Popen[bytes] | None = None
 
     def run(self, command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a command inside this host's namespaces (network, mount and pid)."""
@@ -182,6 +183,7 @@ def _start(host: Host, hosts: Hosts) -> None:
         start_new_session=True,
     )
     log.close()
+    host.process = process
     host.pid = _child_pid(process.pid)
 
 
@@ -209,8 +211,12 @@ def _wait_ssh(host: Host) -> None:
     raise HostsUnavailable(f"sshd on {host.name} ({host.address}) did not answer; see {host.root / 'sshd.log'}")
 
 
-def down(root: Path = STATE) -> None:
+def down(root: Path = STATE, made: Hosts | None = None) -> None:
     """Remove every test host and the bridge; safe to call when none exist."""
+    for host in made.hosts if made else []:
+        if host.process is not None:
+            host.process.kill()  # unshare ignores SIGTERM
+            host.process.wait(10)
     record = root / "hosts.json"
     if record.exists():
         for item in json.loads(record.read_text()):

@@ -93,8 +93,9 @@ async def run_pyinfra(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 class Executor:
-    def __init__(self, spec: HiveFile, token: str, reporter: Reporter) -> None:
+    def __init__(self, spec: HiveFile, token: str, reporter: Reporter, retired: tuple[HiveSpec, ...] = ()) -> None:
         self.spec = spec
+        self.retired = {hive.name: hive for hive in retired}
         self.token = token
         self.reporter = reporter
         self.errors: dict[str, str | None] = {}
@@ -159,9 +160,9 @@ class Executor:
             self._finish(change, results.get(change.hive, {}).get("error") or health.get(change.hive))
 
     def _hive_spec(self, name: str) -> HiveSpec:
-        hive = self.spec.hive(name)
-        if hive is None:  # a hive being removed: only its address and data dir are needed
-            hive = HiveSpec(name=name)
+        hive = self.spec.hive(name) or self.retired.get(name)
+        if hive is None:
+            raise HiveCallError(f"hive {name} is in neither hive.yaml nor the spec applied before")
         return hive
 
     async def _hive_changes(self, name: str, changes: list[Change]) -> None:

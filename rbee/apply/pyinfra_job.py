@@ -7,6 +7,7 @@ Every host receives the same steps; one failing host does not stop the others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -42,11 +43,21 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {name: {"changed": False, "error": None, "notes": []} for name in names}
     by_host = dict(zip([host for host in inventory], names, strict=True))
     errors = _ErrorLog()
-    logging.getLogger("pyinfra").addHandler(errors)
-    connect_all(state)
+    pyinfra_log = logging.getLogger("pyinfra")
+    pyinfra_log.setLevel(logging.WARNING)
+    pyinfra_log.propagate = False
+    pyinfra_log.addHandler(errors)
+    with contextlib.suppress(PyinfraError):  # every host failed to connect: each gets its own reason below
+        connect_all(state)
     for host in inventory:
         if host not in state.activated_hosts:
-            results[by_host[host]]["error"] = f"could not connect over SSH: {errors.about(host.name)}"
+            reason = errors.about(host.name)
+            if "does not match" in reason:
+                reason += ("; the machine's SSH key changed: if you reinstalled it, check the new key and replace the"
+                           " old one (ssh-keygen -R HOST), otherwise do not connect")
+            elif "No host key" in reason:
+                reason += "; add the machine's key to known_hosts, or set host_key_policy: accept-new for this hive"
+            results[by_host[host]]["error"] = f"could not connect over SSH: {reason}"
     ops = {
         "python": operations.rbee_importable,
         "install": operations.hive_installed,
@@ -55,6 +66,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         "uninstall": operations.hive_uninstalled,
     }
     metas: list[tuple[str, dict[Any, Any]]] = []
+    if not state.activated_hosts:
+        return {"hosts": results}
     try:
         for step in job["steps"]:
             metas.append((step, add_op(state, ops[step])))

@@ -12,7 +12,7 @@ from typing import Any
 from rbee import __version__
 from rbee.api.state import ObservedState
 from rbee.plan.actions import Change, Plan
-from rbee.spec.schema import HiveFile
+from rbee.spec.schema import HiveFile, HiveSpec
 
 FORMAT_VERSION = 1
 
@@ -58,6 +58,8 @@ class SavedPlan:
     observed: ObservedState
     plan: Plan
     rbee_version: str = __version__
+    retired: tuple[HiveSpec, ...] = ()
+    """Hives applied before and gone from the spec: the plan removes them, and needs their addresses."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class SavedPlan:
             "rbee_version": self.rbee_version,
             "spec_file": self.spec_file,
             "spec": self.spec.model_dump(mode="json"),
+            "retired": [hive.model_dump(mode="json") for hive in self.retired],
             "observed": self.observed.model_dump(mode="json"),
             "observed_digest": observed_digest(self.observed),
             "summary": {
@@ -92,6 +95,7 @@ class SavedPlan:
                 observed=ObservedState.model_validate(data["observed"]),
                 plan=Plan(tuple(Change.from_json(item) for item in data["changes"])),
                 rbee_version=str(data.get("rbee_version", "")),
+                retired=tuple(HiveSpec.model_validate(hive) for hive in data.get("retired", [])),
             )
         except (TypeError, ValueError, KeyError) as error:
             raise SavedPlanError(f"this saved plan is damaged ({error}); make a new plan") from None

@@ -1,0 +1,190 @@
+"""Many machines: three test hosts (network namespaces with their own sshd, addresses, private /srv/rbee and
+process tables), driven by the real CLI over real SSH with host keys checked."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import hosts as test_hosts
+from tests.fleet import Fleet, make_fleet
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def machines() -> Iterator[test_hosts.Hosts]:
+    why = test_hosts.available()
+    if why:
+        pytest.skip(f"SSH e2e tests skipped: {why}")
+    made = test_hosts.up(3)
+    yield made
+    test_hosts.down(made=made)
+
+
+def spec_text(
+    machines: test_hosts.Hosts,
+    model: Path,
+    replicas: dict[str, int],
+    known_hosts: dict[str, Path] | None = None,
+    queen_port: int = 0,
+) -> str:
+    hives, workers = [], []
+    for host in machines.hosts:
+        if host.name not in replicas:
+            continue
+        known = (known_hosts or {}).get(host.name, machines.known_hosts)
+        hives.append(
+            f"  - name: {host.name}\n"
+            f"    connection: {{ssh: {{host: {host.address}, user: root, key: '{machines.key}', "
+            f"known_hosts: '{known}'}}}}\n"
+            f"    python: '{sys.executable}'\n    data_dir: /srv/rbee\n"
+        )
+        workers.append(f"  - {{model: smollm2, hive: {host.name}, replicas: {replicas[host.name]}}}\n")
+    return (
+        f"queen: {{listen: '127.0.0.1:{queen_port}'}}\nhives:\n"
+        + "".join(hives)
+        + f"models:\n  - {{name: smollm2, source: 'file://{model}'}}\nworkers:\n"
+        + "".join(workers)
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(machines: test_hosts.Hosts, smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = make_fleet(tmp_path_factory.mktemp("ssh"), f"file://{smollm2}")
+    port = int(fleet.queen_url.rsplit(":", 1)[1])
+    fleet.spec.write_text(spec_text(machines, smollm2, {"node1": 1, "node2": 1, "node3": 1}, queen_port=port))
+    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    yield fleet
+    fleet.rbee("destroy", str(fleet.spec), "--yes")
+
+
+def write(fleet: Fleet, name: str, text: str) -> Path:
+    path = fleet.root / name
+    path.write_text(text)
+    return path
+
+
+def worker_pids(machines: test_hosts.Hosts) -> dict[str, list[str]]:
+    return {
+        host.name: sorted(
+            line.split()[0] for line in host.run("ps -eo pid=,args=").stdout.splitlines() if "rbee worker serve" in line
+        )
+        for host in machines.hosts
+    }
+
+
+def queen_port(fleet: Fleet) -> int:
+    return int(fleet.queen_url.rsplit(":", 1)[1])
+
+
+def test_every_hive_serves_through_the_queen(fleet: Fleet, machines: test_hosts.Hosts) -> None:
+    for host in machines.hosts:
+        answer = httpx.post(
+            f"{fleet.queen_url}/v1/completions",
+            headers={"X-Rbee-Hive": host.name},
+            timeout=60,
+            json={"model": "smollm2", "prompt": "Hello", "max_tokens": 3},
+        )
+        assert answer.status_code == 200, answer.text
+    log = (fleet.root / "home" / "queen" / "queen.log").read_text()
+    served = {json.loads(line.split("INFO ", 1)[1])["hive"] for line in log.splitlines() if "rbee.requests" in line}
+    assert served == {"node1", "node2", "node3"}
+    for host in machines.hosts:
+        assert (Path(host.root) / "srv-rbee" / "hive.json").exists(), "each host has its own /srv/rbee"
+        assert any("rbee hive serve" in line for line in host.processes())
+
+
+def test_a_second_apply_changes_nothing(fleet: Fleet) -> None:
+    result = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert result.returncode == 0 and "No changes. Live state matches hive.yaml." in result.stdout
+
+
+def test_scaling_one_hive_touches_only_that_host(fleet: Fleet, machines: test_hosts.Hosts, smollm2: Path) -> None:
+    before = worker_pids(machines)
+    scaled = write(
+        fleet,
+        "scaled.yaml",
+        spec_text(machines, smollm2, {"node1": 1, "node2": 2, "node3": 1}, queen_port=queen_port(fleet)),
+    )
+    result = fleet.rbee("apply", str(scaled), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Apply complete: 1 changes made" in result.stdout
+    after = worker_pids(machines)
+    assert after["node1"] == before["node1"] and after["node3"] == before["node3"]
+    assert len(after["node2"]) == 2 and set(before["node2"]) < set(after["node2"])
+    back = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert back.returncode == 0 and len(worker_pids(machines)["node2"]) == 1
+
+
+def test_a_wrong_host_key_fails_clearly_while_the_others_converge(
+    fleet: Fleet, machines: test_hosts.Hosts, smollm2: Path
+) -> None:
+    node3 = machines.hosts[2]
+    token = (fleet.root / "home" / "cluster.token").read_text()
+    httpx.post(f"http://{node3.address}:9200/v1/shutdown", headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + 20
+    while any("rbee hive serve" in line for line in node3.processes()):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    wrong = fleet.root / "known_hosts_wrong"
+    other = machines.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]  # node1's key, for node3
+    wrong.write_text(f"{node3.address} {other}\n")
+    text = spec_text(machines, smollm2, {"node1": 2, "node2": 1, "node3": 1}, {"node3": wrong}, queen_port(fleet))
+    result = fleet.rbee("apply", str(write(fleet, "wrong-key.yaml", text)), "--yes")
+    assert result.returncode == 1
+    assert "hive node3: could not connect over SSH" in result.stdout, result.stdout
+    assert "does not match" in result.stdout and "ssh-keygen -R" in result.stdout
+    assert len(worker_pids(machines)["node1"]) == 2, "node1 converged anyway"
+    healed = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert len(worker_pids(machines)["node3"]) == 1
+
+
+def test_a_cut_off_host_is_reported_and_routed_around(fleet: Fleet, machines: test_hosts.Hosts) -> None:
+    node2 = machines.hosts[1]
+    node2.cut()
+    try:
+        started = time.monotonic()
+        plan = fleet.rbee("plan", str(fleet.spec), "--timeout", "2")
+        assert time.monotonic() - started < 15, "planning is bounded by the per-hive timeout"
+        assert "! wait      hive node2" in plan.stdout and "unreachable" in plan.stdout
+        time.sleep(2.5)  # the queen's next look at its hives
+        for _ in range(4):
+            answer = httpx.post(
+                f"{fleet.queen_url}/v1/completions",
+                timeout=60,
+                json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2},
+            )
+            assert answer.status_code == 200, answer.text
+    finally:
+        node2.heal()
+    time.sleep(0.5)
+    result = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert result.returncode == 0 and "No changes." in result.stdout
+
+
+def test_removing_a_hive_uninstalls_it_from_its_host(fleet: Fleet, machines: test_hosts.Hosts, smollm2: Path) -> None:
+    node3 = machines.hosts[2]
+    two = write(fleet, "two.yaml", spec_text(machines, smollm2, {"node1": 1, "node2": 1}, queen_port=queen_port(fleet)))
+    result = fleet.rbee("apply", str(two), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "- uninstall hive node3" in result.stdout
+    assert not any("rbee" in line and "sshd" not in line for line in node3.processes())
+    assert list((Path(node3.root) / "srv-rbee").iterdir()) == []
+    back = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert back.returncode == 0, back.stdout + back.stderr
+
+
+def test_zz_destroy_leaves_no_rbee_process_on_any_host(fleet: Fleet, machines: test_hosts.Hosts) -> None:
+    result = fleet.rbee("destroy", str(fleet.spec), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for host in machines.hosts:
+        assert [line for line in host.processes() if "rbee" in line and "sshd" not in line] == [], host.name

@@ -411,6 +411,20 @@ def destroy(
         raise typer.Exit(1)
 
 
+@app.command("inventory")
+def inventory_command(
+    file: Annotated[Path, typer.Argument(help="The hive.yaml to write a pyinfra inventory for.")],
+    out_dir: Annotated[Path, typer.Option("--dir", help="Where to write it.")] = Path("inventory"),
+) -> None:
+    """Write a pyinfra inventory of the hives, so `pyinfra inventory/NAME.py deploys/hive.py` works by hand."""
+    spec = load_spec(file)
+    home = Home.default()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{file.name.split('.')[0].replace('-', '_') or 'hive'}.py"
+    target.write_text(executor.inventory(spec.hives, str(home.token_file)))
+    out.print(f"Wrote {target} ({len(spec.hives)} hives). Run: pyinfra {target} deploys/hive.py")
+
+
 @app.command("schema")
 def schema_command() -> None:
     """Print the JSON Schema of hive.yaml (point your editor's YAML support at it)."""

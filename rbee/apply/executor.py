@@ -44,6 +44,26 @@ def hive_config(hive: HiveSpec) -> HiveConfig:
     )
 
 
+def inventory(hives: Iterable[HiveSpec], token_file: str) -> str:
+    """A pyinfra inventory module for `hives`, for running deploys/ by hand; it names the token file, never
+    the token."""
+    entries = []
+    for host in pyinfra_job(hives, [], "")["hosts"]:
+        data = dict(host["data"])
+        del data["rbee_token"]
+        data["rbee_token_file"] = token_file
+        if host["ssh"] is not None:
+            from rbee.apply.pyinfra_job import ssh_data
+
+            data.update(ssh_data(host["ssh"]))
+        name = "@local" if host["ssh"] is None else host["name"]
+        entries.append(f"    ({name!r}, {data!r}),")
+    return (
+        '"""pyinfra inventory written by `rbee inventory` from hive.yaml; regenerate it rather than edit it."""\n\n'
+        "hives = [\n" + "\n".join(entries) + "\n]\n"
+    )
+
+
 def pyinfra_job(hives: Iterable[HiveSpec], steps: list[str], token: str) -> dict[str, Any]:
     hosts = []
     for hive in hives:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 from pyinfra.api.operation import operation
@@ -42,6 +43,8 @@ def hive_installed(
     """The data dir exists (mode 700) with hive.json and the cluster token (mode 600)."""
     data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
     config = str(_data("rbee_config", config))
+    if token is None and host.data.get("rbee_token") is None and host.data.get("rbee_token_file"):
+        token = Path(str(host.data.get("rbee_token_file"))).expanduser().read_text().strip()
     token = str(_data("rbee_token", token))
     current = host.get_fact(HiveConfigFile, data_dir=data_dir)
     if current is None:

@@ -53,8 +53,10 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         if host not in state.activated_hosts:
             reason = errors.about(host.name)
             if "does not match" in reason:
-                reason += ("; the machine's SSH key changed: if you reinstalled it, check the new key and replace the"
-                           " old one (ssh-keygen -R HOST), otherwise do not connect")
+                reason += (
+                    "; the machine's SSH key changed: if you reinstalled it, check the new key and replace the"
+                    " old one (ssh-keygen -R HOST), otherwise do not connect"
+                )
             elif "No host key" in reason:
                 reason += "; add the machine's key to known_hosts, or set host_key_policy: accept-new for this hive"
             results[by_host[host]]["error"] = f"could not connect over SSH: {reason}"

@@ -29,8 +29,8 @@ demo: $(STAMP)
 	@echo "Tear it down (no process is left): $(BIN)/rbee destroy examples/local.yaml --yes"
 
 lint: $(STAMP)
-	$(BIN)/ruff check rbee tests features bench
-	$(BIN)/ruff format --check rbee tests features bench
+	$(BIN)/ruff check rbee tests features bench deploys conftest.py
+	$(BIN)/ruff format --check rbee tests features bench deploys conftest.py
 	$(BIN)/mypy rbee
 	$(BIN)/lint-imports
 

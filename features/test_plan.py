@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -76,6 +77,7 @@ def run_plan(world: World) -> None:
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "RBEE_HOME": str(world.tmp_path / "home")},
     )
 
 

@@ -1,3 +1,5 @@
+"""Fixtures shared by tests/ and features/."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,0 +1,37 @@
+Feature: Nodes over SSH: hives on machines rbee reaches with real sshd and checked host keys
+
+  Background:
+    Given two SSH test hosts, node1 and node2
+
+  Scenario: install on a node
+    Given a hive.yaml with node1 serving "smollm2"
+    When I run rbee apply with --yes
+    Then node1 runs a hive daemon and 1 worker
+    And node1 holds rbee's config and a cluster token only root can read
+
+  Scenario: add a node
+    Given a hive.yaml with node1 serving "smollm2"
+    And rbee apply has run
+    When I add node2 serving "smollm2" to hive.yaml and run rbee apply with --yes
+    Then node2 runs a hive daemon and 1 worker
+    And node1's worker kept its process
+
+  Scenario: list nodes
+    Given a hive.yaml with node1 and node2 serving "smollm2"
+    And rbee apply has run
+    When I run rbee status
+    Then it lists node1 and node2 as running with an idle worker each
+
+  Scenario: remove a node
+    Given a hive.yaml with node1 and node2 serving "smollm2"
+    And rbee apply has run
+    When I remove node2 from hive.yaml and run rbee apply with --yes
+    Then node2 runs no rbee process and holds no rbee files
+    And node1 runs a hive daemon and 1 worker
+
+  Scenario: destroy cascades
+    Given a hive.yaml with node1 and node2 serving "smollm2"
+    And rbee apply has run
+    When I run rbee destroy with --yes
+    Then no rbee process remains on node1 or node2
+    And no queen runs

@@ -22,6 +22,7 @@ from rbee.apply import executor, processes, queen_process
 from rbee.apply.console import ConsoleReporter
 from rbee.apply.home import Home
 from rbee.observe import hives as observe_hives
+from rbee.observe import ssh as observe_ssh
 from rbee.plan import planner, render
 from rbee.plan.actions import Plan, Symbol
 from rbee.plan.saved import SavedPlan, observed_digest
@@ -144,6 +145,7 @@ def observe_for(spec: schema.HiveFile, home: Home, timeout: float) -> tuple[Obse
     retired = tuple(hive for hive in (previous.hives if previous else ()) if spec.hive(hive.name) is None)
     everything = spec.model_copy(update={"hives": spec.hives + retired})
     observed = observe_hives.observe(everything, timeout=timeout, token=home.token(create=False))
+    observed = observe_ssh.examine(everything, observed, timeout)
     marked = tuple(hive.model_copy(update={"seen_before": hive.name in seen}) for hive in observed.hives)
     return ObservedState(hives=marked), retired
 
@@ -196,11 +198,17 @@ def apply(
     except queen_process.QueenError as error:
         fail(str(error))
     failed = {key: value for key, value in errors.items() if value}
+    waiting = [change for change in the_plan.changes if change.symbol is Symbol.BLOCKED]
     out.print()
     queen_line = f"queen {'started' if started else 'running'} at {url}, spec generation {generation}"
     queen_line += " (updated)" if changed else " (unchanged)"
     if failed:
         out.print(Text(f"Apply failed for {len(failed)} of {len(errors)} changes; {queen_line}.", style="red"))
+        raise typer.Exit(1)
+    if waiting:
+        for change in waiting:
+            out.print(Text(f"  ! {change.target}: {change.reason}", style="magenta"))
+        out.print(Text(f"{len(waiting)} targets could not be converged; {queen_line}.", style="red"))
         raise typer.Exit(1)
     if not actionable:
         out.print(f"Nothing to change; {queen_line}.")

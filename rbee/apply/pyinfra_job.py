@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-STEPS = ("python", "install", "start", "stop", "uninstall")
+STEPS = ("facts", "python", "install", "start", "stop", "uninstall")
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
@@ -34,11 +34,11 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
         if ssh is None:
             hosts.append(("@local", data))
         else:
-            data.update(ssh_data(ssh))
+            data.update(ssh_data(ssh, float(job.get("connect_timeout", 10))))
             hosts.append((item["name"], data))
         names.append(item["name"])
     inventory = Inventory((hosts, {}))  # type: ignore[no-untyped-call]
-    config = Config(CONNECT_TIMEOUT=int(job.get("connect_timeout", 10)), FAIL_PERCENT=100)  # type: ignore[no-untyped-call]
+    config = Config(CONNECT_TIMEOUT=max(1, int(job.get("connect_timeout", 10))), FAIL_PERCENT=100)  # type: ignore[no-untyped-call]
     state = State(inventory=inventory, config=config)
     results: dict[str, dict[str, Any]] = {name: {"changed": False, "error": None, "notes": []} for name in names}
     by_host = dict(zip([host for host in inventory], names, strict=True))
@@ -70,6 +70,16 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     metas: list[tuple[str, dict[Any, Any]]] = []
     if not state.activated_hosts:
         return {"hosts": results}
+    if job["steps"] == ["facts"]:
+        from rbee.apply.facts import HiveConfigFile, HiveProcess
+
+        for host in state.activated_hosts:
+            data_dir = str(host.data.get("rbee_data_dir")).rstrip("/")
+            results[by_host[host]]["facts"] = {
+                "installed": host.get_fact(HiveConfigFile, data_dir=data_dir) is not None,
+                "pid": host.get_fact(HiveProcess, data_dir=data_dir),
+            }
+        return {"hosts": results}
     try:
         for step in job["steps"]:
             metas.append((step, add_op(state, ops[step])))
@@ -95,14 +105,19 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     return {"hosts": results}
 
 
-def ssh_data(ssh: dict[str, Any]) -> dict[str, Any]:
+def ssh_data(ssh: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
     """pyinfra host data for an SSH hive: key checking as hive.yaml says, and a bound on every wait."""
     data: dict[str, Any] = {
         "ssh_hostname": ssh["host"],
         "ssh_port": ssh.get("port", 22),
         "ssh_known_hosts_file": ssh.get("known_hosts") or "~/.ssh/known_hosts",
         "ssh_strict_host_key_checking": "accept-new" if ssh.get("host_key_policy") == "accept-new" else "yes",
-        "ssh_paramiko_connect_kwargs": {"timeout": 10, "banner_timeout": 10, "auth_timeout": 10, "channel_timeout": 10},
+        "ssh_paramiko_connect_kwargs": {
+            "timeout": timeout,
+            "banner_timeout": timeout,
+            "auth_timeout": timeout,
+            "channel_timeout": timeout,
+        },
         "ssh_connect_retries": 0,
     }
     if ssh.get("user"):

@@ -134,13 +134,16 @@ def test_a_wrong_host_key_fails_clearly_while_the_others_converge(
     while any("rbee hive serve" in line for line in node3.processes()):
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    plan = fleet.rbee("plan", str(fleet.spec))
+    assert "~ start     hive node3" in plan.stdout, plan.stdout
+    assert "rbee is installed and its daemon is stopped" in plan.stdout
     wrong = fleet.root / "known_hosts_wrong"
     other = machines.known_hosts.read_text().splitlines()[0].split(" ", 1)[1]  # node1's key, for node3
     wrong.write_text(f"{node3.address} {other}\n")
     text = spec_text(machines, smollm2, {"node1": 2, "node2": 1, "node3": 1}, {"node3": wrong}, queen_port(fleet))
     result = fleet.rbee("apply", str(write(fleet, "wrong-key.yaml", text)), "--yes")
-    assert result.returncode == 1
-    assert "hive node3: could not connect over SSH" in result.stdout, result.stdout
+    assert result.returncode == 1, result.stdout
+    assert "hive node3" in result.stdout and "could not connect over SSH" in result.stdout, result.stdout
     assert "does not match" in result.stdout and "ssh-keygen -R" in result.stdout
     assert len(worker_pids(machines)["node1"]) == 2, "node1 converged anyway"
     healed = fleet.rbee("apply", str(fleet.spec), "--yes")

@@ -20,12 +20,8 @@ scenarios("nodes.feature")
 
 @pytest.fixture(scope="module")
 def machines() -> Iterator[test_hosts.Hosts]:
-    why = test_hosts.available()
-    if why:
-        pytest.skip(f"SSH scenarios skipped: {why}")
-    made = test_hosts.up(2)
-    yield made
-    test_hosts.down(made=made)
+    with test_hosts.running(2) as made:
+        yield made
 
 
 class World:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,6 +236,21 @@ def down(root: Path = STATE, made: Hosts | None = None) -> None:
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
     if root.exists():
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running(count: int) -> Iterator[Hosts]:
+    """`count` test hosts for a test module, removed afterwards; skips (saying why) where they cannot run."""
+    import pytest
+
+    why = available()
+    if why:
+        pytest.skip(f"SSH tests skipped: {why}")
+    made = up(count)
+    try:
+        yield made
+    finally:
+        down(made=made)
 
 
 def main() -> None:

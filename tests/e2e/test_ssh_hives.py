@@ -20,12 +20,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def machines() -> Iterator[test_hosts.Hosts]:
-    why = test_hosts.available()
-    if why:
-        pytest.skip(f"SSH e2e tests skipped: {why}")
-    made = test_hosts.up(3)
-    yield made
-    test_hosts.down(made=made)
+    with test_hosts.running(3) as made:
+        yield made
 
 
 def spec_text(

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from rbee.hive.config import HiveConfig
+from tests.hive_process import hive_daemon
 from tests.hub import Hub
 from tests.models import tiny_gguf
-from tests.servers import free_port, serve
+from tests.servers import serve
 
 pytestmark = pytest.mark.slow
-TOKEN = "hub-test-token"
 GOOD = tiny_gguf(256)
 
 
@@ -39,39 +35,10 @@ def hub() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def hive(hub: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
     root = tmp_path_factory.mktemp("hfhive")
-    (root / "cluster.token").write_text(TOKEN)
-    config = HiveConfig(
-        name="hf",
-        listen=f"127.0.0.1:{free_port()}",
-        data_dir=str(root),
-        version="0.1.0",
-        token_file=str(root / "cluster.token"),
-    )
-    (root / "hive.json").write_text(config.model_dump_json())
     env = {**os.environ, "HF_ENDPOINT": hub, "HF_HOME": str(root / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_HUB_OFFLINE", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rbee", "hive", "serve", "--config", str(root / "hive.json")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = httpx.Client(
-        base_url=config.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60, trust_env=False
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if client.get("/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield client, root
-    process.terminate()
-    process.wait(timeout=30)
-    client.close()
+    with hive_daemon(root, "hf", env) as (client, _):
+        yield client, root
 
 
 def add(client: httpx.Client, name: str, source: str) -> list[tuple[str | None, dict[str, object]]]:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rbee.hive.config import HiveConfig
-from tests.servers import free_port
+from tests.hive_process import hive_daemon
 
 pytestmark = pytest.mark.slow
-TOKEN = "test-cluster-token"
 
 
 def alive(pid: int) -> bool:
@@ -32,37 +29,8 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture
 def hive(tmp_path: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
-    (tmp_path / "cluster.token").write_text(TOKEN)
-    config = HiveConfig(
-        name="solo",
-        listen=f"127.0.0.1:{free_port()}",
-        data_dir=str(tmp_path),
-        version="0.1.0",
-        token_file=str(tmp_path / "cluster.token"),
-    )
-    (tmp_path / "hive.json").write_text(config.model_dump_json())
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rbee", "hive", "serve", "--config", str(tmp_path / "hive.json")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = httpx.Client(
-        base_url=config.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30, trust_env=False
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if client.get("/health").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the hive did not start"
-        time.sleep(0.05)
-    yield client, process
-    if process.poll() is None:
-        process.terminate()
-        process.wait(timeout=30)
-    client.close()
+    with hive_daemon(tmp_path, "solo") as running:
+        yield running
 
 
 def add_and_start(client: httpx.Client, model_path: Path, replicas: int) -> list[dict[str, object]]:

@@ -190,7 +190,8 @@ def apply(
     if actionable:
         out.print()
         with ConsoleReporter(out) as reporter:
-            errors = asyncio.run(executor.Executor(spec, token, reporter, retired).execute(the_plan))
+            run = executor.Executor(spec, token, reporter, retired, home.root / "wheels")
+            errors = asyncio.run(run.execute(the_plan))
     try:
         url, started = queen_process.ensure_running(spec, home, token)
         policy = policy_source(spec, Path(source))

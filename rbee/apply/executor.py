@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rbee import __version__
+from rbee.apply import wheel as rbee_wheel
 from rbee.apply.hive_client import HiveCallError, HiveClient
 from rbee.hive.config import HiveConfig
 from rbee.plan.actions import Action, Change, Plan
@@ -64,12 +65,34 @@ def inventory(hives: Iterable[HiveSpec], token_file: str) -> str:
     )
 
 
-def pyinfra_job(hives: Iterable[HiveSpec], steps: list[str], token: str) -> dict[str, Any]:
+def extras_for(hive: HiveSpec, spec: HiveFile | None) -> str:
+    """The backend extras a hive needs: its pinned backends, or those of the models its workers run."""
+    if hive.backends != "auto":
+        wanted = {str(backend) for backend in hive.backends}
+    else:
+        wanted = set()
+        for worker in spec.workers if spec else ():
+            model = spec.model(worker.model) if spec and worker.hive == hive.name else None
+            if model is None:
+                continue
+            if worker.backend != "auto":
+                wanted.add(str(worker.backend))
+            elif str(model.kind) == "embedding":
+                wanted.add("embed")
+            elif model.resolved_format == "gguf":
+                wanted.add("gguf")
+    return ",".join(sorted(wanted & {"gguf", "torch", "mlx", "embed"}))
+
+
+def pyinfra_job(
+    hives: Iterable[HiveSpec], steps: list[str], token: str, wheel: Path | None = None, spec: HiveFile | None = None
+) -> dict[str, Any]:
     hosts = []
     for hive in hives:
         config = hive_config(hive)
         ssh = hive.ssh
         python = hive.python or (sys.executable if ssh is None else f"{config.data_dir}/venv/bin/python")
+        own_venv = ssh is not None and hive.python is None
         hosts.append(
             {
                 "name": hive.name,
@@ -79,19 +102,31 @@ def pyinfra_job(hives: Iterable[HiveSpec], steps: list[str], token: str) -> dict
                     "rbee_config": config.model_dump_json(indent=2),
                     "rbee_token": token,
                     "rbee_python": python,
+                    **(
+                        {
+                            "rbee_wheel": str(wheel),
+                            "rbee_extras": extras_for(hive, spec),
+                            "rbee_wheelhouse": hive.wheelhouse,
+                        }
+                        if own_venv and wheel is not None
+                        else {}
+                    ),
                 },
             }
         )
     return {"hosts": hosts, "steps": steps}
 
 
-async def run_jobs(hives: list[HiveSpec], steps: list[str], token: str) -> dict[str, dict[str, Any]]:
+async def run_jobs(
+    hives: list[HiveSpec], steps: list[str], token: str, wheel: Path | None = None, spec: HiveFile | None = None
+) -> dict[str, dict[str, Any]]:
     """Run `steps` on every hive: pyinfra's @local takes one host a run, so each local hive gets its own run
     beside one run for all SSH hives, all at once."""
     remote = [hive for hive in hives if hive.ssh is not None]
     batches = [[hive] for hive in hives if hive.ssh is None] + ([remote] if remote else [])
     results: dict[str, dict[str, Any]] = {}
-    for part in await asyncio.gather(*(run_pyinfra(pyinfra_job(batch, steps, token)) for batch in batches)):
+    jobs = [pyinfra_job(batch, steps, token, wheel, spec) for batch in batches]
+    for part in await asyncio.gather(*(run_pyinfra(job) for job in jobs)):
         results.update(part)
     return results
 
@@ -113,8 +148,16 @@ async def run_pyinfra(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 class Executor:
-    def __init__(self, spec: HiveFile, token: str, reporter: Reporter, retired: tuple[HiveSpec, ...] = ()) -> None:
+    def __init__(
+        self,
+        spec: HiveFile,
+        token: str,
+        reporter: Reporter,
+        retired: tuple[HiveSpec, ...] = (),
+        wheel_dir: Path | None = None,
+    ) -> None:
         self.spec = spec
+        self.wheel_dir = wheel_dir
         self.retired = {hive.name: hive for hive in retired}
         self.token = token
         self.reporter = reporter
@@ -162,7 +205,15 @@ class Executor:
         if not names:
             return
         hives = [self._hive_spec(name) for name in names]
-        results = await run_jobs(hives, steps, self.token)
+        wheel = None
+        if "python" in steps and any(hive.ssh is not None and hive.python is None for hive in hives):
+            try:
+                wheel = await asyncio.to_thread(rbee_wheel.build, self.wheel_dir or Path("wheels"))
+            except rbee_wheel.WheelError as error:
+                for change in runnable:
+                    self._finish(change, str(error))
+                return
+        results = await run_jobs(hives, steps, self.token, wheel, self.spec)
         health: dict[str, str | None] = {}
         if "start" in steps:
             for hive in hives:

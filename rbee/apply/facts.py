@@ -61,3 +61,14 @@ def parse_version(output: list[str]) -> str | None:
         if text and text[0].isdigit():
             return text
     return None
+
+
+class InstalledWheel(FactBase[str | None]):
+    """The sha256 of the rbee wheel last installed into a hive's own virtualenv, if any."""
+
+    def command(self, data_dir: str) -> str:
+        return f"cat {shell.path(data_dir.rstrip('/') + '/venv/rbee-wheel.sha256')} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> str | None:
+        text = "".join(output).strip()
+        return text or None

@@ -7,6 +7,7 @@ Per-host values come from arguments, or from host data (`rbee_data_dir`, `rbee_c
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Generator
 from pathlib import Path
@@ -18,14 +19,26 @@ from pyinfra.operations import files
 
 from rbee import __version__
 from rbee.apply import shell
-from rbee.apply.facts import HiveConfigFile, HiveProcess, RbeeVersion
+from rbee.apply.facts import HiveConfigFile, HiveProcess, InstalledWheel, RbeeVersion
 
 
 class InstallError(Exception):
     """The hive's Python cannot run this rbee; the message says what to do."""
 
 
-OWNED = ("hive.json", "cluster.token", "hive.db", "hive.db-wal", "hive.db-shm", "hive.pid", "logs", "models")
+OWNED = (
+    "hive.json",
+    "cluster.token",
+    "hive.db",
+    "hive.db-wal",
+    "hive.db-shm",
+    "hive.pid",
+    "logs",
+    "models",
+    "venv",
+    "wheels",
+    "wheelhouse",
+)
 """What rbee creates in a data dir; uninstall removes exactly these."""
 
 
@@ -54,6 +67,43 @@ def hive_installed(
         host.noop(f"hive config in {data_dir} is current")
     yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600")
     yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/cluster.token", mode="600")
+
+
+@operation()
+def rbee_ready(python: str | None = None) -> Generator[Any, None, None]:
+    """The hive's Python runs this rbee: a Python named in hive.yaml is checked; otherwise rbee is installed
+    into the hive's own virtualenv from the wheel apply uploads (with a wheelhouse for hosts without an index)."""
+    if host.data.get("rbee_wheel"):
+        yield from rbee_in_venv._inner()
+    else:
+        yield from rbee_importable._inner(python)
+
+
+@operation()
+def rbee_in_venv(
+    data_dir: str | None = None, wheel: str | None = None, extras: str | None = None, wheelhouse: str | None = None
+) -> Generator[Any, None, None]:
+    data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
+    wheel = str(_data("rbee_wheel", wheel))
+    extras = extras if extras is not None else str(host.data.get("rbee_extras") or "")
+    wheelhouse = wheelhouse if wheelhouse is not None else host.data.get("rbee_wheelhouse")
+    digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
+    if host.get_fact(InstalledWheel, data_dir=data_dir) == digest:
+        host.noop(f"rbee {__version__} ({Path(wheel).name}, {extras or 'no extras'}) is installed in {data_dir}/venv")
+        return
+    venv, remote_wheel = f"{data_dir}/venv", f"{data_dir}/wheels/{Path(wheel).name}"
+    python = shell.path(venv + "/bin/python")
+    yield f"mkdir -p {shell.path(data_dir + '/wheels')} && (test -x {python} || python3 -m venv {shell.path(venv)})"
+    yield from files.put._inner(src=wheel, dest=remote_wheel)
+    index = ""
+    if wheelhouse:
+        yield from files.sync._inner(src=str(wheelhouse), dest=f"{data_dir}/wheelhouse")
+        index = f"--no-index --find-links {shell.path(data_dir + '/wheelhouse')} "
+    target = shell.path(remote_wheel + (f"[{extras}]" if extras else ""))
+    yield (
+        f"{shell.path(venv + '/bin/pip')} install --quiet --disable-pip-version-check {index}{target} && "
+        f"echo {digest} > {shell.path(venv + '/rbee-wheel.sha256')}"
+    )
 
 
 @operation()

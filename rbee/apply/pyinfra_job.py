@@ -61,7 +61,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                 reason += "; add the machine's key to known_hosts, or set host_key_policy: accept-new for this hive"
             results[by_host[host]]["error"] = f"could not connect over SSH: {reason}"
     ops = {
-        "python": operations.rbee_importable,
+        "python": operations.rbee_ready,
         "install": operations.hive_installed,
         "start": operations.hive_running,
         "stop": operations.hive_stopped,

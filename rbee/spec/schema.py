@@ -188,7 +188,13 @@ class HiveSpec(Strict):
     python: str | None = Field(
         default=None,
         description="A Python on the hive that has this version of rbee installed (with the backends' extras); "
-        "the hive daemon and its workers run with it.",
+        "the hive daemon and its workers run with it. Omitted on an SSH hive: rbee makes a virtualenv in the "
+        "data dir and installs itself there from a wheel it uploads.",
+    )
+    wheelhouse: str | None = Field(
+        default=None,
+        description="A folder of wheels on this machine to install rbee's dependencies from, for hives that "
+        "cannot reach a package index.",
     )
 
     @property

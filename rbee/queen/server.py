@@ -225,26 +225,34 @@ class Queen:
                 refusal.status, str(refusal), kind, refusal.reason, retry_after=refusal.retry_after
             ) from None
 
+    async def _admit_for(self, ask: Ask, key: Key | None, exchange: Exchange, deadline: float) -> Ticket:
+        ticket = await self.admit(ask, key, deadline)
+        exchange.worker, exchange.hive = ticket.route.worker_id, ticket.route.hive
+        exchange.queued = ticket.queued_seconds
+        return ticket
+
+    async def _retry_or_raise(self, failure: UpstreamError, ticket: Ticket, deadline: float) -> None:
+        """A worker that refused as busy (the registry saw it a moment ago) sends the request back to wait, until
+        its deadline; any other failure is the client's 502, and a lost worker is not offered again."""
+        if failure.code == "worker_refused" and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+            return
+        if failure.code == "worker_lost":
+            self.registry.forget(ticket.route)
+        route = ticket.route
+        raise ClientError(
+            502, f"worker {route.worker_id} on hive {route.hive}: {failure}", "api_error", failure.code
+        ) from None
+
     async def embed(self, ask: Ask, key: Key | None, texts: list[str], exchange: Exchange) -> dict[str, Any]:
         deadline = time.monotonic() + self.queue_wait
         while True:
-            ticket = await self.admit(ask, key, deadline)
-            exchange.worker, exchange.hive = ticket.route.worker_id, ticket.route.hive
-            exchange.queued = ticket.queued_seconds
+            ticket = await self._admit_for(ask, key, exchange, deadline)
             try:
                 answer = await self.upstream.call(ticket.route.url, {"request_id": exchange.id, "input": texts})
             except UpstreamError as failure:
-                if failure.code == "worker_refused" and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)
-                    continue
-                if failure.code == "worker_lost":
-                    self.registry.forget(ticket.route)
-                raise ClientError(
-                    502,
-                    f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}",
-                    "api_error",
-                    failure.code,
-                ) from None
+                await self._retry_or_raise(failure, ticket, deadline)
+                continue
             finally:
                 ticket.release()
             exchange.first_byte = time.monotonic()
@@ -253,29 +261,17 @@ class Queen:
     async def open_stream(
         self, ask: Ask, key: Key | None, body: dict[str, Any], exchange: Exchange
     ) -> tuple[Ticket, bytes, AsyncIterator[bytes]]:
-        """Admit the request, open its worker's stream and read the first bytes. A worker that refuses as busy
-        (the registry saw it a moment ago) sends the request back to wait, until its deadline."""
+        """Admit the request, open its worker's stream and read the first bytes."""
         deadline = time.monotonic() + self.queue_wait
         while True:
-            ticket = await self.admit(ask, key, deadline)
-            exchange.worker, exchange.hive = ticket.route.worker_id, ticket.route.hive
-            exchange.queued = ticket.queued_seconds
+            ticket = await self._admit_for(ask, key, exchange, deadline)
             chunks = self.upstream.stream(ticket.route.url, body)
             try:
                 first = await anext(chunks)
             except UpstreamError as failure:
                 ticket.release()
-                if failure.code == "worker_refused" and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)
-                    continue
-                if failure.code == "worker_lost":
-                    self.registry.forget(ticket.route)
-                raise ClientError(
-                    502,
-                    f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}",
-                    "api_error",
-                    failure.code,
-                ) from None
+                await self._retry_or_raise(failure, ticket, deadline)
+                continue
             except StopAsyncIteration:
                 ticket.release()
                 raise ClientError(502, "the worker sent nothing", "api_error", "worker_lost") from None

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -20,6 +21,7 @@ from rbee import __version__
 from rbee.api.state import ObservedState
 from rbee.apply import executor, processes, queen_process
 from rbee.apply.console import ConsoleReporter
+from rbee.apply.hive_client import HiveCallError, HiveClient
 from rbee.apply.home import Home
 from rbee.observe import hives as observe_hives
 from rbee.observe import ssh as observe_ssh
@@ -418,6 +420,114 @@ def destroy(
     out.print("Destroy complete. No rbee process remains.")
     if failed:
         raise typer.Exit(1)
+
+
+models_app = typer.Typer(help="The models in each hive's catalog.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _spec_or_applied(file: Path | None) -> schema.HiveFile:
+    if file is not None:
+        return load_spec(file)
+    previous, _ = applied_before(Home.default())
+    if previous is None:
+        fail("No fleet has been applied from this RBEE_HOME; pass the hive.yaml.")
+    return previous
+
+
+@models_app.command("ls")
+def models_ls(
+    file: Annotated[Path | None, typer.Argument(help="hive.yaml; defaults to the spec applied last.")] = None,
+) -> None:
+    """List every hive's catalog with sizes."""
+    spec = _spec_or_applied(file)
+    observed = observe_hives.observe(spec, token=Home.default().token(create=False))
+    table = Table("hive", "model", "format", "size", "managed", "source", box=None)
+    total = 0
+    for hive in observed.hives:
+        if hive.state is None:
+            table.add_row(hive.name, Text(f"({hive.status}: {hive.reason})", style="dim"), "", "", "", "")
+            continue
+        for entry in hive.state.catalog:
+            total += entry.size_bytes
+            table.add_row(
+                hive.name,
+                entry.name,
+                entry.format,
+                planner.human_size(entry.size_bytes),
+                "yes" if entry.managed else "no",
+                entry.source,
+            )
+    out.print(table)
+    out.print(Text(f"{planner.human_size(total)} in all", style="dim"))
+
+
+def _hive_client(spec: schema.HiveFile, hive: str) -> HiveClient:
+    found = spec.hive(hive)
+    if found is None:
+        fail(f"There is no hive {hive} in hive.yaml; hives: {', '.join(h.name for h in spec.hives)}.")
+    return HiveClient(found, Home.default().token(create=False))
+
+
+@models_app.command("pull")
+def models_pull(
+    model: Annotated[str, typer.Argument(help="A model name from hive.yaml.")],
+    hive: Annotated[str, typer.Option(help="The hive to fetch it to.")],
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="hive.yaml; defaults to the spec applied last.")
+    ] = None,
+) -> None:
+    """Fetch a model into a hive's catalog now (with progress), without starting workers."""
+    spec = _spec_or_applied(file)
+    wanted = spec.model(model)
+    if wanted is None:
+        fail(f"There is no model {model} in hive.yaml; models: {', '.join(m.name for m in spec.models)}.")
+    client = _hive_client(spec, hive)
+
+    async def pull() -> dict[str, Any]:
+        with Progress(
+            TextColumn("  {task.description}"), BarColumn(), DownloadColumn(), console=out, transient=True
+        ) as bars:
+            task = bars.add_task(f"{model} -> {hive}", total=None)
+
+            def progress(data: dict[str, Any]) -> None:
+                if "bytes" in data:
+                    bars.update(task, completed=data["bytes"], total=data.get("total") or None)
+
+            try:
+                return await client.add_model(wanted, progress)
+            finally:
+                await client.close()
+
+    try:
+        entry = asyncio.run(pull())
+    except (HiveCallError, httpx.HTTPError) as error:
+        fail(f"Pulling {model} to {hive} failed: {error}")
+    out.print(f"{model} is in {hive}'s catalog ({planner.human_size(int(entry.get('size_bytes', 0)))}).")
+
+
+@models_app.command("rm")
+def models_rm(
+    model: Annotated[str, typer.Argument(help="The model to remove from the catalog.")],
+    hive: Annotated[str, typer.Option(help="The hive to remove it from.")],
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="hive.yaml; defaults to the spec applied last.")
+    ] = None,
+) -> None:
+    """Remove a model from a hive's catalog (and its files, if rbee downloaded them); refused while in use."""
+    client = _hive_client(_spec_or_applied(file), hive)
+
+    async def remove() -> None:
+        try:
+            await client.remove_model(model)
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(remove())
+    except (HiveCallError, httpx.HTTPError) as error:
+        fail(f"Removing {model} from {hive} failed: {error}")
+    out.print(f"Removed {model} from {hive}.")
 
 
 @app.command("inventory")

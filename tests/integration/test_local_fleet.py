@@ -117,6 +117,18 @@ def test_a_client_that_leaves_mid_stream_frees_its_worker(fleet: Fleet) -> None:
     assert again.status_code == 200 and '"done":true' in again.text
 
 
+def test_models_commands_list_pull_and_refuse_to_remove_in_use(fleet: Fleet) -> None:
+    listed = fleet.rbee("models", "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert "smollm2" in listed.stdout and "98.4 MB" in listed.stdout
+    in_use = fleet.rbee("models", "rm", "smollm2", "--hive", "local")
+    assert in_use.returncode == 1 and "is used by workers" in in_use.stderr
+    pulled = fleet.rbee("models", "pull", "smollm2", "--hive", "local")
+    assert pulled.returncode == 0 and "smollm2 is in local's catalog (98.4 MB)" in pulled.stdout
+    unknown = fleet.rbee("models", "pull", "ghost", "--hive", "local")
+    assert unknown.returncode == 1 and "There is no model ghost" in unknown.stderr
+
+
 def test_second_apply_changes_nothing(fleet: Fleet) -> None:
     result = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert result.returncode == 0, result.stderr

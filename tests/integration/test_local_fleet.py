@@ -4,6 +4,8 @@ unchanged, a second apply changes nothing, destroy leaves no process behind."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +129,24 @@ def test_models_commands_list_pull_and_refuse_to_remove_in_use(fleet: Fleet) -> 
     assert pulled.returncode == 0 and "smollm2 is in local's catalog (98.4 MB)" in pulled.stdout
     unknown = fleet.rbee("models", "pull", "ghost", "--hive", "local")
     assert unknown.returncode == 1 and "There is no model ghost" in unknown.stderr
+
+
+def test_a_restarted_queen_adopts_the_running_fleet(fleet: Fleet) -> None:
+    token = (fleet.root / "home" / "cluster.token").read_text()
+    auth = {"Authorization": f"Bearer {token}"}
+    before = {w["id"]: w["pid"] for w in httpx.get(f"{fleet.hive_url}/v1/state", headers=auth).json()["workers"]}
+    queen = json.loads((fleet.root / "home" / "queen" / "queen.json").read_text())
+    os.kill(int(queen["pid"]), signal.SIGKILL)
+    restarted = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert "No changes. Live state matches hive.yaml." in restarted.stdout
+    assert "queen started" in restarted.stdout and "(unchanged)" in restarted.stdout
+    answer = httpx.post(
+        f"{fleet.queen_url}/v1/completions", json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    after = {w["id"]: w["pid"] for w in httpx.get(f"{fleet.hive_url}/v1/state", headers=auth).json()["workers"]}
+    assert after == before, "no worker was restarted"
 
 
 def test_second_apply_changes_nothing(fleet: Fleet) -> None:

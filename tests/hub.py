@@ -4,11 +4,12 @@ so the real download code runs in tests (FACTS.md)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -18,6 +19,8 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class Hub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    cut_once: set[str] = field(default_factory=set)
+    """Files whose first GET breaks off halfway, as a flaky network does."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -54,7 +57,8 @@ class Hub:
     async def resolve(self, request: Request) -> Response:
         repo = f"{request.path_params['org']}/{request.path_params['name']}"
         path = request.path_params["path"]
-        self.requests.append(f"{request.method} {repo}/{path}")
+        ranged = request.headers.get("range", "")
+        self.requests.append(f"{request.method} {repo}/{path}" + (f" {ranged}" if ranged else ""))
         if repo not in self.repos:
             return self._missing("RepoNotFound", "Repository not found")
         data = self.repos[repo].get(path)
@@ -67,7 +71,9 @@ class Hub:
             "Accept-Ranges": "bytes",
         }
         status = 200
-        ranged = request.headers.get("range", "")
+        if request.method == "GET" and f"{repo}/{path}" in self.cut_once and not ranged:
+            self.cut_once.discard(f"{repo}/{path}")
+            return StreamingResponse(_break_off(data), 200, headers=headers)
         if ranged.startswith("bytes="):
             start = int(ranged[6:].split("-")[0] or 0)
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
@@ -76,3 +82,8 @@ class Hub:
         if request.method == "HEAD":
             return Response(b"", status, headers=headers)
         return Response(data, status, headers=headers)
+
+
+async def _break_off(data: bytes) -> AsyncIterator[bytes]:
+    yield data[: len(data) // 2]
+    raise ConnectionAbortedError("the test hub cuts this download halfway")

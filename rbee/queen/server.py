@@ -503,26 +503,27 @@ def create_app(queen: Queen) -> RawSend:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
             execute.update(format=str(fmt), openai_model=body.model, include_usage=include_usage)
-            try:
-                ticket, first, chunks = await queen.open_stream(ask, key, execute, exchange)
-            except ClientError as refusal:
-                exchange.status, exchange.error = refusal.status, str(refusal)
-                queen.record(exchange)
-                raise
+            ticket, first, chunks = await open_recorded(ask, key, execute, exchange)
             encoder = oai.StreamEncoder(request_id, body.model, chat, include_usage)
             return RelayResponse(queen.relay(exchange, ticket, first, chunks, encoder.error))
         return await whole_answer(ask, key, execute, exchange, chat, body.model)
+
+    async def open_recorded(
+        ask: Ask, key: Key | None, execute: dict[str, Any], exchange: Exchange
+    ) -> tuple[Ticket, bytes, AsyncIterator[bytes]]:
+        """open_stream, with a refusal logged and counted like any finished request."""
+        try:
+            return await queen.open_stream(ask, key, execute, exchange)
+        except ClientError as refusal:
+            exchange.status, exchange.error = refusal.status, str(refusal)
+            queen.record(exchange)
+            raise
 
     async def whole_answer(
         ask: Ask, key: Key | None, execute: dict[str, Any], exchange: Exchange, chat: bool, model: str
     ) -> Response:
         execute["format"] = str(wire.StreamFormat.RBEE)
-        try:
-            ticket, first, chunks = await queen.open_stream(ask, key, execute, exchange)
-        except ClientError as refusal:
-            exchange.status, exchange.error = refusal.status, str(refusal)
-            queen.record(exchange)
-            raise
+        ticket, first, chunks = await open_recorded(ask, key, execute, exchange)
         text, end = [], None
         try:
             buffer = first

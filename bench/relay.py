@@ -1,4 +1,4 @@
-"""What the queen's relay costs: synthetic token workers (bench/synthetic_worker.py, a benchmark load), the
+"""What the queen's relay costs: synthetic token workers (bench/loads/synthetic_worker.py, a benchmark load), the
 real queen in its own process, and a load generator here; every scenario runs direct-to-worker and through the
 queen in the same run, and prints the ratios.
 
@@ -46,7 +46,7 @@ def start_synthetic(port: int, workers: int, slots: int, rate: float) -> subproc
     process = subprocess.Popen(
         [
             sys.executable,
-            str(ROOT / "bench" / "synthetic_worker.py"),
+            str(ROOT / "bench" / "loads" / "synthetic_worker.py"),
             "--port",
             str(port),
             "--workers",

@@ -46,7 +46,7 @@ class World:
         workers = "".join(f"  - {{model: smollm2, hive: {name}}}\n" for name in nodes)
         self.fleet.spec.write_text(
             f"queen: {{listen: '127.0.0.1:{port}'}}\nhives:\n{hives}"
-            f"models:\n  - {{name: smollm2, source: 'file://{self.model}'}}\n"
+            f"models:\n  - {{name: smollm2, source: 'file://{self.model}', idle_timeout: 0}}\n"
             f"workers:\n{workers}"
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ from rich.text import Text
 
 from rbee import __version__
 from rbee.api.state import ObservedState
-from rbee.apply import executor, processes, queen_process
+from rbee.apply import executor, lock, processes, queen_process
 from rbee.apply.console import ConsoleReporter
 from rbee.apply.hive_client import HiveCallError, HiveClient
 from rbee.apply.home import Home
@@ -178,6 +179,21 @@ def apply(
 ) -> None:
     """Make live state match hive.yaml: install and start hives, fetch models, start workers, run the queen."""
     home = Home.default()
+    with fleet_lock(home):
+        _apply(target, yes, timeout, home)
+
+
+def fleet_lock(home: Home) -> contextlib.AbstractContextManager[bool]:
+    """The apply lock, shared with the queen's reconcile loop; say so when waiting for a pass to end. Before
+    the first apply there is no queen to share it with, and nothing is written."""
+    if not home.queen_dir.is_dir():
+        return contextlib.nullcontext(True)
+    if lock.is_held(home.queen_dir):
+        out.print(Text("Waiting for the queen's reconcile pass to finish ...", style="dim"))
+    return lock.hold(home.queen_dir)
+
+
+def _apply(target: Path, yes: bool, timeout: float, home: Home) -> None:
     spec, the_plan, source, retired = load_target(target, home, timeout)
     print_plan(the_plan, spec, unchanged=False)
     actionable = the_plan.actionable
@@ -242,11 +258,99 @@ def status(
             response.raise_for_status()
         except httpx.HTTPError as error:
             fail(f"The queen at {record['url']} does not answer ({error}); run rbee apply to start it.")
-        hives = response.json()["hives"]
+        body = response.json()
+        hives, conditions, reconcile = body["hives"], body.get("conditions", []), body.get("reconcile")
     if as_json:
-        sys.stdout.write(json.dumps({"hives": hives}, indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps({"hives": hives, "conditions": conditions, "reconcile": reconcile}, indent=2) + "\n"
+        )
         return
     render_status(hives)
+    if conditions:
+        out.print()
+        render_conditions(conditions, reconcile)
+
+
+CONDITION_STYLES = {"Ready": "green", "Progressing": "yellow", "Degraded": "red", "Unreachable": "bold red"}
+
+
+def render_conditions(conditions: list[dict[str, Any]], reconcile: dict[str, Any] | None) -> None:
+    table = Table("hive", "target", "condition", "reason", "since", "message", box=None)
+    now = time.time()
+    for item in sorted(conditions, key=lambda c: (c["hive"], c["target"])):
+        table.add_row(
+            item["hive"],
+            item["target"],
+            Text(item["type"], style=CONDITION_STYLES.get(item["type"], "")),
+            item["reason"],
+            f"{_ago(now - float(item['since']))} ago",
+            item["message"],
+        )
+    out.print(table)
+    reconcile = reconcile or {}
+    last = reconcile.get("last")
+    if last:
+        out.print(
+            Text(
+                f"Reconcile pass {last['number']} (generation {last['generation']}) "
+                f"{_ago(now - float(last['started']))} ago, every {reconcile['interval']:g} s"
+                + (f"; skipped: {last['skipped']}" if last.get("skipped") else ""),
+                style="dim",
+            )
+        )
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+@app.command()
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they happen.")] = False,
+    limit: Annotated[int, typer.Option(help="How many past events to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Show the queen's event log: applied specs, each reconcile pass's changes and failures."""
+    home = Home.default()
+    record = home.queen()
+    if record is None:
+        fail("No queen is running for this RBEE_HOME; run rbee apply first.")
+    token = home.token(create=False)
+    url = f"{record['url']}/v2/events"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    params = {"limit": str(limit), **({"follow": "1"} if follow else {})}
+
+    def show(item: dict[str, Any]) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.flush()
+            return
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(item["at"])))
+        style = {"failed": "red", "applied": "green", "spec": "bold"}.get(item["kind"], "")
+        out.print(Text(f"{when}  {item['kind']:<9} {item['target']:<32} {item['message']}", style=style))
+
+    try:
+        if not follow:
+            response = httpx.get(url, params=params, headers=headers, timeout=10.0, trust_env=False)
+            response.raise_for_status()
+            for item in response.json()["events"]:
+                show(item)
+            return
+        timeout = httpx.Timeout(10.0, read=None)
+        with httpx.stream("GET", url, params=params, headers=headers, timeout=timeout, trust_env=False) as stream:
+            stream.raise_for_status()
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    show(json.loads(line[5:]))
+    except httpx.HTTPError as error:
+        fail(f"The queen at {record['url']} does not answer ({error}); run rbee apply to start it.")
+    except KeyboardInterrupt:
+        pass
 
 
 def render_status(hives: list[dict[str, Any]]) -> None:
@@ -393,6 +497,14 @@ def destroy(
         if not typer.confirm(f"Stop all {len(spec.hives)} hives, their workers and the queen?", default=False):
             fail("Nothing was changed.")
     token = home.token(create=False) or ""
+    with fleet_lock(home):
+        _destroy(spec, home, token, purge)
+
+
+def _destroy(spec: schema.HiveFile, home: Home, token: str, purge: bool) -> None:
+    """Each hive is asked over HTTP to stop (it stops its workers first); the pyinfra stop step then signals
+    any hive that did not (or could not be asked), and cleans up."""
+    stopped = asyncio.run(_shutdown_over_http(list(spec.hives), token))
     steps = ["stop", "uninstall"] if purge else ["stop"]
     results = asyncio.run(executor.run_jobs(list(spec.hives), steps, token))
     failed = False
@@ -402,7 +514,12 @@ def destroy(
             failed = True
             out.print(Text(f"  ✗ hive {hive.name}: {result['error']}", style="red"))
         else:
-            what = "stopped" if result.get("changed") else "was not running"
+            if stopped.get(hive.name):
+                what = "stopped over HTTP"
+            elif result.get("changed"):
+                what = "stopped by a signal over SSH" if hive.ssh is not None else "stopped by a signal"
+            else:
+                what = "was not running"
             out.print(Text(f"  - hive {hive.name} {what}{' and uninstalled' if purge else ''}", style="red"))
     if queen_process.stop(home, token):
         out.print(Text("  - queen stopped", style="red"))
@@ -420,6 +537,18 @@ def destroy(
     out.print("Destroy complete. No rbee process remains.")
     if failed:
         raise typer.Exit(1)
+
+
+async def _shutdown_over_http(hives: list[schema.HiveSpec], token: str) -> dict[str, bool]:
+    async def one(hive: schema.HiveSpec) -> bool:
+        client = HiveClient(hive, token)
+        try:
+            return await client.shutdown()
+        finally:
+            await client.close()
+
+    results = await asyncio.gather(*(one(hive) for hive in hives))
+    return {hive.name: done for hive, done in zip(hives, results, strict=True)}
 
 
 models_app = typer.Typer(help="The models in each hive's catalog.", no_args_is_help=True)

@@ -42,16 +42,35 @@ def make_fleet(
     model: str = "smollm2",
     queen: str = "",
     env: dict[str, str] | None = None,
+    model_options: str = "idle_timeout: 0",
+    worker_options: str = "",
+    reconcile: str = "5s",
 ) -> Fleet:
+    """A one-hive fleet. Its workers never idle out unless `model_options` says otherwise, so tests that count
+    processes see the same ones throughout."""
     queen_port, hive_port = free_port(), free_port()
     spec = root / "hive.yaml"
+    extra = f", {worker_options}" if worker_options else ""
     spec.write_text(
-        f"queen: {{listen: '127.0.0.1:{queen_port}', reconcile_interval: 5s{', ' + queen if queen else ''}}}\n"
+        f"queen: {{listen: '127.0.0.1:{queen_port}', reconcile_interval: {reconcile}{', ' + queen if queen else ''}}}\n"
         f"hives:\n  - {{name: local, listen: '127.0.0.1:{hive_port}', data_dir: '{root / 'hive'}'}}\n"
-        f"models:\n  - {{name: {model}, source: '{source}'}}\n"
-        f"workers:\n  - {{model: {model}, hive: local, replicas: {replicas}}}\n"
+        f"models:\n  - {{name: {model}, source: '{source}', {model_options}}}\n"
+        f"workers:\n  - {{model: {model}, hive: local, replicas: {replicas}{extra}}}\n"
     )
     full_env = {**os.environ, "RBEE_HOME": str(root / "home"), "NO_COLOR": "1", **(env or {})}
     if not env or "RBEE_API_KEY" not in env:
         full_env.pop("RBEE_API_KEY", None)
     return Fleet(root, spec, f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{hive_port}", full_env)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie does not count)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return ") Z " not in stat.read()
+    except OSError:
+        return False

@@ -23,6 +23,9 @@ class WorkerState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    PARKED = "parked"
+    """Stopped after its idle timeout: holds no memory, still counts toward its replicas, and is started again
+    when a request for its model finds no worker running."""
 
     @property
     def is_running(self) -> bool:
@@ -58,12 +61,42 @@ class WorkerInfo(Frozen):
     """Requests the worker serves at once (from its backend)."""
 
 
+class Device(Frozen):
+    """A place a worker can run: the CPU (with the host's RAM), one CUDA GPU, or Apple Metal."""
+
+    id: str
+    """`cpu`, `cuda:N` or `metal`: what hive.yaml's `device` names."""
+    kind: str
+    name: str = ""
+    memory_total: int = 0
+    memory_free: int = 0
+
+
+class HostFacts(Frozen):
+    """What a hive found on its machine at start: the devices, CPU features, and the engines it can import."""
+
+    system: str = ""
+    machine: str = ""
+    cpu_count: int = 0
+    cpu_features: tuple[str, ...] = ()
+    devices: tuple[Device, ...] = ()
+    engines: tuple[str, ...] = ()
+    """The backends whose engine imports on this hive (gguf, torch, mlx, embed, ctransformers)."""
+
+    def device(self, device_id: str) -> Device | None:
+        return next((device for device in self.devices if device.id == device_id), None)
+
+    def has(self, kind: str) -> bool:
+        return any(device.kind == kind for device in self.devices)
+
+
 class HiveState(Frozen):
     """What a hive daemon reports about itself."""
 
     name: str
     version: str
     backends: tuple[str, ...] = ()
+    host: HostFacts | None = None
     catalog: tuple[CatalogEntry, ...] = ()
     workers: tuple[WorkerInfo, ...] = ()
 

@@ -156,3 +156,12 @@ class WorkersRequest(BaseModel):
     backend: str = "auto"
     device: str = "auto"
     replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+
+
+class HeartbeatSubscription(BaseModel):
+    """The queen asks a hive to send it heartbeats: where, and how often."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://")
+    interval: float = Field(gt=0, le=3600)

@@ -94,6 +94,27 @@ class HiveClient:
                 raise HiveCallError(f"workers {', '.join(ids)} were not ready after {timeout:.0f} s")
             await asyncio.sleep(0.2)
 
+    async def shutdown(self, seconds: float = 20.0) -> bool:
+        """Ask the hive to stop (it stops its workers first) and wait until it no longer answers; False when it
+        could not be asked or did not stop in time."""
+        try:
+            response = await self._client.post("/v1/shutdown", timeout=5.0)
+        except httpx.HTTPError:
+            return False
+        if response.status_code != 202:
+            return False
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                await self._client.get("/health", timeout=1.0)
+            except httpx.HTTPError:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def park_worker(self, worker_id: str, reason: str) -> None:
+        _raise_for(await self._client.post(f"/v1/workers/{worker_id}/park", json={"reason": reason}, timeout=60.0))
+
     async def stop_worker(self, worker_id: str) -> None:
         response = await self._client.post(f"/v1/workers/{worker_id}/stop", timeout=60.0)
         if response.status_code != 404:  # already gone is what we wanted

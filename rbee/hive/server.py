@@ -1,7 +1,8 @@
 """The hive daemon's HTTP API: `rbee hive serve`.
 
 GET /health (open), and with the cluster token: GET /v1/state, POST /v1/models (SSE progress),
-DELETE /v1/models/{name}, POST /v1/workers, POST /v1/workers/{id}/ready|failed|stop, POST /v1/shutdown.
+DELETE /v1/models/{name}, POST /v1/workers, POST /v1/workers/{id}/ready|failed|stop|park,
+POST /v1/heartbeat (the queen subscribes to heartbeats), POST /v1/shutdown.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from starlette.routing import Route
 from rbee import __version__, aio
 from rbee.api import wire
 from rbee.api.state import HiveState
-from rbee.hive import provision
+from rbee.hive import provision, selection
 from rbee.hive.catalog import Catalog
-from rbee.hive.config import HiveConfig
+from rbee.hive.config import PID_NAME, HiveConfig
+from rbee.hive.heartbeat import Heartbeat
 from rbee.hive.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger("rbee.hive")
@@ -43,6 +45,8 @@ class Hive:
             log.info("%d workers of an earlier daemon are recorded as stopped", ended)
         self.supervisor = Supervisor(config, self.catalog)
         self.token = config.token()
+        self.heartbeat = Heartbeat(self.state, self.token)
+        self.supervisor.on_change = self.heartbeat.changed
         self.server: uvicorn.Server | None = None
         self._model_locks: dict[str, asyncio.Lock] = {}
 
@@ -50,12 +54,14 @@ class Hive:
         return HiveState(
             name=self.config.name,
             version=__version__,
-            backends=("gguf", "embed"),
+            backends=tuple(b for b in self.supervisor.facts.engines if b in selection.IMPLEMENTED),
+            host=self.supervisor.facts,
             catalog=tuple(record.entry() for record in self.catalog.models()),
             workers=tuple(self.supervisor.infos()),
         )
 
     async def shutdown(self) -> None:
+        await self.heartbeat.stop()
         await self.supervisor.stop_all()
         if self.server is not None:
             self.server.should_exit = True
@@ -111,6 +117,8 @@ def create_app(hive: Hive) -> Starlette:
         if users:
             return error(409, f"model {name} is used by workers {', '.join(users)}; stop them first", "in_use")
         hive.catalog.delete_model(name)
+        for worker_id in [w.id for w in hive.supervisor.parked.values() if w.model == name]:
+            del hive.supervisor.parked[worker_id]
         if record.owns_files:
             folder = hive.config.models_dir / name
             await asyncio.to_thread(_remove_tree, folder)
@@ -144,11 +152,30 @@ def create_app(hive: Hive) -> Starlette:
         return JSONResponse({"ok": True})
 
     async def stop_worker(request: Request) -> Response:
+        worker_id = request.path_params["id"]
+        if hive.supervisor.parked.pop(worker_id, None) is not None:
+            return JSONResponse({"stopped": worker_id})
         try:
-            await hive.supervisor.stop(request.path_params["id"])
+            await hive.supervisor.stop(worker_id)
+        except KeyError:
+            return error(404, f"no worker {worker_id} on this hive", "not_found")
+        return JSONResponse({"stopped": worker_id})
+
+    async def park_worker(request: Request) -> Response:
+        body = await request.json() if await request.body() else {}
+        reason = str(body.get("reason") or "idle; started again on demand")
+        try:
+            record = await hive.supervisor.park(request.path_params["id"], reason)
         except KeyError:
             return error(404, f"no worker {request.path_params['id']} on this hive", "not_found")
-        return JSONResponse({"stopped": request.path_params["id"]})
+        except SupervisorError as failure:
+            return error(409, str(failure), "not_running")
+        return JSONResponse(record.model_dump(mode="json"))
+
+    async def subscribe(request: Request) -> Response:
+        body: wire.HeartbeatSubscription = await parse(request, wire.HeartbeatSubscription)
+        hive.heartbeat.subscribe(body.url, body.interval)
+        return JSONResponse({"url": body.url, "interval": body.interval})
 
     async def shutdown(request: Request) -> Response:
         asyncio.get_running_loop().create_task(hive.shutdown())
@@ -164,6 +191,8 @@ def create_app(hive: Hive) -> Starlette:
             Route("/v1/workers/{id}/ready", guarded(worker_ready), methods=["POST"]),
             Route("/v1/workers/{id}/failed", guarded(worker_failed), methods=["POST"]),
             Route("/v1/workers/{id}/stop", guarded(stop_worker), methods=["POST"]),
+            Route("/v1/workers/{id}/park", guarded(park_worker), methods=["POST"]),
+            Route("/v1/heartbeat", guarded(subscribe), methods=["POST"]),
             Route("/v1/shutdown", guarded(shutdown), methods=["POST"]),
         ]
     )
@@ -252,3 +281,9 @@ def serve(config: HiveConfig) -> None:
     log.info("hive %s listening on %s (pid %d)", config.name, config.listen, os.getpid())
     aio.run(main())
     hive.catalog.close()
+    pidfile = config.root / PID_NAME
+    try:
+        if pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()  # stopped cleanly: nothing claims to run here any more
+    except OSError:
+        pass

@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from rbee.api.state import WorkerInfo, WorkerState
+from rbee.api.state import HostFacts, WorkerInfo, WorkerState
+from rbee.hive import detect, selection
 from rbee.hive.catalog import Catalog, ModelRecord
 from rbee.hive.config import HiveConfig
 
@@ -63,40 +65,33 @@ class Worker:
         )
 
 
-def resolve_backend(record: ModelRecord, requested: str) -> str:
-    """The engine for a catalog model: the one asked for if it can load the model, else the platform's pick."""
-    if record.kind == "embedding":
-        if requested not in ("auto", "embed"):
-            raise SupervisorError(f"model {record.name} is an embedding model; only the embed backend serves it")
-        if record.format == "gguf":
-            raise SupervisorError(f"model {record.name} is a GGUF file; the embed backend loads Hugging Face folders")
-        return "embed"
-    if requested == "embed":
-        raise SupervisorError(f"model {record.name} is a text model; the embed backend serves embedding models")
-    if record.format == "gguf":
-        if requested not in ("auto", "gguf"):
-            raise SupervisorError(f"the {requested} backend is not available on this hive yet")
-        return "gguf"
-    raise SupervisorError(f"model {record.name} is {record.format} and this hive has no backend for it yet")
-
-
 def _set_parent_death_signal() -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 class Supervisor:
-    def __init__(self, config: HiveConfig, catalog: Catalog) -> None:
+    def __init__(self, config: HiveConfig, catalog: Catalog, facts: HostFacts | None = None) -> None:
         self.config = config
         self.catalog = catalog
+        self.facts = facts if facts is not None else detect.detect()
         self.workers: dict[str, Worker] = {}
+        self.on_change: Callable[[], None] = lambda: None
+        """Called whenever a worker changes state (the heartbeat sends the new state at once)."""
+        self.parked: dict[str, WorkerInfo] = {}
+        """Workers stopped after their idle timeout, kept as records so they still count toward replicas."""
         self._watch: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._watch = asyncio.get_running_loop().create_task(self._watch_processes())
 
     def infos(self) -> list[WorkerInfo]:
-        return [worker.info() for worker in self.workers.values() if worker.state is not WorkerState.STOPPED]
+        live = [
+            worker.info()
+            for worker in self.workers.values()
+            if worker.state is not WorkerState.STOPPED and worker.id not in self.parked
+        ]
+        return live + list(self.parked.values())
 
     def spawn(self, record: ModelRecord, requested_backend: str, requested_device: str, replicas: int) -> list[str]:
         """Start `replicas` workers; returns their ids at once (they report ready when loaded).
@@ -104,13 +99,24 @@ class Supervisor:
         Runs on the event loop's thread on purpose: the parent-death signal fires when the thread that forked
         a child ends, so forking from a short-lived thread would kill the worker with it.
         """
-        backend = resolve_backend(record, requested_backend)
-        device = "cpu" if requested_device == "auto" else requested_device
+        try:
+            backend = selection.choose_backend(record.name, record.kind, record.format, requested_backend, self.facts)
+            place = selection.choose_device(requested_device, backend, detect.refresh_free(self.facts))
+            need = selection.memory_needed(record.size_bytes)
+            selection.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1))
+        except selection.Refused as refusal:
+            raise SupervisorError(str(refusal)) from None
+        device = place.id
         group = (record.name, requested_backend, requested_device)
         for worker_id in [w.id for w in self.workers.values() if w.state is WorkerState.FAILED]:
             failed = self.workers[worker_id]
             if (failed.model, failed.requested_backend, failed.requested_device) == group:
                 del self.workers[worker_id]  # replaced now; its reason stays in the worker table
+        unparked = 0
+        for worker_id, resting in list(self.parked.items()):
+            if unparked < replicas and (resting.model, resting.requested_backend, resting.requested_device) == group:
+                del self.parked[worker_id]  # started again on demand
+                unparked += 1
         ids = []
         for _ in range(replicas):
             seq = self.catalog.next_worker_seq()
@@ -179,6 +185,7 @@ class Supervisor:
                 port,
             )
             ids.append(worker_id)
+            self.on_change()
             log.info("started %s for %s (pid %d, port %d)", worker_id, record.name, process.pid, port)
         return ids
 
@@ -187,6 +194,7 @@ class Supervisor:
         if worker.state is WorkerState.LOADING:
             worker.state = WorkerState.IDLE
             self.catalog.update_worker(worker_id, str(WorkerState.IDLE))
+            self.on_change()
             log.info("%s is ready after %.1f s", worker_id, time.monotonic() - worker.started)
         return worker
 
@@ -215,7 +223,21 @@ class Supervisor:
         worker.state = WorkerState.STOPPED
         self.catalog.update_worker(worker_id, str(WorkerState.STOPPED), ended=True)
         del self.workers[worker_id]
+        self.on_change()
         log.info("stopped %s", worker_id)
+
+    async def park(self, worker_id: str, reason: str) -> WorkerInfo:
+        """Stop an idle worker, freeing its memory, and keep its record as parked."""
+        worker = self._get(worker_id)
+        if worker.state not in (WorkerState.IDLE, WorkerState.BUSY):
+            raise SupervisorError(f"worker {worker_id} is {worker.state}; only a running worker can be parked")
+        record = worker.info().model_copy(update={"state": WorkerState.PARKED, "pid": None, "reason": reason})
+        self.parked[worker_id] = record  # parked from now on, for whoever looks while it stops
+        self.on_change()
+        await self.stop(worker_id)
+        self.catalog.update_worker(worker_id, str(WorkerState.PARKED), reason, ended=True)
+        log.info("parked %s: %s", worker_id, reason)
+        return record
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(worker_id) for worker_id in list(self.workers)))
@@ -235,6 +257,7 @@ class Supervisor:
         worker.state = WorkerState.FAILED
         worker.reason = reason
         self.catalog.update_worker(worker.id, str(WorkerState.FAILED), reason, ended=True)
+        self.on_change()
         if worker.process.poll() is None:
             worker.process.kill()
         log.warning("%s failed: %s", worker.id, reason)

@@ -12,6 +12,10 @@ from rbee.spec.schema import HiveFile
 
 
 def examine(spec: HiveFile, observed: ObservedState, timeout: float) -> ObservedState:
+    return asyncio.run(examine_async(spec, observed, timeout))
+
+
+async def examine_async(spec: HiveFile, observed: ObservedState, timeout: float) -> ObservedState:
     silent = [hive for hive in observed.hives if hive.status is not HiveStatus.RUNNING]
     remote = [spec.hive(hive.name) for hive in silent]
     targets = [hive for hive in remote if hive is not None and hive.ssh is not None]
@@ -19,7 +23,7 @@ def examine(spec: HiveFile, observed: ObservedState, timeout: float) -> Observed
         return observed
     job = executor.pyinfra_job(targets, ["facts"], "")
     job["connect_timeout"] = max(1, round(timeout))
-    results = asyncio.run(executor.run_pyinfra(job))
+    results = await executor.run_pyinfra(job)
     return ObservedState(hives=tuple(_combine(hive, results.get(hive.name)) for hive in observed.hives))
 
 

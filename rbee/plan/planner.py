@@ -186,6 +186,7 @@ def _plan_hive(
             name,
             key,
             worker.replicas,
+            worker.floor(models.get(worker.model)),
             group,
             worker.model in replaced,
             (*hive_steps, *filter(None, [model_steps.get(worker.model)])),
@@ -290,13 +291,18 @@ def _plan_group(
     hive: str,
     key: GroupKey,
     replicas: int,
+    floor: int,
     group: list[WorkerInfo],
     model_replaced: bool,
     requires: tuple[str, ...],
 ) -> tuple[list[Change], list[Change]]:
+    """Keep between `floor` and `replicas` running. Workers parked after their idle timeout count toward
+    `replicas` (a request starts them again), so only a group below its floor, or one that lost workers to
+    crashes, is started here."""
     model, backend, device = key
     base_id, label = f"{hive}/workers/{model}:{backend}:{device}", group_label(*key)
     running = [live for live in group if live.state in _RUNNING]
+    parked = 0 if model_replaced else sum(1 for live in group if live.state is WorkerState.PARKED)
     failed = [live for live in group if live.state is WorkerState.FAILED] if len(running) < len(group) else []
     stops: list[Change] = []
     if model_replaced and running:
@@ -318,9 +324,12 @@ def _plan_group(
         running = []
     have = len(running)
     failures = "".join(f"; {live.id} failed: {live.reason or 'no reason given'}" for live in failed) if failed else ""
-    if have == replicas:
+    wanted = replicas if have > replicas else max(floor, replicas - parked, have)
+    if have == wanted:
         noun = "replica" if replicas == 1 else "replicas"
         reason = f"already running {have}/{replicas}" if replicas else f"0 {noun} wanted, none running"
+        if wanted < replicas:
+            reason = f"{have}/{replicas} running, {replicas - have} parked after idle (started on demand)"
         return stops, [
             Change(
                 base_id,
@@ -334,10 +343,11 @@ def _plan_group(
                 device=device,
             )
         ]
-    if have < replicas:
-        symbol = Symbol.ADD if have == 0 and not stops else Symbol.CHANGE
+    if have < wanted:
+        symbol = Symbol.ADD if have == 0 and not stops and not parked else Symbol.CHANGE
         if stops:
             requires = requires + tuple(stop.id for stop in stops)
+        floor_note = f" (at least {floor} stay running)" if wanted == floor and floor < replicas else ""
         return stops, [
             Change(
                 f"{base_id}/start",
@@ -345,12 +355,12 @@ def _plan_group(
                 symbol,
                 hive,
                 label,
-                f"{have}/{replicas} running; start {replicas - have}{failures}",
+                f"{have}/{replicas} running; start {wanted - have}{floor_note}{failures}",
                 requires=requires,
                 model=model,
                 backend=backend,
                 device=device,
-                replicas=replicas - have,
+                replicas=wanted - have,
             )
         ]
     ordered = sorted(sorted(running, key=lambda live: live.id, reverse=True), key=lambda w: _STOP_ORDER[w.state])

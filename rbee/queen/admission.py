@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from rbee.queen.scheduling import Ask, FreeHeap, Policy, Route
@@ -80,6 +80,9 @@ class Admission:
         self.lanes: dict[str, Lane] = {}
         self.key_load: Counter[str] = Counter()
         self.refusals: Counter[tuple[str, str]] = Counter()
+        self.wake: Callable[[str], bool] | None = None
+        """Asked to start a worker for a model when a request finds none running or every one busy; True when
+        one is starting, so the request may wait for it (within its deadline)."""
 
     def sync(self, routes: Iterable[Route]) -> None:
         """Make the lanes hold exactly these workers; a worker that left keeps serving what it holds."""
@@ -112,9 +115,11 @@ class Admission:
             )
         lane = self.lanes.get(ask.model)
         if lane is None or not lane.route_list():
-            raise self._refuse(
-                ask, 503, "no_worker", f"no worker of model {ask.model} is ready; check `rbee status`", 5
-            )
+            if self.wake is None or not self.wake(ask.model):
+                raise self._refuse(
+                    ask, 503, "no_worker", f"no worker of model {ask.model} is ready; check `rbee status`", 5
+                )
+            lane = self.lanes.setdefault(ask.model, Lane())
         if ask.key is not None:
             self.key_load[ask.key] += 1
         try:
@@ -134,6 +139,8 @@ class Admission:
             raise self._refuse(
                 ask, 503, "queue_full", f"the queue for model {ask.model} is full ({self.max_queue} waiting)", 1
             )
+        if self.wake is not None and lane.live:
+            self.wake(ask.model)  # every worker is busy: start a parked one, if the model has any
         loop = asyncio.get_running_loop()
         waiter = Waiter(ask, loop.create_future(), started)
         lane.queue.append(waiter)
@@ -166,8 +173,22 @@ class Admission:
             if self.key_load[key] <= 0:
                 del self.key_load[key]
 
+    def fail_waiting(self, model: str, status: int, reason: str, message: str) -> None:
+        """Refuse every request queued for `model` now (the worker they waited for will not come)."""
+        lane = self.lanes.get(model)
+        while lane is not None and lane.queue:
+            waiter = lane.queue.popleft()
+            if not waiter.future.done():
+                self.refusals[(model, reason)] += 1
+                waiter.future.set_exception(Refusal(status, reason, message, 5))
+
+    def has_workers(self, model: str) -> bool:
+        lane = self.lanes.get(model)
+        return lane is not None and bool(lane.live)
+
     def _release(self, route: Route, key: str | None) -> None:
         route.in_flight = max(0, route.in_flight - 1)
+        route.last_used = time.monotonic()
         self._forget_key(key)
         lane = self.lanes.get(route.model)
         if lane is None or route.gone:

@@ -37,7 +37,9 @@ class Registry:
                 url = f"{host}:{worker.port}"
                 known = self.routes.get(key)
                 if known is None or known.url != url or known.model != worker.model:
-                    known = Route(worker.id, hive.name, worker.model, url, slots=max(1, worker.slots))
+                    known = Route(
+                        worker.id, hive.name, worker.model, url, slots=max(1, worker.slots), last_used=time.monotonic()
+                    )
                 fresh[key] = known
         self.routes = fresh
 
@@ -47,7 +49,7 @@ class Registry:
     def restore(self, workers: list[tuple[str, str, str, str]]) -> None:
         """Routes remembered from before a restart, used until the hives are observed again."""
         for hive, worker_id, model, url in workers:
-            self.routes[f"{hive}/{worker_id}"] = Route(worker_id, hive, model, url)
+            self.routes[f"{hive}/{worker_id}"] = Route(worker_id, hive, model, url, last_used=time.monotonic())
 
     def models(self) -> list[str]:
         if self.spec is None:

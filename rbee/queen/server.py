@@ -2,7 +2,8 @@
 
 Clients: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (OpenAI-compatible), and rbee's task
 API POST /v2/tasks, GET /v2/tasks/{id}/events, DELETE /v2/tasks/{id}; GET /metrics, GET /openapi.json.
-Operators (cluster token): PUT /v2/spec, GET /v2/status, GET /v2/route, GET /v2/events, POST /v2/admin/shutdown.
+Operators (cluster token): PUT /v2/spec, GET /v2/status, GET /v2/route, GET /v2/events, POST /v2/admin/shutdown;
+hives (cluster token): POST /v2/heartbeat.
 GET /health is open.
 
 Streams are passed through: the worker writes the wire format the client asked for, and the queen relays its
@@ -20,12 +21,12 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import pydantic
 import uvicorn
 from starlette import routing
@@ -36,13 +37,17 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from rbee import __version__, aio
 from rbee.api import openai as oai
 from rbee.api import wire
+from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState
 from rbee.observe import hives as observe_hives
 from rbee.queen import docs
 from rbee.queen.admission import Admission, Refusal, Ticket
+from rbee.queen.autoscale import Autoscaler
+from rbee.queen.heartbeats import MISSED, Heartbeats
 from rbee.queen.metrics import Metrics
+from rbee.queen.reconcile import Reconciler
 from rbee.queen.registry import Registry
 from rbee.queen.relay import Upstream, UpstreamError
-from rbee.queen.scheduling import Ask, Policy, PolicyError, PolicyKind
+from rbee.queen.scheduling import Ask, Policy, PolicyError, PolicyKind, Route
 from rbee.queen.store import Store
 from rbee.spec.schema import HiveFile
 
@@ -115,7 +120,12 @@ class Task:
 
 class Queen:
     def __init__(
-        self, state_dir: Path, token: str | None, poll_interval: float = 1.0, queue_wait: float | None = None
+        self,
+        state_dir: Path,
+        token: str | None,
+        poll_interval: float = 1.0,
+        queue_wait: float | None = None,
+        listen: str | None = None,
     ) -> None:
         self.store = Store(state_dir / "queen.db")
         self.token = token
@@ -125,10 +135,26 @@ class Queen:
         self.admission = Admission()
         self.metrics = Metrics(self.admission)
         self.upstream = Upstream(token)
-        self.observer: httpx.AsyncClient | None = None
+        self.observer: aiohttp.ClientSession | None = None
         self.tasks: dict[str, Task] = {}
         self.keys: dict[str, Key] = {}
         self.server: uvicorn.Server | None = None
+        self.event_added = asyncio.Event()
+        self.heartbeats = Heartbeats(listen)
+        self.beating: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.reconciler = Reconciler(
+            lambda: (self.generation, self.spec),
+            token,
+            state_dir,
+            state_dir.parent / "wheels",
+            self.event,
+            self.store.seen_hives,
+            self._saw,
+            lambda: self.autoscale.settle(),
+        )
+        self.autoscale = Autoscaler(lambda: self.spec, self.registry, self.admission, token, self.refresh, self.event)
+        self.admission.wake = self.autoscale.wake
         current = self.store.current_spec()
         self.generation: int = current[0] if current else 0
         self.spec: HiveFile | None = current[1] if current else None
@@ -168,30 +194,94 @@ class Queen:
         self.store.set_policy_source(policy_source)
         self.generation, self.spec, self.policy_source = generation, spec, policy_source
         self._configure(spec)
+        self.event_added.set()
+        self.event_added = asyncio.Event()
+        self.reconciler.spec_changed(generation)
         return generation, changed
 
+    def event(self, kind: str, target: str, message: str) -> None:
+        """One line of the event log, and a wake-up for whoever follows it."""
+        self.store.log(kind, target, message)
+        self.event_added.set()
+        self.event_added = asyncio.Event()
+
+    def _saw(self, observed: ObservedState) -> None:
+        for hive in observed.hives:
+            if hive.state is not None:
+                self.store.saw_hive(hive.name)
+            else:
+                self.heartbeats.distrust(hive.name)  # its last beat is no longer the truth: poll it
+
+    def lost(self, route: Route) -> None:
+        """A worker broke mid-request: stop offering it, and poll its hive rather than trust its last beat."""
+        self.registry.forget(route)
+        self.heartbeats.distrust(route.hive)
+
     async def refresh(self) -> None:
+        """Bring the registry up to date: hives that beat are taken from their last heartbeat; the others are
+        polled, and those that answer are asked to send heartbeats."""
         spec = self.spec
         if spec is None:
             return
         if self.observer is None:
             self.observer = observe_hives.make_client(self.token, len(spec.hives))
-        observed = await observe_hives.observe_async(spec, timeout=2.0, client=self.observer)
-        for hive in observed.hives:
-            if hive.state is not None:
-                self.store.saw_hive(hive.name)
+        now, interval = time.monotonic(), spec.queen.heartbeat_interval
+        beating = {hive.name for hive in spec.hives if self.heartbeats.fresh(hive.name, interval, now)}
+        for name in self.beating - beating:
+            silence = self.heartbeats.silent_for(name, now) or 0.0
+            what = f"missed {MISSED} heartbeats" if silence >= MISSED * interval else "stopped answering"
+            self.event("heartbeat", name, f"{what} (last {silence:.0f} s ago); polling it, and reconciling")
+            self.reconciler.request()
+        silent = spec.model_copy(update={"hives": tuple(h for h in spec.hives if h.name not in beating)})
+        polled = await observe_hives.observe_async(silent, timeout=2.0, client=self.observer)
+        found = {hive.name: hive for hive in polled.hives}
+        for name in beating:
+            found[name] = HiveObservation(
+                name=name, status=HiveStatus.RUNNING, installed=True, state=self.heartbeats.beats[name].state
+            )
+        for observation in polled.hives:
+            quiet = self.heartbeats.silent_for(observation.name, now)
+            if quiet is not None and observation.status is not HiveStatus.RUNNING:
+                reason = f"no heartbeat for {quiet:.0f} s; {observation.reason}"
+                found[observation.name] = observation.model_copy(update={"reason": reason})
+            hive = spec.hive(observation.name)
+            if observation.status is HiveStatus.RUNNING and hive and self.heartbeats.due(hive.name, interval, now):
+                self._background(self.heartbeats.subscribe(self.observer, hive, interval))
+        self.beating = beating
+        self._observed(spec, ObservedState(hives=tuple(found[hive.name] for hive in spec.hives)))
+
+    def heartbeat(self, state: HiveState) -> None:
+        """A hive's beat: its state goes into the registry at once (a new worker is routable now)."""
+        spec = self.spec
+        if spec is None or spec.hive(state.name) is None:
+            raise KeyError(state.name)
+        self.heartbeats.record(state)
+        self.beating.add(state.name)
+        beat = HiveObservation(name=state.name, status=HiveStatus.RUNNING, installed=True, state=state)
+        earlier = self.registry.observed.hives if self.registry.observed else ()
+        merged = {hive.name: hive for hive in earlier} | {state.name: beat}
+        self._observed(spec, ObservedState(hives=tuple(merged[h.name] for h in spec.hives if h.name in merged)))
+
+    def _observed(self, spec: HiveFile, observed: ObservedState) -> None:
+        self._saw(observed)
         before = self.registry.snapshot()
         self.registry.update(spec, observed)
         self.admission.sync(self.registry.routes.values())
         after = self.registry.snapshot()
         if after != before:
             self.store.replace_workers(after)
-            self.store.log("registry", "workers", f"{len(after)} workers routable")
+            self.event("registry", "workers", f"{len(after)} workers routable")
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def poll(self) -> None:
         while True:
             try:
                 await self.refresh()
+                self.autoscale.park_idle()
             except Exception:
                 log.exception("refreshing the registry failed")
             await asyncio.sleep(self.poll_interval)
@@ -238,7 +328,7 @@ class Queen:
             await asyncio.sleep(0.005)
             return
         if failure.code == "worker_lost":
-            self.registry.forget(ticket.route)
+            self.lost(ticket.route)
         route = ticket.route
         raise ClientError(
             502, f"worker {route.worker_id} on hive {route.hive}: {failure}", "api_error", failure.code
@@ -319,7 +409,7 @@ class Queen:
 
     def _fail(self, exchange: Exchange, ticket: Ticket, message: str) -> None:
         exchange.status, exchange.error = 502, message
-        self.registry.forget(ticket.route)
+        self.lost(ticket.route)
 
     def record(self, exchange: Exchange) -> None:
         now = time.monotonic()
@@ -409,6 +499,15 @@ class RawSend:
         if scope["type"] == "http":
             scope["rbee.send"] = send
         await self.app(scope, receive, send)
+
+
+def _event_sse(item: dict[str, Any]) -> bytes:
+    return f"id: {item['id']}\ndata: {json.dumps(item)}\n\n".encode()
+
+
+def _last_event_id(queen: Queen) -> int:
+    newest = queen.store.events(1)
+    return int(newest[-1]["id"]) if newest else 0
 
 
 def make_policy(routing_name: str, source: str | None) -> Policy:
@@ -503,10 +602,42 @@ def create_app(queen: Queen) -> RawSend:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
             execute.update(format=str(fmt), openai_model=body.model, include_usage=include_usage)
-            ticket, first, chunks = await open_recorded(ask, key, execute, exchange)
             encoder = oai.StreamEncoder(request_id, body.model, chat, include_usage)
+            if not queen.admission.has_workers(body.model):
+                return RelayResponse(cold_stream(ask, key, execute, exchange, encoder.error))
+            ticket, first, chunks = await open_recorded(ask, key, execute, exchange)
             return RelayResponse(queen.relay(exchange, ticket, first, chunks, encoder.error))
         return await whole_answer(ask, key, execute, exchange, chat, body.model)
+
+    async def cold_stream(
+        ask: Ask, key: Key | None, execute: dict[str, Any], exchange: Exchange, on_error: Callable[[str, str], bytes]
+    ) -> AsyncIterator[bytes]:
+        """No worker of the model runs: answer at once, send SSE comments with the cold start's progress while
+        the request waits for its worker, then relay as usual (a refusal becomes an error event)."""
+        opening = asyncio.ensure_future(open_recorded(ask, key, execute, exchange))
+        relaying = False
+        try:
+            await asyncio.wait({opening}, timeout=0.01)  # admission runs first, and starts the worker
+            while not opening.done():
+                start = queen.autoscale.starting.get(ask.model)
+                if start is not None:
+                    yield start.comment()
+                await asyncio.wait({opening}, timeout=1.0)
+            try:
+                ticket, first, chunks = opening.result()
+            except ClientError as refusal:
+                yield on_error(str(refusal), refusal.code or "refused")
+                return
+            relaying = True
+            async for chunk in queen.relay(exchange, ticket, first, chunks, on_error):
+                yield chunk
+        finally:
+            if not opening.done():
+                opening.cancel()
+            elif not relaying and not opening.cancelled() and opening.exception() is None:
+                ticket, _, chunks = opening.result()  # the client left between admission and the relay
+                ticket.release()
+                asyncio.get_running_loop().create_task(_close(chunks))
 
     async def open_recorded(
         ask: Ask, key: Key | None, execute: dict[str, Any], exchange: Exchange
@@ -696,6 +827,13 @@ def create_app(queen: Queen) -> RawSend:
                     for r in queen.registry.routes.values()
                 ],
                 "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
+                "conditions": [condition.to_json() for condition in queen.reconciler.conditions.values()],
+                "heartbeats": queen.heartbeats.ages(time.monotonic()),
+                "reconcile": {
+                    "interval": queen.reconciler.interval,
+                    "passes": queen.reconciler.passes,
+                    "last": queen.reconciler.last.to_json() if queen.reconciler.last else None,
+                },
             }
         )
 
@@ -714,7 +852,45 @@ def create_app(queen: Queen) -> RawSend:
         )
 
     async def events(request: Request) -> Response:
-        return JSONResponse({"events": queen.store.events()})
+        """The event log: the last `limit` events as JSON, or with `follow=1` an SSE stream that goes on with
+        each new event (`after=ID` resumes after an event already seen)."""
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", 100)), 10_000))
+            after = int(request.query_params["after"]) if "after" in request.query_params else None
+        except ValueError:
+            return JSONResponse(wire.error_body("limit and after must be integers", "invalid_query"), 400)
+        if request.query_params.get("follow") not in ("1", "true"):
+            return JSONResponse({"events": queen.store.events(limit, after)})
+
+        async def follow() -> AsyncIterator[bytes]:
+            backlog = queen.store.events(limit, after)
+            last = backlog[-1]["id"] if backlog else (after if after is not None else _last_event_id(queen))
+            for item in backlog:
+                yield _event_sse(item)
+            while True:
+                waiter = queen.event_added
+                fresh = queen.store.events(1000, last)
+                for item in fresh:
+                    yield _event_sse(item)
+                    last = item["id"]
+                if not fresh:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(waiter.wait(), 15.0)
+                    if not waiter.is_set():
+                        yield b": keep-alive\n\n"
+
+        return StreamingResponse(follow(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    async def heartbeat(request: Request) -> Response:
+        try:
+            state = HiveState.model_validate_json(await request.body())
+        except pydantic.ValidationError:
+            return JSONResponse(wire.error_body("the body must be a hive state", "invalid_state"), 400)
+        try:
+            queen.heartbeat(state)
+        except KeyError:
+            return JSONResponse(wire.error_body(f"hive {state.name} is not in the applied spec", "unknown_hive"), 404)
+        return JSONResponse({"ok": True})
 
     async def shutdown(request: Request) -> Response:
         if queen.server is not None:
@@ -738,6 +914,7 @@ def create_app(queen: Queen) -> RawSend:
                 routing.Route("/v2/status", operator(status)),
                 routing.Route("/v2/route", operator(explain)),
                 routing.Route("/v2/events", operator(events)),
+                routing.Route("/v2/heartbeat", operator(heartbeat), methods=["POST"]),
                 routing.Route("/v2/admin/shutdown", operator(shutdown), methods=["POST"]),
             ]
         )
@@ -746,8 +923,17 @@ def create_app(queen: Queen) -> RawSend:
 
 async def _run_task(queen: Queen, task: Task, ask: Ask, key: Key | None, body: dict[str, Any]) -> None:
     exchange = Exchange(task.id, task.model, ask.key)
+    opening = asyncio.ensure_future(queen.open_stream(ask, key, body, exchange))
     try:
-        ticket, first, chunks = await queen.open_stream(ask, key, body, exchange)
+        while not opening.done():  # a cold start: the task's events carry its progress meanwhile
+            await asyncio.wait({opening}, timeout=1.0)
+            start = queen.autoscale.starting.get(ask.model)
+            if start is not None and not opening.done():
+                task.add(start.comment())
+        ticket, first, chunks = opening.result()
+    except asyncio.CancelledError:
+        opening.cancel()
+        raise
     except ClientError as refusal:
         exchange.status, exchange.error = refusal.status, str(refusal)
         queen.record(exchange)
@@ -766,10 +952,11 @@ def serve(state_dir: Path, listen: str, token: str | None, poll_interval: float 
     state_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     host, _, port = listen.rpartition(":")
 
     async def main() -> None:
-        queen = Queen(state_dir, token, poll_interval)
+        queen = Queen(state_dir, token, poll_interval, listen=listen)
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(queen),
@@ -783,6 +970,7 @@ def serve(state_dir: Path, listen: str, token: str | None, poll_interval: float 
         )
         queen.server = server
         poller = asyncio.create_task(queen.poll())
+        queen.reconciler.start(queen.spec.queen.reconcile_interval if queen.spec else 30.0)
         serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -792,9 +980,11 @@ def serve(state_dir: Path, listen: str, token: str | None, poll_interval: float 
         log.info("queen listening on %s (pid %d)", listen, os.getpid())
         await serving
         poller.cancel()
+        await queen.reconciler.stop()
+        await queen.autoscale.close()
         await queen.upstream.close()
         if queen.observer is not None:
-            await queen.observer.aclose()
+            await queen.observer.close()
         queen.store.close()
 
     aio.run(main())

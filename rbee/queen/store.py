@@ -127,8 +127,18 @@ class Store:
             "INSERT INTO events (at, kind, target, message) VALUES (?, ?, ?, ?)", (time.time(), kind, target, message)
         )
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT id, at, kind, target, message FROM events ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [dict(zip(("id", "at", "kind", "target", "message"), row, strict=True)) for row in reversed(rows)]
+    def events(self, limit: int = 100, after: int | None = None) -> list[dict[str, Any]]:
+        """The last `limit` events, oldest first; with `after`, the first `limit` events after that id."""
+        if after is None:
+            rows = self._db.execute(
+                "SELECT id, at, kind, target, message FROM events ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            rows.reverse()
+        else:
+            rows = self._db.execute(
+                "SELECT id, at, kind, target, message FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+            ).fetchall()
+        return [dict(zip(("id", "at", "kind", "target", "message"), row, strict=True)) for row in rows]
+
+    def prune_events(self, keep: int = 100_000) -> None:
+        self._db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep,))

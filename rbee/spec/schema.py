@@ -19,6 +19,7 @@ from pydantic import (
     Tag,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from rbee.spec import source as source_mod
@@ -260,7 +261,30 @@ class WorkerSpec(Strict):
     backend: Literal["auto"] | Backend = "auto"
     device: Annotated[str, StringConstraints(pattern=r"^(auto|cpu|metal|cuda(:\d+)?)$")] = "auto"
     replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    min_replicas: Annotated[int, Field(ge=0, le=1024)] | None = Field(
+        default=None,
+        description="With an idle timeout, replicas is a maximum: idle workers stop down to this floor (default 0)"
+        " and a request for a model with none running starts one.",
+    )
     idle_timeout: Seconds | None = Field(default=None, description="Overrides the model's idle_timeout.")
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self) -> WorkerSpec:
+        if self.min_replicas is not None and self.min_replicas > self.replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed replicas ({self.replicas})")
+        return self
+
+    def idle_after(self, model: ModelSpec | None) -> float:
+        """Seconds without a request after which a worker of this group stops; 0 means never."""
+        if self.idle_timeout is not None:
+            return self.idle_timeout
+        return model.idle_timeout if model is not None else 0.0
+
+    def floor(self, model: ModelSpec | None) -> int:
+        """How many replicas run even when idle: all of them without an idle timeout, else min_replicas."""
+        if self.idle_after(model) <= 0:
+            return self.replicas
+        return self.min_replicas if self.min_replicas is not None else 0
 
 
 class HiveFile(Strict):

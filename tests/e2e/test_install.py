@@ -45,7 +45,7 @@ def test_apply_installs_rbee_into_its_own_venv(
         f"queen: {{listen: '127.0.0.1:{port}'}}\nhives:\n  - name: {host.name}\n"
         f"    connection: {{ssh: {{host: {host.address}, user: root, key: '{machine.key}', "
         f"known_hosts: '{machine.known_hosts}'}}}}\n    data_dir: /srv/rbee\n    wheelhouse: '{wheelhouse}'\n"
-        f"models:\n  - {{name: smollm2, source: 'file://{smollm2}'}}\n"
+        f"models:\n  - {{name: smollm2, source: 'file://{smollm2}', idle_timeout: 0}}\n"
         f"workers:\n  - {{model: smollm2, hive: {host.name}}}\n"
     )
     try:

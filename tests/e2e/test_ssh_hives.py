@@ -46,7 +46,7 @@ def spec_text(
     return (
         f"queen: {{listen: '127.0.0.1:{queen_port}'}}\nhives:\n"
         + "".join(hives)
-        + f"models:\n  - {{name: smollm2, source: 'file://{model}'}}\nworkers:\n"
+        + f"models:\n  - {{name: smollm2, source: 'file://{model}', idle_timeout: 0}}\nworkers:\n"
         + "".join(workers)
     )
 

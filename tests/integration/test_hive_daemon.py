@@ -13,18 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fleet import alive
 from tests.hive_process import hive_daemon
 
 pytestmark = pytest.mark.slow
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return ") Z " not in stat.read()
 
 
 @pytest.fixture

@@ -82,6 +82,12 @@ CASES = [
         "the key 'hive' appears twice (first on line 8); keep one",
     ),
     (
+        "floor-above-ceiling",
+        BASE + "    replicas: 2\n    min_replicas: 3\n",
+        "hive.yaml:7:5: workers[0]",
+        "min_replicas (3) must not exceed replicas (2)",
+    ),
+    (
         "bad-duration",
         BASE + "    idle_timeout: 5 minutes\n",
         "hive.yaml:9:19: workers[0].idle_timeout",

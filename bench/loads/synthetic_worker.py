@@ -4,7 +4,7 @@ One bare-ASGI process that answers like a hive (`GET /v1/state` lists N workers,
 workers (`POST /v1/execute` streams `max_tokens` tokens at a fixed rate, in the wire format asked for, with the
 same encoder and end comment as a real worker). It lets the queen's relay be measured without a model's cost.
 
-    python bench/synthetic_worker.py --port 9900 --workers 100 --slots 10 --rate 45
+    python bench/loads/synthetic_worker.py --port 9900 --workers 100 --slots 10 --rate 45
 """
 
 from __future__ import annotations

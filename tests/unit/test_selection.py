@@ -1,0 +1,101 @@
+"""Detection, backend and device selection, and preflight, on host profiles of a 4-GPU CUDA server, an Apple
+M-series Mac and a CPU-only box (tests/unit/host_profiles: the real tools' output formats), plus this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rbee.api.state import HostFacts
+from rbee.hive import detect, selection
+
+PROFILES = Path(__file__).parent / "host_profiles"
+GB = 1_000_000_000
+
+
+def profile(name: str) -> HostFacts:
+    data = json.loads((PROFILES / f"{name}.json").read_text())
+    data["engines"] = tuple(data.get("engines", ()))
+    return detect.facts_from(detect.Probes(**data))
+
+
+def test_a_cuda_server_reports_each_gpu_with_its_memory() -> None:
+    facts = profile("cuda-4x-a100")
+    gpus = [device for device in facts.devices if device.kind == "cuda"]
+    assert [gpu.id for gpu in gpus] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert gpus[1].memory_total == 81920 << 20 and gpus[1].memory_free == 40210 << 20
+    assert facts.device("cpu") is not None and facts.device("cpu").memory_free == 498765432 * 1024  # type: ignore[union-attr]
+    assert facts.cpu_features == ("avx", "avx2", "fma", "f16c") and facts.cpu_count == 64
+
+
+def test_an_apple_silicon_mac_has_metal_sharing_its_memory() -> None:
+    facts = profile("mac-m2-pro")
+    metal = facts.device("metal")
+    assert metal is not None and metal.name == "Apple M2 Pro"
+    assert metal.memory_total == 34359738368
+    assert metal.memory_free == (81234 + 598765 + 12345) * 16384
+    assert not facts.has("cuda") and facts.cpu_features == ("neon",)
+
+
+@pytest.mark.parametrize(
+    ("host", "fmt", "expected_backend", "expected_device"),
+    [
+        ("cuda-4x-a100", "gguf", "gguf", "cuda:0"),  # the GPU with the most free memory (0 and 2 tie: first)
+        ("mac-m2-pro", "gguf", "gguf", "metal"),
+        ("cpu-only", "gguf", "gguf", "cpu"),
+    ],
+)
+def test_auto_picks_the_platforms_engine_and_device(
+    host: str, fmt: str, expected_backend: str, expected_device: str
+) -> None:
+    facts = profile(host)
+    backend = selection.choose_backend("m", "text", fmt, "auto", facts)
+    assert backend == expected_backend
+    assert selection.choose_device("auto", backend, facts).id == expected_device
+
+
+def test_hf_folders_need_a_backend_this_version_does_not_have_yet() -> None:
+    for host in ("cuda-4x-a100", "mac-m2-pro", "cpu-only"):
+        with pytest.raises(selection.Refused, match="backend is not available in rbee yet"):
+            selection.choose_backend("m", "text", "safetensors", "auto", profile(host))
+
+
+def test_impossible_combinations_are_refused_with_a_reason() -> None:
+    cpu, mac = profile("cpu-only"), profile("mac-m2-pro")
+    with pytest.raises(selection.Refused, match=r"device cuda:0 was asked for .* \(it has: cpu\)"):
+        selection.choose_device("cuda:0", "gguf", cpu)
+    with pytest.raises(selection.Refused, match="the torch backend cannot load model m \\(gguf\\)"):
+        selection.choose_backend("m", "text", "gguf", "torch", cpu)
+    with pytest.raises(selection.Refused, match="only the embed backend"):
+        selection.choose_backend("m", "embedding", "safetensors", "gguf", cpu)
+    with pytest.raises(selection.Refused, match="engine is not installed on this hive"):
+        selection.choose_backend(
+            "m", "embedding", "safetensors", "auto", profile("cuda-4x-a100").model_copy(update={"engines": ("gguf",)})
+        )
+    with pytest.raises(selection.Refused, match="cannot run on metal"):
+        selection.choose_device("metal", "embed", mac)
+
+
+def test_preflight_refuses_a_model_that_does_not_fit_with_both_numbers() -> None:
+    full_gpu = profile("cuda-4x-a100").device("cuda:3")
+    assert full_gpu is not None
+    with pytest.raises(selection.Refused) as refused:
+        selection.preflight("llama-8b", 5 * GB, full_gpu)
+    message = str(refused.value)
+    assert "model llama-8b needs about 6.1 GB on cuda:3" in message and "1.1 GB of 85.9 GB is free" in message
+    roomy = profile("cuda-4x-a100").device("cuda:0")
+    assert roomy is not None
+    selection.preflight("llama-8b", 5 * GB, roomy)  # fits
+    selection.preflight("llama-8b", 5 * GB, roomy, reserved=selection.memory_needed(5 * GB) * 13)  # 14 fit
+    with pytest.raises(selection.Refused, match=r"needs about 6\.1 GB on cuda:0 and only 33\.9 MB of 85\.9 GB"):
+        selection.preflight("llama-8b", 5 * GB, roomy, reserved=selection.memory_needed(5 * GB) * 14)  # a 15th not
+
+
+def test_this_machine_is_detected_live() -> None:
+    facts = detect.detect()
+    cpu = facts.device("cpu")
+    assert cpu is not None and cpu.memory_total > 0 and 0 < cpu.memory_free <= cpu.memory_total
+    assert facts.cpu_count >= 1 and facts.system
+    assert "gguf" in facts.engines  # the test environment installs llama-cpp-python

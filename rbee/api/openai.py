@@ -9,8 +9,10 @@ from __future__ import annotations
 import array
 import base64
 import json
+import sys
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -82,10 +84,17 @@ class EmbeddingRequest(BaseModel):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-def embedding_response(model: str, vectors: list[list[float]], tokens: int, encoding: str) -> dict[str, Any]:
-    def encode(vector: list[float]) -> list[float] | str:
+def embedding_response(model: str, vectors: Sequence[list[float] | str], tokens: int, encoding: str) -> dict[str, Any]:
+    """The OpenAI body for `vectors`, given as float lists or as base64 float32 (little-endian) strings."""
+
+    def encode(vector: list[float] | str) -> list[float] | str:
         if encoding == "base64":
-            return base64.b64encode(array.array("f", vector).tobytes()).decode()
+            return vector if isinstance(vector, str) else base64.b64encode(_float32(vector)).decode()
+        if isinstance(vector, str):
+            values = array.array("f", base64.b64decode(vector))
+            if sys.byteorder == "big":
+                values.byteswap()
+            return values.tolist()
         return vector
 
     return {
@@ -235,3 +244,10 @@ class StreamEncoder:
 
     def error(self, message: str, code: str) -> bytes:
         return frame(error(message, "api_error", code)) + DONE
+
+
+def _float32(vector: list[float]) -> bytes:
+    values = array.array("f", vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tobytes()

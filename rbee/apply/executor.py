@@ -81,6 +81,10 @@ def extras_for(hive: HiveSpec, spec: HiveFile | None) -> str:
                 wanted.add("embed")
             elif model.resolved_format == "gguf":
                 wanted.add("gguf")
+            elif model.resolved_format == "safetensors":
+                wanted.add("torch")
+            elif model.resolved_format == "mlx":
+                wanted.add("mlx")
     return ",".join(sorted(wanted & {"gguf", "torch", "mlx", "embed"}))
 
 

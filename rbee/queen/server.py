@@ -339,7 +339,9 @@ class Queen:
         while True:
             ticket = await self._admit_for(ask, key, exchange, deadline)
             try:
-                answer = await self.upstream.call(ticket.route.url, {"request_id": exchange.id, "input": texts})
+                answer = await self.upstream.call(
+                    ticket.route.url, {"request_id": exchange.id, "input": texts, "encoding": "base64"}
+                )
             except UpstreamError as failure:
                 await self._retry_or_raise(failure, ticket, deadline)
                 continue

@@ -7,6 +7,8 @@ exits when its hive dies (parent-death signal, and a watchdog on the parent pid 
 from __future__ import annotations
 
 import asyncio
+import base64
+import concurrent.futures
 import contextlib
 import ctypes
 import hmac
@@ -159,7 +161,10 @@ def create_app(runtime: Runtime) -> Starlette:
             return JSONResponse(wire.error_body(f"embedding failed: {error}", "generation_failed"), 500)
         finally:
             _release(runtime)
-        return JSONResponse({"embeddings": vectors, "prompt_tokens": tokens})
+        if body.encoding == "base64":
+            encoded = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in vectors]
+            return JSONResponse({"embeddings": encoded, "prompt_tokens": tokens})
+        return JSONResponse({"embeddings": vectors.tolist(), "prompt_tokens": tokens})
 
     async def cancel(request: Request) -> Response:
         try:
@@ -225,6 +230,11 @@ def _encoder(body: wire.ExecuteRequest, model: str) -> Encoder:
     return openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
 
 
+_GENERATE = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+"""One long-lived generation thread: engines keep per-thread state (torch's intra-op pool took ~30 ms to set
+up in each new thread), and the engine serves one request at a time anyway."""
+
+
 async def _stream(
     runtime: Runtime, engine: backends.Backend, prompt: str, options: wire.SamplingOptions, encoder: Encoder
 ) -> AsyncIterator[bytes]:
@@ -246,19 +256,26 @@ async def _stream(
             loop.call_soon_threadsafe(queue.put_nowait, ("error", f"generation failed: {error}"))
 
     runtime.streaming = True
-    thread = threading.Thread(target=produce, name="generate", daemon=True)
-    thread.start()
+    job = _GENERATE.submit(produce)
     try:
         opening = encoder.start()  # sent with the first token, so a client's first bytes hold text
         while True:
             kind, value = await queue.get()
-            if kind == "piece":
-                yield opening + encoder.token(value) if opening else encoder.token(value)
+            # Pieces that queued up while the last write went out leave in one write, as separate events.
+            events: list[bytes] = []
+            while kind == "piece":
+                events.append(encoder.token(value))
+                if queue.empty():
+                    break
+                kind, value = queue.get_nowait()
+            if events:
+                yield opening + b"".join(events)
                 opening = b""
+            if kind == "piece":
                 continue
             # The engine is done: become idle before the last event, so whoever reads it may send the next
             # request at once.
-            await asyncio.to_thread(thread.join)
+            await asyncio.wrap_future(job)
             _release(runtime)
             reason = str(result.finish_reason)
             if kind == "done":

@@ -4,7 +4,6 @@ cancel within a token, and 4xx JSON for bad requests."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from starlette.testclient import TestClient
 from rbee.api.state import WorkerState
 from rbee.worker.backends.gguf import GgufBackend
 from rbee.worker.server import Runtime, WorkerOptions, create_app
+from tests.http.streams import cancel_after
 
 TOKEN = {"Authorization": "Bearer w-token"}
 
@@ -92,29 +92,7 @@ def test_stop_strings_end_the_text(client: tuple[TestClient, Runtime]) -> None:
 
 def test_cancel_stops_within_a_token(client: tuple[TestClient, Runtime]) -> None:
     test_client, runtime = client
-    seen: list[int] = []
-
-    def read() -> None:
-        with test_client.stream(
-            "POST",
-            "/v1/execute",
-            headers=TOKEN,
-            json={"request_id": "r-1", "prompt": "Write a long essay.", "max_tokens": 400},
-        ) as reply:
-            for line in reply.iter_lines():
-                if line.startswith("data:"):
-                    data = json.loads(line[5:])
-                    if "token" in data:
-                        seen.append(int(data["index"]))
-                        if len(seen) == 3:
-                            cancelled = test_client.post("/v1/cancel", json={"request_id": "r-1"}, headers=TOKEN)
-                            assert cancelled.json()["cancelled"] is True
-                    else:
-                        seen.append(-1 if data.get("finish_reason") == "cancelled" else -2)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    reader.join(timeout=60)
+    seen = cancel_after(test_client, TOKEN, {"request_id": "r-1", "prompt": "Write a long essay.", "max_tokens": 400})
     assert seen[-1] == -1, "the stream ends with a cancelled done event"
     assert len(seen) <= 3 + 2, f"at most one token after the cancel: {seen}"
     assert runtime.state is WorkerState.IDLE

@@ -56,10 +56,14 @@ def test_auto_picks_the_platforms_engine_and_device(
     assert selection.choose_device("auto", backend, facts).id == expected_device
 
 
-def test_hf_folders_need_a_backend_this_version_does_not_have_yet() -> None:
-    for host in ("cuda-4x-a100", "mac-m2-pro", "cpu-only"):
-        with pytest.raises(selection.Refused, match="backend is not available in rbee yet"):
-            selection.choose_backend("m", "text", "safetensors", "auto", profile(host))
+def test_hf_folders_go_to_torch_where_its_engine_is_installed() -> None:
+    cuda = profile("cuda-4x-a100")
+    backend = selection.choose_backend("m", "text", "safetensors", "auto", cuda)
+    assert backend == "torch" and selection.choose_device("auto", backend, cuda).id == "cuda:0"
+    with pytest.raises(selection.Refused, match="the torch backend's engine is not installed on this hive"):
+        selection.choose_backend("m", "text", "safetensors", "auto", profile("cpu-only"))
+    with pytest.raises(selection.Refused, match="the mlx backend is not available in rbee yet"):
+        selection.choose_backend("m", "text", "safetensors", "auto", profile("mac-m2-pro"))
 
 
 def test_impossible_combinations_are_refused_with_a_reason() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 
@@ -52,7 +52,9 @@ class Embedder(Protocol):
 
     def load(self, progress: Callable[[float], None]) -> None: ...
 
-    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]: ...
+    def embed(self, texts: Sequence[str]) -> tuple[Any, int]:
+        """A float32 numpy array with one row per text, and the token count."""
+        ...
 
     def unload(self) -> None: ...
 
@@ -62,6 +64,10 @@ def create(backend: str, model_path: str, device: str, threads: int | None) -> B
         from rbee.worker.backends import gguf
 
         return gguf.GgufBackend(model_path, device=device, threads=threads)
+    if backend == "torch":
+        from rbee.worker.backends import torch
+
+        return torch.TorchBackend(model_path, device=device, threads=threads)
     if backend == "embed":
         from rbee.worker.backends import embed
 

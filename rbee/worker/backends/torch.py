@@ -1,0 +1,163 @@
+"""transformers + torch on CUDA or CPU, for Hugging Face safetensors folders.
+
+The token loop is rbee's own (one forward pass per token with the KV cache), so cancel takes effect between
+tokens, a seeded request repeats exactly, and no streamer thread is involved. torch's thread count is set in
+the generating thread itself: set only in the loading thread, generation ran at half speed (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
+from rbee.worker.backends import BackendError, Generation
+from rbee.worker.text import TextAssembler
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
+        self.model_path = model_path
+        self.device = "cpu" if device == "auto" else device
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._stop_ids: frozenset[int] = frozenset()
+        self._cache_arg = "past_key_values"
+        self._lock = threading.Lock()
+
+    def load(self, progress: Callable[[float], None]) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(self.threads)
+        progress(0.05)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        progress(0.2)
+        dtype = torch.float32 if self.device == "cpu" else torch.float16
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        progress(0.9)
+        model = model.to(self._torch_device()).eval()
+        stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        configured = getattr(model.generation_config, "eos_token_id", None)
+        stops.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        self._model, self._tokenizer, self._stop_ids = model, tokenizer, frozenset(stops)
+        if "cache" in inspect.signature(model.forward).parameters:
+            self._cache_arg = "cache"  # transformers 5 renamed past_key_values
+        progress(1.0)
+
+    def _torch_device(self) -> str:
+        return "cuda:0" if self.device == "cuda" else self.device
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
+        tokenizer = self._tokenizer
+        chat = [message.model_dump(exclude_none=True) for message in messages]
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            try:
+                return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)), ()
+            except Exception as error:  # a template that raises on these messages (jinja's own errors)
+                raise BackendError(f"the model's chat template failed: {error}") from None
+        text = "".join(f"{message.role}: {message.content or ''}\n" for message in messages)
+        return text + "assistant:", ("\nuser:",)
+
+    def generate(
+        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
+    ) -> Iterator[str]:
+        if self._model is None:
+            raise BackendError("the model is not loaded")
+        with self._lock:
+            yield from self._generate(prompt, options, cancel, result)
+
+    def _generate(
+        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
+    ) -> Iterator[str]:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        model, tokenizer = self._model, self._tokenizer
+        bos = tokenizer.bos_token or ""
+        special = not (bos and prompt.startswith(bos))
+        ids: list[int] = tokenizer(prompt, add_special_tokens=special)["input_ids"]
+        result.prompt_tokens = len(ids)
+        context = int(getattr(model.config, "max_position_embeddings", 2048))
+        room = context - len(ids)
+        if room < 1:
+            raise BackendError(f"the prompt is {len(ids)} tokens and the context holds {context}; shorten the prompt")
+        limit = min(options.max_tokens, room)
+        device = self._torch_device()
+        generator = torch.Generator(device=device)
+        generator.manual_seed(options.seed if options.seed is not None else torch.seed())
+        assembler = TextAssembler(options.stop)
+        generated: list[int] = []
+        prefix, read = 0, 0
+        result.finish_reason = FinishReason.LENGTH
+        past: Any = None
+        step = torch.tensor([ids], device=device)
+        with torch.inference_mode():
+            while len(generated) < limit:
+                if cancel.is_set():
+                    result.finish_reason = FinishReason.CANCELLED
+                    return
+                out = model(input_ids=step, use_cache=True, **{self._cache_arg: past})
+                past = getattr(out, self._cache_arg)
+                token = _sample(out.logits[0, -1, :].float(), options, ids + generated, generator)
+                if token in self._stop_ids:
+                    result.finish_reason = FinishReason.STOP
+                    break
+                generated.append(token)
+                result.completion_tokens = len(generated)
+                step = torch.tensor([[token]], device=device)
+                # Incremental detokenization over a short window: only text that is complete is released.
+                before = tokenizer.decode(generated[prefix:read], skip_special_tokens=True)
+                after = tokenizer.decode(generated[prefix:], skip_special_tokens=True)
+                if len(after) > len(before) and not after.endswith("\ufffd"):
+                    piece = assembler.feed(after[len(before) :].encode("utf-8"))
+                    prefix, read = read, len(generated)
+                    if piece:
+                        yield piece
+                    if assembler.stopped:
+                        result.finish_reason = FinishReason.STOP
+                        return
+        tail = assembler.flush()
+        if tail:
+            yield tail
+
+    def unload(self) -> None:
+        self._model = self._tokenizer = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+def _sample(logits: Any, options: SamplingOptions, seen: list[int], generator: Any) -> int:
+    """One token from `logits`: repeat penalty over what was seen, then greedy at temperature 0, else
+    temperature, top-k and top-p sampling with the request's generator."""
+    import torch
+
+    if options.repeat_penalty != 1.0 and seen:
+        previous = torch.tensor(sorted(set(seen)), device=logits.device)
+        values = logits[previous]
+        logits[previous] = torch.where(values > 0, values / options.repeat_penalty, values * options.repeat_penalty)
+    if options.temperature <= 0:
+        return int(torch.argmax(logits))
+    logits = logits / options.temperature
+    if options.top_k > 0:
+        kth = torch.topk(logits, min(options.top_k, logits.shape[-1])).values[-1]
+        logits = torch.where(logits < kth, torch.full_like(logits, float("-inf")), logits)
+    probs = torch.softmax(logits, dim=-1)
+    if options.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < options.top_p
+        sorted_probs = sorted_probs * keep
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))

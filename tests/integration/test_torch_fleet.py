@@ -1,0 +1,46 @@
+"""A Hugging Face folder served end to end: the hive picks the torch backend for it (backend: auto on a CPU
+host), the queen streams its tokens, and a seeded request repeats through the whole chain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fleet import Fleet, make_fleet
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Fleet]:
+    fleet = make_fleet(tmp_path_factory.mktemp("torch"), f"file://{tiny_llama}", model="tiny")
+    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    yield fleet
+    fleet.rbee("destroy", str(fleet.spec), "--yes")
+
+
+def test_the_hive_runs_an_hf_folder_on_torch(fleet: Fleet) -> None:
+    hives = json.loads(fleet.rbee("status", "--json").stdout)["hives"]
+    state = hives[0]["state"]
+    assert state["catalog"][0]["format"] == "safetensors"
+    assert [(w["backend"], w["device"], w["state"]) for w in state["workers"]] == [("torch", "cpu", "idle")]
+    assert "torch" in state["backends"] and state["host"]["devices"][0]["id"] == "cpu"
+
+
+def test_the_queen_streams_it_and_a_seed_repeats(fleet: Fleet) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, "seed": 5}
+    texts = []
+    for _ in range(2):
+        with httpx.stream("POST", f"{fleet.queen_url}/v1/chat/completions", json={**body, "stream": True}) as reply:
+            assert reply.status_code == 200
+            chunks = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
+        texts.append("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices")))
+    assert texts[0] and texts[0] == texts[1]
+    whole = httpx.post(f"{fleet.queen_url}/v1/chat/completions", json=body, timeout=60).json()
+    assert whole["choices"][0]["message"]["content"] == texts[0]
+    assert whole["usage"]["completion_tokens"] == 16

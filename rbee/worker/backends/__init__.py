@@ -68,6 +68,10 @@ def create(backend: str, model_path: str, device: str, threads: int | None) -> B
         from rbee.worker.backends import torch
 
         return torch.TorchBackend(model_path, device=device, threads=threads)
+    if backend == "mlx":
+        from rbee.worker.backends import mlx
+
+        return mlx.MlxBackend(model_path, device=device, threads=threads)
     if backend == "embed":
         from rbee.worker.backends import embed
 

@@ -1,5 +1,6 @@
 """A Hugging Face folder served end to end: the hive picks the torch backend for it (backend: auto on a CPU
-host), the queen streams its tokens, and a seeded request repeats through the whole chain."""
+host) and runs the same folder on mlx where asked; the queen streams both, and a seeded request repeats
+through the whole chain."""
 
 from __future__ import annotations
 
@@ -17,7 +18,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Fleet]:
-    fleet = make_fleet(tmp_path_factory.mktemp("torch"), f"file://{tiny_llama}", model="tiny")
+    pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (pip install 'rbee[mlx]')")
+    fleet = make_fleet(tmp_path_factory.mktemp("hf"), f"file://{tiny_llama}", model="tiny")
+    second = f"  - {{name: tiny-mlx, source: 'file://{tiny_llama}', idle_timeout: 0}}\nworkers:\n"
+    text = fleet.spec.read_text().replace("workers:\n", second)
+    fleet.spec.write_text(text + "  - {model: tiny-mlx, hive: local, backend: mlx}\n")
     applied = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     yield fleet
@@ -28,12 +33,14 @@ def test_the_hive_runs_an_hf_folder_on_torch(fleet: Fleet) -> None:
     hives = json.loads(fleet.rbee("status", "--json").stdout)["hives"]
     state = hives[0]["state"]
     assert state["catalog"][0]["format"] == "safetensors"
-    assert [(w["backend"], w["device"], w["state"]) for w in state["workers"]] == [("torch", "cpu", "idle")]
-    assert "torch" in state["backends"] and state["host"]["devices"][0]["id"] == "cpu"
+    workers = sorted((w["model"], w["backend"], w["device"], w["state"]) for w in state["workers"])
+    assert workers == [("tiny", "torch", "cpu", "idle"), ("tiny-mlx", "mlx", "cpu", "idle")]
+    assert {"torch", "mlx"} <= set(state["backends"]) and state["host"]["devices"][0]["id"] == "cpu"
 
 
-def test_the_queen_streams_it_and_a_seed_repeats(fleet: Fleet) -> None:
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, "seed": 5}
+@pytest.mark.parametrize("model", ["tiny", "tiny-mlx"])
+def test_the_queen_streams_it_and_a_seed_repeats(fleet: Fleet, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, "seed": 5}
     texts = []
     for _ in range(2):
         with httpx.stream("POST", f"{fleet.queen_url}/v1/chat/completions", json={**body, "stream": True}) as reply:

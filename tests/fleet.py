@@ -19,6 +19,8 @@ class Fleet:
     queen_url: str
     hive_url: str
     env: dict[str, str]
+    applied: str = ""
+    """What the first `rbee apply` printed, for tests that read it."""
 
     def rbee(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

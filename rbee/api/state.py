@@ -59,6 +59,8 @@ class WorkerInfo(Frozen):
     managed: bool = True
     slots: int = 1
     """Requests the worker serves at once (from its backend)."""
+    progress: float | None = None
+    """While loading: the fraction loaded, as the engine reports it (None when it reports nothing)."""
 
 
 class Device(Frozen):

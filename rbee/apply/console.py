@@ -31,6 +31,7 @@ class ConsoleReporter:
             transient=True,
         )
         self.tasks: dict[str, TaskID] = {}
+        self.shown: dict[str, float] = {}
         self.failed = 0
         self.done = 0
 
@@ -59,8 +60,12 @@ class ConsoleReporter:
             if task is not None:
                 self.bars.update(task, completed=data["bytes"], total=data.get("total") or None)
         elif "ready" in data:
+            loading = f", loading {data['loading']:.0%}" if data.get("loading") is not None else ""
             if task is not None:
-                self.bars.update(task, description=f"{describe(change)} ({data['ready']}/{data['of']} ready)")
+                self.bars.update(task, description=f"{describe(change)} ({data['ready']}/{data['of']} ready{loading})")
+            elif loading and data["loading"] != self.shown.get(change.id):
+                self.shown[change.id] = data["loading"]
+                self.progress_line(change, f"{data['ready']}/{data['of']} ready{loading}")
         elif data.get("stage"):
             self.progress_line(change, f"{data['stage']}: {data.get('detail') or data.get('file') or ''}".rstrip(": "))
 

@@ -87,7 +87,8 @@ class HiveClient:
                 reasons = "; ".join(f"{worker.id}: {worker.reason}" for worker in failed)
                 raise HiveCallError(f"worker failed to start ({reasons})")
             ready = [i for i in ids if i in workers and workers[i].state in (WorkerState.IDLE, WorkerState.BUSY)]
-            progress({"ready": len(ready), "of": len(ids)})
+            loading = [p for i in ids if i in workers and (p := workers[i].progress) is not None]
+            progress({"ready": len(ready), "of": len(ids), **({"loading": min(loading)} if loading else {})})
             if len(ready) == len(ids):
                 return ids
             if time.monotonic() > deadline:

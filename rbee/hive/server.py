@@ -1,7 +1,7 @@
 """The hive daemon's HTTP API: `rbee hive serve`.
 
 GET /health (open), and with the cluster token: GET /v1/state, POST /v1/models (SSE progress),
-DELETE /v1/models/{name}, POST /v1/workers, POST /v1/workers/{id}/ready|failed|stop|park,
+DELETE /v1/models/{name}, POST /v1/workers, POST /v1/workers/{id}/ready|progress|failed|stop|park,
 POST /v1/heartbeat (the queen subscribes to heartbeats), POST /v1/shutdown.
 """
 
@@ -143,6 +143,16 @@ def create_app(hive: Hive) -> Starlette:
             return error(404, f"no worker {request.path_params['id']} on this hive", "not_found")
         return JSONResponse({"ok": True, "port": report.port})
 
+    async def worker_progress(request: Request) -> Response:
+        body = await request.json() if await request.body() else {}
+        try:
+            hive.supervisor.mark_progress(request.path_params["id"], float(body.get("progress", 0.0)))
+        except KeyError:
+            return error(404, f"no worker {request.path_params['id']} on this hive", "not_found")
+        except (TypeError, ValueError):
+            return error(400, "progress must be a number", "invalid_request")
+        return JSONResponse({"ok": True})
+
     async def worker_failed(request: Request) -> Response:
         body = await request.json() if await request.body() else {}
         try:
@@ -190,6 +200,7 @@ def create_app(hive: Hive) -> Starlette:
             Route("/v1/workers", guarded(start_workers), methods=["POST"]),
             Route("/v1/workers/{id}/ready", guarded(worker_ready), methods=["POST"]),
             Route("/v1/workers/{id}/failed", guarded(worker_failed), methods=["POST"]),
+            Route("/v1/workers/{id}/progress", guarded(worker_progress), methods=["POST"]),
             Route("/v1/workers/{id}/stop", guarded(stop_worker), methods=["POST"]),
             Route("/v1/workers/{id}/park", guarded(park_worker), methods=["POST"]),
             Route("/v1/heartbeat", guarded(subscribe), methods=["POST"]),

@@ -49,6 +49,7 @@ class Worker:
     state: WorkerState = WorkerState.LOADING
     reason: str | None = None
     started: float = 0.0
+    progress: float | None = None
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(
@@ -62,6 +63,7 @@ class Worker:
             pid=self.process.pid,
             port=self.port,
             reason=self.reason,
+            progress=self.progress if self.state is WorkerState.LOADING else None,
         )
 
 
@@ -197,6 +199,12 @@ class Supervisor:
             self.on_change()
             log.info("%s is ready after %.1f s", worker_id, time.monotonic() - worker.started)
         return worker
+
+    def mark_progress(self, worker_id: str, fraction: float) -> None:
+        worker = self._get(worker_id)
+        if worker.state is WorkerState.LOADING:
+            worker.progress = max(0.0, min(1.0, fraction))
+            self.on_change()
 
     def mark_failed(self, worker_id: str, reason: str) -> None:
         worker = self._get(worker_id)

@@ -318,9 +318,15 @@ def _load(runtime: Runtime) -> None:
     options = runtime.options
     started = time.monotonic()
 
+    told = [0.0, 0.0]  # the fraction and the time last told to the hive
+
     def progress(fraction: float) -> None:
         runtime.progress = fraction
         runtime.notify()
+        now = time.monotonic()
+        if fraction < 1.0 and fraction - told[0] >= 0.05 and now - told[1] >= 0.5:
+            told[:] = [fraction, now]
+            _tell_hive(options, "progress", {"progress": round(fraction, 3)})
 
     try:
         runtime.engine.load(progress)

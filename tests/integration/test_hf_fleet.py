@@ -25,6 +25,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterato
     fleet.spec.write_text(text + "  - {model: tiny-mlx, hive: local, backend: mlx}\n")
     applied = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
+    fleet.applied = applied.stdout
     yield fleet
     fleet.rbee("destroy", str(fleet.spec), "--yes")
 
@@ -51,3 +52,9 @@ def test_the_queen_streams_it_and_a_seed_repeats(fleet: Fleet, model: str) -> No
     whole = httpx.post(f"{fleet.queen_url}/v1/chat/completions", json=body, timeout=60).json()
     assert whole["choices"][0]["message"]["content"] == texts[0]
     assert whole["usage"]["completion_tokens"] == 16
+
+
+def test_apply_shows_the_workers_loading_progress(fleet: Fleet) -> None:
+    lines = [line.strip() for line in fleet.applied.splitlines() if "ready, loading" in line]
+    assert lines, fleet.applied
+    assert all(line.startswith("0/1 ready, loading ") and line.endswith("%") for line in lines), lines

@@ -21,6 +21,8 @@ class Hub:
     requests: list[str] = field(default_factory=list)
     cut_once: set[str] = field(default_factory=set)
     """Files whose first GET breaks off halfway, as a flaky network does."""
+    cut_then_down: set[str] = field(default_factory=set)
+    """Files whose first GET breaks off halfway and whose next GET gets 503, so the download fails for now."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -71,6 +73,12 @@ class Hub:
             "Accept-Ranges": "bytes",
         }
         status = 200
+        key = f"{repo}/{path}"
+        if request.method == "GET" and key in self.cut_then_down:
+            if not ranged:
+                return StreamingResponse(_break_off(data), 200, headers=headers)
+            self.cut_then_down.discard(key)
+            return JSONResponse({"error": "down for maintenance"}, 503)
         if request.method == "GET" and f"{repo}/{path}" in self.cut_once and not ranged:
             self.cut_once.discard(f"{repo}/{path}")
             return StreamingResponse(_break_off(data), 200, headers=headers)

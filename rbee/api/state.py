@@ -120,6 +120,8 @@ class HiveObservation(Frozen):
     """Whether rbee is installed there; None when that could not be seen."""
     state: HiveState | None = None
     managed: bool = True
+    host: HostFacts | None = None
+    """The machine's devices and engines: from the hive's state, or from SSH facts when the daemon is down."""
     seen_before: bool = False
     """rbee has seen this hive running before (the queen's registry says so). An unreachable hive that was
     never seen is planned from scratch, like any new resource; one seen before waits until it answers."""

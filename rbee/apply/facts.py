@@ -72,3 +72,24 @@ class InstalledWheel(FactBase[str | None]):
     def process(self, output: list[str]) -> str | None:
         text = "".join(output).strip()
         return text or None
+
+
+class HostDevices(FactBase[dict[str, object] | None]):
+    """What the host can run (CPU features and RAM, CUDA GPUs, Metal, importable engines), as the hive itself
+    detects it: `python -m rbee.hive.detect` with the hive's Python. None where rbee is not installed."""
+
+    def command(self, python: str) -> str:
+        return f"{shell.path(python)} -m rbee.hive.detect 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> dict[str, object] | None:
+        return parse_devices(output)
+
+
+def parse_devices(output: list[str]) -> dict[str, object] | None:
+    import json
+
+    try:
+        facts = json.loads("\n".join(output))
+    except ValueError:
+        return None
+    return facts if isinstance(facts, dict) and "devices" in facts else None

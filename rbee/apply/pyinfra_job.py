@@ -71,13 +71,15 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     if not state.activated_hosts:
         return {"hosts": results}
     if job["steps"] == ["facts"]:
-        from rbee.apply.facts import HiveConfigFile, HiveProcess
+        from rbee.apply.facts import HiveConfigFile, HiveProcess, HostDevices
 
         for host in state.activated_hosts:
             data_dir = str(host.data.get("rbee_data_dir")).rstrip("/")
+            installed = host.get_fact(HiveConfigFile, data_dir=data_dir) is not None
             results[by_host[host]]["facts"] = {
-                "installed": host.get_fact(HiveConfigFile, data_dir=data_dir) is not None,
+                "installed": installed,
                 "pid": host.get_fact(HiveProcess, data_dir=data_dir),
+                "host": host.get_fact(HostDevices, python=str(host.data.get("rbee_python"))) if installed else None,
             }
         return {"hosts": results}
     try:

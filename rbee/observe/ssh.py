@@ -5,8 +5,9 @@ differently (start; install and start; wait)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
-from rbee.api.state import HiveObservation, HiveStatus, ObservedState
+from rbee.api.state import HiveObservation, HiveStatus, HostFacts, ObservedState
 from rbee.apply import executor
 from rbee.spec.schema import HiveFile
 
@@ -35,6 +36,11 @@ def _combine(observation: HiveObservation, result: dict[str, object] | None) -> 
         reason = f"{observation.reason}; SSH: {result.get('error') or 'no answer'}"
         return observation.model_copy(update={"status": HiveStatus.UNREACHABLE, "reason": reason})
     installed = bool(facts.get("installed"))
+    found = facts.get("host")
+    if isinstance(found, dict):
+        # An older rbee on the host may report differently: then its devices are simply not known.
+        with contextlib.suppress(ValueError):
+            observation = observation.model_copy(update={"host": HostFacts.model_validate(found)})
     if facts.get("pid"):
         why = f"the daemon runs (pid {facts['pid']}) but its API does not answer ({observation.reason})"
         return observation.model_copy(update={"status": HiveStatus.UNREACHABLE, "reason": why, "installed": True})

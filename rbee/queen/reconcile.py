@@ -115,6 +115,8 @@ class Reconciler:
         self.client: aiohttp.ClientSession | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.interval: float | None = None
+        self.suspended = False
+        """Set by `rbee suspend` (maintenance, or tests of the keeper alone): no pass acts until resumed."""
         self._wanted = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._done = asyncio.Condition()
@@ -185,6 +187,8 @@ class Reconciler:
             return None
         self.schedule(spec.queen.reconcile_interval)
         started, clock = time.time(), time.perf_counter()
+        if self.suspended:
+            return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "suspended"))
         with lock.hold(self.lock_dir, wait=False) as held:
             if not held:
                 return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "locked"))

@@ -2,8 +2,8 @@
 
 Clients: GET /v1/models, POST /v1/chat/completions, POST /v1/completions (OpenAI-compatible), and rbee's task
 API POST /v2/tasks, GET /v2/tasks/{id}/events, DELETE /v2/tasks/{id}; GET /metrics, GET /openapi.json.
-Operators (cluster token): PUT /v2/spec, GET /v2/status, GET /v2/route, GET /v2/events, POST /v2/admin/shutdown;
-hives (cluster token): POST /v2/heartbeat.
+Operators (cluster token): PUT /v2/spec, PUT /v2/reconcile (suspend/resume), GET /v2/status, GET /v2/route,
+GET /v2/events, POST /v2/admin/shutdown; hives (cluster token): POST /v2/heartbeat.
 GET /health is open.
 
 Streams are passed through: the worker writes the wire format the client asked for, and the queen relays its
@@ -833,6 +833,7 @@ def create_app(queen: Queen) -> RawSend:
                 "heartbeats": queen.heartbeats.ages(time.monotonic()),
                 "reconcile": {
                     "interval": queen.reconciler.interval,
+                    "suspended": queen.reconciler.suspended,
                     "passes": queen.reconciler.passes,
                     "last": queen.reconciler.last.to_json() if queen.reconciler.last else None,
                 },
@@ -883,6 +884,18 @@ def create_app(queen: Queen) -> RawSend:
 
         return StreamingResponse(follow(), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    async def reconcile(request: Request) -> Response:
+        """Suspend or resume the reconcile loop: `{"suspended": true|false}`."""
+        raw = await read_body(request)
+        if not isinstance(raw, dict) or not isinstance(raw.get("suspended"), bool):
+            return JSONResponse(wire.error_body('send {"suspended": true} or {"suspended": false}', "invalid"), 400)
+        if raw["suspended"] != queen.reconciler.suspended:
+            queen.reconciler.suspended = raw["suspended"]
+            queen.event("reconcile", "fleet", "suspended" if raw["suspended"] else "resumed")
+            if not raw["suspended"]:
+                queen.reconciler.request()
+        return JSONResponse({"suspended": queen.reconciler.suspended})
+
     async def heartbeat(request: Request) -> Response:
         try:
             state = HiveState.model_validate_json(await request.body())
@@ -917,6 +930,7 @@ def create_app(queen: Queen) -> RawSend:
                 routing.Route("/v2/route", operator(explain)),
                 routing.Route("/v2/events", operator(events)),
                 routing.Route("/v2/heartbeat", operator(heartbeat), methods=["POST"]),
+                routing.Route("/v2/reconcile", operator(client(reconcile)), methods=["PUT"]),
                 routing.Route("/v2/admin/shutdown", operator(shutdown), methods=["POST"]),
             ]
         )

@@ -104,3 +104,17 @@ def test_this_machine_is_detected_live() -> None:
     assert cpu is not None and cpu.memory_total > 0 and 0 < cpu.memory_free <= cpu.memory_total
     assert facts.cpu_count >= 1 and facts.system
     assert "gguf" in facts.engines  # the test environment installs llama-cpp-python
+
+
+def test_the_ssh_fact_reads_what_the_hive_detects() -> None:
+    import subprocess
+    import sys
+
+    from rbee.apply.facts import HostDevices, parse_devices
+
+    command = HostDevices().command(sys.executable)
+    output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60).stdout
+    facts = HostFacts.model_validate(parse_devices(output.splitlines()))
+    assert facts.device("cpu") is not None and facts.cpu_count >= 1
+    assert parse_devices(["Traceback (most recent call last):"]) is None
+    assert parse_devices([]) is None

@@ -140,6 +140,7 @@ class Queen:
         self.keys: dict[str, Key] = {}
         self.server: uvicorn.Server | None = None
         self.event_added = asyncio.Event()
+        self._events_logged = 0
         self.heartbeats = Heartbeats(listen)
         self.beating: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -200,8 +201,11 @@ class Queen:
         return generation, changed
 
     def event(self, kind: str, target: str, message: str) -> None:
-        """One line of the event log, and a wake-up for whoever follows it."""
+        """One line of the event log, and a wake-up for whoever follows it. The log keeps the newest 100,000."""
         self.store.log(kind, target, message)
+        self._events_logged += 1
+        if self._events_logged % 1000 == 0:
+            self.store.prune_events(100_000)
         self.event_added.set()
         self.event_added = asyncio.Event()
 

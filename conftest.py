@@ -20,3 +20,11 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.models import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny llama as an f32 GGUF, for llama.cpp and ctransformers."""
+    from tests.models import tiny_llama_gguf as convert
+
+    return convert(tiny_llama, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf")

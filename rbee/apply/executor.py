@@ -85,7 +85,7 @@ def extras_for(hive: HiveSpec, spec: HiveFile | None) -> str:
                 wanted.add("torch")
             elif model.resolved_format == "mlx":
                 wanted.add("mlx")
-    return ",".join(sorted(wanted & {"gguf", "torch", "mlx", "embed"}))
+    return ",".join(sorted(wanted & {"gguf", "torch", "mlx", "embed", "ctransformers"}))
 
 
 def pyinfra_job(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from rbee.api.state import Device, HostFacts
 from rbee.plan.planner import human_size
 
-IMPLEMENTED = ("gguf", "torch", "mlx", "embed")
+IMPLEMENTED = ("gguf", "torch", "mlx", "embed", "ctransformers")
 """Backends whose worker code exists in this version of rbee."""
 FORMATS = {
     "gguf": ("gguf", "ctransformers"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import concurrent.futures
 import contextlib
 import ctypes
@@ -230,6 +231,34 @@ def _encoder(body: wire.ExecuteRequest, model: str) -> Encoder:
     return openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
 
 
+class _Mailbox:
+    """From the generation thread to the event loop: items queue without a lock (deque appends are atomic), and
+    the loop is woken once per batch rather than once per token (each wake-up is a syscall)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: collections.deque[tuple[str, Any]] = collections.deque()
+        self.ready = asyncio.Event()
+        self.waking = False
+
+    def put(self, item: tuple[str, Any]) -> None:
+        self.items.append(item)
+        if not self.waking:
+            self.waking = True
+            self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def take(self) -> list[tuple[str, Any]]:
+        while True:
+            await self.ready.wait()
+            self.ready.clear()
+            self.waking = False
+            taken = []
+            while self.items:
+                taken.append(self.items.popleft())
+            if taken:
+                return taken
+
+
 _GENERATE = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 """One long-lived generation thread: engines keep per-thread state (torch's intra-op pool took ~30 ms to set
 up in each new thread), and the engine serves one request at a time anyway."""
@@ -239,38 +268,33 @@ async def _stream(
     runtime: Runtime, engine: backends.Backend, prompt: str, options: wire.SamplingOptions, encoder: Encoder
 ) -> AsyncIterator[bytes]:
     """Run the generation in a thread and relay its pieces; a client that goes away cancels it."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    mailbox = _Mailbox(asyncio.get_running_loop())
     result = backends.Generation()
     cancel = runtime.cancel
 
     def produce() -> None:
         try:
             for piece in engine.generate(prompt, options, cancel, result):
-                loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece))
-            loop.call_soon_threadsafe(queue.put_nowait, ("done", None))
+                mailbox.put(("piece", piece))
+            mailbox.put(("done", None))
         except backends.BackendError as error:
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", str(error)))
+            mailbox.put(("error", str(error)))
         except Exception as error:  # an engine crash must still end the stream with an error event
             log.exception("generation failed")
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", f"generation failed: {error}"))
+            mailbox.put(("error", f"generation failed: {error}"))
 
     runtime.streaming = True
     job = _GENERATE.submit(produce)
     try:
         opening = encoder.start()  # sent with the first token, so a client's first bytes hold text
         while True:
-            kind, value = await queue.get()
-            # Pieces that queued up while the last write went out leave in one write, as separate events.
-            events: list[bytes] = []
-            while kind == "piece":
-                events.append(encoder.token(value))
-                if queue.empty():
-                    break
-                kind, value = queue.get_nowait()
+            items = await mailbox.take()
+            # Pieces that arrived while the last write went out leave in one write, as separate events.
+            events = [encoder.token(value) for kind, value in items if kind == "piece"]
             if events:
                 yield opening + b"".join(events)
                 opening = b""
+            kind, value = items[-1]
             if kind == "piece":
                 continue
             # The engine is done: become idle before the last event, so whoever reads it may send the next

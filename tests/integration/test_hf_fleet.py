@@ -1,6 +1,6 @@
-"""A Hugging Face folder served end to end: the hive picks the torch backend for it (backend: auto on a CPU
-host) and runs the same folder on mlx where asked; the queen streams both, and a seeded request repeats
-through the whole chain."""
+"""One tiny llama served end to end three ways: its HF folder on torch (the hive's pick for a folder on a CPU
+host) and on mlx, and its GGUF on ctransformers; the queen streams each, and a seeded request repeats through the
+whole chain."""
 
 from __future__ import annotations
 
@@ -17,12 +17,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, tiny_llama_gguf: Path) -> Iterator[Fleet]:
     pytest.importorskip("mlx_lm", reason="mlx-lm is not installed (pip install 'rbee[mlx]')")
+    pytest.importorskip("ctransformers", reason="ctransformers is not installed (pip install 'rbee[ctransformers]')")
     fleet = make_fleet(tmp_path_factory.mktemp("hf"), f"file://{tiny_llama}", model="tiny")
-    second = f"  - {{name: tiny-mlx, source: 'file://{tiny_llama}', idle_timeout: 0}}\nworkers:\n"
-    text = fleet.spec.read_text().replace("workers:\n", second)
-    fleet.spec.write_text(text + "  - {model: tiny-mlx, hive: local, backend: mlx}\n")
+    more = (
+        f"  - {{name: tiny-mlx, source: 'file://{tiny_llama}', idle_timeout: 0}}\n"
+        f"  - {{name: tiny-ct, source: 'file://{tiny_llama_gguf}', idle_timeout: 0}}\nworkers:\n"
+    )
+    text = fleet.spec.read_text().replace("workers:\n", more)
+    groups = "  - {model: tiny-mlx, hive: local, backend: mlx}\n"
+    groups += "  - {model: tiny-ct, hive: local, backend: ctransformers}\n"
+    fleet.spec.write_text(text + groups)
     applied = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     fleet.applied = applied.stdout
@@ -35,11 +41,15 @@ def test_the_hive_runs_an_hf_folder_on_torch(fleet: Fleet) -> None:
     state = hives[0]["state"]
     assert state["catalog"][0]["format"] == "safetensors"
     workers = sorted((w["model"], w["backend"], w["device"], w["state"]) for w in state["workers"])
-    assert workers == [("tiny", "torch", "cpu", "idle"), ("tiny-mlx", "mlx", "cpu", "idle")]
-    assert {"torch", "mlx"} <= set(state["backends"]) and state["host"]["devices"][0]["id"] == "cpu"
+    assert workers == [
+        ("tiny", "torch", "cpu", "idle"),
+        ("tiny-ct", "ctransformers", "cpu", "idle"),
+        ("tiny-mlx", "mlx", "cpu", "idle"),
+    ]
+    assert {"torch", "mlx", "ctransformers"} <= set(state["backends"]) and state["host"]["devices"][0]["id"] == "cpu"
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-mlx"])
+@pytest.mark.parametrize("model", ["tiny", "tiny-mlx", "tiny-ct"])
 def test_the_queen_streams_it_and_a_seed_repeats(fleet: Fleet, model: str) -> None:
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, "seed": 5}
     texts = []

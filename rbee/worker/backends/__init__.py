@@ -72,6 +72,10 @@ def create(backend: str, model_path: str, device: str, threads: int | None) -> B
         from rbee.worker.backends import mlx
 
         return mlx.MlxBackend(model_path, device=device, threads=threads)
+    if backend == "ctransformers":
+        from rbee.worker.backends import ctransformers
+
+        return ctransformers.CtransformersBackend(model_path, device=device, threads=threads)
     if backend == "embed":
         from rbee.worker.backends import embed
 

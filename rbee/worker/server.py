@@ -435,8 +435,13 @@ def serve(options: WorkerOptions) -> None:
     aio.run(main())
     with contextlib.suppress(Exception):
         engine.unload()
-    if runtime.state is WorkerState.FAILED or not server.started:
-        raise SystemExit(1)
+    code = 1 if runtime.state is WorkerState.FAILED or not server.started else 0
+    # Leave without the interpreter's teardown: MLX aborts the process there ("terminate called without an active
+    # exception") once it has run in a second thread, which would turn every clean stop into a crash.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def token_from_file(path: str | None) -> str | None:

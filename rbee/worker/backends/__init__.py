@@ -42,6 +42,29 @@ class Backend(Protocol):
     def unload(self) -> None: ...
 
 
+class OneAtATime:
+    """The text engines' `generate`: nothing before the model is loaded, and one generation at a time (an engine
+    holds one context). Subclasses set `_lock` and implement `_loaded` and `_generate`."""
+
+    _lock: threading.Lock
+
+    def _loaded(self) -> bool:
+        raise NotImplementedError
+
+    def _generate(
+        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
+    ) -> Iterator[str]:
+        raise NotImplementedError
+
+    def generate(
+        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
+    ) -> Iterator[str]:
+        if not self._loaded():
+            raise BackendError("the model is not loaded")
+        with self._lock:
+            yield from self._generate(prompt, options, cancel, result)
+
+
 @runtime_checkable
 class Embedder(Protocol):
     """A text embedder: batches of texts in, vectors out."""

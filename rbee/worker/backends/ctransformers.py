@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation
+from rbee.worker.backends import BackendError, Generation, OneAtATime, hf
 from rbee.worker.text import TextAssembler
 
 CONTEXT = 2048
 
 
-class CtransformersBackend:
+class CtransformersBackend(OneAtATime):
     name = "ctransformers"
 
     def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
@@ -52,39 +52,22 @@ class CtransformersBackend:
         progress(1.0)
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
-        tokenizer = self._tokenizer
-        chat = [message.model_dump(exclude_none=True) for message in messages]
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            try:
-                return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)), ()
-            except Exception as error:  # jinja's own errors, for a template that rejects these messages
-                raise BackendError(f"the model's chat template failed: {error}") from None
-        text = "".join(f"{message.role}: {message.content or ''}\n" for message in messages)
-        return text + "assistant:", ("\nuser:",)
+        return hf.render_chat(self._tokenizer, messages)
 
-    def generate(
-        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
-        if self._llm is None:
-            raise BackendError("the model is not loaded")
-        with self._lock:
-            yield from self._generate(prompt, options, cancel, result)
+    def _loaded(self) -> bool:
+        return self._llm is not None
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
     ) -> Iterator[str]:
         tokenizer, llm = self._tokenizer, self._llm
-        bos = tokenizer.bos_token or ""
-        ids: list[int] = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
+        ids = hf.encode(tokenizer, prompt, CONTEXT)
         result.prompt_tokens = len(ids)
-        room = CONTEXT - len(ids)
-        if room < 1:
-            raise BackendError(f"the prompt is {len(ids)} tokens and the context holds {CONTEXT}; shorten the prompt")
-        limit = min(options.max_tokens, room)
+        limit = min(options.max_tokens, CONTEXT - len(ids))
         stops = {tokenizer.eos_token_id, llm.eos_token_id} - {None}
         assembler = TextAssembler(options.stop)
+        text = hf.TokenText(tokenizer)
         generated: list[int] = []
-        prefix, read = 0, 0
         result.finish_reason = FinishReason.LENGTH
         for token in llm.generate(
             ids,
@@ -104,16 +87,12 @@ class CtransformersBackend:
                 break
             generated.append(int(token))
             result.completion_tokens = len(generated)
-            before = tokenizer.decode(generated[prefix:read], skip_special_tokens=True)
-            after = tokenizer.decode(generated[prefix:], skip_special_tokens=True)
-            if len(after) > len(before) and not after.endswith("\ufffd"):
-                piece = assembler.feed(after[len(before) :].encode("utf-8"))
-                prefix, read = read, len(generated)
-                if piece:
-                    yield piece
-                if assembler.stopped:
-                    result.finish_reason = FinishReason.STOP
-                    return
+            piece = assembler.feed(text.add(int(token)).encode("utf-8"))
+            if piece:
+                yield piece
+            if assembler.stopped:
+                result.finish_reason = FinishReason.STOP
+                return
             if len(generated) >= limit:
                 break
         tail = assembler.flush()

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation
+from rbee.worker.backends import BackendError, Generation, hf
 from rbee.worker.text import TextAssembler
 
 DEFAULT_CONTEXT = 4096
@@ -64,8 +64,7 @@ class GgufBackend:
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
         if self._chat is None:
-            text = "".join(f"{message.role}: {message.content or ''}\n" for message in messages)
-            return text + "assistant:", ("\nuser:",)
+            return hf.plain_chat(messages)
         rendered = self._chat(messages=[message.model_dump(exclude_none=True) for message in messages])
         stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return rendered.prompt, tuple(stop)

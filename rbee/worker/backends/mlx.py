@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation
+from rbee.worker.backends import Generation, OneAtATime, hf
 from rbee.worker.text import TextAssembler
 
 
-class MlxBackend:
+class MlxBackend(OneAtATime):
     name = "mlx"
 
     def __init__(self, model_path: str, *, device: str = "auto", threads: int | None = None) -> None:
@@ -37,23 +37,10 @@ class MlxBackend:
         progress(1.0)
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
-        tokenizer = self._tokenizer
-        chat = [message.model_dump(exclude_none=True) for message in messages]
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            try:
-                return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)), ()
-            except Exception as error:  # jinja's own errors, for a template that rejects these messages
-                raise BackendError(f"the model's chat template failed: {error}") from None
-        text = "".join(f"{message.role}: {message.content or ''}\n" for message in messages)
-        return text + "assistant:", ("\nuser:",)
+        return hf.render_chat(self._tokenizer, messages)
 
-    def generate(
-        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
-        if self._model is None:
-            raise BackendError("the model is not loaded")
-        with self._lock:
-            yield from self._generate(prompt, options, cancel, result)
+    def _loaded(self) -> bool:
+        return self._model is not None
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation

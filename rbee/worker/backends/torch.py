@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation
+from rbee.worker.backends import Generation, OneAtATime, hf
 from rbee.worker.text import TextAssembler
 
 
-class TorchBackend:
+class TorchBackend(OneAtATime):
     name = "torch"
 
     def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
@@ -55,23 +55,10 @@ class TorchBackend:
         return "cuda:0" if self.device == "cuda" else self.device
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
-        tokenizer = self._tokenizer
-        chat = [message.model_dump(exclude_none=True) for message in messages]
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            try:
-                return str(tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)), ()
-            except Exception as error:  # a template that raises on these messages (jinja's own errors)
-                raise BackendError(f"the model's chat template failed: {error}") from None
-        text = "".join(f"{message.role}: {message.content or ''}\n" for message in messages)
-        return text + "assistant:", ("\nuser:",)
+        return hf.render_chat(self._tokenizer, messages)
 
-    def generate(
-        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
-        if self._model is None:
-            raise BackendError("the model is not loaded")
-        with self._lock:
-            yield from self._generate(prompt, options, cancel, result)
+    def _loaded(self) -> bool:
+        return self._model is not None
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
@@ -80,21 +67,16 @@ class TorchBackend:
 
         torch.set_num_threads(self.threads)
         model, tokenizer = self._model, self._tokenizer
-        bos = tokenizer.bos_token or ""
-        special = not (bos and prompt.startswith(bos))
-        ids: list[int] = tokenizer(prompt, add_special_tokens=special)["input_ids"]
-        result.prompt_tokens = len(ids)
         context = int(getattr(model.config, "max_position_embeddings", 2048))
-        room = context - len(ids)
-        if room < 1:
-            raise BackendError(f"the prompt is {len(ids)} tokens and the context holds {context}; shorten the prompt")
-        limit = min(options.max_tokens, room)
+        ids = hf.encode(tokenizer, prompt, context)
+        result.prompt_tokens = len(ids)
+        limit = min(options.max_tokens, context - len(ids))
         device = self._torch_device()
         generator = torch.Generator(device=device)
         generator.manual_seed(options.seed if options.seed is not None else torch.seed())
         assembler = TextAssembler(options.stop)
+        text = hf.TokenText(tokenizer)
         generated: list[int] = []
-        prefix, read = 0, 0
         result.finish_reason = FinishReason.LENGTH
         past: Any = None
         step = torch.tensor([ids], device=device)
@@ -112,17 +94,12 @@ class TorchBackend:
                 generated.append(token)
                 result.completion_tokens = len(generated)
                 step = torch.tensor([[token]], device=device)
-                # Incremental detokenization over a short window: only text that is complete is released.
-                before = tokenizer.decode(generated[prefix:read], skip_special_tokens=True)
-                after = tokenizer.decode(generated[prefix:], skip_special_tokens=True)
-                if len(after) > len(before) and not after.endswith("\ufffd"):
-                    piece = assembler.feed(after[len(before) :].encode("utf-8"))
-                    prefix, read = read, len(generated)
-                    if piece:
-                        yield piece
-                    if assembler.stopped:
-                        result.finish_reason = FinishReason.STOP
-                        return
+                piece = assembler.feed(text.add(token).encode("utf-8"))
+                if piece:
+                    yield piece
+                if assembler.stopped:
+                    result.finish_reason = FinishReason.STOP
+                    return
         tail = assembler.flush()
         if tail:
             yield tail

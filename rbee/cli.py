@@ -235,6 +235,26 @@ def _apply(target: Path, yes: bool, timeout: float, home: Home) -> None:
         out.print(Text(f"Apply complete: {len(errors)} changes made; {queen_line}.", style="green"))
 
 
+def _queen_access(hint: str = "run rbee apply first") -> tuple[str, dict[str, str]]:
+    """The running queen's URL and the operator headers (the cluster token), or one clear error."""
+    home = Home.default()
+    record = home.queen()
+    if record is None:
+        fail(f"No queen is running for this RBEE_HOME; {hint}.")
+    token = home.token(create=False)
+    return str(record["url"]), {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _ask_queen(method: str, path: str, hint: str = "run rbee apply to start it", **kwargs: Any) -> httpx.Response:
+    url, headers = _queen_access()
+    try:
+        response = httpx.request(method, f"{url}{path}", headers=headers, timeout=10.0, trust_env=False, **kwargs)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        fail(f"The queen at {url} does not answer ({error}); {hint}.")
+    return response
+
+
 @app.command()
 def status(
     file: Annotated[
@@ -243,22 +263,12 @@ def status(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Show hives, models and workers with their states."""
-    home = Home.default()
-    token = home.token(create=False)
+    token = Home.default().token(create=False)
     if file is not None:
         hives = [hive.model_dump(mode="json") for hive in observe_hives.observe(load_spec(file), token=token).hives]
     else:
-        record = home.queen()
-        if record is None:
-            fail("No queen is running for this RBEE_HOME; run rbee apply, or pass a hive.yaml to observe directly.")
-        try:
-            response = httpx.get(
-                f"{record['url']}/v2/status", headers={"Authorization": f"Bearer {token}"}, timeout=5.0, trust_env=False
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as error:
-            fail(f"The queen at {record['url']} does not answer ({error}); run rbee apply to start it.")
-        body = response.json()
+        _queen_access("run rbee apply, or pass a hive.yaml to observe directly")
+        body = _ask_queen("GET", "/v2/status").json()
         hives, conditions, reconcile = body["hives"], body.get("conditions", []), body.get("reconcile")
     if as_json:
         sys.stdout.write(
@@ -311,22 +321,7 @@ def _ago(seconds: float) -> str:
 
 
 def _set_suspended(suspended: bool) -> None:
-    home = Home.default()
-    record = home.queen()
-    if record is None:
-        fail("No queen is running for this RBEE_HOME; run rbee apply first.")
-    token = home.token(create=False)
-    try:
-        response = httpx.put(
-            f"{record['url']}/v2/reconcile",
-            json={"suspended": suspended},
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            timeout=10.0,
-            trust_env=False,
-        )
-        response.raise_for_status()
-    except httpx.HTTPError as error:
-        fail(f"The queen at {record['url']} does not answer ({error}).")
+    _ask_queen("PUT", "/v2/reconcile", json={"suspended": suspended})
     if suspended:
         out.print("The queen's reconcile loop is suspended: it changes nothing until `rbee resume`.")
     else:
@@ -352,13 +347,8 @@ def events(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Show the queen's event log: applied specs, each reconcile pass's changes and failures."""
-    home = Home.default()
-    record = home.queen()
-    if record is None:
-        fail("No queen is running for this RBEE_HOME; run rbee apply first.")
-    token = home.token(create=False)
-    url = f"{record['url']}/v2/events"
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    queen, headers = _queen_access()
+    url = f"{queen}/v2/events"
     params = {"limit": str(limit), **({"follow": "1"} if follow else {})}
 
     def show(item: dict[str, Any]) -> None:
@@ -372,9 +362,7 @@ def events(
 
     try:
         if not follow:
-            response = httpx.get(url, params=params, headers=headers, timeout=10.0, trust_env=False)
-            response.raise_for_status()
-            for item in response.json()["events"]:
+            for item in _ask_queen("GET", "/v2/events", params=params).json()["events"]:
                 show(item)
             return
         timeout = httpx.Timeout(10.0, read=None)
@@ -384,7 +372,7 @@ def events(
                 if line.startswith("data:"):
                     show(json.loads(line[5:]))
     except httpx.HTTPError as error:
-        fail(f"The queen at {record['url']} does not answer ({error}); run rbee apply to start it.")
+        fail(f"The queen at {queen} does not answer ({error}); run rbee apply to start it.")
     except KeyboardInterrupt:
         pass
 
@@ -476,25 +464,10 @@ def route(
     prompt_chars: Annotated[int, typer.Option(help="Size of the sample prompt.")] = 100,
 ) -> None:
     """Show, for a sample request, the candidate workers and which one the routing policy picks."""
-    home = Home.default()
-    record = home.queen()
-    if record is None:
-        fail("No queen is running for this RBEE_HOME; run rbee apply first.")
     params: dict[str, str | int] = {"model": model, "prompt_chars": prompt_chars}
     if hive:
         params["hive"] = hive
-    try:
-        response = httpx.get(
-            f"{record['url']}/v2/route",
-            params=params,
-            trust_env=False,
-            timeout=5.0,
-            headers={"Authorization": f"Bearer {home.token(create=False)}"},
-        )
-        response.raise_for_status()
-    except httpx.HTTPError as error:
-        fail(f"The queen at {record['url']} does not answer ({error}).")
-    answer = response.json()
+    answer = _ask_queen("GET", "/v2/route", params=params).json()
     table = Table("worker", "hive", "in flight", "slots", "url", box=None)
     for candidate in answer["candidates"]:
         picked = f"{candidate['hive']}/{candidate['worker']}" == answer["pick"]

@@ -56,6 +56,8 @@ request_log = logging.getLogger("rbee.requests")
 Handler = Callable[[Request], Awaitable[Response]]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_TASKS = 1000
+SEEN_EVERY = 60.0
+"""Seconds between two SQLite writes of "hive X answered": the registry refreshes every second."""
 
 
 class ClientError(Exception):
@@ -141,6 +143,7 @@ class Queen:
         self.server: uvicorn.Server | None = None
         self.event_added = asyncio.Event()
         self._events_logged = 0
+        self._recorded: dict[str, float] = {}
         self.heartbeats = Heartbeats(listen)
         self.beating: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -210,9 +213,14 @@ class Queen:
         self.event_added = asyncio.Event()
 
     def _saw(self, observed: ObservedState) -> None:
+        """Remember (in SQLite, at most once a minute per hive) which hives answered; distrust the last beat of
+        those that did not."""
+        now = time.monotonic()
         for hive in observed.hives:
             if hive.state is not None:
-                self.store.saw_hive(hive.name)
+                if now - self._recorded.get(hive.name, -SEEN_EVERY) >= SEEN_EVERY:
+                    self.store.saw_hive(hive.name)
+                    self._recorded[hive.name] = now
             else:
                 self.heartbeats.distrust(hive.name)  # its last beat is no longer the truth: poll it
 
@@ -264,10 +272,13 @@ class Queen:
         beat = HiveObservation(name=state.name, status=HiveStatus.RUNNING, installed=True, state=state)
         earlier = self.registry.observed.hives if self.registry.observed else ()
         merged = {hive.name: hive for hive in earlier} | {state.name: beat}
-        self._observed(spec, ObservedState(hives=tuple(merged[h.name] for h in spec.hives if h.name in merged)))
+        self._saw(ObservedState(hives=(beat,)))
+        merged_state = ObservedState(hives=tuple(merged[h.name] for h in spec.hives if h.name in merged))
+        self._observed(spec, merged_state, saw=False)
 
-    def _observed(self, spec: HiveFile, observed: ObservedState) -> None:
-        self._saw(observed)
+    def _observed(self, spec: HiveFile, observed: ObservedState, saw: bool = True) -> None:
+        if saw:
+            self._saw(observed)
         before = self.registry.snapshot()
         self.registry.update(spec, observed)
         self.admission.sync(self.registry.routes.values())

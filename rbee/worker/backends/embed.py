@@ -41,7 +41,8 @@ class EmbedBackend:
         with self._lock:
             # torch's intra-op pool is per thread; without this the calling thread ran at half speed (FACTS.md).
             torch.set_num_threads(self.threads)
-            tokens = int(model.tokenize(list(texts))["attention_mask"].sum())
+            encoded = model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)
+            tokens = sum(len(ids) for ids in encoded["input_ids"])
             vectors = model.encode(list(texts), convert_to_numpy=True, show_progress_bar=False)
         return vectors, tokens
 

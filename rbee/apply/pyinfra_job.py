@@ -26,6 +26,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from pyinfra.api.state import State
 
     from rbee.apply import operations
+    from rbee.apply.systemd import ServiceError
 
     names, hosts = [], []
     for item in job["hosts"]:
@@ -82,9 +83,17 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                 "host": host.get_fact(HostDevices, python=str(host.data.get("rbee_python"))) if installed else None,
             }
         return {"hosts": results}
+    refused: set[Any] = set()
     try:
         for step in job["steps"]:
-            metas.append((step, add_op(state, ops[step])))
+            meta: dict[Any, Any] = {}
+            for host in [host for host in state.activated_hosts if host not in refused]:
+                try:
+                    meta.update(add_op(state, ops[step], host=host))
+                except (operations.InstallError, ServiceError) as error:  # this host only: the others go on
+                    results[by_host[host]]["error"] = f"{step} failed: {error}"
+                    refused.add(host)
+            metas.append((step, meta))
         run_ops(state)
     except PyinfraError as error:
         for result in results.values():

@@ -8,6 +8,7 @@ POST /v1/heartbeat (the queen subscribes to heartbeats), POST /v1/shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -289,12 +290,15 @@ def serve(config: HiveConfig) -> None:
         await serving
         await hive.supervisor.stop_all()
 
-    log.info("hive %s listening on %s (pid %d)", config.name, config.listen, os.getpid())
-    aio.run(main())
-    hive.catalog.close()
+    # The hive writes its own pidfile (a hive that systemd starts has no shell to write it), and removes it when
+    # it stops cleanly: then nothing claims to run here any more.
     pidfile = config.root / PID_NAME
+    pidfile.write_text(f"{os.getpid()}\n")
+    log.info("hive %s listening on %s (pid %d)", config.name, config.listen, os.getpid())
     try:
-        if pidfile.read_text().strip() == str(os.getpid()):
-            pidfile.unlink()  # stopped cleanly: nothing claims to run here any more
-    except OSError:
-        pass
+        aio.run(main())
+        hive.catalog.close()
+    finally:
+        with contextlib.suppress(OSError):
+            if pidfile.read_text().strip() == str(os.getpid()):
+                pidfile.unlink()

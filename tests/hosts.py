@@ -3,7 +3,11 @@ address, its own private directories and its own process table (FACTS.md). Used 
 can also run them by hand:
 
     python -m tests.hosts up 3      # prints addresses, the SSH key and the known_hosts file
+    python -m tests.hosts up 1 --systemd
     python -m tests.hosts down
+
+With `systemd`, each host boots systemd as its PID 1 (in its own cgroup namespace, with its own /run and
+/etc/systemd/system) and sshd runs as a unit of it, as on a real server.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -26,6 +31,8 @@ SUBNET = "10.200.0"
 STATE = Path(os.environ.get("RBEE_TEST_HOSTS", "/var/lib/rbee-test-hosts"))
 PRIVATE = ("/srv/rbee",)
 """Directories each host has for itself (bind mounts inside its mount namespace)."""
+CGROUP_HIERARCHIES = ("systemd", "unified")
+"""The cgroup hierarchies systemd uses on this machine (hybrid: name=systemd v1 and the v2 'unified')."""
 
 
 class HostsUnavailable(Exception):
@@ -41,6 +48,7 @@ class Host:
     root: Path
     pid: int = 0
     process: subprocess.Popen[bytes] | None = None
+    systemd: bool = False
 
     def run(self, command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a command inside this host's namespaces (network, mount and pid)."""
@@ -97,7 +105,7 @@ def available() -> str | None:
     return None
 
 
-def up(count: int, root: Path = STATE) -> Hosts:
+def up(count: int, root: Path = STATE, *, systemd: bool = False) -> Hosts:
     down(root)
     root.mkdir(parents=True, exist_ok=True)
     hosts = Hosts(root)
@@ -108,7 +116,12 @@ def up(count: int, root: Path = STATE) -> Hosts:
     known = []
     for index in range(1, count + 1):
         host = Host(
-            f"node{index}", f"{SUBNET}.{10 + index}", f"rbee-node{index}", f"rbeeveth{index}", root / f"node{index}"
+            f"node{index}",
+            f"{SUBNET}.{10 + index}",
+            f"rbee-node{index}",
+            f"rbeeveth{index}",
+            root / f"node{index}",
+            systemd=systemd,
         )
         _start(host, hosts)
         hosts.hosts.append(host)
@@ -127,13 +140,16 @@ def up(count: int, root: Path = STATE) -> Hosts:
             ]
         )
     )
+    if systemd:
+        for host in hosts.hosts:
+            _wait_systemd(host)
     return hosts
 
 
 def _start(host: Host, hosts: Hosts) -> None:
     host.root.mkdir(parents=True)
-    for private in PRIVATE:
-        (host.root / private.strip("/").replace("/", "-")).mkdir()
+    for folder in PRIVATE:
+        (host.root / folder.strip("/").replace("/", "-")).mkdir()
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host.root / "ssh_host_ed25519_key")], check=True
     )
@@ -151,15 +167,18 @@ def _start(host: Host, hosts: Hosts) -> None:
     _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", "eth0")
     _ip("-n", host.namespace, "link", "set", "eth0", "up")
     _ip("-n", host.namespace, "link", "set", "lo", "up")
-    mounts = " && ".join(
-        f"mkdir -p {private} && mount --bind {host.root / private.strip('/').replace('/', '-')} {private}"
-        for private in PRIVATE
-    )
-    # root's ~/.bashrc runs pyenv init (0.3 s a command): each host sees an empty one.
-    script = (
-        f"{mounts} && touch {host.root}/bashrc && mount --bind {host.root}/bashrc /root/.bashrc && "
-        f"mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f {config}"
-    )
+    if host.systemd:
+        script = _systemd_boot(host, config)
+    else:
+        mounts = " && ".join(
+            f"mkdir -p {folder} && mount --bind {host.root / folder.strip('/').replace('/', '-')} {folder}"
+            for folder in PRIVATE
+        )
+        # root's ~/.bashrc runs pyenv init (0.3 s a command): each host sees an empty one.
+        script = (
+            f"{mounts} && touch {host.root}/bashrc && mount --bind {host.root}/bashrc /root/.bashrc && "
+            f"mkdir -p /run/sshd && exec /usr/sbin/sshd -D -e -f {config}"
+        )
     log = (host.root / "sshd.log").open("ab")
     process = subprocess.Popen(
         [
@@ -186,6 +205,80 @@ def _start(host: Host, hosts: Hosts) -> None:
     log.close()
     host.process = process
     host.pid = _child_pid(process.pid)
+
+
+def _systemd_boot(host: Host, config: Path) -> str:
+    """The start script of a host that runs systemd as its PID 1, as a container would: its root is a
+    copy-on-write overlay of this machine's (so what systemd does at boot stays in the host), except /tmp, which
+    it shares as the other test hosts do (with systemd-tmpfiles masked, which would empty it), /sys and /proc/sys
+    are read-only, it has its own cgroup tree in its own cgroup namespace, and its
+    target starts sshd only."""
+    units = host.root / "units"
+    units.mkdir()
+    (units / "rbee-test.target").write_text(
+        "[Unit]\nDescription=rbee test host\nWants=rbee-test-sshd.service\nAllowIsolate=yes\n"
+    )
+    (units / "rbee-test-sshd.service").write_text(
+        "[Unit]\nDescription=sshd of the rbee test host\n\n[Service]\nRuntimeDirectory=sshd\n"
+        f"ExecStart=/usr/sbin/sshd -D -e -f {config}\nStandardOutput=append:{host.root}/sshd.log\n"
+        "StandardError=inherit\n"
+    )
+    for unit in ("systemd-tmpfiles-setup.service", "systemd-tmpfiles-clean.service", "systemd-tmpfiles-clean.timer"):
+        (units / unit).symlink_to("/dev/null")  # masked: the host shares this machine's /tmp, which they would empty
+    (host.root / "bashrc").touch()  # root's ~/.bashrc runs pyenv init (0.3 s a command): the host's is empty
+    new, layers = host.root / "rootfs", host.root / "layers"
+    new.mkdir()
+    layers.mkdir()
+    binds = [(host.root, host.root), (host.root / "bashrc", Path("/root/.bashrc"))] + [
+        (host.root / folder.strip("/").replace("/", "-"), Path(folder)) for folder in PRIVATE
+    ]
+    steps = [
+        f"mount -t tmpfs tmpfs {layers} && mkdir {layers}/upper {layers}/work",
+        f"mount -t overlay overlay -o lowerdir=/,upperdir={layers}/upper,workdir={layers}/work {new}",
+        *(f"mkdir -p {new}{inside} && mount --bind {outside} {new}{inside}" for outside, inside in binds[:1]),
+        *(f"mount --bind {outside} {new}{inside}" for outside, inside in binds[1:2]),
+        *(f"mkdir -p {new}{inside} && mount --bind {outside} {new}{inside}" for outside, inside in binds[2:]),
+        f"mount -t proc proc {new}/proc && mount --bind {new}/proc/sys {new}/proc/sys",
+        f"mount -o remount,bind,ro {new}/proc/sys",
+        f"mount --bind /sys {new}/sys && mount -o remount,bind,ro {new}/sys",
+        f"mount --rbind /dev {new}/dev",
+        f"mount -t tmpfs -o mode=755 tmpfs {new}/run && mount --bind /tmp {new}/tmp",
+        # cgroups: mount the machine's hierarchies, move into this host's own, and mount them again from inside
+        # a new cgroup namespace, so that this systemd sees (and makes) only its own tree
+        f"mount -t tmpfs -o mode=755 tmpfs {new}/sys/fs/cgroup",
+        *(
+            f"mkdir {new}/sys/fs/cgroup/{name} && mount -t {kind} {new}/sys/fs/cgroup/{name}"
+            for name, kind in (("systemd", "cgroup -o none,name=systemd cgroup"), ("unified", "cgroup2 cgroup2"))
+        ),
+        *(
+            f"mkdir -p {new}{_cgroup(name, host)} && echo $$ > {new}{_cgroup(name, host)}/cgroup.procs && "
+            f"umount {new}/sys/fs/cgroup/{name}"
+            for name in CGROUP_HIERARCHIES
+        ),
+        f"mkdir -p {new}/.old && cd {new} && pivot_root . .old && cd / && umount -l /.old && rmdir /.old",
+    ]
+    boot = (
+        "mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd && "
+        "mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified && "
+        f"exec env container=rbee-test SYSTEMD_UNIT_PATH={units}: /lib/systemd/systemd --system "
+        "--unit=rbee-test.target --log-target=null"
+    )
+    return " && ".join(steps) + f" && exec unshare --cgroup sh -c {shlex.quote(boot)}"
+
+
+def _cgroup(hierarchy: str, host: Host) -> str:
+    return f"/sys/fs/cgroup/{hierarchy}/rbee-{host.name}"
+
+
+def _wait_systemd(host: Host) -> None:
+    deadline = time.monotonic() + 30
+    state = ""
+    while time.monotonic() < deadline:
+        state = host.run("systemctl is-system-running 2>&1", timeout=10).stdout.strip()
+        if state in ("running", "degraded"):
+            return
+        time.sleep(0.1)
+    raise HostsUnavailable(f"systemd on {host.name} did not come up (it says {state!r})")
 
 
 def _child_pid(unshare_pid: int) -> int:
@@ -234,19 +327,37 @@ def down(root: Path = STATE, made: Hosts | None = None) -> None:
         if name.startswith("rbee-node"):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+    for hierarchy in CGROUP_HIERARCHIES:  # a systemd host's cgroups, once its processes are gone
+        for node in Path(f"/sys/fs/cgroup/{hierarchy}").glob("rbee-node*"):
+            _remove_cgroup(node)
     if root.exists():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _remove_cgroup(node: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for folder in sorted((path for path in node.rglob("*") if path.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        with contextlib.suppress(OSError):
+            node.rmdir()
+        if not node.exists():
+            return
+        time.sleep(0.1)  # its last processes are still being reaped
+
+
 @contextlib.contextmanager
-def running(count: int) -> Iterator[Hosts]:
+def running(count: int, *, systemd: bool = False) -> Iterator[Hosts]:
     """`count` test hosts for a test module, removed afterwards; skips (saying why) where they cannot run."""
     import pytest
 
     why = available()
     if why:
         pytest.skip(f"SSH tests skipped: {why}")
-    made = up(count)
+    if systemd and not Path("/lib/systemd/systemd").exists():
+        pytest.skip("systemd tests skipped: systemd is not installed (apt-get install systemd)")
+    made = up(count, systemd=systemd)
     try:
         yield made
     finally:
@@ -257,11 +368,11 @@ def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "down":
         down()
         return
-    count = int(sys.argv[2]) if len(sys.argv) >= 3 else 3
+    count = int(sys.argv[2]) if len(sys.argv) >= 3 and sys.argv[2].isdigit() else 3
     why = available()
     if why:
         raise SystemExit(why)
-    hosts = up(count)
+    hosts = up(count, systemd="--systemd" in sys.argv)
     for host in hosts.hosts:
         print(f"{host.name}: root@{host.address} (pid {host.pid})")
     print(f"key: {hosts.key}\nknown_hosts: {hosts.known_hosts}")

@@ -106,6 +106,8 @@ def pyinfra_job(
                     "rbee_config": config.model_dump_json(indent=2),
                     "rbee_token": token,
                     "rbee_python": python,
+                    # a local hive runs beside the queen, which is a process too: systemd only when asked
+                    "rbee_service": "process" if hive.ssh is None and hive.service == "auto" else hive.service,
                     **(
                         {
                             "rbee_wheel": str(wheel),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra.api.facts import FactBase
 
 from rbee.apply import shell
+from rbee.apply.systemd import ServiceHost, unit_name
 
 
 class HiveConfigFile(FactBase[str | None]):
@@ -93,3 +96,50 @@ def parse_devices(output: list[str]) -> dict[str, object] | None:
     except ValueError:
         return None
     return facts if isinstance(facts, dict) and "devices" in facts else None
+
+
+class HiveService(FactBase[ServiceHost]):
+    """Whether the host runs systemd, as whom rbee connects, and the state of the hive's unit there."""
+
+    def command(self, data_dir: str, python: str) -> str:
+        name = shlex.quote(unit_name(data_dir))
+        return (
+            "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then echo systemd=1; fi; "
+            'echo uid=$(id -u); echo "home=$HOME"; '
+            f"echo python=$(command -v {shell.path(python)} 2>/dev/null); "
+            '[ -f "/var/lib/systemd/linger/$(id -un)" ] && echo linger=1; '
+            'if [ "$(id -u)" = 0 ]; then d=/etc/systemd/system; c=systemctl; '
+            'else d="$HOME/.config/systemd/user"; c="systemctl --user"; fi; '
+            f'if [ -f "$d/"{name} ]; then echo unit-begin; cat "$d/"{name}; echo; echo unit-end; '
+            f"echo active=$($c is-active {name} 2>/dev/null); echo enabled=$($c is-enabled {name} 2>/dev/null); fi; "
+            "true"
+        )
+
+    def process(self, output: list[str]) -> ServiceHost:
+        return parse_service(output)
+
+
+def parse_service(output: list[str]) -> ServiceHost:
+    values: dict[str, str] = {}
+    unit: list[str] | None = None
+    for line in output:
+        if unit is not None and line != "unit-end":
+            unit.append(line)
+        elif line == "unit-begin":
+            unit = []
+        elif line == "unit-end":
+            values["unit"] = "\n".join(unit or []).rstrip("\n") + "\n"
+            unit = None
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), value.strip())
+    return ServiceHost(
+        systemd=values.get("systemd") == "1",
+        root=values.get("uid") == "0",
+        home=values.get("home", ""),
+        linger=values.get("linger") == "1",
+        python=values.get("python") or None,
+        unit=values.get("unit"),
+        active=values.get("active") == "active",
+        enabled=values.get("enabled") == "enabled",
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shlex
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,18 @@ from pyinfra.operations import files
 
 from rbee import __version__
 from rbee.apply import shell
-from rbee.apply.facts import HiveConfigFile, HiveProcess, InstalledWheel, RbeeVersion
+from rbee.apply.facts import HiveConfigFile, HiveProcess, HiveService, InstalledWheel, RbeeVersion
+from rbee.apply.systemd import (
+    ServiceError,
+    ServiceHost,
+    ServiceMode,
+    absolute,
+    hive_unit,
+    systemctl,
+    unit_dir,
+    unit_name,
+    use_systemd,
+)
 
 
 class InstallError(Exception):
@@ -123,12 +135,29 @@ def rbee_importable(python: str | None = None) -> Generator[str, None, None]:
     yield ""  # pragma: no cover - makes this a generator; the raise above always happens first
 
 
+def _normalized(unit: str) -> list[str]:
+    return [line.strip() for line in unit.splitlines() if line.strip()]
+
+
+def _service(data_dir: str, python: str | None = None) -> ServiceHost:
+    python = python or str(host.data.get("rbee_python") or "python3")
+    return host.get_fact(HiveService, data_dir=data_dir, python=python)
+
+
 @operation()
-def hive_running(data_dir: str | None = None, python: str | None = None) -> Generator[str, None, None]:
-    """The hive daemon runs in the background, detached, with a pidfile and a log in the data dir."""
+def hive_running(
+    data_dir: str | None = None, python: str | None = None, service: ServiceMode | None = None
+) -> Generator[Any, None, None]:
+    """The hive daemon runs: as a systemd unit where the host runs systemd (unless hive.yaml says `service:
+    process`), otherwise in the background, detached, with a pidfile. Either way it logs to logs/hive.log."""
     data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
     python = str(_data("rbee_python", python))
+    mode: ServiceMode = service or host.data.get("rbee_service") or "auto"
+    facts = _service(data_dir, python)
     pid = host.get_fact(HiveProcess, data_dir=data_dir)
+    if use_systemd(mode, facts):
+        yield from _unit_running(data_dir, python, facts, pid)
+        return
     if pid is not None:
         host.noop(f"hive already running (pid {pid})")
         return
@@ -142,13 +171,43 @@ def hive_running(data_dir: str | None = None, python: str | None = None) -> Gene
     )
 
 
+def _unit_running(data_dir: str, python: str, facts: ServiceHost, pid: int | None) -> Generator[Any, None, None]:
+    found = facts.python or absolute(python, facts.home)
+    if not found.startswith("/"):
+        raise ServiceError(f"{python} is not on the PATH of that host; give hives[].python in full")
+    text = hive_unit(absolute(data_dir, facts.home), found, user=not facts.root)
+    name, ctl = unit_name(data_dir), systemctl(facts)
+    written = facts.unit is not None and _normalized(facts.unit) == _normalized(text)
+    if not written:
+        folder = unit_dir(facts)
+        yield f"mkdir -p {shlex.quote(folder)}"
+        yield from files.put._inner(src=io.StringIO(text), dest=f"{folder}/{name}", mode="644")
+        yield f"{ctl} daemon-reload"
+    if not facts.enabled:
+        yield f"{ctl} enable --quiet {shlex.quote(name)}"
+    if facts.active:
+        note = "" if written else "; its new unit applies when it next starts"
+        host.noop(f"hive already running as systemd unit {name}{note}")
+    elif pid is not None:
+        host.noop(f"hive already running (pid {pid}), started before its systemd unit; it moves there when it restarts")
+    else:  # reset-failed: a unit that gave up after too many restarts would refuse to start
+        yield f"{ctl} reset-failed {shlex.quote(name)} 2>/dev/null; {ctl} start {shlex.quote(name)}"
+
+
 @operation()
 def hive_stopped(data_dir: str | None = None, grace_seconds: int = 15) -> Generator[str, None, None]:
-    """No hive daemon runs: SIGTERM (it stops its workers first), then SIGKILL after the grace period."""
+    """No hive daemon runs: SIGTERM (it stops its workers first), then SIGKILL after the grace period. A hive
+    under systemd is stopped and disabled there, so that it does not come back at boot either."""
     data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
+    facts = _service(data_dir)
+    if facts.systemd and facts.unit is not None and (facts.active or facts.enabled):
+        yield f"{systemctl(facts)} disable --now --quiet {shlex.quote(unit_name(data_dir))}"
+        if facts.active:
+            return
     pid = host.get_fact(HiveProcess, data_dir=data_dir)
     if pid is None:
-        host.noop("hive is not running")
+        if not (facts.systemd and facts.unit is not None and facts.enabled):
+            host.noop("hive is not running")
         return
     ticks = grace_seconds * 10
     yield (
@@ -159,10 +218,17 @@ def hive_stopped(data_dir: str | None = None, grace_seconds: int = 15) -> Genera
 
 @operation()
 def hive_uninstalled(data_dir: str | None = None) -> Generator[str, None, None]:
-    """Nothing rbee created is left in the data dir; the dir itself goes if it is then empty."""
+    """Nothing rbee created is left in the data dir (nor its systemd unit); the dir itself goes if it is then
+    empty."""
     data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
+    facts = _service(data_dir)
+    if facts.unit is not None:
+        name, ctl = shlex.quote(unit_name(data_dir)), systemctl(facts)
+        unit = shlex.quote(f"{unit_dir(facts)}/{unit_name(data_dir)}")
+        yield f"({ctl} disable --now --quiet {name} 2>/dev/null; rm -f {unit} && {ctl} daemon-reload)"
     if host.get_fact(HiveConfigFile, data_dir=data_dir) is None:
-        host.noop(f"rbee is not installed in {data_dir}")
+        if facts.unit is None:
+            host.noop(f"rbee is not installed in {data_dir}")
         return
     owned = " ".join(shell.path(f"{data_dir}/{name}") for name in OWNED)
     yield f"rm -rf {owned} && (rmdir {shell.path(data_dir)} 2>/dev/null || true)"

@@ -197,6 +197,13 @@ class HiveSpec(Strict):
         description="A folder of wheels on this machine to install rbee's dependencies from, for hives that "
         "cannot reach a package index.",
     )
+    service: Literal["auto", "systemd", "process"] = Field(
+        default="auto",
+        description="How the hive daemon runs: `systemd` as a unit (a system unit when rbee connects as root, a "
+        "user unit otherwise, which needs `loginctl enable-linger`), `process` detached with a pidfile; `auto` "
+        "picks systemd on an SSH host that runs it where the hive can outlive the SSH session, and a process for "
+        "a local hive (which runs beside the queen).",
+    )
 
     @property
     def ssh(self) -> SshConnection | None:

@@ -1,0 +1,125 @@
+"""A host that runs systemd (a test host booted with systemd as its PID 1, sshd one of its units): `rbee apply`
+installs the hive as a systemd unit, systemd restarts a hive that dies, and `rbee destroy` stops and disables
+it (with --purge, removes it)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rbee.apply.systemd import unit_name
+from tests import hosts as test_hosts
+from tests.fleet import Fleet, make_fleet
+
+pytestmark = pytest.mark.slow
+
+UNIT = unit_name("/srv/rbee")
+
+
+@pytest.fixture(scope="module")
+def machines() -> Iterator[test_hosts.Hosts]:
+    with test_hosts.running(1, systemd=True) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def host(machines: test_hosts.Hosts) -> test_hosts.Host:
+    return machines.hosts[0]
+
+
+def spec_text(machines: test_hosts.Hosts, model: Path, port: int, service: str = "auto") -> str:
+    host = machines.hosts[0]
+    return (
+        f"queen: {{listen: '127.0.0.1:{port}'}}\n"
+        "hives:\n"
+        f"  - name: {host.name}\n"
+        f"    connection: {{ssh: {{host: {host.address}, user: root, key: '{machines.key}', "
+        f"known_hosts: '{machines.known_hosts}'}}}}\n"
+        f"    python: '{sys.executable}'\n    data_dir: /srv/rbee\n    service: {service}\n"
+        f"models:\n  - {{name: smollm2, source: 'file://{model}', idle_timeout: 0}}\n"
+        f"workers:\n  - {{model: smollm2, hive: {host.name}, replicas: 1}}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(machines: test_hosts.Hosts, smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    fleet = make_fleet(tmp_path_factory.mktemp("systemd"), f"file://{smollm2}")
+    port = int(fleet.queen_url.rsplit(":", 1)[1])
+    fleet.spec.write_text(spec_text(machines, smollm2, port))
+    try:  # the queen must go even when apply fails: its loop would go on converging the next module's hosts
+        applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        suspended = fleet.rbee("suspend")  # systemd, not the queen, is to restart the hive below
+        assert suspended.returncode == 0, suspended.stdout + suspended.stderr
+        yield fleet
+    finally:
+        fleet.rbee("destroy", str(fleet.spec), "--yes", "--purge")
+
+
+def systemctl(host: test_hosts.Host, *args: str) -> str:
+    return host.run(f"systemctl {' '.join(args)} {UNIT} 2>&1").stdout.strip()
+
+
+def main_pid(host: test_hosts.Host) -> int:
+    return int(systemctl(host, "show", "--value", "-p", "MainPID") or 0)
+
+
+def hive_pids(host: test_hosts.Host) -> list[int]:
+    lines = host.run("ps -eo pid=,args=").stdout.splitlines()
+    return [int(line.split()[0]) for line in lines if "rbee hive serve" in line]
+
+
+def test_the_hive_runs_as_an_enabled_systemd_unit_with_its_workers_in_its_cgroup(
+    fleet: Fleet, host: test_hosts.Host
+) -> None:
+    assert systemctl(host, "is-active") == "active"
+    assert systemctl(host, "is-enabled") == "enabled"
+    assert hive_pids(host) == [main_pid(host)]
+    group = systemctl(host, "show", "--value", "-p", "ControlGroup")
+    members = {int(pid) for pid in host.run(f"cat /sys/fs/cgroup/systemd{group}/cgroup.procs").stdout.split()}
+    workers = [line for line in host.processes() if "rbee worker serve" in line]
+    assert len(workers) == 1
+    worker_pid = int(host.run("pgrep -f 'rbee worker serve'").stdout.split()[0])
+    assert worker_pid in members, "the worker runs inside the hive's unit"
+    assert "hive" in host.run("cat /srv/rbee/logs/hive.log").stdout, "the unit appends to the hive's own log"
+    answer = httpx.post(
+        f"{fleet.queen_url}/v1/completions",
+        timeout=60,
+        json={"model": "smollm2", "prompt": "Hello", "max_tokens": 3},
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_second_apply_changes_nothing(fleet: Fleet) -> None:
+    result = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert result.returncode == 0 and "No changes. Live state matches hive.yaml." in result.stdout, result.stdout
+
+
+def test_systemd_restarts_a_hive_killed_outright(fleet: Fleet, host: test_hosts.Host) -> None:
+    before = main_pid(host)
+    host.run(f"kill -KILL {before}")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = main_pid(host)
+        if now not in (0, before) and systemctl(host, "is-active") == "active" and hive_pids(host) == [now]:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"systemd did not restart the hive: {systemctl(host, 'status', '--no-pager')}")
+
+
+def test_zz_destroy_stops_and_disables_the_unit_and_purge_removes_it(fleet: Fleet, host: test_hosts.Host) -> None:
+    result = fleet.rbee("destroy", str(fleet.spec), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert systemctl(host, "is-active") in ("inactive", "failed")
+    assert systemctl(host, "is-enabled") == "disabled"
+    assert [line for line in host.processes() if "-m rbee" in line] == [], "no hive or worker is left"
+    purged = fleet.rbee("destroy", str(fleet.spec), "--yes", "--purge")
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    assert host.run(f"test -e /etc/systemd/system/{UNIT}").returncode == 1
+    assert host.run("test -e /srv/rbee/hive.json").returncode == 1

@@ -56,16 +56,18 @@ def fleet(machines: test_hosts.Hosts, smollm2: Path, tmp_path_factory: pytest.Te
     fleet = make_fleet(tmp_path_factory.mktemp("ssh"), f"file://{smollm2}")
     port = int(fleet.queen_url.rsplit(":", 1)[1])
     fleet.spec.write_text(spec_text(machines, smollm2, {"node1": 1, "node2": 1, "node3": 1}, queen_port=port))
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    # These tests drive the keeper alone (test_ssh_healing.py covers the queen healing hosts by itself): with the
-    # loop running, the queen would restart the hive a test stops before the test's own apply could.
-    suspended = fleet.rbee("suspend")
-    assert suspended.returncode == 0 and "suspended" in suspended.stdout, suspended.stdout + suspended.stderr
-    status = json.loads(fleet.rbee("status", "--json").stdout)
-    assert status["reconcile"]["suspended"] is True
-    yield fleet
-    fleet.rbee("destroy", str(fleet.spec), "--yes")
+    try:  # the queen must go even when apply fails: its loop would go on converging the next module's hosts
+        applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        # These tests drive the keeper alone (test_ssh_healing.py covers the queen healing hosts by itself): with
+        # the loop running, the queen would restart the hive a test stops before the test's own apply could.
+        suspended = fleet.rbee("suspend")
+        assert suspended.returncode == 0 and "suspended" in suspended.stdout, suspended.stdout + suspended.stderr
+        status = json.loads(fleet.rbee("status", "--json").stdout)
+        assert status["reconcile"]["suspended"] is True
+        yield fleet
+    finally:
+        fleet.rbee("destroy", str(fleet.spec), "--yes")
 
 
 def write(fleet: Fleet, name: str, text: str) -> Path:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
+from rbee.worker.text import TextAssembler
 
 
 class BackendError(Exception):
@@ -43,8 +45,9 @@ class Backend(Protocol):
 
 
 class OneAtATime:
-    """The text engines' `generate`: nothing before the model is loaded, and one generation at a time (an engine
-    holds one context). Subclasses set `_lock` and implement `_loaded` and `_generate`."""
+    """The text engines' `generate`: nothing before the model is loaded, one generation at a time (an engine
+    holds one context), and stop strings. Subclasses set `_lock` and implement `_loaded` and `_generate`, which
+    yields each token's bytes (a character may span tokens) and sets the finish reason it knows."""
 
     _lock: threading.Lock
 
@@ -53,7 +56,7 @@ class OneAtATime:
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
+    ) -> Generator[bytes, None, None]:
         raise NotImplementedError
 
     def generate(
@@ -61,8 +64,20 @@ class OneAtATime:
     ) -> Iterator[str]:
         if not self._loaded():
             raise BackendError("the model is not loaded")
-        with self._lock:
-            yield from self._generate(prompt, options, cancel, result)
+        assembler = TextAssembler(options.stop)
+        # closing(): an engine left at a stop string ends (and frees what it holds) before the lock is released
+        with self._lock, contextlib.closing(self._generate(prompt, options, cancel, result)) as stream:
+            for data in stream:
+                piece = assembler.feed(data)
+                if piece:
+                    yield piece
+                if assembler.stopped:
+                    result.finish_reason = FinishReason.STOP
+                    return
+        if result.finish_reason is not FinishReason.CANCELLED:
+            tail = assembler.flush()
+            if tail:
+                yield tail
 
 
 @runtime_checkable

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 from rbee.worker.backends import BackendError, Generation, OneAtATime, hf
-from rbee.worker.text import TextAssembler
 
 CONTEXT = 2048
 
@@ -59,13 +58,12 @@ class CtransformersBackend(OneAtATime):
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
+    ) -> Generator[bytes, None, None]:
         tokenizer, llm = self._tokenizer, self._llm
         ids = hf.encode(tokenizer, prompt, CONTEXT)
         result.prompt_tokens = len(ids)
         limit = min(options.max_tokens, CONTEXT - len(ids))
         stops = {tokenizer.eos_token_id, llm.eos_token_id} - {None}
-        assembler = TextAssembler(options.stop)
         text = hf.TokenText(tokenizer)
         generated: list[int] = []
         result.finish_reason = FinishReason.LENGTH
@@ -87,17 +85,9 @@ class CtransformersBackend(OneAtATime):
                 break
             generated.append(int(token))
             result.completion_tokens = len(generated)
-            piece = assembler.feed(text.add(int(token)).encode("utf-8"))
-            if piece:
-                yield piece
-            if assembler.stopped:
-                result.finish_reason = FinishReason.STOP
-                return
+            yield text.add(int(token)).encode("utf-8")
             if len(generated) >= limit:
                 break
-        tail = assembler.flush()
-        if tail:
-            yield tail
 
     def unload(self) -> None:
         self._llm = self._tokenizer = None

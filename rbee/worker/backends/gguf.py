@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation, hf
-from rbee.worker.text import TextAssembler
+from rbee.worker.backends import BackendError, Generation, OneAtATime, hf
 
 DEFAULT_CONTEXT = 4096
 
 
-class GgufBackend:
+class GgufBackend(OneAtATime):
     name = "gguf"
 
     def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
@@ -69,19 +68,15 @@ class GgufBackend:
         stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return rendered.prompt, tuple(stop)
 
-    def generate(
-        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
-        llama = self._llama
-        if llama is None:
-            raise BackendError("the model is not loaded")
-        with self._lock:
-            yield from self._generate(llama, prompt, options, cancel, result)
+    def _loaded(self) -> bool:
+        return self._llama is not None
 
     def _generate(
-        self, llama: Any, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
+        self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
+    ) -> Generator[bytes, None, None]:
         import llama_cpp
+
+        llama = self._llama
 
         bos = llama.token_bos()
         tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
@@ -99,7 +94,6 @@ class GgufBackend:
             # logits in the last bits; a seeded request is evaluated from scratch so it repeats exactly.
             llama.set_seed(options.seed)
             llama.reset()
-        assembler = TextAssembler(options.stop)
         eos, vocab = llama.token_eos(), llama._model.vocab
         result.finish_reason = FinishReason.LENGTH
         generated: list[int] = []
@@ -119,17 +113,9 @@ class GgufBackend:
                 break
             generated.append(token)
             result.completion_tokens = len(generated)
-            piece = assembler.feed(llama.detokenize([token]))
-            if piece:
-                yield piece
-            if assembler.stopped:
-                result.finish_reason = FinishReason.STOP
-                return
+            yield llama.detokenize([token])
             if len(generated) >= limit:
                 break
-        tail = assembler.flush()
-        if tail:
-            yield tail
 
     def unload(self) -> None:
         llama, self._llama = self._llama, None

@@ -7,12 +7,11 @@ checked between tokens; a seed goes to MLX's global generator before each reques
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 from rbee.worker.backends import Generation, OneAtATime, hf
-from rbee.worker.text import TextAssembler
 
 
 class MlxBackend(OneAtATime):
@@ -44,7 +43,7 @@ class MlxBackend(OneAtATime):
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
+    ) -> Generator[bytes, None, None]:
         import mlx.core as mx
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
@@ -53,7 +52,6 @@ class MlxBackend(OneAtATime):
             mx.random.seed(options.seed)
         sampler = make_sampler(temp=options.temperature, top_p=options.top_p, top_k=options.top_k)
         processors = make_logits_processors(repetition_penalty=options.repeat_penalty)
-        assembler = TextAssembler(options.stop)
         result.finish_reason = FinishReason.LENGTH
         for response in stream_generate(
             self._model,
@@ -71,15 +69,7 @@ class MlxBackend(OneAtATime):
                 result.finish_reason = FinishReason.STOP
             elif response.token is not None:
                 result.completion_tokens = response.generation_tokens
-            piece = assembler.feed(response.text.encode("utf-8"))
-            if piece:
-                yield piece
-            if assembler.stopped:
-                result.finish_reason = FinishReason.STOP
-                return
-        tail = assembler.flush()
-        if tail:
-            yield tail
+            yield response.text.encode("utf-8")
 
     def unload(self) -> None:
         self._model = self._tokenizer = None

@@ -10,12 +10,11 @@ from __future__ import annotations
 import inspect
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 from rbee.worker.backends import Generation, OneAtATime, hf
-from rbee.worker.text import TextAssembler
 
 
 class TorchBackend(OneAtATime):
@@ -62,7 +61,7 @@ class TorchBackend(OneAtATime):
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Iterator[str]:
+    ) -> Generator[bytes, None, None]:
         import torch
 
         torch.set_num_threads(self.threads)
@@ -74,7 +73,6 @@ class TorchBackend(OneAtATime):
         device = self._torch_device()
         generator = torch.Generator(device=device)
         generator.manual_seed(options.seed if options.seed is not None else torch.seed())
-        assembler = TextAssembler(options.stop)
         text = hf.TokenText(tokenizer)
         generated: list[int] = []
         result.finish_reason = FinishReason.LENGTH
@@ -94,15 +92,7 @@ class TorchBackend(OneAtATime):
                 generated.append(token)
                 result.completion_tokens = len(generated)
                 step = torch.tensor([[token]], device=device)
-                piece = assembler.feed(text.add(token).encode("utf-8"))
-                if piece:
-                    yield piece
-                if assembler.stopped:
-                    result.finish_reason = FinishReason.STOP
-                    return
-        tail = assembler.flush()
-        if tail:
-            yield tail
+                yield text.add(token).encode("utf-8")
 
     def unload(self) -> None:
         self._model = self._tokenizer = None

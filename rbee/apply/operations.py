@@ -153,11 +153,12 @@ def hive_running(
     data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
     python = str(_data("rbee_python", python))
     mode: ServiceMode = service or host.data.get("rbee_service") or "auto"
-    facts = _service(data_dir, python)
     pid = host.get_fact(HiveProcess, data_dir=data_dir)
-    if use_systemd(mode, facts):
-        yield from _unit_running(data_dir, python, facts, pid)
-        return
+    if mode != "process":  # one more command on the host, only where systemd may be used
+        facts = _service(data_dir, python)
+        if use_systemd(mode, facts):
+            yield from _unit_running(data_dir, python, facts, pid)
+            return
     if pid is not None:
         host.noop(f"hive already running (pid {pid})")
         return

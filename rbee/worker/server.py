@@ -241,10 +241,11 @@ class _Mailbox:
     """From the generation thread to the event loop. Items queue without a lock (deque appends are atomic).
 
     Each cross-thread wake-up costs a syscall and a hand-off of the GIL, which a fast engine (under a millisecond
-    a token) pays as a third of its speed. So the producer wakes the loop only when the loop is asleep; after
-    taking a batch, the loop looks again `pace` seconds later and takes everything that came meanwhile. A token
-    that follows a quiet spell (every token of a model slower than `pace`) goes out at once; the end of the
-    generation always wakes the loop."""
+    a token) pays as a third of its speed, and every wake-up of the loop takes a core from an engine that uses
+    them all. So the producer wakes the loop only when the loop is asleep. While tokens come faster than `pace`,
+    the loop, after taking a batch, looks again `pace` seconds later and takes everything that came meanwhile;
+    once they come slower, it sleeps until the next one (one wake-up a token, no timer). The first batch is
+    paced; the end of the generation always wakes the loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pace: float) -> None:
         self.loop = loop
@@ -252,7 +253,8 @@ class _Mailbox:
         self.items: collections.deque[tuple[str, Any]] = collections.deque()
         self.ready = asyncio.Event()
         self.asleep = True
-        self.last = 0.0
+        self.hurried = True
+        self.last: float | None = None
 
     def put(self, item: tuple[str, Any], *, final: bool = False) -> None:
         self.items.append(item)
@@ -261,23 +263,31 @@ class _Mailbox:
             self.loop.call_soon_threadsafe(self.ready.set)
 
     async def take(self) -> list[tuple[str, Any]]:
-        while True:
+        if self.hurried and self.last is not None:
             pause = self.last + self.pace - self.loop.time()
             if pause > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ready.wait(), pause)
-            if not self.items:
-                self.asleep = True
-                if not self.items:  # a put that came before `asleep` was set did not wake us
+                timer = self.loop.call_later(pause, self.ready.set)
+                try:
                     await self.ready.wait()
+                finally:
+                    timer.cancel()
+        slept = False
+        while not self.items:
             self.ready.clear()
-            taken = []
-            while self.items:
-                taken.append(self.items.popleft())
-            if taken:
-                self.asleep = False
-                self.last = self.loop.time()
-                return taken
+            self.asleep = True
+            if self.items:  # a put that came before `asleep` was set did not wake us
+                break
+            slept = True
+            await self.ready.wait()
+        self.ready.clear()
+        now = self.loop.time()
+        self.hurried = self.last is None or not slept or now - self.last < self.pace
+        self.asleep = not self.hurried
+        self.last = now
+        taken = []
+        while self.items:
+            taken.append(self.items.popleft())
+        return taken
 
 
 _GENERATE = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")

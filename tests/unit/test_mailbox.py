@@ -55,3 +55,20 @@ def test_a_token_after_the_pace_has_passed_goes_out_without_an_end() -> None:
         return got
 
     assert asyncio.run(main()) == [["a"], ["b"]]
+
+
+def test_once_tokens_come_slower_than_the_pace_the_loop_sleeps_until_the_next_one() -> None:
+    """No timer wakes the loop between slow tokens: after taking one, the mailbox is asleep, so the next put
+    wakes it at once. While tokens come fast it stays awake, and the producer never signals."""
+
+    async def main() -> list[tuple[list[object], bool]]:
+        mailbox = _Mailbox(asyncio.get_running_loop(), 0.5)
+        got = []
+        for piece, quiet in (("a", 0.7), ("b", 0.0), ("c", 0.0)):
+            threading.Timer(0.05, mailbox.put, args=(("piece", piece),)).start()  # while the loop waits
+            got.append(([value for _, value in await asyncio.wait_for(mailbox.take(), 5)], mailbox.asleep))
+            await asyncio.sleep(quiet)
+        return got
+
+    # "a" is the first batch (paced); "b" came after a quiet spell longer than the pace; "c" right after "b"
+    assert asyncio.run(main()) == [(["a"], False), (["b"], True), (["c"], False)]

@@ -10,7 +10,10 @@ SmolLM2 shape, so here it runs the 0.6 M-parameter test llama (tests/models.TINY
 
 A second line per engine runs torch and ctransformers on that tiny llama too, at 500-3,000 tokens/s: there a
 token takes 0.3-2 ms, and the line shows what the worker adds per token (`added_us`) when it is not negligible.
-Those lines are reported, not part of the target. Ends with `RESULT backends ...`.
+Those lines are reported, not part of the target.
+
+Each engine is measured in many short pairs (one run through HTTP, one in process, alternating which goes first)
+after a warm-up of each; the ratio is the median of the pairs' own ratios. Ends with `RESULT backends ...`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -35,8 +38,14 @@ from rbee.worker.backends import Embedder, Generation, create  # noqa: E402
 from tests.models import SMOLLM2_SHAPE, fetch_minilm, fetch_smollm2, make_tiny_llama, tiny_llama_gguf  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
-RUNS = 7
-TOKENS = 96
+MIN_PAIRS, MAX_PAIRS = 9, 41
+PAIR_BUDGET_S = 40.0
+"""Pairs of runs (one through HTTP, one in process) per engine: at least MIN_PAIRS, more while the engine's
+PAIR_BUDGET_S lasts. The machine's speed drifts by 10-20% from one second to the next, so many short pairs
+measure the ratio better than a few long ones."""
+RUN_S = 1.0
+"""About how long one timed run lasts: an engine generates RUN_S seconds' worth of tokens (from its warm-up
+speed), between 24 and 96 tokens."""
 PROMPT = "Here is a long story about a dragon who learned to bake bread in a small village. Once upon a time,"
 SENTENCES = [f"Sentence number {i} is about bees, hives and honey." for i in range(64)]
 
@@ -99,10 +108,10 @@ class Worker:
         # TLS context (~30 ms here) and would be measured as time to first token.
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
-    def stream(self) -> Iterator[str]:
+    def stream(self, tokens: int) -> Iterator[str]:
         """One item per token event as the bytes arrive. The client only counts events, as a lean client would:
         parsing each event's JSON here took CPU from the worker on this two-core machine."""
-        body = {"prompt": PROMPT, "max_tokens": TOKENS, "temperature": 0, "seed": 1}
+        body = {"prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "seed": 1}
         with self.client.stream("POST", "/v1/execute", json=body) as response:
             for chunk in response.iter_raw():
                 for _ in range(chunk.count(b'data: {"token"')):
@@ -121,6 +130,21 @@ class Worker:
         self.process.wait(10)
 
 
+def paired(http: Callable[[], float], raw: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """Alternate the two measurements in pairs, each pair in the other order, so both see the same machine."""
+    http_runs: list[float] = []
+    raw_runs: list[float] = []
+    started = time.perf_counter()
+    while len(http_runs) < MAX_PAIRS and (
+        len(http_runs) < MIN_PAIRS or time.perf_counter() - started < PAIR_BUDGET_S or len(http_runs) % 2 == 0
+    ):
+        first, second = (http, raw) if len(http_runs) % 2 == 0 else (raw, http)
+        one, other = first(), second()
+        http_runs.append(one if first is http else other)
+        raw_runs.append(other if first is http else one)
+    return http_runs, raw_runs
+
+
 def text_backend(name: str, path: Path) -> dict[str, float]:
     worker = Worker(name, path)
     engine = create(name, str(path), "cpu", os.cpu_count())
@@ -128,35 +152,45 @@ def text_backend(name: str, path: Path) -> dict[str, float]:
     engine.load(lambda _: None)
     raw_load = time.perf_counter() - started
     assert not isinstance(engine, Embedder)
-    options = SamplingOptions(max_tokens=TOKENS, temperature=0, seed=1)
+    tokens = 96
+    ttfts: dict[str, list[float]] = {"http": [], "raw": []}
 
-    def raw() -> Iterator[str]:
+    def raw_stream() -> Iterator[str]:
+        options = SamplingOptions(max_tokens=tokens, temperature=0, seed=1)
         return engine.generate(PROMPT, options, threading.Event(), Generation())
 
-    http_runs, raw_runs = [], []
+    def measure(side: str, stream: Callable[[], Iterator[str]]) -> Callable[[], float]:
+        def run() -> float:
+            ttft, rate = timed(stream())
+            ttfts[side].append(ttft)
+            return rate
+
+        return run
+
+    http = measure("http", lambda: worker.stream(tokens))
+    raw = measure("raw", raw_stream)
     try:
-        for run in range(RUNS):  # in pairs, each pair in the other order, so both see the same machine
-            if run % 2:
-                raw_runs.append(timed(raw()))
-                http_runs.append(timed(worker.stream()))
-            else:
-                http_runs.append(timed(worker.stream()))
-                raw_runs.append(timed(raw()))
+        http(), raw()  # warm-up: the first request of each side takes paths the others do not
+        tokens = max(24, min(96, round(raw() * RUN_S)))
+        for runs in ttfts.values():
+            runs.clear()
+        http_runs, raw_runs = paired(http, raw)
     finally:
         worker.close()
         engine.unload()
-    http_tps = statistics.median(run[1] for run in http_runs)
-    raw_tps = statistics.median(run[1] for run in raw_runs)
+    http_tps, raw_tps = statistics.median(http_runs), statistics.median(raw_runs)
     return {
         "load_s": worker.load_s,
         "raw_load_s": raw_load,
-        "ttft_ms": statistics.median(run[0] for run in http_runs) * 1000,
-        "raw_ttft_ms": statistics.median(run[0] for run in raw_runs) * 1000,
+        "ttft_ms": statistics.median(ttfts["http"]) * 1000,
+        "raw_ttft_ms": statistics.median(ttfts["raw"]) * 1000,
         "tok_s": http_tps,
         "raw_tok_s": raw_tps,
         "added_us": (1 / http_tps - 1 / raw_tps) * 1e6,
-        # Each pair's own ratio: this machine's speed drifts by more than 10% from one second to the next.
-        "ratio": statistics.median(http[1] / raw[1] for http, raw in zip(http_runs, raw_runs, strict=True)),
+        "pairs": len(http_runs),
+        "tokens": tokens,
+        # Each pair's own ratio: the speed drifts less within a pair than across the whole run.
+        "ratio": statistics.median(h / r for h, r in zip(http_runs, raw_runs, strict=True)),
     }
 
 
@@ -172,21 +206,16 @@ def embed_backend(path: Path) -> dict[str, float]:
         model.encode(SENTENCES)
         return len(SENTENCES) / (time.perf_counter() - started)
 
-    http_runs, raw_runs = [], []
     try:
-        for run in range(3 * RUNS):  # in pairs, as for text; a pair takes a third of a second
-            if run % 2:
-                raw_runs.append(raw())
-                http_runs.append(worker.embed())
-            else:
-                http_runs.append(worker.embed())
-                raw_runs.append(raw())
+        worker.embed(), raw()  # warm-up
+        http_runs, raw_runs = paired(worker.embed, raw)
     finally:
         worker.close()
     return {
         "load_s": worker.load_s,
         "emb_s": statistics.median(http_runs),
         "raw_emb_s": statistics.median(raw_runs),
+        "pairs": len(http_runs),
         "ratio": statistics.median(http / raw for http, raw in zip(http_runs, raw_runs, strict=True)),
     }
 

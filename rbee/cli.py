@@ -532,10 +532,13 @@ def _destroy(spec: schema.HiveFile, home: Home, token: str, purge: bool) -> None
             out.print(Text(f"  - hive {hive.name} {what}{' and uninstalled' if purge else ''}", style="red"))
     if queen_process.stop(home, token):
         out.print(Text("  - queen stopped", style="red"))
+    # What runs on this machine: the queen and the local hives. An SSH hive's processes are on its own host (its
+    # stop step saw to them), and its own view of its URL, 127.0.0.1:PORT, would name another fleet's local hive.
+    local = [executor.hive_config(hive) for hive in spec.hives if hive.ssh is None]
     markers = (
         str(home.queen_dir),
-        *(executor.hive_config(hive).data_dir for hive in spec.hives),
-        *(f"--hive-url {executor.hive_config(hive).url}" for hive in spec.hives),
+        *(config.data_dir for config in local),
+        *(f"--hive-url {config.url}" for config in local),
     )
     left = processes.rbee_processes(markers)
     if left:

@@ -4,6 +4,7 @@ process tables), driven by the real CLI over real SSH with host keys checked."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -191,7 +192,15 @@ def test_removing_a_hive_uninstalls_it_from_its_host(fleet: Fleet, machines: tes
 
 
 def test_zz_destroy_leaves_no_rbee_process_on_any_host(fleet: Fleet, machines: test_hosts.Hosts) -> None:
-    result = fleet.rbee("destroy", str(fleet.spec), "--yes")
+    # Another fleet's worker on this machine, under a local hive on the default port: not this fleet's leftover.
+    other = ["rbee", "worker", "serve", "--hive-url", "http://127.0.0.1:9200"]
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", *other])
+    try:
+        result = fleet.rbee("destroy", str(fleet.spec), "--yes")
+        assert decoy.poll() is None
+    finally:
+        decoy.kill()
+        decoy.wait()
     assert result.returncode == 0, result.stdout + result.stderr
     for host in machines.hosts:
         assert [line for line in host.processes() if "rbee" in line and "sshd" not in line] == [], host.name

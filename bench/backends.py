@@ -135,13 +135,16 @@ def paired(http: Callable[[], float], raw: Callable[[], float]) -> tuple[list[fl
     http_runs: list[float] = []
     raw_runs: list[float] = []
     started = time.perf_counter()
-    while len(http_runs) < MAX_PAIRS and (
-        len(http_runs) < MIN_PAIRS or time.perf_counter() - started < PAIR_BUDGET_S or len(http_runs) % 2 == 0
-    ):
-        first, second = (http, raw) if len(http_runs) % 2 == 0 else (raw, http)
-        one, other = first(), second()
-        http_runs.append(one if first is http else other)
-        raw_runs.append(other if first is http else one)
+    while len(http_runs) < MAX_PAIRS:
+        spent = time.perf_counter() - started >= PAIR_BUDGET_S
+        if spent and len(http_runs) >= MIN_PAIRS and len(http_runs) % 2:  # odd: the median is one pair's
+            break
+        if len(http_runs) % 2:
+            raw_runs.append(raw())
+            http_runs.append(http())
+        else:
+            http_runs.append(http())
+            raw_runs.append(raw())
     return http_runs, raw_runs
 
 
@@ -171,7 +174,7 @@ def text_backend(name: str, path: Path) -> dict[str, float]:
     raw = measure("raw", raw_stream)
     try:
         http(), raw()  # warm-up: the first request of each side takes paths the others do not
-        tokens = max(24, min(96, round(raw() * RUN_S)))
+        tokens = max(24, min(96, round(raw() * RUN_S)))  # a third, warm run sizes the timed ones
         for runs in ttfts.values():
             runs.clear()
         http_runs, raw_runs = paired(http, raw)

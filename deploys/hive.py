@@ -5,8 +5,8 @@
 The same operations `rbee apply` runs; each does nothing where nothing is needed, and says so.
 """
 
-from rbee.apply import operations
+from rbee.infra import operations
 
-operations.rbee_importable(name="rbee is importable with the hive's Python")
+operations.rbee_ready(name="the hive's Python runs this rbee")
 operations.hive_installed(name="hive config and cluster token are in place")
 operations.hive_running(name="hive daemon is running")

@@ -4,7 +4,7 @@ inventory made by `rbee inventory hive.yaml`:
     pyinfra inventory/hive.py deploys/teardown.py
 """
 
-from rbee.apply import operations
+from rbee.infra import operations
 
 operations.hive_stopped(name="hive daemon is stopped")
 operations.hive_uninstalled(name="rbee's files are removed")

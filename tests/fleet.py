@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rbee.apply import processes
+from rbee.keeper import processes
 from tests.servers import free_port
 
 

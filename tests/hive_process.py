@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from rbee.hive.config import HiveConfig
+from rbee.api.hive_config import HiveConfig
 from tests.servers import free_port
 
 TOKEN = "test-cluster-token"

@@ -20,27 +20,38 @@ import uvicorn
 from rbee.api import openai, wire
 
 
-def make_app(workers: int, slots: int, rate: float, port: int) -> Any:
-    state = json.dumps(
-        {
-            "name": "synthetic",
-            "version": "bench",
-            "backends": ["synthetic"],
-            "catalog": [],
-            "workers": [
-                {
-                    "id": f"s-{i}",
-                    "model": "synthetic",
-                    "backend": "synthetic",
-                    "device": "cpu",
-                    "state": "idle",
-                    "port": port,
-                    "slots": slots,
-                }
-                for i in range(workers)
-            ],
+def make_app(workers: int, slots: int, rate: float, port: int, start_delay: float | None = None) -> Any:
+    """With `start_delay`, the hive also starts workers (`POST /v1/workers`): each is loading for that many
+    seconds, then idle, as a real hive's would be (for tests of the queen's cold start)."""
+
+    def worker(index: int, state: str = "idle") -> dict[str, Any]:
+        return {
+            "id": f"s-{index}",
+            "model": "synthetic",
+            "backend": "synthetic",
+            "device": "cpu",
+            "state": state,
+            "port": port,
+            "slots": slots,
         }
-    ).encode()
+
+    def describe(listed: list[dict[str, Any]]) -> bytes:
+        body = {"name": "synthetic", "version": "bench", "backends": ["synthetic"], "catalog": [], "workers": listed}
+        return json.dumps(body).encode()
+
+    state = describe([worker(i) for i in range(workers)])
+    launched: list[float] = []
+    """When each worker started on request began loading."""
+
+    def current_state() -> bytes:
+        if not launched:
+            return state
+        now = time.monotonic()
+        extra = [
+            worker(workers + i, "idle" if now - began >= (start_delay or 0) else "loading")
+            for i, began in enumerate(launched)
+        ]
+        return describe([worker(i) for i in range(workers)] + extra)
 
     async def respond(send: Any, status: int, body: bytes, kind: bytes = b"application/json") -> None:
         await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]})
@@ -51,7 +62,14 @@ def make_app(workers: int, slots: int, rate: float, port: int) -> Any:
             return
         path = scope["path"]
         if path == "/v1/state":
-            await respond(send, 200, state)
+            await respond(send, 200, current_state())
+            return
+        if path == "/v1/workers" and start_delay is not None:
+            while (await receive()).get("more_body"):
+                pass
+            ids = [f"s-{workers + len(launched)}"]
+            launched.append(time.monotonic())
+            await respond(send, 202, json.dumps({"workers": ids}).encode())
             return
         if path == "/health":
             await respond(send, 200, b'{"status":"ok","name":"synthetic"}')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from enum import StrEnum
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +32,21 @@ class WorkerState(StrEnum):
     def is_running(self) -> bool:
         """Counts towards a replica count: it holds the model or is about to."""
         return self in (WorkerState.LOADING, WorkerState.IDLE, WorkerState.BUSY)
+
+
+class WorkerGroup(NamedTuple):
+    """The identity of a group of workers: the model and the backend and device hive.yaml asks for (either may be
+    `auto`). A worker belongs to the group that asked for it, whatever backend and device it got."""
+
+    model: str
+    backend: str = "auto"
+    device: str = "auto"
+
+    @property
+    def label(self) -> str:
+        """The group as people read it in a plan: `workers smollm2 [gguf, cuda:0]`."""
+        pinned = [part for part in (self.backend, self.device) if part != "auto"]
+        return f"workers {self.model}" + (f" [{', '.join(pinned)}]" if pinned else "")
 
 
 class CatalogEntry(Frozen):
@@ -61,6 +77,10 @@ class WorkerInfo(Frozen):
     """Requests the worker serves at once (from its backend)."""
     progress: float | None = None
     """While loading: the fraction loaded, as the engine reports it (None when it reports nothing)."""
+
+    @property
+    def group(self) -> WorkerGroup:
+        return WorkerGroup(self.model, self.requested_backend, self.requested_device)
 
 
 class Device(Frozen):

@@ -113,6 +113,26 @@ def error_event(message: str, code: str = "worker_error") -> bytes:
     return sse({"error": message, "code": code}, event="error")
 
 
+class EventEncoder:
+    """rbee's stream, one token at a time (the counterpart of openai.StreamEncoder)."""
+
+    def __init__(self) -> None:
+        self.index = 0
+
+    def start(self) -> bytes:
+        return b""
+
+    def token(self, text: str) -> bytes:
+        self.index += 1
+        return token_event(text, self.index - 1)
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+        return done_event(completion_tokens, prompt_tokens, FinishReason(reason))
+
+    def error(self, message: str, code: str) -> bytes:
+        return error_event(message, code)
+
+
 END_MARK = b": rbee-end "
 
 
@@ -133,6 +153,11 @@ def parse_end(chunk: bytes) -> dict[str, Any] | None:
     return data
 
 
+def bearer(token: str | None) -> dict[str, str]:
+    """The Authorization header that carries a credential, or none."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def error_body(message: str, code: str) -> dict[str, Any]:
     """A JSON error for hive and worker endpoints: one sentence and a machine-readable code."""
     return {"error": {"message": message, "code": code}}
@@ -148,6 +173,34 @@ class ModelRequest(BaseModel):
     format: str = "auto"
     sha256: str | None = None
     kind: str = "text"
+
+
+class DownloadProgress(BaseModel):
+    """A hive's model download, as far as it got (`POST /v1/models` streams these)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Literal["download"] = "download"
+    bytes: int
+    total: int = 0
+    """0 while the size is not known."""
+    file: str | None = None
+
+
+class StageProgress(BaseModel):
+    """A step of provisioning a model other than the download itself."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: Literal["resolve", "verify"]
+    detail: str | None = None
+    file: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.stage}: {self.detail or self.file or ''}".rstrip(": ")
+
+
+ProvisionProgress = Annotated[DownloadProgress | StageProgress, Field(discriminator="stage")]
 
 
 class WorkersRequest(BaseModel):

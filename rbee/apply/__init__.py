@@ -1,1 +1,2 @@
-"""Making a plan so: pyinfra operations for hives (run in a subprocess), hive HTTP calls, the queen process."""
+"""Carrying out a plan: the executor (every change in order, never re-deciding) and the apply lock it shares
+between the keeper and the queen's reconcile loop."""

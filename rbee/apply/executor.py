@@ -1,23 +1,21 @@
 """Execute a plan exactly: never re-decide, only carry out each change in order and report how it went.
 
 Hive installs and starts run as one pyinfra job over all hosts (in a subprocess); models and workers go
-through each hive's HTTP API; hive stops and uninstalls run as a final pyinfra job. A change whose
-prerequisite failed is skipped, with that as its reason.
+through each hive's HTTP API; hive stops and uninstalls run as a final pyinfra job, after each hive has been
+asked over HTTP to stop (it stops its workers first). A change whose prerequisite failed is skipped, with that
+as its reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from rbee import __version__
-from rbee.apply import wheel as rbee_wheel
-from rbee.apply.hive_client import HiveCallError, HiveClient
-from rbee.hive.config import HiveConfig
+from rbee.clients.hive import HiveCallError, HiveClient, Progress
+from rbee.infra import job
+from rbee.infra import wheel as rbee_wheel
+from rbee.infra.job import Step
 from rbee.plan.actions import Action, Change, Plan
 from rbee.spec.schema import HiveFile, HiveSpec
 
@@ -28,129 +26,9 @@ HIVE_DOWN = (Action.STOP_HIVE, Action.UNINSTALL_HIVE)
 class Reporter(Protocol):
     def begin(self, change: Change) -> None: ...
 
-    def progress(self, change: Change, data: dict[str, Any]) -> None: ...
+    def progress(self, change: Change, event: Progress) -> None: ...
 
     def end(self, change: Change, error: str | None) -> None: ...
-
-
-def hive_config(hive: HiveSpec) -> HiveConfig:
-    data_dir = str(Path(hive.data_path).expanduser()) if hive.ssh is None else hive.data_path
-    return HiveConfig(
-        name=hive.name,
-        listen=hive.listen_address,
-        data_dir=data_dir,
-        version=__version__,
-        token_file=f"{data_dir}/cluster.token",
-        backends=hive.backends if isinstance(hive.backends, str) else tuple(str(b) for b in hive.backends),
-    )
-
-
-def inventory(hives: Iterable[HiveSpec], token_file: str) -> str:
-    """A pyinfra inventory module for `hives`, for running deploys/ by hand; it names the token file, never
-    the token."""
-    entries = []
-    for host in pyinfra_job(hives, [], "")["hosts"]:
-        data = dict(host["data"])
-        del data["rbee_token"]
-        data["rbee_token_file"] = token_file
-        if host["ssh"] is not None:
-            from rbee.apply.pyinfra_job import ssh_data
-
-            data.update(ssh_data(host["ssh"]))
-        name = "@local" if host["ssh"] is None else host["name"]
-        entries.append(f"    ({name!r}, {data!r}),")
-    return (
-        '"""pyinfra inventory written by `rbee inventory` from hive.yaml; regenerate it rather than edit it."""\n\n'
-        "hives = [\n" + "\n".join(entries) + "\n]\n"
-    )
-
-
-def extras_for(hive: HiveSpec, spec: HiveFile | None) -> str:
-    """The backend extras a hive needs: its pinned backends, or those of the models its workers run."""
-    if hive.backends != "auto":
-        wanted = {str(backend) for backend in hive.backends}
-    else:
-        wanted = set()
-        for worker in spec.workers if spec else ():
-            model = spec.model(worker.model) if spec and worker.hive == hive.name else None
-            if model is None:
-                continue
-            if worker.backend != "auto":
-                wanted.add(str(worker.backend))
-            elif str(model.kind) == "embedding":
-                wanted.add("embed")
-            elif model.resolved_format == "gguf":
-                wanted.add("gguf")
-            elif model.resolved_format == "safetensors":
-                wanted.add("torch")
-            elif model.resolved_format == "mlx":
-                wanted.add("mlx")
-    return ",".join(sorted(wanted & {"gguf", "torch", "mlx", "embed", "ctransformers"}))
-
-
-def pyinfra_job(
-    hives: Iterable[HiveSpec], steps: list[str], token: str, wheel: Path | None = None, spec: HiveFile | None = None
-) -> dict[str, Any]:
-    hosts = []
-    for hive in hives:
-        config = hive_config(hive)
-        ssh = hive.ssh
-        python = hive.python or (sys.executable if ssh is None else f"{config.data_dir}/venv/bin/python")
-        own_venv = ssh is not None and hive.python is None
-        hosts.append(
-            {
-                "name": hive.name,
-                "ssh": None if ssh is None else ssh.model_dump(mode="json"),
-                "data": {
-                    "rbee_data_dir": config.data_dir,
-                    "rbee_config": config.model_dump_json(indent=2),
-                    "rbee_token": token,
-                    "rbee_python": python,
-                    # a local hive runs beside the queen, which is a process too: systemd only when asked
-                    "rbee_service": "process" if hive.ssh is None and hive.service == "auto" else hive.service,
-                    **(
-                        {
-                            "rbee_wheel": str(wheel),
-                            "rbee_extras": extras_for(hive, spec),
-                            "rbee_wheelhouse": hive.wheelhouse,
-                        }
-                        if own_venv and wheel is not None
-                        else {}
-                    ),
-                },
-            }
-        )
-    return {"hosts": hosts, "steps": steps}
-
-
-async def run_jobs(
-    hives: list[HiveSpec], steps: list[str], token: str, wheel: Path | None = None, spec: HiveFile | None = None
-) -> dict[str, dict[str, Any]]:
-    """Run `steps` on every hive: pyinfra's @local takes one host a run, so each local hive gets its own run
-    beside one run for all SSH hives, all at once."""
-    remote = [hive for hive in hives if hive.ssh is not None]
-    batches = [[hive] for hive in hives if hive.ssh is None] + ([remote] if remote else [])
-    results: dict[str, dict[str, Any]] = {}
-    jobs = [pyinfra_job(batch, steps, token, wheel, spec) for batch in batches]
-    for part in await asyncio.gather(*(run_pyinfra(job) for job in jobs)):
-        results.update(part)
-    return results
-
-
-async def run_pyinfra(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "rbee.apply.pyinfra_job",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await process.communicate(json.dumps(job).encode())
-    if process.returncode != 0:
-        last = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
-        return {host["name"]: {"error": f"pyinfra failed: {last}"} for host in job["hosts"]}
-    return dict(json.loads(out)["hosts"])
 
 
 class Executor:
@@ -168,6 +46,8 @@ class Executor:
         self.token = token
         self.reporter = reporter
         self.errors: dict[str, str | None] = {}
+        self.stopped_how: dict[str, str] = {}
+        """For each hive stopped: `over HTTP`, `by a signal` or `not running` (what destroy reports)."""
 
     async def execute(self, plan: Plan) -> dict[str, str | None]:
         changes = plan.actionable
@@ -175,7 +55,7 @@ class Executor:
         down = [change for change in changes if change.action in HIVE_DOWN]
         middle = [change for change in changes if change.action not in HIVE_UP + HIVE_DOWN]
         if up:
-            await self._hive_job(up, ["python", "install", "start"])
+            await self._hive_job(up, (Step.PYTHON, Step.INSTALL, Step.START))
         by_hive: dict[str, list[Change]] = {}
         for change in middle:
             by_hive.setdefault(change.hive, []).append(change)
@@ -185,9 +65,9 @@ class Executor:
             stop_only = [change for change in down if change.hive not in uninstall]
             with_uninstall = [change for change in down if change.hive in uninstall]
             if stop_only:
-                await self._hive_job(stop_only, ["stop"])
+                await self._hive_job(stop_only, (Step.STOP,))
             if with_uninstall:
-                await self._hive_job(with_uninstall, ["stop", "uninstall"])
+                await self._hive_job(with_uninstall, (Step.STOP, Step.UNINSTALL))
         return self.errors
 
     def _blocked_by(self, change: Change) -> str | None:
@@ -198,7 +78,7 @@ class Executor:
         self.errors[change.id] = error
         self.reporter.end(change, error)
 
-    async def _hive_job(self, changes: list[Change], steps: list[str]) -> None:
+    async def _hive_job(self, changes: list[Change], steps: tuple[Step, ...]) -> None:
         runnable = []
         for change in changes:
             blocked = self._blocked_by(change)
@@ -212,18 +92,25 @@ class Executor:
             return
         hives = [self._hive_spec(name) for name in names]
         wheel = None
-        if "python" in steps and any(hive.ssh is not None and hive.python is None for hive in hives):
+        if Step.PYTHON in steps and any(hive.ssh is not None and hive.python is None for hive in hives):
             try:
                 wheel = await asyncio.to_thread(rbee_wheel.build, self.wheel_dir or Path("wheels"))
             except rbee_wheel.WheelError as error:
                 for change in runnable:
                     self._finish(change, str(error))
                 return
-        results = await run_jobs(hives, steps, self.token, wheel, self.spec)
+        asked = await self._shutdown_over_http(hives) if Step.STOP in steps else {}
+        results = await job.run_jobs(hives, steps, self.token, wheel, self.spec)
+        for hive in hives:
+            result = results.get(hive.name)
+            if Step.STOP in steps and result is not None:
+                self.stopped_how[hive.name] = (
+                    "over HTTP" if asked.get(hive.name) else "by a signal" if result.changed else "not running"
+                )
         health: dict[str, str | None] = {}
-        if "start" in steps:
+        if Step.START in steps:
             for hive in hives:
-                if results.get(hive.name, {}).get("error"):
+                if (result := results.get(hive.name)) is None or result.error:
                     continue
                 client = HiveClient(hive, self.token)
                 try:
@@ -234,7 +121,23 @@ class Executor:
                 finally:
                     await client.close()
         for change in runnable:
-            self._finish(change, results.get(change.hive, {}).get("error") or health.get(change.hive))
+            result = results.get(change.hive)
+            failure = result.error if result is not None else f"pyinfra gave no result for hive {change.hive}"
+            self._finish(change, failure or health.get(change.hive))
+
+    async def _shutdown_over_http(self, hives: list[HiveSpec]) -> dict[str, bool]:
+        """Ask each hive to stop (it stops its workers first); the pyinfra stop step then signals any hive that
+        did not stop, or could not be asked."""
+
+        async def one(hive: HiveSpec) -> bool:
+            client = HiveClient(hive, self.token)
+            try:
+                return await client.shutdown()
+            finally:
+                await client.close()
+
+        done = await asyncio.gather(*(one(hive) for hive in hives))
+        return {hive.name: stopped for hive, stopped in zip(hives, done, strict=True)}
 
     def _hive_spec(self, name: str) -> HiveSpec:
         hive = self.spec.hive(name) or self.retired.get(name)
@@ -261,8 +164,8 @@ class Executor:
             await client.close()
 
     async def _one(self, client: HiveClient, change: Change) -> None:
-        def progress(data: dict[str, Any]) -> None:
-            self.reporter.progress(change, data)
+        def progress(event: Progress) -> None:
+            self.reporter.progress(change, event)
 
         if change.action in (Action.ADD_MODEL, Action.REPLACE_MODEL):
             model = self.spec.model(change.model or "")

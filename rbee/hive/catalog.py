@@ -87,10 +87,6 @@ class Catalog:
             self._db.execute(f"PRAGMA user_version = {version}")
             self._db.execute("COMMIT")
 
-    @property
-    def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
     def close(self) -> None:
         self._db.close()
 

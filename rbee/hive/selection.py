@@ -8,15 +8,9 @@ missing); an HF folder -> mlx on Metal, torch on CUDA or CPU; an MLX folder -> m
 from __future__ import annotations
 
 from rbee.api.state import Device, HostFacts
-from rbee.plan.planner import human_size
+from rbee.api.units import human_size
+from rbee.spec import backends
 
-IMPLEMENTED = ("gguf", "torch", "mlx", "embed", "ctransformers")
-"""Backends whose worker code exists in this version of rbee."""
-FORMATS = {
-    "gguf": ("gguf", "ctransformers"),
-    "safetensors": ("torch", "mlx", "embed"),
-    "mlx": ("mlx",),
-}
 OVERHEAD = 1.2
 """Weights plus the context and runtime buffers, as a multiple of the model file size."""
 BASE_BYTES = 64 << 20
@@ -27,62 +21,66 @@ class Refused(Exception):
 
 
 def choose_backend(model: str, kind: str, fmt: str, requested: str, facts: HostFacts) -> str:
-    if kind == "embedding":
-        if requested not in ("auto", "embed"):
-            raise Refused(f"model {model} is an embedding model; only the embed backend serves it")
-        if fmt == "gguf":
-            raise Refused(f"model {model} is a GGUF file; the embed backend loads Hugging Face folders")
-        return _usable(model, "embed", facts)
-    if requested == "embed":
-        raise Refused(f"model {model} is a text model; the embed backend serves embedding models")
-    allowed = FORMATS.get(fmt, ())
+    """The backend for a worker of `model`: the one hive.yaml names, if it can serve the model here, or for
+    `auto` the first of spec/backends.py's order for this platform whose engine this hive has."""
     if requested != "auto":
-        if requested not in allowed:
-            raise Refused(
-                f"the {requested} backend cannot load model {model} ({fmt}); use one of: {', '.join(allowed)}"
-            )
-        return _usable(model, requested, facts)
-    if fmt == "gguf":
-        order = ["gguf", "ctransformers"]
-    elif fmt == "mlx":
-        order = ["mlx"]
-    else:
-        order = ["mlx", "torch"] if facts.has("metal") else ["torch", "mlx"]
+        backend = _known(model, requested)
+        if not backends.serves(backend, kind, fmt):
+            raise Refused(_cannot_serve(model, kind, fmt, backend))
+        return _usable(model, backend, facts)
+    order = backends.auto_order(kind, fmt, facts.has("metal"))
+    if not order:
+        raise Refused(_cannot_serve(model, kind, fmt, None))
     for backend in order:
-        if backend in IMPLEMENTED and backend in facts.engines:
-            return backend
+        if backend in facts.engines:
+            return str(backend)
     return _usable(model, order[0], facts)
 
 
-def _usable(model: str, backend: str, facts: HostFacts) -> str:
-    if backend not in IMPLEMENTED:
-        raise Refused(f"the {backend} backend is not available in rbee yet (model {model})")
+def _known(model: str, name: str) -> backends.Backend:
+    try:
+        return backends.Backend(name)
+    except ValueError:
+        raise Refused(f"the {name} backend is not available in rbee yet (model {model})") from None
+
+
+def _cannot_serve(model: str, kind: str, fmt: str, backend: backends.Backend | None) -> str:
+    if kind == "embedding" and backend not in (None, backends.Backend.EMBED):
+        return f"model {model} is an embedding model; only the embed backend serves it"
+    if kind == "embedding":
+        return f"model {model} is a {fmt} file; the embed backend loads Hugging Face folders"
+    if backend is backends.Backend.EMBED:
+        return f"model {model} is a text model; the embed backend serves embedding models"
+    allowed = ", ".join(backends.loads(fmt))
+    return f"the {backend} backend cannot load model {model} ({fmt}); use one of: {allowed}"
+
+
+def _usable(model: str, backend: backends.Backend, facts: HostFacts) -> str:
     if facts.engines and backend not in facts.engines:
         raise Refused(
             f"the {backend} backend's engine is not installed on this hive (model {model}); "
             f"add {backend} to the hive's backends in hive.yaml and apply again"
         )
-    return backend
+    return str(backend)
 
 
 def choose_device(requested: str, backend: str, facts: HostFacts) -> Device:
-    """The device named in hive.yaml, or for `auto` the best one this backend can use on this host."""
+    """The device named in hive.yaml, or for `auto` the best one this backend can use on this host: the GPU with
+    the most free memory, Metal, or the CPU, in the order the backend's table entry prefers them."""
+    engine = backends.Backend(backend)
     if requested != "auto":
         device = facts.device(requested)
         if device is None:
             have = ", ".join(device.id for device in facts.devices) or "none detected"
             raise Refused(f"device {requested} was asked for and this hive has no such device (it has: {have})")
-        if (device.kind == "cuda" and backend == "mlx") or (device.kind == "metal" and backend in ("torch", "embed")):
+        if not backends.runs_on(engine, device.kind):
             raise Refused(f"the {backend} backend cannot run on {device.id}")
         return device
-    gpus = [device for device in facts.devices if device.kind == "cuda"] if backend != "mlx" else []
-    if gpus:
-        return max(gpus, key=lambda device: device.memory_free)
-    metal = facts.device("metal")
-    if metal is not None and backend in ("mlx", "gguf"):
-        return metal
-    cpu = facts.device("cpu")
-    return cpu if cpu is not None else Device(id="cpu", kind="cpu")
+    for kind in backends.TABLE[engine].devices:
+        found = [device for device in facts.devices if device.kind == kind]
+        if found:
+            return max(found, key=lambda device: device.memory_free)
+    return Device(id="cpu", kind="cpu")
 
 
 def memory_needed(size_bytes: int) -> int:

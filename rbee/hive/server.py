@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -24,14 +22,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from rbee import __version__, aio
+from rbee import __version__, daemon
 from rbee.api import wire
+from rbee.api.hive_config import PID_NAME, HiveConfig
 from rbee.api.state import HiveState
-from rbee.hive import provision, selection
+from rbee.hive import config as hive_config
+from rbee.hive import provision
 from rbee.hive.catalog import Catalog
-from rbee.hive.config import PID_NAME, HiveConfig
 from rbee.hive.heartbeat import Heartbeat
 from rbee.hive.supervisor import Supervisor, SupervisorError
+from rbee.spec import backends
 
 log = logging.getLogger("rbee.hive")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -45,21 +45,30 @@ class Hive:
         if ended:
             log.info("%d workers of an earlier daemon are recorded as stopped", ended)
         self.supervisor = Supervisor(config, self.catalog)
-        self.token = config.token()
+        self.token = hive_config.token(config)
         self.heartbeat = Heartbeat(self.state, self.token)
         self.supervisor.on_change = self.heartbeat.changed
         self.server: uvicorn.Server | None = None
         self._model_locks: dict[str, asyncio.Lock] = {}
+        self._stopping: asyncio.Task[None] | None = None
 
     def state(self) -> HiveState:
         return HiveState(
             name=self.config.name,
             version=__version__,
-            backends=tuple(b for b in self.supervisor.facts.engines if b in selection.IMPLEMENTED),
+            backends=tuple(b for b in self.supervisor.facts.engines if b in backends.TABLE),
             host=self.supervisor.facts,
             catalog=tuple(record.entry() for record in self.catalog.models()),
             workers=tuple(self.supervisor.infos()),
         )
+
+    def model_lock(self, name: str) -> asyncio.Lock:
+        """One provisioning of a model at a time: a second request for it waits, then finds it in the catalog."""
+        return self._model_locks.setdefault(name, asyncio.Lock())
+
+    def stop_soon(self) -> None:
+        """Begin `shutdown` (on SIGTERM, or when asked over HTTP) and return at once."""
+        self._stopping = asyncio.get_running_loop().create_task(self.shutdown())
 
     async def shutdown(self) -> None:
         await self.heartbeat.stop()
@@ -76,9 +85,7 @@ async def parse(request: Request, model: type[pydantic.BaseModel]) -> Any:
     try:
         return model.model_validate_json(await request.body())
     except pydantic.ValidationError as failure:
-        item = failure.errors()[0]
-        where = ".".join(str(part) for part in item["loc"])
-        raise BadRequest(f"{where + ': ' if where else ''}{item['msg']}") from None
+        raise BadRequest(daemon.first_error(failure)) from None
 
 
 class BadRequest(Exception):
@@ -86,18 +93,16 @@ class BadRequest(Exception):
 
 
 def create_app(hive: Hive) -> Starlette:
+    token = daemon.token_guard(hive.token)
+
     def guarded(handler: Handler) -> Handler:
         async def check(request: Request) -> Response:
-            if hive.token is not None:
-                given = request.headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {hive.token}".encode()):
-                    return error(401, "missing or wrong cluster token", "unauthorized")
             try:
                 return await handler(request)
             except BadRequest as bad:
                 return error(400, str(bad), "invalid_request")
 
-        return check
+        return token(check)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "name": hive.config.name, "version": __version__})
@@ -118,8 +123,7 @@ def create_app(hive: Hive) -> Starlette:
         if users:
             return error(409, f"model {name} is used by workers {', '.join(users)}; stop them first", "in_use")
         hive.catalog.delete_model(name)
-        for worker_id in [w.id for w in hive.supervisor.parked.values() if w.model == name]:
-            del hive.supervisor.parked[worker_id]
+        hive.supervisor.forget_parked(name)
         if record.owns_files:
             folder = hive.config.models_dir / name
             await asyncio.to_thread(_remove_tree, folder)
@@ -164,7 +168,7 @@ def create_app(hive: Hive) -> Starlette:
 
     async def stop_worker(request: Request) -> Response:
         worker_id = request.path_params["id"]
-        if hive.supervisor.parked.pop(worker_id, None) is not None:
+        if hive.supervisor.unpark(worker_id):
             return JSONResponse({"stopped": worker_id})
         try:
             await hive.supervisor.stop(worker_id)
@@ -189,7 +193,7 @@ def create_app(hive: Hive) -> Starlette:
         return JSONResponse({"url": body.url, "interval": body.interval})
 
     async def shutdown(request: Request) -> Response:
-        asyncio.get_running_loop().create_task(hive.shutdown())
+        hive.stop_soon()
         return JSONResponse({"state": "stopping"}, 202)
 
     return Starlette(
@@ -211,16 +215,15 @@ def create_app(hive: Hive) -> Starlette:
 
 
 async def _provision(hive: Hive, body: wire.ModelRequest) -> AsyncIterator[bytes]:
-    lock = hive._model_locks.setdefault(body.name, asyncio.Lock())
-    async with lock:
+    async with hive.model_lock(body.name):
         existing = hive.catalog.model(body.name)
         if existing and existing.source == body.source and (body.sha256 in (None, existing.sha256)):
             yield wire.sse({"done": True, "entry": existing.entry().model_dump(), "already": True})
             return
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[wire.DownloadProgress | wire.StageProgress] = asyncio.Queue()
 
-        def report(event: dict[str, Any]) -> None:
+        def report(event: wire.DownloadProgress | wire.StageProgress) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
         task = asyncio.create_task(asyncio.to_thread(provision.provision, body, hive.config.models_dir, report))
@@ -231,9 +234,9 @@ async def _provision(hive: Hive, body: wire.ModelRequest) -> AsyncIterator[bytes
             if getter in done:
                 event = getter.result()
                 now = loop.time()
-                if event.get("stage") != "download" or now - last_sent > 0.2 or event["bytes"] == event["total"]:
+                if isinstance(event, wire.StageProgress) or now - last_sent > 0.2 or event.bytes == event.total:
                     last_sent = now
-                    yield wire.sse(event)
+                    yield wire.sse(event.model_dump(exclude_none=True))
             else:
                 getter.cancel()
         try:
@@ -262,31 +265,13 @@ def _remove_tree(path: Path) -> None:
 
 def serve(config: HiveConfig) -> None:
     config.logs_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s hive %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    daemon.configure_logging("%(asctime)s hive %(levelname)s %(message)s")
     hive = Hive(config)
-    app = create_app(hive)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-    )
-    hive.server = server
+    served = hive.server = daemon.server(create_app(hive), config.listen, graceful=5)
 
     async def main() -> None:
         hive.supervisor.start()
-        loop = asyncio.get_running_loop()
-        serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: loop.create_task(hive.shutdown()))
+        serving = await daemon.start(served, hive.stop_soon)
         await serving
         await hive.supervisor.stop_all()
 
@@ -296,7 +281,7 @@ def serve(config: HiveConfig) -> None:
     pidfile.write_text(f"{os.getpid()}\n")
     log.info("hive %s listening on %s (pid %d)", config.name, config.listen, os.getpid())
     try:
-        aio.run(main())
+        daemon.run(main())
         hive.catalog.close()
     finally:
         with contextlib.suppress(OSError):

@@ -5,11 +5,8 @@ firmly, and notices when one dies. It restarts nothing on its own: replacing wor
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -18,12 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
-from rbee.api.state import HostFacts, WorkerInfo, WorkerState
+from rbee import daemon
+from rbee.api.hive_config import HiveConfig
+from rbee.api.state import HostFacts, WorkerGroup, WorkerInfo, WorkerState
+from rbee.clients.worker import WorkerClient
+from rbee.hive import config as hive_config
 from rbee.hive import detect, selection
 from rbee.hive.catalog import Catalog, ModelRecord
-from rbee.hive.config import HiveConfig
 
 log = logging.getLogger("rbee.hive")
 FIRST_WORKER_PORT = 8001
@@ -51,6 +49,10 @@ class Worker:
     started: float = 0.0
     progress: float | None = None
 
+    @property
+    def group(self) -> WorkerGroup:
+        return WorkerGroup(self.model, self.requested_backend, self.requested_device)
+
     def info(self) -> WorkerInfo:
         return WorkerInfo(
             id=self.id,
@@ -67,11 +69,6 @@ class Worker:
         )
 
 
-def _set_parent_death_signal() -> None:
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-
-
 class Supervisor:
     def __init__(self, config: HiveConfig, catalog: Catalog, facts: HostFacts | None = None) -> None:
         self.config = config
@@ -83,6 +80,7 @@ class Supervisor:
         self.parked: dict[str, WorkerInfo] = {}
         """Workers stopped after their idle timeout, kept as records so they still count toward replicas."""
         self._watch: asyncio.Task[None] | None = None
+        self.worker_client = WorkerClient(hive_config.token(config))
 
     def start(self) -> None:
         self._watch = asyncio.get_running_loop().create_task(self._watch_processes())
@@ -109,14 +107,14 @@ class Supervisor:
         except selection.Refused as refusal:
             raise SupervisorError(str(refusal)) from None
         device = place.id
-        group = (record.name, requested_backend, requested_device)
+        group = WorkerGroup(record.name, requested_backend, requested_device)
         for worker_id in [w.id for w in self.workers.values() if w.state is WorkerState.FAILED]:
             failed = self.workers[worker_id]
-            if (failed.model, failed.requested_backend, failed.requested_device) == group:
+            if failed.group == group:
                 del self.workers[worker_id]  # replaced now; its reason stays in the worker table
         unparked = 0
         for worker_id, resting in list(self.parked.items()):
-            if unparked < replicas and (resting.model, resting.requested_backend, resting.requested_device) == group:
+            if unparked < replicas and resting.group == group:
                 del self.parked[worker_id]  # started again on demand
                 unparked += 1
         ids = []
@@ -159,7 +157,7 @@ class Supervisor:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_set_parent_death_signal,
+                    preexec_fn=daemon.parent_death_signal,
                 )
             worker = Worker(
                 id=worker_id,
@@ -218,11 +216,7 @@ class Supervisor:
         self.catalog.update_worker(worker_id, str(WorkerState.STOPPING))
         process = worker.process
         if process.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
-                    await client.post(
-                        f"http://{self._worker_host()}:{worker.port}/v1/admin/shutdown", headers=self._auth()
-                    )
+            await self.worker_client.shutdown(f"http://{self._worker_host()}:{worker.port}")
             if not await self._wait_exit(process, STOP_GRACE):
                 process.terminate()
                 if not await self._wait_exit(process, 5.0):
@@ -249,6 +243,16 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(worker_id) for worker_id in list(self.workers)))
+        await self.worker_client.close()
+
+    def unpark(self, worker_id: str) -> bool:
+        """Forget a parked worker (it is stopped already); False when `worker_id` is not parked."""
+        return self.parked.pop(worker_id, None) is not None
+
+    def forget_parked(self, model: str) -> None:
+        """Forget the parked workers of a model leaving the catalog."""
+        for worker_id in [worker.id for worker in self.parked.values() if worker.model == model]:
+            del self.parked[worker_id]
 
     def uses_model(self, name: str) -> list[str]:
         return [w.id for w in self.workers.values() if w.model == name and w.state is not WorkerState.FAILED]
@@ -287,10 +291,6 @@ class Supervisor:
                 return False
             await asyncio.sleep(0.05)
         return True
-
-    def _auth(self) -> dict[str, str]:
-        token = self.config.token()
-        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _worker_host(self) -> str:
         host = self.config.host

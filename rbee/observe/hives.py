@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pydantic
 
+from rbee.api import wire
 from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState
 from rbee.spec.schema import HiveFile, HiveSpec
 
@@ -42,12 +43,10 @@ async def observe_async(
         return await observe_async(spec, timeout=timeout, client=own)
 
 
-def make_client(token: str | None, hives: int = 0) -> aiohttp.ClientSession:
-    """A session for observing hives: no connection limit, keep-alive, the cluster token on every request.
-    `hives` is accepted for callers that size their pools; aiohttp needs no size."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def make_client(token: str | None) -> aiohttp.ClientSession:
+    """A session for observing hives: no connection limit, keep-alive, the cluster token on every request."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector, headers=headers, trust_env=False)
+    return aiohttp.ClientSession(connector=connector, headers=wire.bearer(token), trust_env=False)
 
 
 async def _observe_hive(client: aiohttp.ClientSession, hive: HiveSpec, timeout: float) -> HiveObservation:

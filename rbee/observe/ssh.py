@@ -5,10 +5,9 @@ differently (start; install and start; wait)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-from rbee.api.state import HiveObservation, HiveStatus, HostFacts, ObservedState
-from rbee.apply import executor
+from rbee.api.state import HiveObservation, HiveStatus, ObservedState
+from rbee.infra import job
 from rbee.spec.schema import HiveFile
 
 
@@ -22,27 +21,22 @@ async def examine_async(spec: HiveFile, observed: ObservedState, timeout: float)
     targets = [hive for hive in remote if hive is not None and hive.ssh is not None]
     if not targets:
         return observed
-    job = executor.pyinfra_job(targets, ["facts"], "")
-    job["connect_timeout"] = max(1, round(timeout))
-    results = await executor.run_pyinfra(job)
+    results = await job.run(job.job_for(targets, [job.Step.FACTS], "", connect_timeout=max(1, round(timeout))))
     return ObservedState(hives=tuple(_combine(hive, results.get(hive.name)) for hive in observed.hives))
 
 
-def _combine(observation: HiveObservation, result: dict[str, object] | None) -> HiveObservation:
+def _combine(observation: HiveObservation, result: job.HostResult | None) -> HiveObservation:
     if result is None:
         return observation
-    facts = result.get("facts")
-    if not isinstance(facts, dict):
-        reason = f"{observation.reason}; SSH: {result.get('error') or 'no answer'}"
+    facts = result.facts
+    if facts is None:
+        reason = f"{observation.reason}; SSH: {result.error or 'no answer'}"
         return observation.model_copy(update={"status": HiveStatus.UNREACHABLE, "reason": reason})
-    installed = bool(facts.get("installed"))
-    found = facts.get("host")
-    if isinstance(found, dict):
-        # An older rbee on the host may report differently: then its devices are simply not known.
-        with contextlib.suppress(ValueError):
-            observation = observation.model_copy(update={"host": HostFacts.model_validate(found)})
-    if facts.get("pid"):
-        why = f"the daemon runs (pid {facts['pid']}) but its API does not answer ({observation.reason})"
+    if facts.host is not None:
+        observation = observation.model_copy(update={"host": facts.host})
+    if facts.pid:
+        why = f"the daemon runs (pid {facts.pid}) but its API does not answer ({observation.reason})"
         return observation.model_copy(update={"status": HiveStatus.UNREACHABLE, "reason": why, "installed": True})
+    installed = facts.installed
     why = "rbee is installed and its daemon is stopped" if installed else "rbee is not installed"
     return observation.model_copy(update={"status": HiveStatus.DOWN, "reason": why, "installed": installed})

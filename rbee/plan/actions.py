@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from rbee.api.state import WorkerGroup
+
 
 class Action(StrEnum):
     INSTALL_HIVE = "install-hive"
@@ -109,3 +111,46 @@ class Plan:
 
     def hives(self) -> list[str]:
         return list(dict.fromkeys(change.hive for change in self.changes))
+
+
+def hive_change(
+    hive: str, action: Action, symbol: Symbol, reason: str, *, step: str = "", requires: tuple[str, ...] = ()
+) -> Change:
+    """A change to a hive's daemon: id `NAME/hive[/step]`, target `hive NAME`."""
+    return Change(f"{hive}/hive{'/' + step if step else ''}", action, symbol, hive, f"hive {hive}", reason, requires)
+
+
+def model_change(
+    hive: str, model: str, action: Action, symbol: Symbol, reason: str, requires: tuple[str, ...] = ()
+) -> Change:
+    """A change to a model in a hive's catalog: id `HIVE/model/NAME`, target `model NAME`."""
+    return Change(f"{hive}/model/{model}", action, symbol, hive, f"model {model}", reason, requires, model=model)
+
+
+def workers_change(
+    hive: str,
+    group: WorkerGroup,
+    action: Action,
+    symbol: Symbol,
+    reason: str,
+    *,
+    step: str = "",
+    requires: tuple[str, ...] = (),
+    replicas: int = 0,
+    worker_ids: tuple[str, ...] = (),
+) -> Change:
+    """A change to a worker group: id `HIVE/workers/MODEL:BACKEND:DEVICE[/step]`, target the group's label."""
+    return Change(
+        f"{hive}/workers/{':'.join(group)}{'/' + step if step else ''}",
+        action,
+        symbol,
+        hive,
+        group.label,
+        reason,
+        requires,
+        model=group.model,
+        backend=group.backend,
+        device=group.device,
+        replicas=replicas,
+        worker_ids=worker_ids,
+    )

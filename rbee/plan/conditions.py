@@ -4,7 +4,7 @@ it did, the restart record of each target and the previous conditions, and gets 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -148,10 +148,6 @@ def _loading_groups(observed: ObservedState) -> dict[tuple[str, str, str, str], 
     groups: dict[tuple[str, str, str, str], int] = {}
     for hive, worker in observed.workers():
         if worker.state is WorkerState.LOADING:
-            key = (hive, worker.model, worker.requested_backend, worker.requested_device)
+            key = (hive, *worker.group)
             groups[key] = groups.get(key, 0) + 1
     return groups
-
-
-def worst(conditions: Iterable[Condition]) -> ConditionType:
-    return max((condition.type for condition in conditions), key=_SEVERITY.__getitem__, default=ConditionType.READY)

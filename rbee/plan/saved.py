@@ -60,6 +60,8 @@ class SavedPlan:
     rbee_version: str = __version__
     retired: tuple[HiveSpec, ...] = ()
     """Hives applied before and gone from the spec: the plan removes them, and needs their addresses."""
+    policy_source: str | None = None
+    """The routing policy file hive.yaml named, as it was read when the plan was made."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,7 @@ class SavedPlan:
             "spec_file": self.spec_file,
             "spec": self.spec.model_dump(mode="json"),
             "retired": [hive.model_dump(mode="json") for hive in self.retired],
+            "policy_source": self.policy_source,
             "observed": self.observed.model_dump(mode="json"),
             "observed_digest": observed_digest(self.observed),
             "summary": {
@@ -96,6 +99,7 @@ class SavedPlan:
                 plan=Plan(tuple(Change.from_json(item) for item in data["changes"])),
                 rbee_version=str(data.get("rbee_version", "")),
                 retired=tuple(HiveSpec.model_validate(hive) for hive in data.get("retired", [])),
+                policy_source=data.get("policy_source"),
             )
         except (TypeError, ValueError, KeyError) as error:
             raise SavedPlanError(f"this saved plan is damaged ({error}); make a new plan") from None

@@ -49,9 +49,6 @@ class Lane:
     live: list[Route] = field(default_factory=list)
     """The routes that are not gone, rebuilt when the set changes (never per request)."""
 
-    def route_list(self) -> list[Route]:
-        return self.live
-
     def rebuild(self) -> None:
         self.live = [route for route in self.routes.values() if not route.gone]
 
@@ -114,7 +111,7 @@ class Admission:
                 ask, 429, "key_limit", f"this API key already has {key_limit} requests in flight or queued", 1
             )
         lane = self.lanes.get(ask.model)
-        if lane is None or not lane.route_list():
+        if lane is None or not lane.live:
             if self.wake is None or not self.wake(ask.model):
                 raise self._refuse(
                     ask, 503, "no_worker", f"no worker of model {ask.model} is ready; check `rbee status`", 5
@@ -131,7 +128,7 @@ class Admission:
     async def _wait_for_route(self, lane: Lane, ask: Ask, wait: float) -> Ticket:
         started = time.monotonic()
         if not lane.queue:
-            route, reason = self.policy.choose(ask, lane.free, lane.route_list())
+            route, reason = self.policy.choose(ask, lane.free, lane.live)
             if route is not None:
                 self._assign(lane, route)
                 return Ticket(self, route, ask.key, 0.0, reason)
@@ -202,7 +199,7 @@ class Admission:
             if waiter.future.done():
                 lane.queue.popleft()
                 continue
-            route, _ = self.policy.choose(waiter.ask, lane.free, lane.route_list())
+            route, _ = self.policy.choose(waiter.ask, lane.free, lane.live)
             if route is None:
                 return
             lane.queue.popleft()
@@ -216,12 +213,10 @@ class Admission:
     def explain(self, ask: Ask) -> tuple[list[dict[str, object]], str | None, str]:
         """What the policy would pick for `ask` now, and why, without admitting anything."""
         lane = self.lanes.get(ask.model)
-        if lane is None or not lane.route_list():
+        if lane is None or not lane.live:
             return [], None, f"no worker of model {ask.model} is ready"
-        candidates = [route.candidate() for route in lane.route_list()]
-        turns = dict(getattr(self.policy, "_turn", {}))
-        route, reason = self.policy.choose(ask, lane.free, lane.route_list())
-        self.policy._turn = turns
+        candidates = [route.candidate() for route in lane.live]
+        route, reason = self.policy.choose(ask, lane.free, lane.live, commit=False)
         if route is None:
             return candidates, None, f"{reason}; the request would wait in the queue ({len(lane.queue)} waiting)"
         lane.free.push(route)

@@ -8,15 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 
 from rbee.api.state import HiveStatus, WorkerState
-from rbee.apply.hive_client import HiveCallError, HiveClient
+from rbee.clients.hive import HiveCallError, HiveClient, Progress, Readiness
 from rbee.queen.admission import Admission
-from rbee.queen.registry import Registry
+from rbee.queen.events import EventLog
+from rbee.queen.fleet import Fleet
 from rbee.queen.scheduling import Route
 from rbee.spec.schema import HiveFile, HiveSpec, WorkerSpec
 
@@ -39,21 +39,11 @@ class Start:
 
 
 class Autoscaler:
-    def __init__(
-        self,
-        spec: Callable[[], HiveFile | None],
-        registry: Registry,
-        admission: Admission,
-        token: str | None,
-        refresh: Callable[[], Awaitable[None]],
-        record: Callable[[str, str, str], None],
-    ) -> None:
-        self.spec = spec
-        self.registry = registry
+    def __init__(self, fleet: Fleet, admission: Admission, events: EventLog, token: str | None) -> None:
+        self.fleet = fleet
         self.admission = admission
+        self.events = events
         self.token = token
-        self.refresh = refresh
-        self.record = record
         self.starting: dict[str, Start] = {}
         self.leaving: set[str] = set()
         """Workers (`hive/id`) this queen is parking, until an observation shows them parked."""
@@ -65,7 +55,7 @@ class Autoscaler:
         """Start a worker for `model` if one may be started; True when one is (or already was) starting."""
         if model in self.starting:
             return True
-        spec = self.spec()
+        spec = self.fleet.spec
         target = self._target(spec, model) if spec is not None else None
         if target is None:
             return False
@@ -80,7 +70,7 @@ class Autoscaler:
     def _target(self, spec: HiveFile, model: str) -> tuple[HiveSpec, WorkerSpec] | None:
         """The worker group to grow: on a running hive, below its replica count; parked workers first, then the
         group with the fewest running."""
-        observed = self.registry.observed
+        observed = self.fleet.registry.observed
         best: tuple[tuple[int, int], HiveSpec, WorkerSpec] | None = None
         for group in spec.workers:
             if group.model != model or group.replicas == 0:
@@ -89,12 +79,7 @@ class Autoscaler:
             seen = observed.hive(group.hive) if observed is not None else None
             if hive is None or seen is None or seen.status is not HiveStatus.RUNNING or seen.state is None:
                 continue
-            mine = [
-                worker
-                for worker in seen.state.workers
-                if (worker.model, worker.requested_backend, worker.requested_device)
-                == (group.model, group.backend, group.device)
-            ]
+            mine = [worker for worker in seen.state.workers if worker.group == group.group]
             leaving = sum(1 for worker in mine if f"{hive.name}/{worker.id}" in self.leaving)
             running = sum(1 for worker in mine if worker.state.is_running) - leaving
             parked = sum(1 for worker in mine if worker.state is WorkerState.PARKED) + leaving
@@ -107,22 +92,24 @@ class Autoscaler:
 
     async def _start(self, hive: HiveSpec, group: WorkerSpec, start: Start) -> None:
         client = HiveClient(hive, self.token)
-        self.record("cold-start", f"{hive.name}/workers {group.model}", "a request found no free worker; starting one")
+        self.events.record(
+            "cold-start", f"{hive.name}/workers {group.model}", "a request found no free worker; starting one"
+        )
 
-        def progress(data: dict[str, object]) -> None:
-            if "ready" in data:
-                start.detail = f"loading ({data['ready']}/{data['of']} ready)"
+        def progress(event: Progress) -> None:
+            if isinstance(event, Readiness):
+                start.detail = f"loading ({event.ready}/{event.of} ready)"
 
         try:
             ids = await client.start_workers(
                 group.model, group.backend, group.device, 1, progress, timeout=COLD_START_TIMEOUT
             )
-            await self.refresh()
+            await self.fleet.refresh()
             took = time.monotonic() - start.started
-            self.record("cold-start", f"{hive.name}/workers {group.model}", f"{ids[0]} ready after {took:.1f} s")
+            self.events.record("cold-start", f"{hive.name}/workers {group.model}", f"{ids[0]} ready after {took:.1f} s")
         except (HiveCallError, httpx.HTTPError) as error:
             message = f"could not start a worker of {group.model} on hive {hive.name}: {error}"
-            self.record("failed", f"{hive.name}/workers {group.model}", message)
+            self.events.record("failed", f"{hive.name}/workers {group.model}", message)
             self.admission.fail_waiting(group.model, 503, "cold_start_failed", message)
         except Exception as error:  # an httpx error, a bug: the waiting requests must not hang on it
             log.exception("cold start of %s failed", group.model)
@@ -135,14 +122,15 @@ class Autoscaler:
 
     def park_idle(self) -> None:
         """Park every worker idle past its group's idle timeout while its group runs above its floor."""
-        spec = self.spec()
+        spec = self.fleet.spec
         if spec is None:
             return
         now = time.monotonic()
+        registry = self.fleet.registry
         running: dict[tuple[str, str], int] = {}
-        for route in self.registry.routes.values():
+        for route in registry.routes.values():
             running[(route.hive, route.model)] = running.get((route.hive, route.model), 0) + 1
-        for route in sorted(self.registry.routes.values(), key=lambda r: r.last_used):
+        for route in sorted(registry.routes.values(), key=lambda r: r.last_used):
             if route.in_flight or route.gone:
                 continue
             group = next((w for w in spec.workers if w.hive == route.hive and w.model == route.model), None)
@@ -156,8 +144,8 @@ class Autoscaler:
                 continue
             running[(route.hive, route.model)] -= 1
             self.leaving.add(route.key)
-            self.registry.forget(route)  # out of rotation before anything else can pick it
-            self.admission.sync(self.registry.routes.values())
+            registry.forget(route)  # out of rotation before anything else can pick it
+            self.admission.sync(registry.routes.values())
             hive = spec.hive(route.hive)
             if hive is not None:
                 task = asyncio.get_running_loop().create_task(
@@ -171,10 +159,12 @@ class Autoscaler:
         reason = f"idle for {idle_after:g} s; started again on demand"
         try:
             await client.park_worker(route.worker_id, reason)
-            self.record("idle", f"{hive.name}/workers {route.model}", f"parked {route.worker_id}: {reason}")
-            await self.refresh()  # the registry sees it parked before it stops counting as leaving
+            self.events.record("idle", f"{hive.name}/workers {route.model}", f"parked {route.worker_id}: {reason}")
+            await self.fleet.refresh()  # the registry sees it parked before it stops counting as leaving
         except (HiveCallError, httpx.HTTPError) as error:
-            self.record("failed", f"{hive.name}/workers {route.model}", f"parking {route.worker_id} failed: {error}")
+            self.events.record(
+                "failed", f"{hive.name}/workers {route.model}", f"parking {route.worker_id} failed: {error}"
+            )
         finally:
             self.leaving.discard(route.key)
             await client.close()

@@ -1,12 +1,17 @@
-"""Prometheus metrics for the queen, on their own registry (one per queen, so tests can run several).
+"""What the queen counts about requests: each one's record (`Exchange`), written once when it ends to the
+Prometheus metrics and as one JSON line of the request log.
 
-Queue depth and in-flight counts are read from the admission state at scrape time: nothing on the request path
-pays for them.
+The metrics live on their own registry (one per queen, so tests can run several). Queue depth and in-flight
+counts are read from the admission state at scrape time: nothing on the request path pays for them.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -14,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from rbee.queen.admission import Admission
 
+request_log = logging.getLogger("rbee.requests")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
@@ -66,3 +72,54 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass
+class Exchange:
+    """One request's record: what the request log line and the metrics say about it."""
+
+    id: str
+    model: str
+    key: str | None
+    started: float = field(default_factory=time.monotonic)
+    first_byte: float | None = None
+    worker: str | None = None
+    hive: str | None = None
+    queued: float = 0.0
+    status: int = 200
+    tokens: int = 0
+    error: str | None = None
+
+    def failed(self, status: int, error: str) -> None:
+        self.status, self.error = status, error
+
+
+def record(metrics: Metrics, exchange: Exchange) -> None:
+    """Count a finished request and write its log line."""
+    now = time.monotonic()
+    model = exchange.model
+    metrics.requests.labels(model, str(exchange.status)).inc()
+    if exchange.tokens:
+        metrics.tokens.labels(model).inc(exchange.tokens)
+    if exchange.first_byte is not None:
+        metrics.ttft.labels(model).observe(exchange.first_byte - exchange.started)
+        if exchange.tokens > 1:
+            metrics.token_latency.labels(model).observe((now - exchange.first_byte) / (exchange.tokens - 1))
+    ttft = round((exchange.first_byte - exchange.started) * 1000, 2) if exchange.first_byte else None
+    request_log.info(
+        json.dumps(
+            {
+                "id": exchange.id,
+                "model": model,
+                "key": exchange.key,
+                "hive": exchange.hive,
+                "worker": exchange.worker,
+                "status": exchange.status,
+                "tokens": exchange.tokens,
+                "queued_ms": round(exchange.queued * 1000, 2),
+                "ttft_ms": ttft,
+                "duration_ms": round((now - exchange.started) * 1000, 2),
+                "error": exchange.error,
+            }
+        )
+    )

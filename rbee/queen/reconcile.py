@@ -1,8 +1,9 @@
 """The queen's reconcile loop: observe -> plan -> execute, one pass at a time, every `reconcile_interval` and at
 once after each spec change. Level-triggered: a pass reads live state and never acts on what an event said.
 
-Each target the loop acts on is retried with exponential backoff (2 s doubling, capped at 5 minutes) until it
-stays converged for a minute; its condition says so (Degraded, with the last error) instead of a silent loop.
+Each target the loop acts on is retried with exponential backoff (plan/backoff.py: 2 s doubling, capped at 5
+minutes) until it stays converged for a minute; its condition says so (Degraded, with the last error) instead of
+a silent loop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,25 +21,22 @@ from typing import Any
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from rbee.api.state import HiveStatus, ObservedState
+from rbee.api.state import ObservedState
 from rbee.apply import executor, lock
+from rbee.clients.hive import Progress
+from rbee.observe import fleet as observe_fleet
 from rbee.observe import hives as observe_hives
-from rbee.observe import ssh as observe_ssh
+from rbee.plan import backoff, planner
 from rbee.plan import conditions as cond
-from rbee.plan import planner
 from rbee.plan.actions import Change, Plan
+from rbee.queen.autoscale import Autoscaler
+from rbee.queen.events import EventLog
+from rbee.queen.fleet import Fleet
 from rbee.spec.schema import HiveFile
 
 log = logging.getLogger("rbee.reconcile")
-BASE_DELAY = 2.0
-MAX_DELAY = 300.0
-STABLE = 60.0
-"""A target converged this long has its restart count forgotten."""
 LOCK_RETRY = 1.0
 OBSERVE_TIMEOUT = 3.0
-
-Record = Callable[[str, str, str], None]
-"""record(kind, target, message): one line of the event log."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,39 +74,28 @@ class EventReporter:
         self.reconciler.conditions[key] = cond.applying(
             self.reconciler.conditions.get(key), change.hive, change.target, change.reason, time.time()
         )
-        self.reconciler.record("apply", f"{change.hive}/{change.target}", f"{change.action}: {change.reason}")
+        self.reconciler.events.record("apply", f"{change.hive}/{change.target}", f"{change.action}: {change.reason}")
 
-    def progress(self, change: Change, data: dict[str, Any]) -> None:
+    def progress(self, change: Change, event: Progress) -> None:
         pass
 
     def end(self, change: Change, error: str | None) -> None:
         outcome = f"{change.action} failed: {error}" if error else f"{change.action} done"
-        self.reconciler.record("failed" if error else "applied", f"{change.hive}/{change.target}", outcome)
+        self.reconciler.events.record("failed" if error else "applied", f"{change.hive}/{change.target}", outcome)
 
 
 class Reconciler:
     def __init__(
-        self,
-        spec: Callable[[], tuple[int, HiveFile | None]],
-        token: str | None,
-        lock_dir: Path,
-        wheel_dir: Path,
-        record: Record,
-        seen: Callable[[], set[str]],
-        saw: Callable[[ObservedState], None],
-        settle: Callable[[], Awaitable[None]] | None = None,
+        self, fleet: Fleet, events: EventLog, autoscale: Autoscaler, token: str | None, lock_dir: Path, wheel_dir: Path
     ) -> None:
-        self.spec = spec
+        self.fleet = fleet
+        self.events = events
+        self.autoscale = autoscale
+        """Its parkings in flight end before each observation: a pass never sees a worker half parked."""
         self.token = token
         self.lock_dir = lock_dir
         self.wheel_dir = wheel_dir
-        self.record = record
-        self.seen = seen
-        self.saw = saw
-        self.settle = settle
-        """Awaited before each observation: lets changes the queen makes outside a pass (parking) finish."""
-        self.attempts: dict[str, cond.Attempts] = {}
-        self.converged_since: dict[str, float] = {}
+        self.backoff = backoff.Record({}, {})
         self.conditions: dict[str, cond.Condition] = {}
         self.last: PassSummary | None = None
         self.passes = 0
@@ -120,7 +107,6 @@ class Reconciler:
         """Set by `rbee suspend` (maintenance, or tests of the keeper alone): no pass acts until resumed."""
         self._wanted = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._done = asyncio.Condition()
 
     # -- running ---------------------------------------------------------------------------------------------
 
@@ -156,16 +142,8 @@ class Reconciler:
     def spec_changed(self, generation: int) -> None:
         """A new desired state: forget the backoff earned under the old one and reconcile at once."""
         if generation != self.generation:
-            self.attempts.clear()
-            self.converged_since.clear()
+            self.backoff = backoff.Record({}, {})
         self.request()
-
-    async def wait_pass(self, after: int, timeout: float) -> PassSummary | None:
-        """Wait until pass number `after` + 1 or later has ended (for tests and `rbee apply --wait`)."""
-        async with self._done:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._done.wait_for(lambda: self.passes > after), timeout)
-        return self.last
 
     async def _run(self) -> None:
         while True:
@@ -175,7 +153,7 @@ class Reconciler:
                 summary = await self.run_pass()
             except Exception as error:
                 log.exception("a reconcile pass failed")
-                self.record("reconcile", "queen", f"the pass failed: {error}")
+                self.events.record("reconcile", "queen", f"the pass failed: {error}")
                 summary = None
             if summary is not None and summary.skipped == "locked":
                 asyncio.get_running_loop().call_later(LOCK_RETRY, self.request)
@@ -183,7 +161,7 @@ class Reconciler:
     # -- one pass --------------------------------------------------------------------------------------------
 
     async def run_pass(self) -> PassSummary | None:
-        generation, spec = self.spec()
+        generation, spec = self.fleet.generation, self.fleet.spec
         if spec is None:
             return None
         self.schedule(spec.queen.reconcile_interval)
@@ -193,25 +171,26 @@ class Reconciler:
         with lock.hold(self.lock_dir, wait=False) as held:
             if not held:
                 return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "locked"))
-            if self.settle is not None:
-                await self.settle()
+            await self.autoscale.settle()
             with _gc_paused():  # bounded by the observation timeout; see _gc_paused
                 observed = await self.observe(spec)
                 plan = planner.make_plan(spec, observed)
-                runnable, held_back = self._gate(plan, started)
+                runnable, held_back = backoff.gate(plan, self.backoff.attempts, started)
             results: dict[str, str | None] = {}
             if any(change.is_actionable for change in runnable):
                 run = executor.Executor(spec, self.token or "", EventReporter(self), wheel_dir=self.wheel_dir)
                 results = await run.execute(Plan(runnable))
             with _gc_paused():
-                self._account(plan, results, time.time())
-                self.conditions = cond.derive(plan, observed, results, self.attempts, self.conditions, time.time())
+                self.backoff = backoff.account(self.backoff, plan, results, time.time())
+                self.conditions = cond.derive(
+                    plan, observed, results, self.backoff.attempts, self.conditions, time.time()
+                )
         failed = sum(1 for error in results.values() if error)
         summary = PassSummary(
             self.passes + 1, generation, started, time.perf_counter() - clock, len(results), failed, len(held_back)
         )
         if results or held_back:
-            self.record(
+            self.events.record(
                 "reconcile",
                 "fleet",
                 f"pass {summary.number} (generation {generation}): {len(results)} changes, {failed} failed, "
@@ -223,57 +202,14 @@ class Reconciler:
         self.passes = summary.number
         self.generation = summary.generation
         self.last = summary
-
-        async def notify() -> None:
-            async with self._done:
-                self._done.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
         return summary
 
     async def observe(self, spec: HiveFile) -> ObservedState:
         if self.client is None:
-            self.client = observe_hives.make_client(self.token, len(spec.hives))
-        observed = await observe_hives.observe_async(spec, timeout=OBSERVE_TIMEOUT, client=self.client)
-        observed = await observe_ssh.examine_async(spec, observed, OBSERVE_TIMEOUT)
-        self.saw(observed)
-        seen = self.seen()
-        return ObservedState(
-            hives=tuple(
-                hive.model_copy(update={"seen_before": hive.name in seen or hive.status is HiveStatus.RUNNING})
-                for hive in observed.hives
-            )
-        )
-
-    def _gate(self, plan: Plan, now: float) -> tuple[tuple[Change, ...], list[Change]]:
-        """The plan's changes this pass may act on: all but those of targets backing off, and their dependants."""
-        held: set[str] = set()
-        kept: list[Change] = []
-        for change in plan.changes:
-            tries = self.attempts.get(cond.change_key(change))
-            waiting = change.is_actionable and tries is not None and tries.retry_at > now
-            if waiting or any(required in held for required in change.requires):
-                held.add(change.id)
-                continue
-            kept.append(change)
-        return tuple(kept), [change for change in plan.changes if change.id in held]
-
-    def _account(self, plan: Plan, results: dict[str, str | None], now: float) -> None:
-        acted: dict[str, str | None] = {}
-        for change in plan.changes:
-            key = cond.change_key(change)
-            if change.id in results:
-                error = results[change.id]
-                acted[key] = acted.get(key) or error
-            elif not change.is_actionable:
-                since = self.converged_since.setdefault(key, now)
-                if now - since >= STABLE:
-                    self.attempts.pop(key, None)
-        for key, error in acted.items():
-            self.converged_since.pop(key, None)
-            count = self.attempts.get(key, cond.Attempts()).count + 1
-            delay = min(BASE_DELAY * 2 ** (count - 1), MAX_DELAY)
-            self.attempts[key] = cond.Attempts(count, error, now + delay)
+            self.client = observe_hives.make_client(self.token)
+        observed = await observe_fleet.observe_async(spec, self.fleet.seen_hives(), OBSERVE_TIMEOUT, client=self.client)
+        self.fleet.saw(observed)
+        return observed
 
 
 @contextlib.contextmanager

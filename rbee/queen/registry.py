@@ -17,12 +17,11 @@ ROUTABLE = (WorkerState.IDLE, WorkerState.BUSY)
 @dataclass
 class Registry:
     routes: dict[str, Route] = field(default_factory=dict)
-    spec: HiveFile | None = None
     observed: ObservedState | None = None
     observed_at: float = 0.0
 
     def update(self, spec: HiveFile, observed: ObservedState) -> None:
-        self.spec, self.observed, self.observed_at = spec, observed, time.time()
+        self.observed, self.observed_at = observed, time.time()
         fresh: dict[str, Route] = {}
         for hive_observation in observed.hives:
             hive = spec.hive(hive_observation.name)
@@ -50,15 +49,6 @@ class Registry:
         """Routes remembered from before a restart, used until the hives are observed again."""
         for hive, worker_id, model, url in workers:
             self.routes[f"{hive}/{worker_id}"] = Route(worker_id, hive, model, url, last_used=time.monotonic())
-
-    def models(self) -> list[str]:
-        if self.spec is None:
-            return []
-        served = {worker.model for worker in self.spec.workers if worker.replicas > 0}
-        return [model.name for model in self.spec.models if model.name in served]
-
-    def knows(self, model: str) -> bool:
-        return self.spec is not None and self.spec.model(model) is not None
 
     def forget(self, route: Route) -> None:
         """A worker that broke mid-request is not offered again until the hives report it anew."""

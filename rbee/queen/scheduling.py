@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import heapq
 import logging
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
+
+from rbee.spec.policy import PolicyError, UserPolicy, load_user_policy
 
 log = logging.getLogger("rbee.queen")
 
@@ -104,15 +106,16 @@ class Policy:
     ) -> None:
         self.kind = kind
         self.name = name
-        self._user: Callable[[dict[str, Any], list[dict[str, Any]]], Any] | None = None
+        self._user: UserPolicy | None = None
         self._turn: dict[str, int] = {}
         if kind is PolicyKind.FILE:
             self._user = load_user_policy(source or "", name)
 
-    def choose(self, ask: Ask, free: FreeHeap, routes: list[Route]) -> tuple[Route | None, str]:
-        """A free worker for `ask` and why; None when every worker is full."""
+    def choose(self, ask: Ask, free: FreeHeap, routes: list[Route], *, commit: bool = True) -> tuple[Route | None, str]:
+        """A free worker for `ask` and why; None when every worker is full. Without `commit` (an explanation,
+        not a decision) round-robin does not advance its turn."""
         if self.kind is PolicyKind.ROUND_ROBIN:
-            return self._round_robin(ask, routes)
+            return self._round_robin(ask, routes, commit)
         if self.kind is PolicyKind.FILE:
             candidates = [route for route in routes if route.free]
             if not candidates:
@@ -135,7 +138,7 @@ class Policy:
         where = f"; hive {ask.hive} has no free worker" if ask.hive is not None else ""
         return route, f"least loaded ({route.in_flight}/{route.slots} busy){where}"
 
-    def _round_robin(self, ask: Ask, routes: list[Route]) -> tuple[Route | None, str]:
+    def _round_robin(self, ask: Ask, routes: list[Route], commit: bool) -> tuple[Route | None, str]:
         start = self._turn.get(ask.model, 0)
         order = [routes[(start + step) % len(routes)] for step in range(len(routes))]
         preferred = [route for route in order if route.free and route.hive == ask.hive]
@@ -143,7 +146,8 @@ class Policy:
         if not anywhere:
             return None, "every worker is full"
         route = (preferred or anywhere)[0]
-        self._turn[ask.model] = (routes.index(route) + 1) % len(routes)
+        if commit:
+            self._turn[ask.model] = (routes.index(route) + 1) % len(routes)
         pinned = "" if ask.hive is None or preferred else f" (pinned hive {ask.hive} has no free worker)"
         return route, f"round-robin: next free worker after turn {start}{pinned}"
 
@@ -162,20 +166,12 @@ class Policy:
         return None, f"{self.name} returned {answer!r}, not a candidate"
 
 
-class PolicyError(ValueError):
-    """A routing policy file that cannot be used; the message says what is wrong."""
-
-
-def load_user_policy(source: str, name: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], Any]:
-    module = types.ModuleType("rbee_user_policy")
-    try:
-        exec(compile(source, name, "exec"), module.__dict__)  # the operator's own policy file
-    except Exception as error:
-        raise PolicyError(f"{name} does not load: {type(error).__name__}: {error}") from None
-    route = getattr(module, "route", None)
-    if not callable(route):
-        raise PolicyError(f"{name} defines no function route(request, candidates)")
-    code = getattr(route, "__code__", None)
-    if code is not None and code.co_argcount != 2:
-        raise PolicyError(f"{name}: route must take exactly two arguments (request, candidates)")
-    return route  # type: ignore[no-any-return]
+def make_policy(routing_name: str, source: str | None) -> Policy:
+    """The policy hive.yaml's `queen.routing` names; a policy file's source came with the spec."""
+    if routing_name == "round-robin":
+        return Policy(PolicyKind.ROUND_ROBIN)
+    if routing_name.endswith(".py"):
+        if source is None:
+            raise PolicyError(f"the routing policy {routing_name} was not sent with the spec")
+        return Policy(PolicyKind.FILE, source, Path(routing_name).name)
+    return Policy()

@@ -10,8 +10,9 @@ import difflib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from rbee.spec.schema import Backend, HiveFile, ModelKind, ModelSpec, WorkerSpec
-from rbee.spec.source import ModelFormat
+from rbee.spec import backends
+from rbee.spec.backends import Backend, ModelKind
+from rbee.spec.schema import HiveFile, ModelSpec, WorkerSpec
 
 Location = tuple[str | int, ...]
 
@@ -25,13 +26,6 @@ class Problem:
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
-
-
-BACKENDS_FOR_FORMAT: dict[ModelFormat, frozenset[Backend]] = {
-    ModelFormat.GGUF: frozenset({Backend.GGUF, Backend.CTRANSFORMERS}),
-    ModelFormat.SAFETENSORS: frozenset({Backend.TORCH, Backend.MLX, Backend.EMBED}),
-    ModelFormat.MLX: frozenset({Backend.MLX}),
-}
 
 
 def check(spec: HiveFile) -> list[Problem]:
@@ -147,8 +141,8 @@ def _backend_fits(index: int, worker: WorkerSpec, model: ModelSpec) -> Iterator[
         )
         return
     fmt = model.resolved_format
-    if backend not in BACKENDS_FOR_FORMAT[fmt]:
-        allowed = ", ".join(sorted(BACKENDS_FOR_FORMAT[fmt]))
+    if backend not in backends.loads(fmt):
+        allowed = ", ".join(sorted(backends.loads(fmt)))
         yield Problem(
             ("workers", index, "backend"),
             f"model '{model.name}' is {fmt} and the {backend} backend cannot load it; use auto or one of: {allowed}",

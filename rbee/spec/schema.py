@@ -22,7 +22,9 @@ from pydantic import (
     model_validator,
 )
 
+from rbee.api.state import WorkerGroup
 from rbee.spec import source as source_mod
+from rbee.spec.backends import Backend, ModelKind
 
 DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -65,19 +67,6 @@ def _check_address(value: Any) -> Any:
 
 
 Address = Annotated[str, BeforeValidator(_check_address)]
-
-
-class Backend(StrEnum):
-    GGUF = "gguf"
-    TORCH = "torch"
-    MLX = "mlx"
-    EMBED = "embed"
-    CTRANSFORMERS = "ctransformers"
-
-
-class ModelKind(StrEnum):
-    TEXT = "text"
-    EMBEDDING = "embedding"
 
 
 class Strict(BaseModel):
@@ -280,6 +269,10 @@ class WorkerSpec(Strict):
         if self.min_replicas is not None and self.min_replicas > self.replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed replicas ({self.replicas})")
         return self
+
+    @property
+    def group(self) -> WorkerGroup:
+        return WorkerGroup(self.model, str(self.backend), self.device)
 
     def idle_after(self, model: ModelSpec | None) -> float:
         """Seconds without a request after which a worker of this group stops; 0 means never."""

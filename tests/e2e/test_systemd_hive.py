@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rbee.apply.systemd import unit_name
+from rbee.infra.systemd import unit_name
 from tests import hosts as test_hosts
 from tests.fleet import Fleet, make_fleet
 

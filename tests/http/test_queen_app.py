@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from rbee.queen.server import Queen, create_app
+from rbee.queen import daemon
+from rbee.queen.server import create_app
 from rbee.spec import load
 
 SPEC = """
@@ -30,8 +31,8 @@ ADMIN = {"Authorization": "Bearer admin-key"}
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("RBEE_TEST_ADMIN_KEY", "admin-key")
     monkeypatch.setenv("RBEE_TEST_CHAT_KEY", "chat-key")
-    queen = Queen(tmp_path, token="cluster", queue_wait=0.2)
-    queen.set_spec(load.loads(SPEC), "test")
+    queen = daemon.build(tmp_path, token="cluster", queue_wait=0.2)
+    queen.fleet.apply(load.loads(SPEC), "test")
     with TestClient(create_app(queen), raise_server_exceptions=True) as test_client:
         yield test_client
 
@@ -101,16 +102,16 @@ def test_models_lists_served_models(client: TestClient) -> None:
 
 
 def test_a_restarted_queen_resumes_its_spec_and_routes(tmp_path: Path) -> None:
-    first = Queen(tmp_path, token="cluster")
-    generation, changed = first.set_spec(load.loads(SPEC), "hive.yaml")
+    first = daemon.build(tmp_path, token="cluster")
+    generation, changed = first.fleet.apply(load.loads(SPEC), "hive.yaml")
     assert (generation, changed) == (1, True)
-    assert first.set_spec(load.loads(SPEC), "hive.yaml") == (1, False), "the same spec is not a new generation"
+    assert first.fleet.apply(load.loads(SPEC), "hive.yaml") == (1, False), "the same spec is not a new generation"
     first.store.replace_workers([("local", "w-1", "chat", "http://127.0.0.1:8001")])
     first.store.close()
 
-    second = Queen(tmp_path, token="cluster")
-    assert second.generation == 1 and second.spec is not None
-    assert [(r.worker_id, r.model, r.url) for r in second.registry.routes.values()] == [
+    second = daemon.build(tmp_path, token="cluster")
+    assert second.fleet.generation == 1 and second.fleet.spec is not None
+    assert [(r.worker_id, r.model, r.url) for r in second.fleet.registry.routes.values()] == [
         ("w-1", "chat", "http://127.0.0.1:8001")
     ]
     assert [event["message"] for event in second.store.events()] == ["applied generation 1"]

@@ -9,7 +9,8 @@ import logging
 import pytest
 
 from rbee.queen.admission import Admission, Refusal, Ticket
-from rbee.queen.scheduling import Ask, Policy, PolicyError, PolicyKind, Route, load_user_policy
+from rbee.queen.scheduling import Ask, Policy, PolicyKind, Route
+from rbee.spec.policy import PolicyError, load_user_policy
 
 
 def routes(count: int, model: str = "m", hive: str = "h", slots: int = 1) -> list[Route]:

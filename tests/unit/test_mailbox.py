@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from rbee.worker.server import _Mailbox
+from rbee.worker.stream import Mailbox
 
 LONG = 30.0  # a pace no test may wait out: each `take` below is bounded far below it
 
@@ -16,7 +16,7 @@ def run_with_producer(produce: list[tuple[tuple[str, object], bool]], pace: floa
     return what each take got."""
 
     async def main() -> list[list[object]]:
-        mailbox = _Mailbox(asyncio.get_running_loop(), pace)
+        mailbox = Mailbox(asyncio.get_running_loop(), pace)
         got: list[list[object]] = []
         for item, final in produce[:1]:
             threading.Thread(target=mailbox.put, args=(item,), kwargs={"final": final}).start()
@@ -46,7 +46,7 @@ def test_tokens_within_the_pace_leave_together_with_the_end_which_does_not_wait(
 
 def test_a_token_after_the_pace_has_passed_goes_out_without_an_end() -> None:
     async def main() -> list[list[object]]:
-        mailbox = _Mailbox(asyncio.get_running_loop(), 0.05)
+        mailbox = Mailbox(asyncio.get_running_loop(), 0.05)
         got = []
         for piece in ("a", "b"):
             threading.Thread(target=mailbox.put, args=(("piece", piece),)).start()
@@ -62,7 +62,7 @@ def test_once_tokens_come_slower_than_the_pace_the_loop_sleeps_until_the_next_on
     wakes it at once. While tokens come fast it stays awake, and the producer never signals."""
 
     async def main() -> list[tuple[list[object], bool]]:
-        mailbox = _Mailbox(asyncio.get_running_loop(), 0.5)
+        mailbox = Mailbox(asyncio.get_running_loop(), 0.5)
         got = []
         for piece, quiet in (("a", 0.7), ("b", 0.0), ("c", 0.0)):
             threading.Timer(0.05, mailbox.put, args=(("piece", piece),)).start()  # while the loop waits

@@ -1,14 +1,12 @@
-"""The reconciler's decisions that need no process: backoff per target, which changes a pass may act on, and
-the conditions it derives."""
+"""The reconcile loop's decisions, which need no process (plan/backoff.py, plan/conditions.py): backoff per
+target, which changes a pass may act on, and the conditions it derives."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState, WorkerInfo, WorkerState
+from rbee.plan import backoff
 from rbee.plan import conditions as cond
 from rbee.plan.actions import Action, Change, Plan, Symbol
-from rbee.queen import reconcile
 
 START = Change(
     "a/workers/m:auto:auto/start",
@@ -27,45 +25,40 @@ START_AFTER_MODEL = START._replace(requires=(MODEL.id,))
 HIVE_OK = Change("a/hive", Action.NOTHING, Symbol.NOTHING, "a", "hive a", "already running rbee 0.1.0")
 
 
-def reconciler(tmp_path: Path) -> reconcile.Reconciler:
-    return reconcile.Reconciler(lambda: (0, None), None, tmp_path, tmp_path, lambda *_: None, set, lambda _: None)
-
-
-def test_a_failing_target_backs_off_exponentially_up_to_five_minutes(tmp_path: Path) -> None:
-    loop = reconciler(tmp_path)
+def test_a_failing_target_backs_off_exponentially_up_to_five_minutes() -> None:
+    record = backoff.Record({}, {})
     plan = Plan((HIVE_OK, START))
     now, delays = 1000.0, []
     for _ in range(12):
-        runnable, held = loop._gate(plan, now)
+        runnable, held = backoff.gate(plan, record.attempts, now)
         assert START in runnable and not held
-        loop._account(plan, {START.id: "worker failed to start"}, now)
-        tries = loop.attempts[cond.change_key(START)]
+        record = backoff.account(record, plan, {START.id: "worker failed to start"}, now)
+        tries = record.attempts[cond.change_key(START)]
         delays.append(tries.retry_at - now)
-        assert loop._gate(plan, now + tries.retry_at - now - 0.01)[1] == [START], "held back until retry_at"
+        assert backoff.gate(plan, record.attempts, tries.retry_at - 0.01)[1] == [START], "held back until retry_at"
         now = tries.retry_at
     assert delays == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300, 300]
-    assert loop.attempts[cond.change_key(START)].last_error == "worker failed to start"
+    assert record.attempts[cond.change_key(START)].last_error == "worker failed to start"
 
 
-def test_a_held_back_change_holds_back_its_dependants(tmp_path: Path) -> None:
-    loop = reconciler(tmp_path)
+def test_a_held_back_change_holds_back_its_dependants() -> None:
     plan = Plan((HIVE_OK, MODEL, START_AFTER_MODEL))
-    loop._account(plan, {MODEL.id: "404 repo"}, 0.0)
-    runnable, held = loop._gate(plan, 1.0)
+    record = backoff.account(backoff.Record({}, {}), plan, {MODEL.id: "404 repo"}, 0.0)
+    runnable, held = backoff.gate(plan, record.attempts, 1.0)
     assert runnable == (HIVE_OK,) and held == [MODEL, START_AFTER_MODEL]
 
 
-def test_a_target_converged_for_a_minute_forgets_its_restarts(tmp_path: Path) -> None:
-    loop = reconciler(tmp_path)
+def test_a_target_converged_for_a_minute_forgets_its_restarts() -> None:
+    record = backoff.Record({}, {})
     acted, settled = Plan((START,)), Plan((START._replace(action=Action.NOTHING, symbol=Symbol.NOTHING),))
     for t in (0.0, 10.0, 30.0):
-        loop._account(acted, {START.id: None}, t)
-    assert loop.attempts[cond.change_key(START)].count == 3
-    loop._account(settled, {}, 100.0)
-    loop._account(settled, {}, 150.0)
-    assert cond.change_key(START) in loop.attempts, "not yet a minute"
-    loop._account(settled, {}, 160.0)
-    assert cond.change_key(START) not in loop.attempts
+        record = backoff.account(record, acted, {START.id: None}, t)
+    assert record.attempts[cond.change_key(START)].count == 3
+    record = backoff.account(record, settled, {}, 100.0)
+    record = backoff.account(record, settled, {}, 150.0)
+    assert cond.change_key(START) in record.attempts, "not yet a minute"
+    record = backoff.account(record, settled, {}, 160.0)
+    assert cond.change_key(START) not in record.attempts
 
 
 def observed(status: HiveStatus = HiveStatus.RUNNING, workers: tuple[WorkerInfo, ...] = ()) -> ObservedState:

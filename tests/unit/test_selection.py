@@ -110,7 +110,7 @@ def test_the_ssh_fact_reads_what_the_hive_detects() -> None:
     import subprocess
     import sys
 
-    from rbee.apply.facts import HostDevices, parse_devices
+    from rbee.infra.facts import HostDevices, parse_devices
 
     command = HostDevices().command(sys.executable)
     output = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60).stdout
@@ -118,3 +118,27 @@ def test_the_ssh_fact_reads_what_the_hive_detects() -> None:
     assert facts.device("cpu") is not None and facts.cpu_count >= 1
     assert parse_devices(["Traceback (most recent call last):"]) is None
     assert parse_devices([]) is None
+
+
+@pytest.mark.parametrize("host", ["cuda-4x-a100", "mac-m2-pro", "cpu-only"])
+@pytest.mark.parametrize(
+    ("kind", "fmt"), [("text", "gguf"), ("text", "safetensors"), ("text", "mlx"), ("embedding", "safetensors")]
+)
+def test_the_extras_apply_installs_are_the_engines_the_hive_then_picks(host: str, kind: str, fmt: str) -> None:
+    """One rule (spec/backends.py) for `backend: auto` at apply time and on the hive: the extra installed on a
+    host is the engine the hive chooses there once every engine is installed."""
+    from rbee.spec import backends
+
+    facts = profile(host).model_copy(update={"engines": tuple(backends.TABLE)})
+    chosen = selection.choose_backend("m", kind, fmt, "auto", facts)
+    workload = backends.Workload(kind=kind, format=fmt)
+    assert backends.extras([workload], None, facts.has("metal")) == (backends.TABLE[backends.Backend(chosen)].extra,)
+
+
+def test_a_mac_with_an_hf_folder_gets_mlx_and_a_cuda_box_torch() -> None:
+    from rbee.spec import backends
+
+    hf_folder = backends.Workload(kind="text", format="safetensors")
+    assert backends.extras([hf_folder], None, profile("mac-m2-pro").has("metal")) == ("mlx",)
+    assert backends.extras([hf_folder], None, profile("cuda-4x-a100").has("metal")) == ("torch",)
+    assert backends.extras([hf_folder], ["gguf", "embed"], True) == ("embed", "gguf"), "pinned backends win"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rbee.apply.facts import parse_service
-from rbee.apply.systemd import ServiceError, ServiceHost, absolute, hive_unit, unit_name, use_systemd
+from rbee.infra.facts import parse_service
+from rbee.infra.systemd import ServiceError, ServiceHost, absolute, hive_unit, unit_name, use_systemd
 
 
 def host(**changes: object) -> ServiceHost:

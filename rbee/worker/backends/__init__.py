@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
+from rbee.spec import backends as capabilities
 from rbee.worker.text import TextAssembler
 
 
@@ -98,24 +100,11 @@ class Embedder(Protocol):
 
 
 def create(backend: str, model_path: str, device: str, threads: int | None) -> Backend | Embedder:
-    if backend == "gguf":
-        from rbee.worker.backends import gguf
-
-        return gguf.GgufBackend(model_path, device=device, threads=threads)
-    if backend == "torch":
-        from rbee.worker.backends import torch
-
-        return torch.TorchBackend(model_path, device=device, threads=threads)
-    if backend == "mlx":
-        from rbee.worker.backends import mlx
-
-        return mlx.MlxBackend(model_path, device=device, threads=threads)
-    if backend == "ctransformers":
-        from rbee.worker.backends import ctransformers
-
-        return ctransformers.CtransformersBackend(model_path, device=device, threads=threads)
-    if backend == "embed":
-        from rbee.worker.backends import embed
-
-        return embed.EmbedBackend(model_path, device=device, threads=threads)
-    raise BackendError(f"the {backend} backend is not available in this rbee yet")
+    """The engine of `backend` (spec/backends.py's table), imported only now: each engine's import is heavy."""
+    try:
+        known = capabilities.Backend(backend)
+    except ValueError:
+        raise BackendError(f"the {backend} backend is not available in this rbee yet") from None
+    module = importlib.import_module(f"rbee.worker.backends.{known}")
+    engine: Backend | Embedder = module.ENGINE(model_path, device=device, threads=threads)
+    return engine

@@ -91,3 +91,7 @@ class CtransformersBackend(OneAtATime):
 
     def unload(self) -> None:
         self._llm = self._tokenizer = None
+
+
+ENGINE = CtransformersBackend
+"""What `backends.create` builds for this backend."""

@@ -57,3 +57,7 @@ class EmbedBackend:
 
     def unload(self) -> None:
         self._model = None
+
+
+ENGINE = EmbedBackend
+"""What `backends.create` builds for this backend."""

@@ -32,10 +32,7 @@ class GgufBackend(OneAtATime):
         import llama_cpp
         from llama_cpp import llama_chat_format
 
-        def on_progress(fraction: float, _user_data: Any) -> bool:
-            progress(float(fraction))
-            return True
-
+        # llama-cpp-python reports no loading progress (its callback is not exposed): the hive sees loading -> idle.
         gpu_layers = 0 if self.device == "cpu" else -1
         params: dict[str, Any] = {}
         if self.device.startswith("cuda:"):
@@ -48,7 +45,6 @@ class GgufBackend(OneAtATime):
             verbose=False,
             **params,
         )
-        del on_progress  # llama-cpp-python reports no progress; the hive sees loading -> idle instead
         template = llama.metadata.get("tokenizer.chat_template")
         if template:
             eos, bos = llama.token_eos(), llama.token_bos()
@@ -121,3 +117,7 @@ class GgufBackend(OneAtATime):
         llama, self._llama = self._llama, None
         if llama is not None:
             llama.close()
+
+
+ENGINE = GgufBackend
+"""What `backends.create` builds for this backend."""

@@ -73,3 +73,7 @@ class MlxBackend(OneAtATime):
 
     def unload(self) -> None:
         self._model = self._tokenizer = None
+
+
+ENGINE = MlxBackend
+"""What `backends.create` builds for this backend."""

@@ -128,3 +128,7 @@ def _sample(logits: Any, options: SamplingOptions, seen: list[int], generator: A
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
         probs = probs / probs.sum()
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+ENGINE = TorchBackend
+"""What `backends.create` builds for this backend."""

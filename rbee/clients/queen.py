@@ -1,0 +1,142 @@
+"""The queen's HTTP API as the keeper calls it: the operator API with the cluster token (spec, status, events,
+route, reconcile, shutdown) and the task API with an API key (`rbee infer`). Blocking calls: the keeper is a
+command-line program."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from rbee.api import sse, wire
+from rbee.spec.schema import HiveFile
+
+TIMEOUT = 10.0
+
+
+class QueenCallError(Exception):
+    """The queen did not answer, or refused; the message is what it said (or why it could not be asked)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status of a refusal; None when the queen could not be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The spec the queen holds and the hives it has seen running."""
+
+    generation: int
+    spec: HiveFile | None
+    seen_hives: frozenset[str]
+
+
+def error_text(response: httpx.Response) -> str:
+    """The sentence of an error body in either of rbee's shapes (OpenAI's or the wire's)."""
+    try:
+        error = response.json()["error"]
+        return str(error["message"] if isinstance(error, dict) else error)
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+
+
+class QueenClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.headers = wire.bearer(token)
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("timeout", self.timeout)
+        try:
+            response = httpx.request(method, f"{self.url}{path}", headers=self.headers, trust_env=False, **kwargs)
+        except httpx.HTTPError as error:
+            raise QueenCallError(str(error) or type(error).__name__) from None
+        if response.status_code >= 400:
+            raise QueenCallError(error_text(response), response.status_code)
+        return response
+
+    def is_running(self) -> bool:
+        """A queen answers at this URL and takes this cluster token."""
+        try:
+            self._call("GET", "/v2/status", timeout=2.0)
+        except QueenCallError:
+            return False
+        return True
+
+    def answers(self) -> bool:
+        """Something answers /health at this URL (perhaps a queen of another fleet)."""
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2.0, trust_env=False).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def status(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call("GET", "/v2/status").json()
+        return answer
+
+    def applied(self) -> Applied:
+        body = self._call("GET", "/v2/spec").json()
+        spec = HiveFile.model_validate(body["spec"]) if body.get("spec") else None
+        return Applied(int(body.get("generation", 0)), spec, frozenset(body.get("seen_hives", ())))
+
+    def push_spec(self, spec: HiveFile, source: str, policy_source: str | None) -> tuple[int, bool]:
+        """Make `spec` the queen's desired state: (generation, whether it changed)."""
+        body = {"spec": spec.model_dump(mode="json"), "source": source, "policy_source": policy_source}
+        answer = self._call("PUT", "/v2/spec", json=body, timeout=30.0).json()
+        return int(answer["generation"]), bool(answer["changed"])
+
+    def events(self, limit: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self._call("GET", "/v2/events", params={"limit": str(limit)}).json()["events"]
+        return events
+
+    def follow_events(self, limit: int) -> Iterator[dict[str, Any]]:
+        """The last `limit` events, then each new one as it happens, until interrupted."""
+        params = {"limit": str(limit), "follow": "1"}
+        timeout = httpx.Timeout(self.timeout, read=None)  # the queen sends a keep-alive every 15 s
+        try:
+            with httpx.stream(
+                "GET", f"{self.url}/v2/events", params=params, headers=self.headers, timeout=timeout, trust_env=False
+            ) as stream:
+                if stream.status_code >= 400:
+                    stream.read()
+                    raise QueenCallError(error_text(stream), stream.status_code)
+                for event in sse.events(stream.iter_bytes()):
+                    if event.data:
+                        yield event.json()
+        except httpx.HTTPError as error:
+            raise QueenCallError(str(error) or type(error).__name__) from None
+
+    def route(self, model: str, hive: str | None, prompt_chars: int) -> dict[str, Any]:
+        params: dict[str, str | int] = {"model": model, "prompt_chars": prompt_chars}
+        if hive:
+            params["hive"] = hive
+        answer: dict[str, Any] = self._call("GET", "/v2/route", params=params).json()
+        return answer
+
+    def set_suspended(self, suspended: bool) -> bool:
+        return bool(self._call("PUT", "/v2/reconcile", json={"suspended": suspended}).json()["suspended"])
+
+    def shutdown(self) -> bool:
+        """Ask the queen to stop; False when it could not be asked."""
+        try:
+            self._call("POST", "/v2/admin/shutdown", timeout=5.0)
+        except QueenCallError:
+            return False
+        return True
+
+    def run_task(self, body: dict[str, Any]) -> Iterator[sse.Event]:
+        """Create a task (`POST /v2/tasks`, with this client's credential as the API key) and stream its events."""
+        timeout = httpx.Timeout(30.0, read=None)
+        try:
+            with httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, trust_env=False) as client:
+                created = client.post("/v2/tasks", json=body)
+                if created.status_code != 201:
+                    raise QueenCallError(error_text(created), created.status_code)
+                with client.stream("GET", created.json()["events"]) as events:
+                    yield from sse.events(events.iter_bytes())
+        except httpx.HTTPError as error:
+            raise QueenCallError(str(error) or type(error).__name__) from None

@@ -1,0 +1,105 @@
+"""A worker's HTTP API as the queen and the hive call it: one pooled aiohttp session to every worker.
+
+`stream` passes a worker's bytes through untouched (the worker already wrote the client's wire format), so the
+queen relays them without parsing each event. aiohttp with keep-alive and no pool limit relayed 1,000
+concurrent streams where a shared httpx client collapsed (FACTS.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from rbee.api import wire
+
+
+class WorkerCallError(Exception):
+    """The worker refused, failed or went away; the message is safe to show a client. `code` is
+    `worker_refused` (busy or loading, before any byte), `worker_error` (it answered an error) or `worker_lost`
+    (the connection broke)."""
+
+    def __init__(self, message: str, code: str = "worker_error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class WorkerClient:
+    def __init__(self, token: str | None) -> None:
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+            # No read timeout: aiohttp re-arms a timer on every chunk when there is one, which cost a fifth of the
+            # relay's CPU. A worker that dies closes its connection; one that hangs is stopped by its hive.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=timeout, headers=wire.bearer(self._token)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def stream(self, url: str, body: wire.ExecuteRequest) -> AsyncIterator[bytes]:
+        """The worker's response bytes as they arrive."""
+        try:
+            async with self.session().post(f"{url}/v1/execute", data=body.model_dump_json(), headers=_JSON) as response:
+                if response.status != 200:
+                    raise _refusal(response.status, await response.text())
+                async for chunk in response.content.iter_any():
+                    yield chunk
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+            raise _lost(error) from None
+
+    async def embed(self, url: str, body: wire.EmbedRequest) -> dict[str, Any]:
+        """An embedding request: `{"embeddings", "prompt_tokens"}`."""
+        try:
+            async with self.session().post(f"{url}/v1/execute", data=body.model_dump_json(), headers=_JSON) as response:
+                text = await response.text()
+                if response.status != 200:
+                    raise _refusal(response.status, text)
+                answer: dict[str, Any] = json.loads(text)
+                return answer
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+            raise _lost(error) from None
+
+    async def shutdown(self, url: str, seconds: float = 2.0) -> bool:
+        """Ask a worker to stop; False when it could not be asked."""
+        try:
+            async with self.session().post(
+                f"{url}/v1/admin/shutdown", timeout=aiohttp.ClientTimeout(total=seconds)
+            ) as response:
+                return response.status == 202
+        except (aiohttp.ClientError, TimeoutError, ConnectionError):
+            return False
+
+
+_JSON = {"Content-Type": "application/json"}
+
+
+def _refusal(status: int, body: str) -> WorkerCallError:
+    return WorkerCallError(
+        _message(body) or f"the worker answered HTTP {status}", "worker_refused" if status == 503 else "worker_error"
+    )
+
+
+def _lost(error: BaseException) -> WorkerCallError:
+    return WorkerCallError(f"the worker went away mid-request ({type(error).__name__})", "worker_lost")
+
+
+def _message(body: str) -> str | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message"))
+    return str(error) if error else None

@@ -1,0 +1,123 @@
+"""What every rbee daemon (queen, hive, worker) does the same way: run its event loop, serve its Starlette app
+with uvicorn, stop on SIGTERM, guard its API with a bearer credential, name the first thing wrong with a body,
+and die with its parent."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hmac
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import pydantic
+import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rbee.api import wire
+
+T = TypeVar("T")
+Handler = Callable[[Request], Awaitable[Response]]
+PR_SET_PDEATHSIG = 1
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a daemon's event loop: uvloop where it is installed (it comes with uvicorn[standard]), else asyncio.
+    uvloop cut the relay's CPU per token by a quarter to a third on this kind of machine (FACTS.md)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def configure_logging(line_format: str) -> None:
+    logging.basicConfig(level=logging.INFO, format=line_format)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def server(app: Any, listen: str, graceful: int) -> uvicorn.Server:
+    """A uvicorn server for `app` on `listen` (host:port): no access log and no lifespan, as every daemon
+    wants; `graceful` bounds how long open connections may take to finish at shutdown."""
+    host, _, port = listen.rpartition(":")
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host.strip("[]"),
+            port=int(port),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=graceful,
+        )
+    )
+
+
+async def start(served: uvicorn.Server, on_signal: Callable[[], None] | None = None) -> asyncio.Task[None]:
+    """Start serving; returns (the task that serves) once the server listens or failed to. SIGTERM and SIGINT
+    then call `on_signal`, by default: stop serving."""
+    serving = asyncio.create_task(served.serve(), name="serve")
+    while not served.started and not serving.done():
+        await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal or (lambda: setattr(served, "should_exit", True)))
+    return serving
+
+
+def token_guard(token: str | None) -> Callable[[Handler], Handler]:
+    """Wrap a handler so that it answers only requests that carry `token` (compared in constant time); None
+    guards nothing."""
+    expected = f"Bearer {token}".encode()
+
+    def wrap(handler: Handler) -> Handler:
+        async def check(request: Request) -> Response:
+            if token is not None and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode(), expected
+            ):
+                return JSONResponse(wire.error_body("missing or wrong cluster token", "unauthorized"), 401)
+            return await handler(request)
+
+        return check
+
+    return wrap
+
+
+def first_error(failure: pydantic.ValidationError) -> str:
+    """The first thing wrong with a body, named by its field: `replicas: Input should be ...`."""
+    item = failure.errors()[0]
+    where = ".".join(str(part) for part in item["loc"])
+    message = str(item["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def parent_death_signal() -> None:
+    """Ask the kernel to SIGTERM this process when the thread that forked it ends (Linux; a no-op elsewhere).
+    Used as a child's preexec_fn, and by a worker for itself."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Exit when the process that started us exits, even if it is killed outright: the parent-death signal,
+    and a watchdog on the parent's pid where that signal does not exist."""
+    if parent_pid is None:
+        return
+    parent_death_signal()
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()

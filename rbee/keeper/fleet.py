@@ -1,0 +1,257 @@
+"""The fleet flow on the operator's machine, one path through a plan for each command:
+
+    hive.yaml (and its routing policy, read once) -> observe -> plan -> show -> execute -> queen holds the spec
+
+`rbee plan` stops after showing (or saving) the plan; `rbee apply` executes it, starts the queen if needed and
+gives it the spec; `rbee destroy` executes a plan that stops every hive (and uninstalls, with --purge), then stops
+the queen and checks that no rbee process is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+from rich.text import Text
+
+from rbee.api.state import ObservedState
+from rbee.apply import executor, lock
+from rbee.clients.queen import QueenCallError
+from rbee.infra import job
+from rbee.keeper import processes, queen_process, render
+from rbee.keeper.home import Home
+from rbee.keeper.progress import ConsoleReporter, QuietReporter
+from rbee.keeper.render import fail, out
+from rbee.observe import fleet as observe_fleet
+from rbee.plan import planner
+from rbee.plan.actions import Plan, Symbol
+from rbee.plan.saved import SavedPlan, SavedPlanError, observed_digest
+from rbee.spec import load, policy, schema
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """What the operator asks for: hive.yaml, and the routing policy it names, read and checked once."""
+
+    spec: schema.HiveFile
+    source: str
+    """The file it came from, as the user named it."""
+    policy_source: str | None
+
+
+def load_desired(path: Path) -> Desired:
+    try:
+        spec = load.load(path)
+    except load.SpecError as error:
+        fail(str(error))
+    return Desired(spec, str(path), _policy_source(spec, path))
+
+
+def _policy_source(spec: schema.HiveFile, spec_path: Path) -> str | None:
+    """The routing policy file named in hive.yaml, read and checked now, so a broken one changes nothing."""
+    routing = spec.queen.routing
+    if not routing.endswith(".py"):
+        return None
+    path = (spec_path.parent / routing).resolve()
+    try:
+        source = path.read_text()
+    except OSError as error:
+        fail(f"{spec_path}: queen.routing: cannot read the routing policy {path} ({error.strerror}).")
+    try:
+        policy.load_user_policy(source, path.name)
+    except policy.PolicyError as error:
+        fail(f"{spec_path}: queen.routing: {error}.")
+    return source
+
+
+def applied_before(home: Home) -> tuple[schema.HiveFile | None, set[str]]:
+    """The spec applied last and the hives seen running: asked of the queen when it runs (and recorded), else
+    as last recorded in RBEE_HOME."""
+    queen = queen_process.running(home)
+    if queen is not None:
+        with contextlib.suppress(QueenCallError):
+            applied = queen.applied()
+            home.remember_applied(applied.spec, applied.seen_hives)
+            return applied.spec, set(applied.seen_hives)
+    return home.applied()
+
+
+def observe(spec: schema.HiveFile, home: Home, timeout: float) -> tuple[ObservedState, tuple[schema.HiveSpec, ...]]:
+    """Observe the hives of `spec` and those applied before but gone from it (they are planned for removal)."""
+    previous, seen = applied_before(home)
+    retired = tuple(hive for hive in (previous.hives if previous else ()) if spec.hive(hive.name) is None)
+    everything = spec.model_copy(update={"hives": spec.hives + retired})
+    return observe_fleet.observe(everything, seen, timeout, token=home.token(create=False)), retired
+
+
+def plan(
+    file: Path, as_json: bool, output: Path | None, detailed_exitcode: bool, unchanged: bool, timeout: float
+) -> None:
+    desired = load_desired(file)
+    started = time.monotonic()
+    observed, retired = observe(desired.spec, Home.default(), timeout)
+    elapsed = time.monotonic() - started
+    the_plan = planner.make_plan(desired.spec, observed)
+    saved = SavedPlan(
+        spec=desired.spec,
+        spec_file=desired.source,
+        observed=observed,
+        plan=the_plan,
+        retired=retired,
+        policy_source=desired.policy_source,
+    )
+    if output is not None:
+        partial = output.with_name(f".{output.name}.tmp")
+        partial.write_text(json.dumps(saved.to_json(), indent=2) + "\n")
+        partial.replace(output)
+    if as_json:
+        sys.stdout.write(json.dumps(saved.to_json(), indent=2) + "\n")
+    else:
+        count = len(desired.spec.hives)
+        out.print(Text(f"Observed {count} hive{'s' if count != 1 else ''} in {elapsed:.2f} s.\n", style="dim"))
+        render.plan(the_plan, desired.spec, unchanged)
+        if output is not None:
+            out.print(Text(f"\nSaved the plan to {output}; apply it exactly with: rbee apply {output}", style="dim"))
+    if detailed_exitcode and the_plan.summary.has_changes:
+        raise typer.Exit(2)
+
+
+def _target(target: Path, home: Home, timeout: float) -> tuple[Desired, Plan, tuple[schema.HiveSpec, ...]]:
+    """hive.yaml (plan it now) or a saved plan (check that the world has not moved since)."""
+    if target.suffix == ".json":
+        try:
+            saved = SavedPlan.from_json(json.loads(target.read_text()))
+        except (OSError, ValueError, SavedPlanError) as error:
+            fail(f"{target}: {error}")
+        observed, _ = observe(saved.spec, home, timeout)
+        if observed_digest(observed) != observed_digest(saved.observed):
+            fail(f"{target} is stale: live state changed since the plan was made; run rbee plan again.")
+        desired = Desired(saved.spec, saved.spec_file or str(target), saved.policy_source)
+        return desired, saved.plan, saved.retired
+    desired = load_desired(target)
+    observed, retired = observe(desired.spec, home, timeout)
+    return desired, planner.make_plan(desired.spec, observed), retired
+
+
+def fleet_lock(home: Home) -> contextlib.AbstractContextManager[bool]:
+    """The apply lock, shared with the queen's reconcile loop; say so when waiting for a pass to end. Before
+    the first apply there is no queen to share it with, and nothing is written."""
+    if not home.queen_dir.is_dir():
+        return contextlib.nullcontext(True)
+    if lock.is_held(home.queen_dir):
+        out.print(Text("Waiting for the queen's reconcile pass to finish ...", style="dim"))
+    return lock.hold(home.queen_dir)
+
+
+def confirm(question: str, yes: bool, what: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"Refusing to {what} without confirmation: there is no terminal to ask on; pass --yes.")
+    if not typer.confirm(question, default=False):
+        fail("Nothing was changed.")
+
+
+def apply(target: Path, yes: bool, timeout: float) -> None:
+    home = Home.default()
+    with fleet_lock(home):
+        _apply(target, yes, timeout, home)
+
+
+def _apply(target: Path, yes: bool, timeout: float, home: Home) -> None:
+    desired, the_plan, retired = _target(target, home, timeout)
+    spec = desired.spec
+    render.plan(the_plan, spec, unchanged=False)
+    actionable = the_plan.actionable
+    if actionable:
+        confirm("Apply these changes?", yes, "apply")
+    token = home.token(create=True)
+    assert token is not None
+    errors: dict[str, str | None] = {}
+    if actionable:
+        out.print()
+        with ConsoleReporter(out) as reporter:
+            run = executor.Executor(spec, token, reporter, retired, home.root / "wheels")
+            errors = asyncio.run(run.execute(the_plan))
+    try:
+        queen, started = queen_process.ensure_running(spec, home, token)
+        generation, changed = queen.push_spec(spec, desired.source, desired.policy_source)
+        applied = queen.applied()
+    except queen_process.QueenError as error:
+        fail(str(error))
+    except QueenCallError as error:
+        fail(f"The queen at {queen_process.url_for(spec)} refused the spec: {error}")
+    home.remember_applied(applied.spec, applied.seen_hives)
+    failed = {key: value for key, value in errors.items() if value}
+    waiting = [change for change in the_plan.changes if change.symbol is Symbol.BLOCKED]
+    out.print()
+    queen_line = f"queen {'started' if started else 'running'} at {queen.url}, spec generation {generation}"
+    queen_line += " (updated)" if changed else " (unchanged)"
+    if failed:
+        out.print(Text(f"Apply failed for {len(failed)} of {len(errors)} changes; {queen_line}.", style="red"))
+        raise typer.Exit(1)
+    if waiting:
+        for change in waiting:
+            out.print(Text(f"  ! {change.target}: {change.reason}", style="magenta"))
+        out.print(Text(f"{len(waiting)} targets could not be converged; {queen_line}.", style="red"))
+        raise typer.Exit(1)
+    if not actionable:
+        out.print(f"Nothing to change; {queen_line}.")
+    else:
+        out.print(Text(f"Apply complete: {len(errors)} changes made; {queen_line}.", style="green"))
+
+
+def destroy(file: Path, yes: bool, purge: bool) -> None:
+    spec = load_desired(file).spec
+    home = Home.default()
+    confirm(f"Stop all {len(spec.hives)} hives, their workers and the queen?", yes, "destroy")
+    token = home.token(create=False) or ""
+    with fleet_lock(home):
+        _destroy(spec, home, token, purge)
+
+
+def _destroy(spec: schema.HiveFile, home: Home, token: str, purge: bool) -> None:
+    """Each hive is asked over HTTP to stop (it stops its workers first); the pyinfra stop step then signals
+    any hive that did not (or could not be asked), and cleans up."""
+    run = executor.Executor(spec, token, QuietReporter())
+    errors = asyncio.run(run.execute(planner.destroy_plan(spec, purge)))
+    failed = False
+    for hive in spec.hives:
+        error = next((errors[key] for key in errors if key.startswith(f"{hive.name}/") and errors[key]), None)
+        if error:
+            failed = True
+            out.print(Text(f"  ✗ hive {hive.name}: {error}", style="red"))
+            continue
+        how = run.stopped_how.get(hive.name, "not running")
+        if how == "over HTTP":
+            what = "stopped over HTTP"
+        elif how == "by a signal":
+            what = "stopped by a signal over SSH" if hive.ssh is not None else "stopped by a signal"
+        else:
+            what = "was not running"
+        out.print(Text(f"  - hive {hive.name} {what}{' and uninstalled' if purge else ''}", style="red"))
+    if queen_process.stop(home):
+        out.print(Text("  - queen stopped", style="red"))
+    # What runs on this machine: the queen and the local hives. An SSH hive's processes are on its own host (its
+    # stop step saw to them), and its own view of its URL, 127.0.0.1:PORT, would name another fleet's local hive.
+    local = [job.hive_config(hive) for hive in spec.hives if hive.ssh is None]
+    markers = (
+        str(home.queen_dir),
+        *(config.data_dir for config in local),
+        *(f"--hive-url {config.url}" for config in local),
+    )
+    left = processes.rbee_processes(markers)
+    if left:
+        out.print(
+            Text("rbee processes still running: " + ", ".join(f"{pid} ({cmd})" for pid, cmd in left), style="red")
+        )
+        raise typer.Exit(1)
+    out.print("Destroy complete. No rbee process remains.")
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,109 @@
+"""The queen as a process on the operator's machine: started by `rbee apply` (detached, logging to
+RBEE_HOME/queen/queen.log), found again through RBEE_HOME, and stopped by `rbee destroy`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from rbee.clients.queen import QueenClient
+from rbee.keeper.home import Home
+from rbee.spec.schema import HiveFile
+
+START_TIMEOUT = 20.0
+
+
+class QueenError(Exception):
+    """The queen could not be started or reached; the message says what to check."""
+
+
+def url_for(spec: HiveFile) -> str:
+    host, _, port = spec.queen.listen.rpartition(":")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
+
+
+def ensure_running(spec: HiveFile, home: Home, token: str) -> tuple[QueenClient, bool]:
+    """A client of the fleet's queen, and whether the queen had to be started."""
+    queen = QueenClient(url_for(spec), token)
+    if queen.is_running():
+        return queen, False
+    if queen.answers():
+        raise QueenError(
+            f"another queen answers at {queen.url} and refuses this cluster token; stop it or change queen.listen"
+        )
+    home.queen_dir.mkdir(parents=True, exist_ok=True)
+    log_path = home.queen_dir / "queen.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rbee",
+                "queen",
+                "serve",
+                "--state-dir",
+                str(home.queen_dir),
+                "--listen",
+                spec.queen.listen,
+                "--token-file",
+                str(home.token_file),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not queen.is_running():
+        if process.poll() is not None:
+            raise QueenError(f"the queen exited at start (code {process.returncode}); see {log_path}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise QueenError(f"the queen did not answer on {queen.url} within {START_TIMEOUT:.0f} s; see {log_path}")
+        time.sleep(0.05)
+    home.remember_queen(queen.url, process.pid)
+    return queen, True
+
+
+def running(home: Home) -> QueenClient | None:
+    """A client of the queen this RBEE_HOME started, if it recorded one."""
+    record = home.queen()
+    if record is None:
+        return None
+    return QueenClient(str(record["url"]), home.token(create=False))
+
+
+def stop(home: Home) -> bool:
+    """Stop the queen this keeper started; True if one was running."""
+    record = home.queen()
+    if record is None:
+        return False
+    pid = int(str(record.get("pid", 0)))
+    queen = running(home)
+    if queen is not None:
+        queen.shutdown()
+    if pid > 0 and not _wait_gone(pid, 10.0):  # pid 0 would name our own process group
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 5.0)
+    home.forget_queen()
+    return True
+
+
+def _wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.05)
+    return False

@@ -1,0 +1,158 @@
+"""The keeper's screen: its two consoles, the one-sentence failure, and every table and line it prints (plans,
+status, conditions, routes, catalogs, events). Colour only on a terminal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from rbee.api.state import HiveObservation
+from rbee.api.units import human_size
+from rbee.plan import render
+from rbee.plan.actions import Plan, Symbol
+from rbee.spec.schema import HiveFile
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+STYLES: dict[Symbol, str] = {
+    Symbol.ADD: "green",
+    Symbol.CHANGE: "yellow",
+    Symbol.DESTROY: "red",
+    Symbol.NOTHING: "dim",
+    Symbol.BLOCKED: "bold magenta",
+}
+CONDITION_STYLES = {"Ready": "green", "Progressing": "yellow", "Degraded": "red", "Unreachable": "bold red"}
+EVENT_STYLES = {"failed": "red", "applied": "green", "spec": "bold"}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One sentence on stderr, and the exit code."""
+    err.print(Text(message, style="red"))
+    raise typer.Exit(code)
+
+
+def plan(the_plan: Plan, spec: HiveFile, unchanged: bool = True) -> None:
+    for line in render.lines(the_plan, spec, show_unchanged=unchanged):
+        style = STYLES.get(line.symbol) if line.symbol else ("bold" if line.text.startswith("hive ") else "")
+        out.print(Text(line.text, style=style or ""))
+
+
+def status(hives: list[dict[str, Any]]) -> None:
+    """Hives, their catalogs and their workers, from `/v2/status` or an observation (as JSON)."""
+    table = Table("hive", "status", "version", "reason", box=None)
+    models = Table("hive", "model", "format", "size", "source", box=None)
+    workers = Table("hive", "worker", "model", "backend", "device", "state", "pid", "port", "reason", box=None)
+    for hive in hives:
+        state = hive.get("state") or {}
+        colour = {"running": "green", "down": "yellow"}.get(hive["status"], "red")
+        table.add_row(
+            hive["name"], Text(hive["status"], style=colour), state.get("version", ""), hive.get("reason", "")
+        )
+        for entry in state.get("catalog", []):
+            models.add_row(
+                hive["name"], entry["name"], entry["format"], human_size(entry["size_bytes"]), entry["source"]
+            )
+        for worker in state.get("workers", []):
+            workers.add_row(
+                hive["name"],
+                worker["id"],
+                worker["model"],
+                worker["backend"],
+                worker["device"],
+                worker["state"],
+                str(worker.get("pid") or ""),
+                str(worker.get("port") or ""),
+                worker.get("reason") or "",
+            )
+    out.print(table)
+    if models.row_count:
+        out.print()
+        out.print(models)
+    out.print()
+    out.print(workers if workers.row_count else Text("No workers.", style="dim"))
+
+
+def conditions(items: list[dict[str, Any]], reconcile: dict[str, Any] | None) -> None:
+    table = Table("hive", "target", "condition", "reason", "since", "message", box=None)
+    now = time.time()
+    for item in sorted(items, key=lambda c: (c["hive"], c["target"])):
+        table.add_row(
+            item["hive"],
+            item["target"],
+            Text(item["type"], style=CONDITION_STYLES.get(item["type"], "")),
+            item["reason"],
+            f"{ago(now - float(item['since']))} ago",
+            item["message"],
+        )
+    out.print(table)
+    reconcile = reconcile or {}
+    last = reconcile.get("last")
+    if last:
+        out.print(
+            Text(
+                f"Reconcile pass {last['number']} (generation {last['generation']}) "
+                f"{ago(now - float(last['started']))} ago, every {reconcile['interval']:g} s"
+                + (" (suspended: rbee resume to converge again)" if reconcile.get("suspended") else "")
+                + (f"; skipped: {last['skipped']}" if last.get("skipped") else ""),
+                style="dim",
+            )
+        )
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.0f}h"
+
+
+def event(item: dict[str, Any]) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(item["at"])))
+    style = EVENT_STYLES.get(item["kind"], "")
+    out.print(Text(f"{when}  {item['kind']:<9} {item['target']:<32} {item['message']}", style=style))
+
+
+def route(answer: dict[str, Any], explain: bool) -> None:
+    table = Table("worker", "hive", "in flight", "slots", "url", box=None)
+    for candidate in answer["candidates"]:
+        picked = f"{candidate['hive']}/{candidate['worker']}" == answer["pick"]
+        table.add_row(
+            Text(("→ " if picked else "  ") + candidate["worker"], style="bold green" if picked else ""),
+            candidate["hive"],
+            str(candidate["in_flight"]),
+            str(candidate["slots"]),
+            candidate["url"],
+        )
+    out.print(f"policy: {answer['policy']}")
+    out.print(table if answer["candidates"] else Text("No candidates.", style="dim"))
+    out.print(f"pick: {answer['pick'] or 'none'} — {answer['reason']}" if explain else f"pick: {answer['pick']}")
+
+
+def catalogs(hives: Iterable[HiveObservation]) -> None:
+    table = Table("hive", "model", "format", "size", "managed", "source", box=None)
+    total = 0
+    for hive in hives:
+        if hive.state is None:
+            table.add_row(hive.name, Text(f"({hive.status}: {hive.reason})", style="dim"), "", "", "", "")
+            continue
+        for entry in hive.state.catalog:
+            total += entry.size_bytes
+            table.add_row(
+                hive.name,
+                entry.name,
+                entry.format,
+                human_size(entry.size_bytes),
+                "yes" if entry.managed else "no",
+                entry.source,
+            )
+    out.print(table)
+    out.print(Text(f"{human_size(total)} in all", style="dim"))

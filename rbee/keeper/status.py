@@ -1,0 +1,132 @@
+"""What the keeper asks a running queen: status and conditions, the event log, routing decisions, suspending the
+reconcile loop, and answers (`rbee infer`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+
+from rbee.clients.queen import QueenCallError, QueenClient
+from rbee.keeper import queen_process, render
+from rbee.keeper.fleet import load_desired
+from rbee.keeper.home import Home
+from rbee.keeper.render import err, fail, out
+from rbee.observe import hives as observe_hives
+
+DEFAULT_QUEEN = "http://127.0.0.1:8080"
+
+
+def queen(hint: str = "run rbee apply first") -> QueenClient:
+    """The queen this RBEE_HOME started, or one clear error."""
+    found = queen_process.running(Home.default())
+    if found is None:
+        fail(f"No queen is running for this RBEE_HOME; {hint}.")
+    return found
+
+
+def unreachable(client: QueenClient, error: QueenCallError, hint: str = "run rbee apply to start it") -> str:
+    return f"The queen at {client.url} does not answer ({error}); {hint}."
+
+
+def status(file: Path | None, as_json: bool) -> None:
+    conditions: list[dict[str, Any]] = []
+    reconcile: dict[str, Any] | None = None
+    if file is not None:
+        token = Home.default().token(create=False)
+        observed = observe_hives.observe(load_desired(file).spec, token=token)
+        hives = [hive.model_dump(mode="json") for hive in observed.hives]
+    else:
+        client = queen("run rbee apply, or pass a hive.yaml to observe directly")
+        try:
+            body = client.status()
+        except QueenCallError as error:
+            fail(unreachable(client, error))
+        hives, conditions, reconcile = body["hives"], body.get("conditions", []), body.get("reconcile")
+    if as_json:
+        sys.stdout.write(
+            json.dumps({"hives": hives, "conditions": conditions, "reconcile": reconcile}, indent=2) + "\n"
+        )
+        return
+    render.status(hives)
+    if conditions:
+        out.print()
+        render.conditions(conditions, reconcile)
+
+
+def set_suspended(suspended: bool) -> None:
+    client = queen()
+    try:
+        client.set_suspended(suspended)
+    except QueenCallError as error:
+        fail(unreachable(client, error))
+    if suspended:
+        out.print("The queen's reconcile loop is suspended: it changes nothing until `rbee resume`.")
+    else:
+        out.print("The queen's reconcile loop is running again; a pass starts now.")
+
+
+def events(follow: bool, limit: int, as_json: bool) -> None:
+    client = queen()
+
+    def show(item: dict[str, Any]) -> None:
+        if as_json:
+            sys.stdout.write(json.dumps(item) + "\n")
+            sys.stdout.flush()
+        else:
+            render.event(item)
+
+    try:
+        for item in client.follow_events(limit) if follow else client.events(limit):
+            show(item)
+    except QueenCallError as error:
+        fail(unreachable(client, error))
+    except KeyboardInterrupt:
+        pass
+
+
+def route(model: str, explain: bool, hive: str | None, prompt_chars: int) -> None:
+    client = queen()
+    try:
+        answer = client.route(model, hive, prompt_chars)
+    except QueenCallError as error:
+        fail(unreachable(client, error))
+    render.route(answer, explain)
+
+
+def infer(
+    prompt: str,
+    model: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    system: str | None,
+    url: str | None,
+) -> None:
+    """Stream an answer through the queen's task API, with the API key from $RBEE_API_KEY."""
+    url = url or str((Home.default().queen() or {}).get("url") or DEFAULT_QUEEN)
+    client = QueenClient(url, os.environ.get("RBEE_API_KEY"))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    try:
+        for event in client.run_task(body):
+            if event.is_comment:
+                continue
+            data = event.json()
+            if event.name == "error":
+                sys.stdout.write("\n")
+                fail(f"Inference failed: {data.get('error')}")
+            if data.get("done"):
+                sys.stdout.write("\n")
+                err.print(Text(f"[{data.get('total_tokens')} tokens, {data.get('finish_reason')}]", style="dim"))
+                return
+            sys.stdout.write(data["token"])
+            sys.stdout.flush()
+    except QueenCallError as error:
+        if error.status is not None:
+            fail(f"The queen refused: {error}")
+        fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")

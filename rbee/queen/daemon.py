@@ -1,0 +1,100 @@
+"""The queen daemon, `rbee queen serve`: build its parts, start its background tasks by name (poll, reconcile),
+serve the API until told to stop, then stop everything in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from rbee import daemon
+from rbee.clients.worker import WorkerClient
+from rbee.queen import server
+from rbee.queen.admission import Admission
+from rbee.queen.auth import ApiKeys
+from rbee.queen.autoscale import Autoscaler
+from rbee.queen.dispatch import Dispatcher
+from rbee.queen.events import EventLog
+from rbee.queen.fleet import Fleet
+from rbee.queen.heartbeats import Heartbeats
+from rbee.queen.metrics import Metrics
+from rbee.queen.parts import Queen
+from rbee.queen.reconcile import Reconciler
+from rbee.queen.store import Store
+from rbee.queen.tasks import TaskStore
+
+log = logging.getLogger("rbee.queen")
+DEFAULT_RECONCILE_INTERVAL = 30.0
+
+
+def build(
+    state_dir: Path,
+    token: str | None,
+    *,
+    queue_wait: float | None = None,
+    listen: str | None = None,
+) -> Queen:
+    """Every part of a queen whose state lives in `state_dir`, wired by explicit arguments."""
+    store = Store(state_dir / "queen.db")
+    events = EventLog(store)
+    admission = Admission()
+    fleet = Fleet(store, events, admission, ApiKeys(), Heartbeats(listen), token, queue_wait)
+    autoscale = Autoscaler(fleet, admission, events, token)
+    admission.wake = autoscale.wake  # a request that finds no worker starts one
+    counters = Metrics(admission)
+    return Queen(
+        store=store,
+        events=events,
+        fleet=fleet,
+        admission=admission,
+        autoscale=autoscale,
+        dispatch=Dispatcher(fleet, admission, autoscale, WorkerClient(token), counters),
+        tasks=TaskStore(),
+        reconciler=Reconciler(fleet, events, autoscale, token, state_dir, state_dir.parent / "wheels"),
+        metrics=counters,
+        token=token,
+    )
+
+
+async def poll(queen: Queen, interval: float) -> None:
+    """Keep the registry fresh, park idle workers, and ask for a reconcile pass when hives stop beating."""
+    while True:
+        try:
+            await queen.fleet.refresh()
+            queen.autoscale.park_idle()
+            if queen.fleet.take_silenced():
+                queen.reconciler.request()
+        except Exception:
+            log.exception("refreshing the registry failed")
+        await asyncio.sleep(interval)
+
+
+async def close(queen: Queen) -> None:
+    queen.tasks.cancel_all()
+    await queen.reconciler.stop()
+    await queen.autoscale.close()
+    await queen.dispatch.workers.close()
+    await queen.fleet.close()
+    queen.store.close()
+
+
+def serve(state_dir: Path, listen: str, token: str | None, poll_interval: float = 1.0) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    daemon.configure_logging("%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        queen = build(state_dir, token, listen=listen)
+        uvicorn_server = daemon.server(server.create_app(queen), listen, graceful=3)
+        queen.server = uvicorn_server
+        spec = queen.fleet.spec
+        poller = asyncio.create_task(poll(queen, poll_interval), name="poll")
+        queen.reconciler.start(spec.queen.reconcile_interval if spec else DEFAULT_RECONCILE_INTERVAL)
+        serving = await daemon.start(uvicorn_server)
+        log.info("queen listening on %s (pid %d)", listen, os.getpid())
+        await serving
+        poller.cancel()
+        await close(queen)
+
+    daemon.run(main())

@@ -1,0 +1,258 @@
+"""Dispatch: a request goes admit -> pick a worker -> open its stream -> relay, with one retry rule and one
+cold-start wait for every path that streams (OpenAI streams and rbee tasks).
+
+A worker that refuses as busy before any byte sends the request back to admission until its deadline; any other
+failure is the client's 502, and a worker lost mid-request is not offered again. Every request leaves exactly
+one record (metrics and the request log) and releases its admission ticket exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rbee.api import sse, wire
+from rbee.clients.worker import WorkerCallError, WorkerClient
+from rbee.queen import metrics
+from rbee.queen.admission import Admission, Refusal, Ticket
+from rbee.queen.auth import Key
+from rbee.queen.autoscale import Autoscaler
+from rbee.queen.errors import ClientError
+from rbee.queen.fleet import Fleet
+from rbee.queen.metrics import Exchange, Metrics
+from rbee.queen.scheduling import Ask
+
+BUSY_RETRY = 0.005
+"""Seconds before a request a busy worker refused goes back to admission."""
+
+OnError = Callable[[str, str], bytes]
+"""The last bytes of a stream that failed, in the client's wire format: on_error(message, code)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A worker's stream, open: the admission ticket it holds, its first bytes and the rest."""
+
+    ticket: Ticket
+    first: bytes
+    chunks: AsyncIterator[bytes]
+
+    def abandon(self) -> None:
+        """The client left before the relay began: give the worker back and close its stream."""
+        self.ticket.release()
+        asyncio.get_running_loop().create_task(_close(self.chunks))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A generation read whole, for clients that did not ask for a stream."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class Dispatcher:
+    def __init__(
+        self, fleet: Fleet, admission: Admission, autoscale: Autoscaler, workers: WorkerClient, counters: Metrics
+    ) -> None:
+        self.fleet = fleet
+        self.admission = admission
+        self.autoscale = autoscale
+        self.workers = workers
+        self.metrics = counters
+
+    def record(self, exchange: Exchange) -> None:
+        metrics.record(self.metrics, exchange)
+
+    async def _admit(self, ask: Ask, key: Key | None, exchange: Exchange, deadline: float) -> Ticket:
+        try:
+            ticket = await self.admission.acquire(
+                ask, max(0.0, deadline - time.monotonic()), key.max_concurrent if key else None
+            )
+        except Refusal as refusal:
+            kind = {429: "rate_limit_error", 504: "timeout"}.get(refusal.status, "service_unavailable")
+            raise ClientError(
+                refusal.status, str(refusal), kind, refusal.reason, retry_after=refusal.retry_after
+            ) from None
+        exchange.worker, exchange.hive = ticket.route.worker_id, ticket.route.hive
+        exchange.queued = ticket.queued_seconds
+        return ticket
+
+    async def _retry_or_raise(self, failure: WorkerCallError, ticket: Ticket, deadline: float) -> None:
+        if failure.code == "worker_refused" and time.monotonic() < deadline:
+            await asyncio.sleep(BUSY_RETRY)
+            return
+        if failure.code == "worker_lost":
+            self.fleet.lost(ticket.route)
+        route = ticket.route
+        raise ClientError(
+            502, f"worker {route.worker_id} on hive {route.hive}: {failure}", "api_error", failure.code
+        ) from None
+
+    async def embed(self, ask: Ask, key: Key | None, body: wire.EmbedRequest, exchange: Exchange) -> dict[str, Any]:
+        """An embedding request, recorded whatever happens."""
+        deadline = time.monotonic() + self.fleet.queue_wait
+        try:
+            while True:
+                ticket = await self._admit(ask, key, exchange, deadline)
+                try:
+                    answer = await self.workers.embed(ticket.route.url, body)
+                except WorkerCallError as failure:
+                    await self._retry_or_raise(failure, ticket, deadline)
+                    continue
+                finally:
+                    ticket.release()
+                exchange.first_byte = time.monotonic()
+                return answer
+        except ClientError as refusal:
+            exchange.failed(refusal.status, str(refusal))
+            raise
+        finally:
+            self.record(exchange)
+
+    async def open(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> Opened:
+        """Admit the request, open its worker's stream and read the first bytes. A refusal is recorded like any
+        finished request."""
+        deadline = time.monotonic() + self.fleet.queue_wait
+        try:
+            while True:
+                ticket = await self._admit(ask, key, exchange, deadline)
+                chunks = self.workers.stream(ticket.route.url, body)
+                try:
+                    first = await anext(chunks)
+                except WorkerCallError as failure:
+                    ticket.release()
+                    await self._retry_or_raise(failure, ticket, deadline)
+                    continue
+                except StopAsyncIteration:
+                    ticket.release()
+                    raise ClientError(502, "the worker sent nothing", "api_error", "worker_lost") from None
+                except BaseException:
+                    ticket.release()
+                    raise
+                exchange.first_byte = time.monotonic()
+                return Opened(ticket, first, chunks)
+        except ClientError as refusal:
+            exchange.failed(refusal.status, str(refusal))
+            self.record(exchange)
+            raise
+
+    async def opening(
+        self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange
+    ) -> AsyncGenerator[bytes | Opened, None]:
+        """`open`, for a client that is already being answered: while a cold start runs, its progress as an SSE
+        comment every second, then the opened stream (a refusal raises ClientError). Use it in `aclosing`."""
+        opening = asyncio.ensure_future(self.open(ask, key, body, exchange))
+        handed = False
+        try:
+            await asyncio.wait({opening}, timeout=0.01)  # admission runs first, and starts the worker
+            while not opening.done():
+                start = self.autoscale.starting.get(ask.model)
+                if start is not None:
+                    yield start.comment()
+                await asyncio.wait({opening}, timeout=1.0)
+            opened = opening.result()
+            handed = True
+            yield opened
+        finally:
+            if not opening.done():
+                opening.cancel()
+            elif not handed and not opening.cancelled() and opening.exception() is None:
+                opening.result().abandon()
+
+    async def relay(self, exchange: Exchange, opened: Opened, on_error: OnError) -> AsyncIterator[bytes]:
+        """Pass the worker's bytes through; end with an error in the client's format if the worker fails."""
+        ticket, chunks = opened.ticket, opened.chunks
+        last: deque[bytes] = deque([opened.first], maxlen=8)  # references only: the end comment is in the last chunks
+        finished = False
+        try:
+            yield opened.first
+            async for chunk in chunks:
+                yield chunk
+                last.append(chunk)
+            finished = True
+            end = wire.parse_end(b"".join(last))
+            if end is None:
+                self._lost(exchange, ticket, "the worker ended the stream without finishing")
+                yield on_error(str(exchange.error), "worker_lost")
+            else:
+                exchange.tokens = int(end.get("completion_tokens", 0))
+                if end.get("error"):
+                    exchange.failed(502, str(end["error"]))
+        except WorkerCallError as failure:
+            finished = True
+            self._lost(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
+            yield on_error(str(exchange.error), failure.code)
+        finally:
+            if not finished:
+                exchange.failed(499, "the client went away")
+                asyncio.get_running_loop().create_task(_close(chunks))
+            ticket.release()
+            self.record(exchange)
+
+    async def answer(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> Answer:
+        """The whole generation at once (the worker streams rbee events; they are read to the end here)."""
+        opened = await self.open(ask, key, body.model_copy(update={"format": wire.StreamFormat.RBEE}), exchange)
+        text: list[str] = []
+        end: dict[str, Any] | None = None
+        try:
+            buffer = opened.first
+            async for chunk in opened.chunks:
+                buffer += chunk
+            for event in sse.Parser().feed(buffer):
+                if event.name == "error":
+                    message = str(json.loads(event.data)["error"])
+                    exchange.failed(502, message)
+                    raise ClientError(502, message, "api_error", "generation_failed")
+                if event.data:
+                    data = event.json()
+                    if "token" in data:
+                        text.append(data["token"])
+            end = wire.parse_end(buffer)
+        except WorkerCallError as failure:
+            exchange.failed(502, str(failure))
+            raise ClientError(502, str(failure), "api_error", failure.code) from None
+        finally:
+            opened.ticket.release()
+            if end is not None:
+                exchange.tokens = int(end.get("completion_tokens", 0))
+            self.record(exchange)
+        if end is None:
+            raise ClientError(502, "the worker ended the stream without finishing", "api_error", "worker_lost")
+        return Answer(
+            "".join(text), int(end["prompt_tokens"]), int(end["completion_tokens"]), str(end.get("finish_reason"))
+        )
+
+    def _lost(self, exchange: Exchange, ticket: Ticket, message: str) -> None:
+        exchange.failed(502, message)
+        self.fleet.lost(ticket.route)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    with contextlib.suppress(Exception):
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def relay_after_opening(
+    dispatch: Dispatcher, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange, on_error: OnError
+) -> AsyncIterator[bytes]:
+    """A stream that starts at once: cold-start comments while the request waits for its worker, then the relay;
+    a refusal becomes the stream's error."""
+    try:
+        async with contextlib.aclosing(dispatch.opening(ask, key, body, exchange)) as items:
+            async for item in items:
+                if isinstance(item, Opened):
+                    async for chunk in dispatch.relay(exchange, item, on_error):
+                        yield chunk
+                else:
+                    yield item
+    except ClientError as refusal:
+        yield on_error(str(refusal), refusal.code or "refused")

@@ -1,0 +1,96 @@
+"""One exception for every request the queen refuses, and one response shape per audience: OpenAI's error body
+for the client APIs (/v1 and the task API), rbee's wire error body for the operator and hive APIs (/v2).
+
+Handlers raise `ClientError`; the route table wraps each handler in the guard of its audience, which turns the
+exception into that audience's body. Nothing here knows fleet state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rbee import daemon
+from rbee.api import openai as oai
+from rbee.api import wire
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class ClientError(Exception):
+    """A request refused before (or instead of) any work: an HTTP status and what to tell the client."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.code, self.param, self.retry_after = status, kind, code, param, retry_after
+
+    def _headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+
+    def openai(self) -> JSONResponse:
+        body = oai.error(str(self), self.kind, self.code, self.param)
+        return JSONResponse(body, self.status, headers=self._headers())
+
+    def wire(self) -> JSONResponse:
+        return JSONResponse(wire.error_body(str(self), self.code or self.kind), self.status, headers=self._headers())
+
+
+def _answering(shape: Callable[[ClientError], Response]) -> Callable[[Handler], Handler]:
+    def wrap(handler: Handler) -> Handler:
+        async def guard(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ClientError as refusal:
+                return shape(refusal)
+
+        return guard
+
+    return wrap
+
+
+openai_errors = _answering(ClientError.openai)
+"""The client APIs' guard: refusals in OpenAI's error shape."""
+wire_errors = _answering(ClientError.wire)
+"""The operator and hive APIs' guard: refusals in rbee's wire error shape."""
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, read no further than `limit` bytes (413 past it)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
+    raw = b""
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise ClientError(400, "the body must be a JSON object", code="invalid_json") from None
+
+
+async def read_object(request: Request, limit: int) -> dict[str, Any]:
+    raw = await read_json(request, limit)
+    if not isinstance(raw, dict):
+        raise ClientError(400, "the body must be a JSON object", code="invalid_json")
+    return raw
+
+
+def invalid(failure: pydantic.ValidationError) -> ClientError:
+    """A body that does not validate: 400, naming the field (`messages.0.role: Input should be ...`)."""
+    param = ".".join(str(part) for part in failure.errors()[0]["loc"])
+    return ClientError(400, daemon.first_error(failure), param=param or None)

@@ -1,0 +1,206 @@
+"""The fleet as the queen holds it: the applied spec (the one owner of desired state in the queen, with its
+generation and routing policy), and what is observed of it, merged from polls and heartbeats into the registry
+of routable workers. No HTTP here: the API modules call in.
+
+Hives that send heartbeats are taken from their last beat; the others are polled every second, and those that
+answer are asked to send heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState
+from rbee.observe import hives as observe_hives
+from rbee.queen.admission import Admission
+from rbee.queen.auth import ApiKeys
+from rbee.queen.events import EventLog
+from rbee.queen.heartbeats import MISSED, Heartbeats
+from rbee.queen.registry import Registry
+from rbee.queen.scheduling import Route, make_policy
+from rbee.queen.store import Store
+from rbee.spec.backends import ModelKind
+from rbee.spec.schema import HiveFile
+
+SEEN_EVERY = 60.0
+"""Seconds between two SQLite writes of "hive X answered": the registry refreshes every second."""
+POLL_TIMEOUT = 2.0
+DEFAULT_QUEUE_WAIT = 30.0
+
+
+class UnknownHive(KeyError):
+    """A heartbeat from a hive the applied spec does not name."""
+
+
+class Fleet:
+    def __init__(
+        self,
+        store: Store,
+        events: EventLog,
+        admission: Admission,
+        keys: ApiKeys,
+        heartbeats: Heartbeats,
+        token: str | None,
+        queue_wait: float | None = None,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.admission = admission
+        self.keys = keys
+        self.heartbeats = heartbeats
+        self.token = token
+        self.queue_wait_override = queue_wait
+        self.registry = Registry()
+        self.beating: set[str] = set()
+        self.silenced: set[str] = set()
+        """Hives whose beats stopped since the last `take_silenced`: the reconcile loop should look at them."""
+        self._observer: aiohttp.ClientSession | None = None
+        self._recorded: dict[str, float] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        current = store.current_spec()
+        self.generation: int = current[0] if current else 0
+        self.spec: HiveFile | None = current[1] if current else None
+        self.policy_source: str | None = store.policy_source()
+        if self.spec is not None:
+            self._configure(self.spec)
+            self.registry.restore(store.workers())
+            admission.sync(self.registry.routes.values())
+
+    # -- desired state ---------------------------------------------------------------------------------------
+
+    @property
+    def queue_wait(self) -> float:
+        if self.queue_wait_override is not None:
+            return self.queue_wait_override
+        return self.spec.queen.queue_timeout if self.spec else DEFAULT_QUEUE_WAIT
+
+    @property
+    def max_body(self) -> int:
+        return self.spec.queen.max_body_bytes if self.spec else 4 << 20
+
+    def apply(self, spec: HiveFile, source: str, policy_source: str | None = None) -> tuple[int, bool]:
+        """Make `spec` the desired state: (generation, whether it changed). A routing policy that cannot be used
+        is refused (PolicyError) before anything is stored."""
+        if spec.queen.routing.endswith(".py"):
+            make_policy(spec.queen.routing, policy_source)
+        generation, changed = self.store.apply_spec(spec, source)
+        self.store.set_policy_source(policy_source)
+        self.generation, self.spec, self.policy_source = generation, spec, policy_source
+        self._configure(spec)
+        self.events.changed()
+        return generation, changed
+
+    def _configure(self, spec: HiveFile) -> None:
+        self.keys.configure(spec)
+        self.admission.max_queue = spec.queen.max_queue
+        self.admission.policy = make_policy(spec.queen.routing, self.policy_source)
+
+    def served_models(self) -> list[str]:
+        """The models hive.yaml runs workers of, in its order."""
+        if self.spec is None:
+            return []
+        served = {worker.model for worker in self.spec.workers if worker.replicas > 0}
+        return [model.name for model in self.spec.models if model.name in served]
+
+    def model_kind(self, model: str) -> ModelKind | None:
+        """The kind of a model hive.yaml names; None for a model it does not."""
+        found = self.spec.model(model) if self.spec else None
+        return found.kind if found else None
+
+    # -- observed state --------------------------------------------------------------------------------------
+
+    async def refresh(self) -> None:
+        """Bring the registry up to date: hives that beat from their last heartbeat, the others by a poll."""
+        spec = self.spec
+        if spec is None:
+            return
+        if self._observer is None:
+            self._observer = observe_hives.make_client(self.token)
+        now, interval = time.monotonic(), spec.queen.heartbeat_interval
+        beating = {hive.name for hive in spec.hives if self.heartbeats.fresh(hive.name, interval, now)}
+        for name in self.beating - beating:
+            silence = self.heartbeats.silent_for(name, now) or 0.0
+            what = f"missed {MISSED} heartbeats" if silence >= MISSED * interval else "stopped answering"
+            self.events.record("heartbeat", name, f"{what} (last {silence:.0f} s ago); polling it, and reconciling")
+            self.silenced.add(name)
+        silent = spec.model_copy(update={"hives": tuple(h for h in spec.hives if h.name not in beating)})
+        polled = await observe_hives.observe_async(silent, timeout=POLL_TIMEOUT, client=self._observer)
+        found = {hive.name: hive for hive in polled.hives}
+        for name in beating:
+            found[name] = HiveObservation(
+                name=name, status=HiveStatus.RUNNING, installed=True, state=self.heartbeats.beats[name].state
+            )
+        for observation in polled.hives:
+            quiet = self.heartbeats.silent_for(observation.name, now)
+            if quiet is not None and observation.status is not HiveStatus.RUNNING:
+                reason = f"no heartbeat for {quiet:.0f} s; {observation.reason}"
+                found[observation.name] = observation.model_copy(update={"reason": reason})
+            hive = spec.hive(observation.name)
+            if observation.status is HiveStatus.RUNNING and hive and self.heartbeats.due(hive.name, interval, now):
+                self._background(self.heartbeats.subscribe(self._observer, hive, interval))
+        self.beating = beating
+        observed = ObservedState(hives=tuple(found[hive.name] for hive in spec.hives))
+        self.saw(observed)
+        self._update(spec, observed)
+
+    def heartbeat(self, state: HiveState) -> None:
+        """A hive's beat: its state goes into the registry at once (a new worker is routable now)."""
+        spec = self.spec
+        if spec is None or spec.hive(state.name) is None:
+            raise UnknownHive(state.name)
+        self.heartbeats.record(state)
+        self.beating.add(state.name)
+        beat = HiveObservation(name=state.name, status=HiveStatus.RUNNING, installed=True, state=state)
+        earlier = self.registry.observed.hives if self.registry.observed else ()
+        merged = {hive.name: hive for hive in earlier} | {state.name: beat}
+        self.saw(ObservedState(hives=(beat,)))
+        self._update(spec, ObservedState(hives=tuple(merged[h.name] for h in spec.hives if h.name in merged)))
+
+    def saw(self, observed: ObservedState) -> None:
+        """Remember (in SQLite, at most once a minute per hive) which hives answered; distrust the last beat of
+        those that did not."""
+        now = time.monotonic()
+        for hive in observed.hives:
+            if hive.state is not None:
+                if now - self._recorded.get(hive.name, -SEEN_EVERY) >= SEEN_EVERY:
+                    self.store.saw_hive(hive.name)
+                    self._recorded[hive.name] = now
+            else:
+                self.heartbeats.distrust(hive.name)  # its last beat is no longer the truth: poll it
+
+    def seen_hives(self) -> set[str]:
+        return self.store.seen_hives()
+
+    def lost(self, route: Route) -> None:
+        """A worker broke mid-request: stop offering it, and poll its hive rather than trust its last beat."""
+        self.registry.forget(route)
+        self.heartbeats.distrust(route.hive)
+
+    def take_silenced(self) -> set[str]:
+        silenced, self.silenced = self.silenced, set()
+        return silenced
+
+    def _update(self, spec: HiveFile, observed: ObservedState) -> None:
+        before = self.registry.snapshot()
+        self.registry.update(spec, observed)
+        self.admission.sync(self.registry.routes.values())
+        after = self.registry.snapshot()
+        if after != before:
+            self.store.replace_workers(after)
+            self.events.record("registry", "workers", f"{len(after)} workers routable")
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._observer is not None:
+            await self._observer.close()

@@ -1,0 +1,112 @@
+"""The OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+Each body is validated as OpenAI's, then translated into the one worker request of api/wire.py (so a value the
+workers cannot take is the client's 400, never a worker's 502). Streams are written by the worker in OpenAI's
+format and relayed as bytes.
+"""
+
+from __future__ import annotations
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from rbee.api import openai as oai
+from rbee.api import wire
+from rbee.queen import parts
+from rbee.queen.asgi import RelayResponse
+from rbee.queen.dispatch import relay_after_opening
+from rbee.queen.errors import ClientError, invalid, read_object
+from rbee.queen.metrics import Exchange
+from rbee.queen.scheduling import Ask
+from rbee.spec.backends import ModelKind
+
+
+async def list_models(request: Request) -> Response:
+    queen = parts.of(request)
+    queen.fleet.keys.authorize(request, None)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "rbee"} for name in queen.fleet.served_models()]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request, chat=True)
+
+
+async def completions(request: Request) -> Response:
+    return await _generate(request, chat=False)
+
+
+def _require_kind(queen: parts.Queen, model: str, kind: ModelKind) -> None:
+    found = queen.fleet.model_kind(model)
+    if found is None:
+        raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
+    if found is not kind:
+        advice = "use /v1/embeddings" if found is ModelKind.EMBEDDING else "/v1/embeddings needs an embedding model"
+        raise ClientError(
+            400, f"the model {model} is {_a(found)} model; {advice}", code="wrong_model_kind", param="model"
+        )
+
+
+def _a(kind: ModelKind) -> str:
+    return "an embedding" if kind is ModelKind.EMBEDDING else f"a {kind}"
+
+
+async def _generate(request: Request, chat: bool) -> Response:
+    queen = parts.of(request)
+    raw = await read_object(request, queen.fleet.max_body)
+    try:
+        body: oai.ChatRequest | oai.CompletionRequest = (
+            oai.ChatRequest.model_validate(raw) if chat else oai.CompletionRequest.model_validate(raw)
+        )
+    except pydantic.ValidationError as failure:
+        raise invalid(failure) from None
+    key = queen.fleet.keys.authorize(request, body.model)
+    _require_kind(queen, body.model, ModelKind.TEXT)
+    request_id = oai.new_id("chatcmpl" if chat else "cmpl")
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    fields = {"request_id": request_id, **body.sampling()}
+    if isinstance(body, oai.ChatRequest):
+        fields["messages"] = [message.model_dump(exclude_none=True) for message in body.messages]
+        prompt_chars = sum(len(message.content or "") for message in body.messages)
+    else:
+        fields["prompt"] = body.text
+        prompt_chars = len(body.text)
+    if body.stream:
+        fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
+        fields.update(format=fmt, openai_model=body.model, include_usage=include_usage)
+    try:
+        execute = wire.ExecuteRequest.model_validate(fields)
+    except pydantic.ValidationError as failure:
+        raise invalid(failure) from None
+    ask = Ask(body.model, request.headers.get("x-rbee-hive"), key.name if key else None, prompt_chars)
+    exchange = Exchange(request_id, body.model, ask.key)
+    dispatch = queen.dispatch
+    if body.stream:
+        encoder = oai.StreamEncoder(request_id, body.model, chat, include_usage)
+        if not queen.admission.has_workers(body.model):  # a cold start: answer at once, with its progress
+            return RelayResponse(relay_after_opening(dispatch, ask, key, execute, exchange, encoder.error))
+        opened = await dispatch.open(ask, key, execute, exchange)
+        return RelayResponse(dispatch.relay(exchange, opened, encoder.error))
+    answer = await dispatch.answer(ask, key, execute, exchange)
+    usage = oai.usage(answer.prompt_tokens, answer.completion_tokens)
+    shape = oai.chat_response if chat else oai.completion_response
+    return JSONResponse(shape(exchange.id, body.model, answer.text, oai.openai_finish(answer.finish_reason), usage))
+
+
+async def embeddings(request: Request) -> Response:
+    queen = parts.of(request)
+    raw = await read_object(request, queen.fleet.max_body)
+    try:
+        body = oai.EmbeddingRequest.model_validate(raw)
+    except pydantic.ValidationError as failure:
+        raise invalid(failure) from None
+    key = queen.fleet.keys.authorize(request, body.model)
+    _require_kind(queen, body.model, ModelKind.EMBEDDING)
+    exchange = Exchange(oai.new_id("emb"), body.model, key.name if key else None)
+    ask = Ask(body.model, request.headers.get("x-rbee-hive"), exchange.key, sum(map(len, body.texts)))
+    execute = wire.EmbedRequest(request_id=exchange.id, input=tuple(body.texts), encoding="base64")
+    answer = await queen.dispatch.embed(ask, key, execute, exchange)
+    return JSONResponse(
+        oai.embedding_response(body.model, answer["embeddings"], int(answer["prompt_tokens"]), body.encoding_format)
+    )

@@ -1,0 +1,158 @@
+"""The operator's API (the keeper, with the cluster token): PUT /v2/spec, GET /v2/spec, GET /v2/status,
+GET /v2/route, GET /v2/events (+ follow), PUT /v2/reconcile, POST /v2/admin/shutdown; the hives' POST
+/v2/heartbeat; and the open GET /health, /metrics, /openapi.json. Refusals come in rbee's wire error shape."""
+
+from __future__ import annotations
+
+import time
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from rbee import __version__
+from rbee.api.state import HiveState
+from rbee.queen import docs, parts
+from rbee.queen.errors import ClientError, read_json, read_object
+from rbee.queen.fleet import UnknownHive
+from rbee.queen.scheduling import Ask
+from rbee.spec.policy import PolicyError
+from rbee.spec.schema import HiveFile
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__, "generation": parts.of(request).fleet.generation})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(parts.of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(docs.openapi())
+
+
+async def put_spec(request: Request) -> Response:
+    """Make a hive.yaml the desired state: `{"spec", "source", "policy_source"}`."""
+    queen = parts.of(request)
+    raw = await read_json(request, queen.fleet.max_body)
+    try:
+        spec = HiveFile.model_validate(raw.get("spec") if isinstance(raw, dict) else None)
+    except pydantic.ValidationError as failure:
+        raise ClientError(400, f"not a valid hive.yaml: {failure.errors()[0]['msg']}", code="invalid_spec") from None
+    policy = raw.get("policy_source")
+    try:
+        generation, changed = queen.fleet.apply(
+            spec, str(raw.get("source", "")), policy if isinstance(policy, str) else None
+        )
+    except PolicyError as error:
+        raise ClientError(400, str(error), code="invalid_policy") from None
+    queen.reconciler.spec_changed(generation)
+    await queen.fleet.refresh()
+    return JSONResponse({"generation": generation, "changed": changed})
+
+
+async def get_spec(request: Request) -> Response:
+    """The applied spec and the hives the queen has seen running: what the keeper plans removals from."""
+    fleet = parts.of(request).fleet
+    spec = fleet.spec.model_dump(mode="json") if fleet.spec else None
+    return JSONResponse({"generation": fleet.generation, "spec": spec, "seen_hives": sorted(fleet.seen_hives())})
+
+
+async def status(request: Request) -> Response:
+    queen = parts.of(request)
+    fleet, reconciler = queen.fleet, queen.reconciler
+    observed = fleet.registry.observed
+    return JSONResponse(
+        {
+            "generation": fleet.generation,
+            "observed_at": fleet.registry.observed_at,
+            "hives": observed.model_dump(mode="json")["hives"] if observed else [],
+            "routes": [
+                {
+                    "worker": r.worker_id,
+                    "hive": r.hive,
+                    "model": r.model,
+                    "url": r.url,
+                    "in_flight": r.in_flight,
+                    "slots": r.slots,
+                }
+                for r in fleet.registry.routes.values()
+            ],
+            "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
+            "conditions": [condition.to_json() for condition in reconciler.conditions.values()],
+            "heartbeats": fleet.heartbeats.ages(time.monotonic()),
+            "reconcile": {
+                "interval": reconciler.interval,
+                "suspended": reconciler.suspended,
+                "passes": reconciler.passes,
+                "last": reconciler.last.to_json() if reconciler.last else None,
+            },
+        }
+    )
+
+
+async def explain(request: Request) -> Response:
+    """Which worker the routing policy would pick for a sample request, and why."""
+    queen = parts.of(request)
+    query = request.query_params
+    try:
+        prompt_chars = int(query.get("prompt_chars", 0))
+    except ValueError:
+        raise ClientError(400, "prompt_chars must be an integer", code="invalid_query") from None
+    model = query.get("model", "")
+    candidates, pick, reason = queen.admission.explain(Ask(model, query.get("hive"), None, prompt_chars))
+    policy = queen.admission.policy.kind
+    return JSONResponse({"model": model, "policy": policy, "candidates": candidates, "pick": pick, "reason": reason})
+
+
+async def events(request: Request) -> Response:
+    """The event log: the last `limit` events as JSON, or with `follow=1` an SSE stream that goes on with each
+    new event (`after=ID` resumes after an event already seen)."""
+    log = parts.of(request).events
+    try:
+        limit = max(1, min(int(request.query_params.get("limit", 100)), 10_000))
+        after = int(request.query_params["after"]) if "after" in request.query_params else None
+    except ValueError:
+        raise ClientError(400, "limit and after must be integers", code="invalid_query") from None
+    if request.query_params.get("follow") not in ("1", "true"):
+        return JSONResponse({"events": log.recent(limit, after)})
+    return StreamingResponse(log.follow(limit, after), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def reconcile(request: Request) -> Response:
+    """Suspend or resume the reconcile loop: `{"suspended": true|false}`."""
+    queen = parts.of(request)
+    raw = await read_object(request, queen.fleet.max_body)
+    wanted = raw.get("suspended")
+    if not isinstance(wanted, bool):
+        raise ClientError(400, 'send {"suspended": true} or {"suspended": false}', code="invalid")
+    reconciler = queen.reconciler
+    if wanted != reconciler.suspended:
+        reconciler.suspended = wanted
+        queen.events.record("reconcile", "fleet", "suspended" if wanted else "resumed")
+        if not wanted:
+            reconciler.request()
+    return JSONResponse({"suspended": reconciler.suspended})
+
+
+async def heartbeat(request: Request) -> Response:
+    queen = parts.of(request)
+    try:
+        state = HiveState.model_validate_json(await request.body())
+    except pydantic.ValidationError:
+        raise ClientError(400, "the body must be a hive state", code="invalid_state") from None
+    try:
+        queen.fleet.heartbeat(state)
+    except UnknownHive:
+        raise ClientError(404, f"hive {state.name} is not in the applied spec", code="unknown_hive") from None
+    return JSONResponse({"ok": True})
+
+
+async def shutdown(request: Request) -> Response:
+    queen = parts.of(request)
+    if queen.server is not None:
+        queen.server.should_exit = True
+    return JSONResponse({"state": "stopping"}, 202)

@@ -1,0 +1,58 @@
+"""rbee's task API: POST /v2/tasks, GET /v2/tasks/{id}/events (SSE, re-attachable while the task runs),
+DELETE /v2/tasks/{id}. Refusals come in OpenAI's error shape, as on the rest of the client API."""
+
+from __future__ import annotations
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from rbee.api import openai as oai
+from rbee.api import wire
+from rbee.queen import parts
+from rbee.queen.errors import ClientError, invalid, read_object
+from rbee.queen.scheduling import Ask
+from rbee.queen.tasks import Task
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def create_task(request: Request) -> Response:
+    queen = parts.of(request)
+    raw = await read_object(request, queen.fleet.max_body)
+    model, hive = raw.pop("model", None), raw.pop("hive", None)
+    if not isinstance(model, str):
+        raise ClientError(400, "the body must be a JSON object with a 'model'", param="model")
+    key = queen.fleet.keys.authorize(request, model)
+    task_id = oai.new_id("task")
+    try:
+        execute = wire.ExecuteRequest.model_validate({**raw, "request_id": task_id, "format": wire.StreamFormat.RBEE})
+    except pydantic.ValidationError as failure:
+        raise invalid(failure) from None
+    if queen.fleet.model_kind(model) is None:
+        raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
+    task = Task(task_id, model)
+    queen.tasks.add(task)
+    prompt_chars = len(execute.prompt or "") + sum(len(m.content or "") for m in execute.messages or ())
+    ask = Ask(model, hive if isinstance(hive, str) else None, key.name if key else None, prompt_chars)
+    queen.tasks.start(queen.dispatch, task, ask, key, execute)
+    return JSONResponse({"task_id": task_id, "events": f"/v2/tasks/{task_id}/events"}, 201)
+
+
+def _task(request: Request) -> Task:
+    queen = parts.of(request)
+    task = queen.tasks.get(request.path_params["id"])
+    if task is None:
+        raise ClientError(404, "no such task", code="not_found")
+    queen.fleet.keys.authorize(request, task.model)
+    return task
+
+
+async def task_events(request: Request) -> Response:
+    return StreamingResponse(_task(request).replay(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def cancel_task(request: Request) -> Response:
+    task = _task(request)
+    await task.cancel()
+    return JSONResponse({"task_id": task.id, "finished": True})

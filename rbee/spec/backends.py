@@ -1,0 +1,129 @@
+"""The one table of backends: which formats and model kind each loads, which devices it runs on, the engine it
+imports, and the pip extra of rbee that installs it; and the one rule for `backend: auto`.
+
+hive.yaml's schema and checks, the hive's selection, the extras that apply installs on a hive, the engine
+detection and the worker's engine factory all read this table, so they cannot disagree. No I/O here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from rbee.spec.source import ModelFormat
+
+
+class Backend(StrEnum):
+    GGUF = "gguf"
+    TORCH = "torch"
+    MLX = "mlx"
+    EMBED = "embed"
+    CTRANSFORMERS = "ctransformers"
+
+
+class ModelKind(StrEnum):
+    TEXT = "text"
+    EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True, slots=True)
+class Capability:
+    backend: Backend
+    formats: frozenset[ModelFormat]
+    kind: ModelKind
+    devices: tuple[str, ...]
+    """The device kinds it runs on, in the order `device: auto` prefers them."""
+    engine: str
+    """The Python module whose presence means the engine is installed."""
+    extra: str
+    """rbee's pip extra that installs the engine."""
+
+
+TABLE: dict[Backend, Capability] = {
+    Backend.GGUF: Capability(
+        Backend.GGUF, frozenset({ModelFormat.GGUF}), ModelKind.TEXT, ("cuda", "metal", "cpu"), "llama_cpp", "gguf"
+    ),
+    Backend.TORCH: Capability(
+        Backend.TORCH, frozenset({ModelFormat.SAFETENSORS}), ModelKind.TEXT, ("cuda", "cpu"), "transformers", "torch"
+    ),
+    Backend.MLX: Capability(
+        Backend.MLX,
+        frozenset({ModelFormat.SAFETENSORS, ModelFormat.MLX}),
+        ModelKind.TEXT,
+        ("metal", "cpu"),  # the CPU through mlx[cpu] on Linux
+        "mlx_lm",
+        "mlx",
+    ),
+    Backend.EMBED: Capability(
+        Backend.EMBED,
+        frozenset({ModelFormat.SAFETENSORS}),
+        ModelKind.EMBEDDING,
+        ("cuda", "cpu"),
+        "sentence_transformers",
+        "embed",
+    ),
+    Backend.CTRANSFORMERS: Capability(
+        Backend.CTRANSFORMERS,
+        frozenset({ModelFormat.GGUF}),
+        ModelKind.TEXT,
+        ("cpu",),  # rbee runs it without GPU layers
+        "ctransformers",
+        "ctransformers",
+    ),
+}
+
+_PREFERENCE = {
+    True: (Backend.GGUF, Backend.MLX, Backend.TORCH, Backend.EMBED, Backend.CTRANSFORMERS),
+    False: (Backend.GGUF, Backend.TORCH, Backend.MLX, Backend.EMBED, Backend.CTRANSFORMERS),
+}
+"""`backend: auto` in order, on a Metal host (True) and elsewhere: llama.cpp for GGUF files everywhere, MLX
+before torch for Hugging Face folders on Metal, ctransformers only where llama.cpp is missing."""
+
+
+def loads(fmt: str | ModelFormat) -> tuple[Backend, ...]:
+    """The backends that can load a model of this format, in table order."""
+    return tuple(backend for backend, capability in TABLE.items() if fmt in capability.formats)
+
+
+def serves(backend: Backend, kind: str, fmt: str) -> bool:
+    capability = TABLE[backend]
+    return capability.kind == kind and fmt in capability.formats
+
+
+def auto_order(kind: str, fmt: str, metal: bool) -> tuple[Backend, ...]:
+    """The backends `auto` considers for a model, best first; the hive takes the first whose engine it has."""
+    return tuple(backend for backend in _PREFERENCE[metal] if serves(backend, kind, fmt))
+
+
+def runs_on(backend: Backend, device_kind: str) -> bool:
+    return device_kind in TABLE[backend].devices
+
+
+class Workload(BaseModel):
+    """What one worker group asks of a hive: the model's kind and format, and the backend hive.yaml names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    format: str
+    backend: str = "auto"
+
+
+def extras(workloads: Iterable[Workload], pinned: Iterable[str] | None, metal: bool) -> tuple[str, ...]:
+    """rbee's pip extras a hive needs: those of its pinned backends, or of the backends its workloads will get
+    (by the same `auto` rule the hive applies when it starts them)."""
+    if pinned is not None:
+        wanted = {Backend(name) for name in pinned}
+    else:
+        wanted = set()
+        for workload in workloads:
+            if workload.backend != "auto":
+                wanted.add(Backend(workload.backend))
+            else:
+                order = auto_order(workload.kind, workload.format, metal)
+                if order:
+                    wanted.add(order[0])
+    return tuple(sorted(TABLE[backend].extra for backend in wanted))

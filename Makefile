@@ -20,10 +20,12 @@ demo: $(STAMP)
 	@echo
 	$(BIN)/rbee infer --model smollm2 --seed 7 "In two sentences, what does a queen bee do?"
 	@echo
-	@echo "The fleet is running. Ask it yourself:"
-	@echo "  curl -N http://127.0.0.1:8080/v1/chat/completions -H 'Content-Type: application/json' \\"
+	@echo "The fleet is running. Ask it yourself, with the admin API key that rbee key prints:"
+	@echo "  curl -N http://127.0.0.1:8080/v1/chat/completions -H \"Authorization: Bearer \$$($(BIN)/rbee key 2>/dev/null)\" \\"
+	@echo "    -H 'Content-Type: application/json' \\"
 	@echo "    -d '{\"model\": \"smollm2\", \"stream\": true, \"messages\": [{\"role\": \"user\", \"content\": \"Hi!\"}]}'"
-	@echo "  $(BIN)/python -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://127.0.0.1:8080/v1\", api_key=\"-\"); \\"
+	@echo "  RBEE_KEY=\$$($(BIN)/rbee key 2>/dev/null) $(BIN)/python -c 'import os; from openai import OpenAI; \\"
+	@echo "    c = OpenAI(base_url=\"http://127.0.0.1:8080/v1\", api_key=os.environ[\"RBEE_KEY\"]); \\"
 	@echo "    print(c.chat.completions.create(model=\"smollm2\", messages=[{\"role\": \"user\", \"content\": \"Hi!\"}]).choices[0].message.content)'"
 	@echo "  $(BIN)/rbee status"
 	@echo "Tear it down (no process is left): $(BIN)/rbee destroy examples/local.yaml --yes"

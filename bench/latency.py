@@ -67,8 +67,7 @@ def main() -> None:
     if applied.returncode != 0:
         raise SystemExit(applied.stdout + applied.stderr)
     try:
-        token = (work / "home" / "cluster.token").read_text()
-        state = httpx.get(f"{fleet.hive_url}/v1/state", headers={"Authorization": f"Bearer {token}"}).json()
+        state = httpx.get(f"{fleet.hive_url}/v1/state", headers=fleet.hive_auth()).json()
         worker_url = f"http://127.0.0.1:{state['workers'][0]['port']}"
         threads = os.cpu_count() or 1
         sampling = {
@@ -82,7 +81,7 @@ def main() -> None:
 
         def via_queen() -> Iterator[str]:
             body = {"model": "smollm2", "prompt": PROMPT, "stream": True, **sampling}
-            with client.stream("POST", f"{fleet.queen_url}/v1/completions", json=body) as response:
+            with client.stream("POST", f"{fleet.queen_url}/v1/completions", json=body, headers=fleet.keyed) as response:
                 yield from sse_tokens(response, "openai")
 
         def via_worker() -> Iterator[str]:
@@ -90,7 +89,7 @@ def main() -> None:
                 "POST",
                 f"{worker_url}/v1/execute",
                 json={"prompt": PROMPT, **sampling},
-                headers={"Authorization": f"Bearer {token}"},
+                headers=fleet.worker_auth(state["workers"][0]["id"]),
             ) as response:
                 yield from sse_tokens(response, "rbee")
 

@@ -29,11 +29,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rbee.keeper.home import Home  # noqa: E402
 from rbee.queen.admission import Admission  # noqa: E402
 from rbee.queen.scheduling import Ask, Route  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
-TOKEN = "bench-cluster-token"
+TOKEN = "bench-worker-credential"
+"""The synthetic worker takes any credential."""
 PATTERN = b'"finish_reason":null'
 
 
@@ -103,18 +105,18 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def single_stream(queen: str, worker: str, runs: int) -> dict[str, float]:
+async def single_stream(queen: str, worker: str, runs: int, keyed: dict[str, str]) -> dict[str, float]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         direct_body = {"request_id": "b", "prompt": "x", "max_tokens": 4, "format": "openai-completion"}
         queen_body = {"model": "synthetic", "prompt": "x", "max_tokens": 4, "stream": True}
         auth = {"Authorization": f"Bearer {TOKEN}"}
         for _ in range(5):
             await stream(session, f"{worker}/v1/execute", direct_body, auth)
-            await stream(session, f"{queen}/v1/completions", queen_body, {})
+            await stream(session, f"{queen}/v1/completions", queen_body, keyed)
         direct, through = [], []
         for _ in range(runs):
             direct.append((await stream(session, f"{worker}/v1/execute", direct_body, auth))[0])
-            through.append((await stream(session, f"{queen}/v1/completions", queen_body, {}))[0])
+            through.append((await stream(session, f"{queen}/v1/completions", queen_body, keyed))[0])
     added = [(q - d) * 1000 for q, d in zip(through, direct, strict=True)]
     return {
         "direct_ms": statistics.median(direct) * 1000,
@@ -177,7 +179,9 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="rbee-relay-"))
-    (work / "token").write_text(TOKEN)
+    home = Home(work)
+    credentials, admin_key = home.credentials(create=True), home.admin_key(create=True)
+    assert credentials is not None
     synthetic_port, queen_port = free_port(), free_port()
     queen_url, worker_url = f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{synthetic_port}"
     synthetic = start_synthetic(synthetic_port, 100, 10, 45.0)
@@ -188,17 +192,17 @@ def main() -> None:
             "rbee",
             "queen",
             "serve",
-            "--state-dir",
-            str(work / "queen"),
+            "--home",
+            str(work),
             "--listen",
             f"127.0.0.1:{queen_port}",
-            "--token-file",
-            str(work / "token"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
+    operator = {"Authorization": f"Bearer {credentials.operator}"}
+    keyed = {"Authorization": f"Bearer {admin_key}"}
     try:
         wait_http(f"{queen_url}/health")
         spec = {
@@ -207,11 +211,11 @@ def main() -> None:
             "models": [{"name": "synthetic", "source": "file:///synthetic.gguf"}],
             "workers": [{"model": "synthetic", "hive": "synthetic", "replicas": 100}],
         }
-        httpx.put(f"{queen_url}/v2/spec", json={"spec": spec, "source": "bench"}, headers=auth).raise_for_status()
-        while len(httpx.get(f"{queen_url}/v2/status", headers=auth).json()["routes"]) < 100:
+        httpx.put(f"{queen_url}/v2/spec", json={"spec": spec, "source": "bench"}, headers=operator).raise_for_status()
+        while len(httpx.get(f"{queen_url}/v2/status", headers=operator).json()["routes"]) < 100:
             time.sleep(0.05)
 
-        single = asyncio.run(single_stream(queen_url, worker_url, args.single_runs))
+        single = asyncio.run(single_stream(queen_url, worker_url, args.single_runs, keyed))
         print(
             f"single stream: ttft direct {single['direct_ms']:.2f} ms, through the queen {single['queen_ms']:.2f} ms;"
             f" added median {single['added_median_ms']:.2f} ms, p95 {single['added_p95_ms']:.2f} ms"
@@ -222,7 +226,7 @@ def main() -> None:
         queen_body = {"model": "synthetic", "prompt": "x", "max_tokens": tokens, "stream": True}
         direct100 = asyncio.run(concurrent(f"{worker_url}/v1/execute", direct_body, auth, 100))
         cpu_before = cpu_seconds(queen.pid)
-        queen100 = asyncio.run(concurrent(f"{queen_url}/v1/completions", queen_body, {}, 100))
+        queen100 = asyncio.run(concurrent(f"{queen_url}/v1/completions", queen_body, keyed, 100))
         cpu_ms_per_1k = (cpu_seconds(queen.pid) - cpu_before) * 1000 / max(queen100["tokens"], 1) * 1000
         print(
             f"100 streams x {tokens} tokens at 45 tok/s: direct {direct100['tokens']:.0f} tokens, "
@@ -237,7 +241,7 @@ def main() -> None:
         direct_body["max_tokens"] = queen_body["max_tokens"] = tokens
         offered = args.big * 40.0
         direct_big = asyncio.run(concurrent(f"{worker_url}/v1/execute", direct_body, auth, args.big))
-        queen_big = asyncio.run(concurrent(f"{queen_url}/v1/completions", queen_body, {}, args.big))
+        queen_big = asyncio.run(concurrent(f"{queen_url}/v1/completions", queen_body, keyed, args.big))
         print(
             f"{args.big} streams x {tokens} tokens at 40 tok/s (offered {offered:.0f} tok/s): direct "
             f"{direct_big['tokens_per_s']:.0f} tok/s ({direct_big['errors']:.0f} errors), queen "

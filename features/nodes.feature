@@ -7,7 +7,7 @@ Feature: Nodes over SSH: hives on machines rbee reaches with real sshd and check
     Given a hive.yaml with node1 serving "smollm2"
     When I run rbee apply with --yes
     Then node1 runs a hive daemon and 1 worker
-    And node1 holds rbee's config and a cluster token only root can read
+    And node1 holds rbee's config and its own credential only root can read
 
   Scenario: add a node
     Given a hive.yaml with node1 serving "smollm2"

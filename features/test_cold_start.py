@@ -55,10 +55,9 @@ def apply(world: World) -> None:
 
 @then(parsers.parse('the queen has registered {count:d} idle worker for "{model}"'))
 def registered(world: World, count: int, model: str) -> None:
-    token = (world.fleet.root / "home" / "cluster.token").read_text()
     deadline = time.monotonic() + 10
     while True:
-        status = httpx.get(f"{world.fleet.queen_url}/v2/status", headers={"Authorization": f"Bearer {token}"}).json()
+        status = httpx.get(f"{world.fleet.queen_url}/v2/status", headers=world.fleet.operator).json()
         routes = [route for route in status["routes"] if route["model"] == model]
         if len(routes) == count:
             return
@@ -75,7 +74,9 @@ def chat(world: World, model: str) -> None:
         "max_tokens": 16,
         "messages": [{"role": "user", "content": "Say something nice."}],
     }
-    with httpx.stream("POST", f"{world.fleet.queen_url}/v1/chat/completions", json=body, timeout=60) as response:
+    with httpx.stream(
+        "POST", f"{world.fleet.queen_url}/v1/chat/completions", json=body, headers=world.fleet.keyed, timeout=60
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():

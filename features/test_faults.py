@@ -29,7 +29,6 @@ LOAD_ALLOWANCE = 15.0
 
 class World:
     fleet: Fleet
-    token: str
     pids: dict[str, int]
     hive_pid: int
     killed_at: float
@@ -48,11 +47,12 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 
 def auth(world: World) -> dict[str, str]:
-    return {"Authorization": f"Bearer {world.token}"}
+    """The operator's credential (the queen's operator API)."""
+    return world.fleet.operator
 
 
 def hive_state(world: World) -> dict[str, Any]:
-    return dict(httpx.get(f"{world.fleet.hive_url}/v1/state", headers=auth(world), timeout=5).json())
+    return dict(httpx.get(f"{world.fleet.hive_url}/v1/state", headers=world.fleet.hive_auth(), timeout=5).json())
 
 
 def queen_status(world: World) -> dict[str, Any]:
@@ -79,7 +79,12 @@ def wait_for(what: str, check: Any, seconds: float, every: float = 0.1) -> Any:
 
 def chat(world: World, max_tokens: int = 6, stream: bool = False, timeout: float = 60) -> httpx.Response:
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens}
-    return httpx.post(f"{world.fleet.queen_url}/v1/chat/completions", json={**body, "stream": stream}, timeout=timeout)
+    return httpx.post(
+        f"{world.fleet.queen_url}/v1/chat/completions",
+        json={**body, "stream": stream},
+        headers=world.fleet.keyed,
+        timeout=timeout,
+    )
 
 
 @given(
@@ -94,7 +99,6 @@ def fleet(world: World, tmp_path: Path, seconds: int) -> None:
     )
     applied = world.fleet.rbee("apply", str(world.fleet.spec), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
-    world.token = (world.fleet.root / "home" / "cluster.token").read_text()
     world.pids = wait_for("a running worker", lambda: running_workers(world), 10)
 
 
@@ -110,7 +114,9 @@ def kill_worker_mid_stream(world: World) -> None:
         "max_tokens": 400,
         "stream": True,
     }
-    with httpx.stream("POST", f"{world.fleet.queen_url}/v1/chat/completions", json=body, timeout=30) as response:
+    with httpx.stream(
+        "POST", f"{world.fleet.queen_url}/v1/chat/completions", json=body, headers=world.fleet.keyed, timeout=30
+    ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             world.stream_lines.append((time.monotonic(), line))
@@ -195,6 +201,7 @@ def stream_many(world: World, count: int, results: list[str]) -> list[threading.
                 "POST",
                 f"{world.fleet.queen_url}/v1/completions",
                 json={"model": "smollm2", "prompt": "Bees", "max_tokens": 12, "stream": True},
+                headers=world.fleet.keyed,
                 timeout=120,
             ) as response:
                 text = "".join(response.iter_lines())
@@ -333,7 +340,9 @@ def parked(world: World) -> None:
 @then("a streaming request cold-starts a worker, showing its progress, and succeeds")
 def cold_start(world: World) -> None:
     body = {"model": "smollm2", "prompt": "Bees", "max_tokens": 6, "stream": True}
-    with httpx.stream("POST", f"{world.fleet.queen_url}/v1/completions", json=body, timeout=60) as response:
+    with httpx.stream(
+        "POST", f"{world.fleet.queen_url}/v1/completions", json=body, headers=world.fleet.keyed, timeout=60
+    ) as response:
         assert response.status_code == 200
         lines = list(response.iter_lines())
     assert any(line.startswith(": rbee cold start: smollm2 on hive local") for line in lines), lines[:5]

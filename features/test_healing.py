@@ -54,8 +54,7 @@ class World:
         return [line.split()[0] for line in lines if what in line]
 
     def status(self) -> dict[str, Any]:
-        token = (self.fleet.root / "home" / "cluster.token").read_text()
-        reply = httpx.get(f"{self.fleet.queen_url}/v2/status", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        reply = httpx.get(f"{self.fleet.queen_url}/v2/status", headers=self.fleet.operator, timeout=5)
         return dict(reply.json())
 
     def condition(self, hive: str) -> str | None:
@@ -125,7 +124,9 @@ def unreachable(world: World, name: str, seconds: int) -> None:
         assert all(route["hive"] == "node1" for route in world.status()["routes"])
         body = {"model": "smollm2", "prompt": "Hi", "max_tokens": 2}
         for _ in range(3):
-            answer = httpx.post(f"{world.fleet.queen_url}/v1/completions", json=body, timeout=60)
+            answer = httpx.post(
+                f"{world.fleet.queen_url}/v1/completions", json=body, headers=world.fleet.keyed, timeout=60
+            )
             assert answer.status_code == 200, answer.text
         log = world.fleet.rbee("events", "--limit", "200").stdout
         assert "heartbeats" in log, log

@@ -131,12 +131,13 @@ def runs(world: World, name: str, count: int) -> None:
     assert sum("rbee worker serve" in line for line in lines) == count, lines
 
 
-@then(parsers.parse("{name} holds rbee's config and a cluster token only root can read"))
+@then(parsers.parse("{name} holds rbee's config and its own credential only root can read"))
 def config_in_place(world: World, name: str) -> None:
     root = Path(world.host(name).root) / "srv-rbee"
     assert json.loads((root / "hive.json").read_text())["name"] == name
-    mode = stat.S_IMODE((root / "cluster.token").stat().st_mode)
+    mode = stat.S_IMODE((root / "hive.token").stat().st_mode)
     assert mode == 0o600, oct(mode)
+    assert (root / "hive.token").read_text() == world.fleet.credentials().hive(name), "its own, no other hive's"
 
 
 @then("node1's worker kept its process")

@@ -11,8 +11,8 @@ import typer
 
 from rbee import __version__
 from rbee.keeper import fleet, models, status
-from rbee.keeper.home import Home
-from rbee.keeper.render import out
+from rbee.keeper.home import Home, SecretError
+from rbee.keeper.render import err, out
 from rbee.observe.hives import DEFAULT_TIMEOUT
 
 app = typer.Typer(
@@ -63,6 +63,14 @@ def status_command(
 ) -> None:
     """Show hives, models and workers with their states."""
     status.status(file, as_json)
+
+
+@app.command()
+def key(
+    rotate: Annotated[bool, typer.Option("--rotate", help="Make a new admin key; the old one stops working.")] = False,
+) -> None:
+    """Print the queen's admin API key (clients send it as Authorization: Bearer KEY)."""
+    status.key(rotate)
 
 
 @app.command()
@@ -166,7 +174,7 @@ def inventory_command(
     spec = fleet.load_desired(file).spec
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{file.name.split('.')[0].replace('-', '_') or 'hive'}.py"
-    target.write_text(inventory(spec.hives, str(Home.default().token_file)))
+    target.write_text(inventory(spec.hives, str(Home.default().fleet_key_file)))
     out.print(f"Wrote {target} ({len(spec.hives)} hives). Run: pyinfra {target} deploys/hive.py")
 
 
@@ -202,16 +210,19 @@ app.add_typer(worker_app, name="worker")
 
 @queen_app.command("serve")
 def queen_serve(
-    state_dir: Annotated[Path, typer.Option(help="Where the queen keeps its SQLite state.")],
+    home: Annotated[Path, typer.Option(help="The RBEE_HOME whose credentials and admin key the queen uses.")],
     listen: Annotated[str, typer.Option(help="host:port for the API.")] = "127.0.0.1:8080",
-    token_file: Annotated[Path | None, typer.Option(help="The cluster token.")] = None,
     poll_interval: Annotated[float, typer.Option(help="Seconds between reads of the hives' state.")] = 1.0,
 ) -> None:
-    """Run the queen in the foreground."""
+    """Run the queen in the foreground (its state in HOME/queen)."""
     from rbee.queen import daemon
 
-    token = token_file.read_text().strip() if token_file else None
-    daemon.serve(state_dir, listen, token, poll_interval)
+    keeper_home = Home(home)
+    credentials = keeper_home.credentials(create=False)
+    if credentials is None:
+        out.print(f"{home} holds no credentials; run rbee apply, which makes them and starts the queen.")
+        raise typer.Exit(1)
+    daemon.serve(keeper_home.queen_dir, listen, credentials, keeper_home.admin_key_file, poll_interval)
 
 
 @hive_app.command("serve")
@@ -259,4 +270,8 @@ def worker_serve(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SecretError as error:  # a damaged credential file, wherever the command first needed it
+        err.print(str(error), style="red", markup=False)
+        raise SystemExit(1) from None

@@ -82,7 +82,7 @@ def token_guard(token: str | None) -> Callable[[Handler], Handler]:
             if token is not None and not hmac.compare_digest(
                 request.headers.get("authorization", "").encode(), expected
             ):
-                return JSONResponse(wire.error_body("missing or wrong cluster token", "unauthorized"), 401)
+                return JSONResponse(wire.error_body("missing or wrong credential", "unauthorized"), 401)
             return await handler(request)
 
         return check

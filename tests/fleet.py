@@ -8,7 +8,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rbee.api.credentials import FleetCredentials
 from rbee.keeper import processes
+from rbee.keeper.home import Home
 from tests.servers import free_port
 
 
@@ -31,6 +33,39 @@ class Fleet:
             env=self.env,
             stdin=subprocess.DEVNULL,
         )
+
+    @property
+    def home(self) -> Home:
+        return Home(self.root / "home")
+
+    def credentials(self) -> FleetCredentials:
+        found = self.home.credentials(create=False)
+        assert found is not None, "the fleet was never applied"
+        return found
+
+    @property
+    def operator(self) -> dict[str, str]:
+        """Headers for the queen's operator API."""
+        return {"Authorization": f"Bearer {self.credentials().operator}"}
+
+    def hive_auth(self, hive: str = "local") -> dict[str, str]:
+        """Headers for a hive's API (its own credential)."""
+        return {"Authorization": f"Bearer {self.credentials().hive(hive)}"}
+
+    def worker_auth(self, worker_id: str, hive: str = "local") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.credentials().worker(hive, worker_id)}"}
+
+    @property
+    def api_key(self) -> str:
+        """The admin API key `rbee apply` made."""
+        key = self.home.admin_key(create=False)
+        assert key is not None, "the fleet was never applied"
+        return key
+
+    @property
+    def keyed(self) -> dict[str, str]:
+        """Headers for the queen's client API."""
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     def ours(self) -> list[tuple[int, str]]:
         """rbee processes that belong to this fleet (other fleets may run beside it)."""

@@ -1,5 +1,5 @@
 """A real hive daemon for tests: `rbee hive serve` as its own process in a temp data dir, and a client with
-the cluster token."""
+the hive's own credential."""
 
 from __future__ import annotations
 
@@ -12,23 +12,24 @@ from pathlib import Path
 
 import httpx
 
+from rbee.api.credentials import hive_credential
 from rbee.api.hive_config import HiveConfig
 from tests.servers import free_port
 
-TOKEN = "test-cluster-token"
+TOKEN = hive_credential("a fleet key for the tests of one hive", "solo")
 
 
 @contextlib.contextmanager
 def hive_daemon(
     root: Path, name: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
-    (root / "cluster.token").write_text(TOKEN)
+    (root / "hive.token").write_text(TOKEN)
     config = HiveConfig(
         name=name,
         listen=f"127.0.0.1:{free_port()}",
         data_dir=str(root),
         version="0.1.0",
-        token_file=str(root / "cluster.token"),
+        token_file=str(root / "hive.token"),
     )
     (root / "hive.json").write_text(config.model_dump_json())
     process = subprocess.Popen(

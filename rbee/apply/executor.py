@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Protocol
 
+from rbee.api.credentials import FleetCredentials
 from rbee.clients.hive import HiveCallError, HiveClient, Progress
 from rbee.infra import job
 from rbee.infra import wheel as rbee_wheel
@@ -35,7 +36,7 @@ class Executor:
     def __init__(
         self,
         spec: HiveFile,
-        token: str,
+        credentials: FleetCredentials,
         reporter: Reporter,
         retired: tuple[HiveSpec, ...] = (),
         wheel_dir: Path | None = None,
@@ -43,7 +44,7 @@ class Executor:
         self.spec = spec
         self.wheel_dir = wheel_dir
         self.retired = {hive.name: hive for hive in retired}
-        self.token = token
+        self.credentials = credentials
         self.reporter = reporter
         self.errors: dict[str, str | None] = {}
         self.stopped_how: dict[str, str] = {}
@@ -100,7 +101,7 @@ class Executor:
                     self._finish(change, str(error))
                 return
         asked = await self._shutdown_over_http(hives) if Step.STOP in steps else {}
-        results = await job.run_jobs(hives, steps, self.token, wheel, self.spec)
+        results = await job.run_jobs(hives, steps, self.credentials, wheel, self.spec)
         for hive in hives:
             result = results.get(hive.name)
             if Step.STOP in steps and result is not None:
@@ -112,7 +113,7 @@ class Executor:
             for hive in hives:
                 if (result := results.get(hive.name)) is None or result.error:
                     continue
-                client = HiveClient(hive, self.token)
+                client = HiveClient(hive, self.credentials.hive(hive.name))
                 try:
                     await client.wait_healthy()
                     health[hive.name] = None
@@ -130,7 +131,7 @@ class Executor:
         did not stop, or could not be asked."""
 
         async def one(hive: HiveSpec) -> bool:
-            client = HiveClient(hive, self.token)
+            client = HiveClient(hive, self.credentials.hive(hive.name))
             try:
                 return await client.shutdown()
             finally:
@@ -146,7 +147,7 @@ class Executor:
         return hive
 
     async def _hive_changes(self, name: str, changes: list[Change]) -> None:
-        client = HiveClient(self._hive_spec(name), self.token)
+        client = HiveClient(self._hive_spec(name), self.credentials.hive(name))
         try:
             for change in changes:
                 blocked = self._blocked_by(change)

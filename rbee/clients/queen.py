@@ -1,4 +1,4 @@
-"""The queen's HTTP API as the keeper calls it: the operator API with the cluster token (spec, status, events,
+"""The queen's HTTP API as the keeper calls it: the operator API with the operator's credential (spec, status, events,
 route, reconcile, shutdown) and the task API with an API key (`rbee infer`). Blocking calls: the keeper is a
 command-line program."""
 
@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from rbee.api import sse, wire
+from rbee.spec.policy import PolicyRef
 from rbee.spec.schema import HiveFile
 
 TIMEOUT = 10.0
@@ -60,7 +61,7 @@ class QueenClient:
         return response
 
     def is_running(self) -> bool:
-        """A queen answers at this URL and takes this cluster token."""
+        """A queen answers at this URL and takes this credential."""
         try:
             self._call("GET", "/v2/status", timeout=2.0)
         except QueenCallError:
@@ -83,9 +84,14 @@ class QueenClient:
         spec = HiveFile.model_validate(body["spec"]) if body.get("spec") else None
         return Applied(int(body.get("generation", 0)), spec, frozenset(body.get("seen_hives", ())))
 
-    def push_spec(self, spec: HiveFile, source: str, policy_source: str | None) -> tuple[int, bool]:
-        """Make `spec` the queen's desired state: (generation, whether it changed)."""
-        body = {"spec": spec.model_dump(mode="json"), "source": source, "policy_source": policy_source}
+    def push_spec(self, spec: HiveFile, source: str, policy: PolicyRef | None) -> tuple[int, bool]:
+        """Make `spec` the queen's desired state: (generation, whether it changed). A routing policy is named by
+        its digest; the queen reads it from its own disk."""
+        body = {
+            "spec": spec.model_dump(mode="json"),
+            "source": source,
+            "policy": policy.model_dump() if policy is not None else None,
+        }
         answer = self._call("PUT", "/v2/spec", json=body, timeout=30.0).json()
         return int(answer["generation"]), bool(answer["changed"])
 

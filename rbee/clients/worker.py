@@ -27,8 +27,9 @@ class WorkerCallError(Exception):
 
 
 class WorkerClient:
-    def __init__(self, token: str | None) -> None:
-        self._token = token
+    """Each request carries the credential of the worker it goes to (a worker's opens only that worker)."""
+
+    def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -37,9 +38,7 @@ class WorkerClient:
             # No read timeout: aiohttp re-arms a timer on every chunk when there is one, which cost a fifth of the
             # relay's CPU. A worker that dies closes its connection; one that hangs is stopped by its hive.
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=timeout, headers=wire.bearer(self._token)
-            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self._session
 
     async def close(self) -> None:
@@ -47,10 +46,13 @@ class WorkerClient:
             session, self._session = self._session, None
             await session.close()
 
-    async def stream(self, url: str, body: wire.ExecuteRequest) -> AsyncIterator[bytes]:
+    async def stream(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> AsyncIterator[bytes]:
         """The worker's response bytes as they arrive."""
+        headers = _headers(credential)
         try:
-            async with self.session().post(f"{url}/v1/execute", data=body.model_dump_json(), headers=_JSON) as response:
+            async with self.session().post(
+                f"{url}/v1/execute", data=body.model_dump_json(), headers=headers
+            ) as response:
                 if response.status != 200:
                     raise _refusal(response.status, await response.text())
                 async for chunk in response.content.iter_any():
@@ -58,10 +60,13 @@ class WorkerClient:
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
             raise _lost(error) from None
 
-    async def embed(self, url: str, body: wire.EmbedRequest) -> dict[str, Any]:
+    async def embed(self, url: str, credential: str | None, body: wire.EmbedRequest) -> dict[str, Any]:
         """An embedding request: `{"embeddings", "prompt_tokens"}`."""
+        headers = _headers(credential)
         try:
-            async with self.session().post(f"{url}/v1/execute", data=body.model_dump_json(), headers=_JSON) as response:
+            async with self.session().post(
+                f"{url}/v1/execute", data=body.model_dump_json(), headers=headers
+            ) as response:
                 text = await response.text()
                 if response.status != 200:
                     raise _refusal(response.status, text)
@@ -70,18 +75,19 @@ class WorkerClient:
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
             raise _lost(error) from None
 
-    async def shutdown(self, url: str, seconds: float = 2.0) -> bool:
+    async def shutdown(self, url: str, credential: str | None, seconds: float = 2.0) -> bool:
         """Ask a worker to stop; False when it could not be asked."""
         try:
             async with self.session().post(
-                f"{url}/v1/admin/shutdown", timeout=aiohttp.ClientTimeout(total=seconds)
+                f"{url}/v1/admin/shutdown", headers=_headers(credential), timeout=aiohttp.ClientTimeout(total=seconds)
             ) as response:
                 return response.status == 202
         except (aiohttp.ClientError, TimeoutError, ConnectionError):
             return False
 
 
-_JSON = {"Content-Type": "application/json"}
+def _headers(credential: str | None) -> dict[str, str]:
+    return {"Content-Type": "application/json", **wire.bearer(credential)}
 
 
 def _refusal(status: int, body: str) -> WorkerCallError:

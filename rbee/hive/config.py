@@ -1,4 +1,4 @@
-"""Reading the hive's own files: its hive.json and its cluster token."""
+"""Reading the hive's own files: its hive.json and its own credential."""
 
 from __future__ import annotations
 

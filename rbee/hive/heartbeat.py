@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import httpx
 
+from rbee.api import wire
 from rbee.api.state import HiveState
 
 log = logging.getLogger("rbee.hive")
@@ -46,13 +47,16 @@ class Heartbeat:
                 await self._task
 
     async def _run(self) -> None:
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"} if self.token else {}
+        headers = {"Content-Type": "application/json", **wire.bearer(self.token)}
         failing = False
         async with httpx.AsyncClient(headers=headers, trust_env=False, timeout=5.0) as client:
             while True:
                 self._changed.clear()
                 try:
-                    response = await client.post(f"{self.url}/v2/heartbeat", content=self.state().model_dump_json())
+                    state = self.state()
+                    response = await client.post(
+                        f"{self.url}/v2/hives/{state.name}/heartbeat", content=state.model_dump_json()
+                    )
                     response.raise_for_status()
                     self.sent += 1
                     if failing:

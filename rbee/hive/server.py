@@ -1,6 +1,6 @@
 """The hive daemon's HTTP API: `rbee hive serve`.
 
-GET /health (open), and with the cluster token: GET /v1/state, POST /v1/models (SSE progress),
+GET /health (open), and with the hive's own credential: GET /v1/state, POST /v1/models (SSE progress),
 DELETE /v1/models/{name}, POST /v1/workers, POST /v1/workers/{id}/ready|progress|failed|stop|park,
 POST /v1/heartbeat (the queen subscribes to heartbeats), POST /v1/shutdown.
 """
@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rbee import __version__, daemon
-from rbee.api import wire
+from rbee.api import credentials, wire
 from rbee.api.hive_config import PID_NAME, HiveConfig
 from rbee.api.state import HiveState
 from rbee.hive import config as hive_config
@@ -93,16 +93,34 @@ class BadRequest(Exception):
 
 
 def create_app(hive: Hive) -> Starlette:
-    token = daemon.token_guard(hive.token)
+    own = daemon.token_guard(hive.token)
 
-    def guarded(handler: Handler) -> Handler:
+    def answered(handler: Handler) -> Handler:
         async def check(request: Request) -> Response:
             try:
                 return await handler(request)
             except BadRequest as bad:
                 return error(400, str(bad), "invalid_request")
 
-        return token(check)
+        return check
+
+    def guarded(handler: Handler) -> Handler:
+        """The hive's own credential (what the queen and the keeper send)."""
+        return own(answered(handler))
+
+    def reported(handler: Handler) -> Handler:
+        """A worker's report about itself: its own credential, or the hive's."""
+
+        async def check(request: Request) -> Response:
+            given = credentials.bearer_of(request.headers.get("authorization", ""))
+            worker = credentials.worker_credential(hive.token, request.path_params["id"]) if hive.token else None
+            if hive.token is not None and not (
+                credentials.matches(given, hive.token) or (worker is not None and credentials.matches(given, worker))
+            ):
+                return error(401, "this worker's or this hive's credential is required", "unauthorized")
+            return await answered(handler)(request)
+
+        return check
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "name": hive.config.name, "version": __version__})
@@ -203,9 +221,9 @@ def create_app(hive: Hive) -> Starlette:
             Route("/v1/models", guarded(add_model), methods=["POST"]),
             Route("/v1/models/{name}", guarded(remove_model), methods=["DELETE"]),
             Route("/v1/workers", guarded(start_workers), methods=["POST"]),
-            Route("/v1/workers/{id}/ready", guarded(worker_ready), methods=["POST"]),
-            Route("/v1/workers/{id}/failed", guarded(worker_failed), methods=["POST"]),
-            Route("/v1/workers/{id}/progress", guarded(worker_progress), methods=["POST"]),
+            Route("/v1/workers/{id}/ready", reported(worker_ready), methods=["POST"]),
+            Route("/v1/workers/{id}/failed", reported(worker_failed), methods=["POST"]),
+            Route("/v1/workers/{id}/progress", reported(worker_progress), methods=["POST"]),
             Route("/v1/workers/{id}/stop", guarded(stop_worker), methods=["POST"]),
             Route("/v1/workers/{id}/park", guarded(park_worker), methods=["POST"]),
             Route("/v1/heartbeat", guarded(subscribe), methods=["POST"]),

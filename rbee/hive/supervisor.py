@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rbee import daemon
+from rbee.api import credentials
 from rbee.api.hive_config import HiveConfig
 from rbee.api.state import HostFacts, WorkerGroup, WorkerInfo, WorkerState
 from rbee.clients.worker import WorkerClient
@@ -80,7 +81,8 @@ class Supervisor:
         self.parked: dict[str, WorkerInfo] = {}
         """Workers stopped after their idle timeout, kept as records so they still count toward replicas."""
         self._watch: asyncio.Task[None] | None = None
-        self.worker_client = WorkerClient(hive_config.token(config))
+        self.token = hive_config.token(config)
+        self.worker_client = WorkerClient()
 
     def start(self) -> None:
         self._watch = asyncio.get_running_loop().create_task(self._watch_processes())
@@ -149,8 +151,8 @@ class Supervisor:
                 "--parent-pid",
                 str(os.getpid()),
             ]
-            if self.config.token_file:
-                command += ["--token-file", self.config.token_file]
+            if self.token is not None:
+                command += ["--token-file", str(self._write_credential(worker_id))]
             with log_path.open("ab") as log_file:
                 process = subprocess.Popen(
                     command,
@@ -216,7 +218,9 @@ class Supervisor:
         self.catalog.update_worker(worker_id, str(WorkerState.STOPPING))
         process = worker.process
         if process.poll() is None:
-            await self.worker_client.shutdown(f"http://{self._worker_host()}:{worker.port}")
+            await self.worker_client.shutdown(
+                f"http://{self._worker_host()}:{worker.port}", self._credential(worker_id)
+            )
             if not await self._wait_exit(process, STOP_GRACE):
                 process.terminate()
                 if not await self._wait_exit(process, 5.0):
@@ -224,6 +228,7 @@ class Supervisor:
                     await self._wait_exit(process, 5.0)
         worker.state = WorkerState.STOPPED
         self.catalog.update_worker(worker_id, str(WorkerState.STOPPED), ended=True)
+        self._credential_path(worker_id).unlink(missing_ok=True)
         del self.workers[worker_id]
         self.on_change()
         log.info("stopped %s", worker_id)
@@ -291,6 +296,21 @@ class Supervisor:
                 return False
             await asyncio.sleep(0.05)
         return True
+
+    def _credential(self, worker_id: str) -> str | None:
+        return credentials.worker_credential(self.token, worker_id) if self.token else None
+
+    def _credential_path(self, worker_id: str) -> Path:
+        return self.config.root / "workers" / f"{worker_id}.token"
+
+    def _write_credential(self, worker_id: str) -> Path:
+        """The worker's own credential, in a file only its user can read (never in its command line)."""
+        path = self._credential_path(worker_id)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(self._credential(worker_id) or "")
+        return path
 
     def _worker_host(self) -> str:
         host = self.config.host

@@ -8,13 +8,14 @@ from rbee.infra.job import job_for, ssh_host_data
 from rbee.spec.schema import HiveSpec
 
 
-def inventory(hives: Iterable[HiveSpec], token_file: str) -> str:
-    """The module's text; it names the token file, never the token."""
+def inventory(hives: Iterable[HiveSpec], fleet_key_file: str) -> str:
+    """The module's text; it names the fleet key's file (each hive's credential is derived from it when the
+    install runs), never a secret."""
     entries = []
-    for host in job_for(hives, (), "").hosts:
+    for host in job_for(hives, (), None).hosts:
         data = host.data.pyinfra()
-        del data["rbee_token"]
-        data["rbee_token_file"] = token_file
+        data.pop("rbee_token", None)
+        data["rbee_fleet_key_file"] = fleet_key_file
         if host.ssh is not None:
             data.update(ssh_host_data(host.ssh))
         name = "@local" if host.ssh is None else host.name

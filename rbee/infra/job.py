@@ -2,8 +2,8 @@
 them (infra/runner.py) and back.
 
 pyinfra is gevent-based, so it never runs inside the keeper's or the queen's event loop: a job is written to a
-subprocess's stdin as JSON, and each host's result comes back on its stdout. The cluster token travels in that
-JSON, never in a process argument.
+subprocess's stdin as JSON, and each host's result comes back on its stdout. Each hive's credential travels in
+that JSON, never in a process argument.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from rbee import __version__
+from rbee.api.credentials import FleetCredentials
 from rbee.api.hive_config import HiveConfig
 from rbee.api.state import HostFacts
 from rbee.spec import backends
@@ -100,7 +101,7 @@ def hive_config(hive: HiveSpec) -> HiveConfig:
         listen=hive.listen_address,
         data_dir=data_dir,
         version=__version__,
-        token_file=f"{data_dir}/cluster.token",
+        token_file=f"{data_dir}/hive.token",
         backends=hive.backends if isinstance(hive.backends, str) else tuple(str(b) for b in hive.backends),
     )
 
@@ -118,7 +119,7 @@ def workloads(spec: HiveFile, hive: str) -> tuple[backends.Workload, ...]:
 def job_for(
     hives: Iterable[HiveSpec],
     steps: Iterable[Step],
-    token: str,
+    credentials: FleetCredentials | None,
     wheel: Path | None = None,
     spec: HiveFile | None = None,
     connect_timeout: float = 10.0,
@@ -131,7 +132,7 @@ def job_for(
         data = HostData(
             rbee_data_dir=config.data_dir,
             rbee_config=config.model_dump_json(indent=2),
-            rbee_token=token,
+            rbee_token=credentials.hive(hive.name) if credentials else "",
             rbee_python=python,
             # a local hive runs beside the queen, which is a process too: systemd only when asked
             rbee_service="process" if hive.ssh is None and hive.service == "auto" else hive.service,
@@ -147,7 +148,7 @@ def job_for(
 async def run_jobs(
     hives: list[HiveSpec],
     steps: Iterable[Step],
-    token: str,
+    credentials: FleetCredentials,
     wheel: Path | None = None,
     spec: HiveFile | None = None,
 ) -> dict[str, HostResult]:
@@ -157,7 +158,7 @@ async def run_jobs(
     remote = [hive for hive in hives if hive.ssh is not None]
     batches = [[hive] for hive in hives if hive.ssh is None] + ([remote] if remote else [])
     results: dict[str, HostResult] = {}
-    jobs = [job_for(batch, steps, token, wheel, spec) for batch in batches]
+    jobs = [job_for(batch, steps, credentials, wheel, spec) for batch in batches]
     for part in await asyncio.gather(*(run(job) for job in jobs)):
         results.update(part)
     return results

@@ -19,6 +19,8 @@ from pyinfra.context import host
 from pyinfra.operations import files
 
 from rbee import __version__
+from rbee.api import credentials
+from rbee.api.hive_config import HiveConfig
 from rbee.infra import shell
 from rbee.infra.facts import HiveConfigFile, HiveProcess, HiveService, HostPlatform, InstalledWheel, RbeeVersion
 from rbee.infra.systemd import (
@@ -41,13 +43,15 @@ class InstallError(Exception):
 
 OWNED = (
     "hive.json",
-    "cluster.token",
+    "hive.token",
+    "cluster.token",  # what rbee before per-hive credentials wrote
     "hive.db",
     "hive.db-wal",
     "hive.db-shm",
     "hive.pid",
     "logs",
     "models",
+    "workers",
     "venv",
     "wheels",
     "wheelhouse",
@@ -66,11 +70,13 @@ def _data(name: str, given: Any) -> Any:
 def hive_installed(
     data_dir: str | None = None, config: str | None = None, token: str | None = None
 ) -> Generator[Any, None, None]:
-    """The data dir exists (mode 700) with hive.json and the cluster token (mode 600)."""
+    """The data dir exists (mode 700) with hive.json and the hive's own credential (mode 600). Run by hand from
+    an inventory, the credential is derived here from the fleet key the inventory names."""
     data_dir = str(_data("rbee_data_dir", data_dir)).rstrip("/")
     config = str(_data("rbee_config", config))
-    if token is None and host.data.get("rbee_token") is None and host.data.get("rbee_token_file"):
-        token = Path(str(host.data.get("rbee_token_file"))).expanduser().read_text().strip()
+    if token is None and not host.data.get("rbee_token") and host.data.get("rbee_fleet_key_file"):
+        fleet_key = Path(str(host.data.get("rbee_fleet_key_file"))).expanduser().read_text().strip()
+        token = credentials.hive_credential(fleet_key, HiveConfig.model_validate_json(config).name)
     token = str(_data("rbee_token", token))
     current = host.get_fact(HiveConfigFile, data_dir=data_dir)
     if current is None:
@@ -79,7 +85,7 @@ def hive_installed(
     elif current.strip() == config.strip():
         host.noop(f"hive config in {data_dir} is current")
     yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600")
-    yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/cluster.token", mode="600")
+    yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/hive.token", mode="600")
 
 
 @operation()

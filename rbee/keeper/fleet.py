@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
+from rbee.api.credentials import FleetCredentials
 from rbee.api.state import ObservedState
 from rbee.apply import executor, lock
 from rbee.clients.queen import QueenCallError
@@ -64,7 +65,7 @@ def _policy_source(spec: schema.HiveFile, spec_path: Path) -> str | None:
     except OSError as error:
         fail(f"{spec_path}: queen.routing: cannot read the routing policy {path} ({error.strerror}).")
     try:
-        policy.load_user_policy(source, path.name)
+        policy.check(source, path.name)  # read, never run: checking a hive.yaml must not run its code
     except policy.PolicyError as error:
         fail(f"{spec_path}: queen.routing: {error}.")
     return source
@@ -87,7 +88,8 @@ def observe(spec: schema.HiveFile, home: Home, timeout: float) -> tuple[Observed
     previous, seen = applied_before(home)
     retired = tuple(hive for hive in (previous.hives if previous else ()) if spec.hive(hive.name) is None)
     everything = spec.model_copy(update={"hives": spec.hives + retired})
-    return observe_fleet.observe(everything, seen, timeout, token=home.token(create=False)), retired
+    observed = observe_fleet.observe(everything, seen, timeout, credentials=home.credentials(create=False))
+    return observed, retired
 
 
 def plan(
@@ -139,6 +141,25 @@ def _target(target: Path, home: Home, timeout: float) -> tuple[Desired, Plan, tu
     return desired, planner.make_plan(desired.spec, observed), retired
 
 
+def hand_policy(home: Home, spec: schema.HiveFile, source: str | None) -> policy.PolicyRef | None:
+    """Put the routing policy where the queen runs it from (its own state directory on this machine, named by
+    digest) and name it: the policy's code never crosses the network."""
+    if source is None:
+        return None
+    try:
+        policy.check(source, spec.queen.routing)  # a saved plan's copy is checked like the file itself
+    except policy.PolicyError as error:
+        fail(f"queen.routing: {error}.")
+    named = policy.ref(source, spec.queen.routing)
+    folder = home.queen_dir / "policies"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = folder / f".{named.file_name}.tmp"
+    partial.write_text(source)
+    partial.chmod(0o600)
+    partial.replace(folder / named.file_name)
+    return named
+
+
 def fleet_lock(home: Home) -> contextlib.AbstractContextManager[bool]:
     """The apply lock, shared with the queen's reconcile loop; say so when waiting for a pass to end. Before
     the first apply there is no queen to share it with, and nothing is written."""
@@ -171,23 +192,34 @@ def _apply(target: Path, yes: bool, timeout: float, home: Home) -> None:
     actionable = the_plan.actionable
     if actionable:
         confirm("Apply these changes?", yes, "apply")
-    token = home.token(create=True)
-    assert token is not None
+    first_key = not home.admin_key_file.exists()
+    credentials = home.credentials(create=True)
+    admin_key = home.admin_key(create=True)
+    assert credentials is not None and admin_key is not None
     errors: dict[str, str | None] = {}
     if actionable:
         out.print()
         with ConsoleReporter(out) as reporter:
-            run = executor.Executor(spec, token, reporter, retired, home.root / "wheels")
+            run = executor.Executor(spec, credentials, reporter, retired, home.root / "wheels")
             errors = asyncio.run(run.execute(the_plan))
     try:
-        queen, started = queen_process.ensure_running(spec, home, token)
-        generation, changed = queen.push_spec(spec, desired.source, desired.policy_source)
+        queen, started = queen_process.ensure_running(spec, home, credentials.operator)
+        named = hand_policy(home, spec, desired.policy_source)
+        generation, changed = queen.push_spec(spec, desired.source, named)
         applied = queen.applied()
     except queen_process.QueenError as error:
         fail(str(error))
     except QueenCallError as error:
         fail(f"The queen at {queen_process.url_for(spec)} refused the spec: {error}")
     home.remember_applied(applied.spec, applied.seen_hives)
+    if first_key:
+        out.print(
+            Text(
+                f"\nClients of the queen need an API key: `rbee key` prints the admin key ({home.admin_key_file}, "
+                "mode 0600); send it as Authorization: Bearer KEY, or as the openai client's api_key.",
+                style="bold",
+            )
+        )
     failed = {key: value for key, value in errors.items() if value}
     waiting = [change for change in the_plan.changes if change.symbol is Symbol.BLOCKED]
     out.print()
@@ -211,15 +243,16 @@ def destroy(file: Path, yes: bool, purge: bool) -> None:
     spec = load_desired(file).spec
     home = Home.default()
     confirm(f"Stop all {len(spec.hives)} hives, their workers and the queen?", yes, "destroy")
-    token = home.token(create=False) or ""
+    credentials = home.credentials(create=True)
+    assert credentials is not None
     with fleet_lock(home):
-        _destroy(spec, home, token, purge)
+        _destroy(spec, home, credentials, purge)
 
 
-def _destroy(spec: schema.HiveFile, home: Home, token: str, purge: bool) -> None:
+def _destroy(spec: schema.HiveFile, home: Home, credentials: FleetCredentials, purge: bool) -> None:
     """Each hive is asked over HTTP to stop (it stops its workers first); the pyinfra stop step then signals
     any hive that did not (or could not be asked), and cleans up."""
-    run = executor.Executor(spec, token, QuietReporter())
+    run = executor.Executor(spec, credentials, QuietReporter())
     errors = asyncio.run(run.execute(planner.destroy_plan(spec, purge)))
     failed = False
     for hive in spec.hives:

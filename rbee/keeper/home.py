@@ -1,7 +1,8 @@
-"""The keeper's own state on the operator's machine: the cluster token, the queen it started, and what it
+"""The keeper's own state on the operator's machine: the credentials, the queen it started, and what it
 applied last.
 
-`RBEE_HOME` (default ~/.local/share/rbee) holds cluster.token (mode 0600), applied.json (the spec last applied
+`RBEE_HOME` (default ~/.local/share/rbee, mode 0700) holds operator.token and fleet.key (api/credentials.py; mode
+0600, never copied off this machine), admin.key (the API key that `rbee key` shows), applied.json (the spec last applied
 and the hives the queen had seen running, so that hives removed from hive.yaml are planned for removal even while
 no queen runs) and queen/ (the queen's own state, log and where it listens; the keeper never reads the queen's
 database, it asks the queen).
@@ -11,14 +12,28 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydantic
 
+from rbee.api.credentials import MIN_LENGTH, FleetCredentials, new_secret, usable
 from rbee.spec.schema import HiveFile
+
+
+class SecretError(Exception):
+    """A credential file that is not usable; the message says which and what to do."""
+
+
+def _write_secret(path: Path, value: str) -> None:
+    """Write a secret whole (a temporary file, mode 0600, renamed into place): never half there, never readable
+    by others."""
+    partial = path.with_name(f".{path.name}.tmp")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value)
+    partial.replace(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +45,16 @@ class Home:
         return cls(Path(os.environ.get("RBEE_HOME", "~/.local/share/rbee")).expanduser())
 
     @property
-    def token_file(self) -> Path:
-        return self.root / "cluster.token"
+    def operator_file(self) -> Path:
+        return self.root / "operator.token"
+
+    @property
+    def fleet_key_file(self) -> Path:
+        return self.root / "fleet.key"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.root / "admin.key"
 
     @property
     def queen_dir(self) -> Path:
@@ -41,17 +64,43 @@ class Home:
     def queen_record(self) -> Path:
         return self.queen_dir / "queen.json"
 
-    def token(self, create: bool = True) -> str | None:
-        """The cluster token shared by the queen, hives and workers; made on first use."""
-        if self.token_file.exists():
-            return self.token_file.read_text().strip()
+    def ensure(self) -> None:
+        """RBEE_HOME exists, readable by its owner only."""
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+
+    def credentials(self, create: bool = True) -> FleetCredentials | None:
+        """The operator's credential and the fleet key; made on first use (None without `create` until then)."""
+        operator = self._secret(self.operator_file, create)
+        fleet_key = self._secret(self.fleet_key_file, create)
+        if operator is None or fleet_key is None:
+            return None
+        return FleetCredentials(operator, fleet_key)
+
+    def admin_key(self, create: bool = True) -> str | None:
+        """The queen's admin API key (for every model, no limit): what `rbee infer` and `rbee key` use."""
+        return self._secret(self.admin_key_file, create, prefix="rbk_")
+
+    def rotate_admin_key(self) -> str:
+        value = "rbk_" + new_secret()
+        self.ensure()
+        _write_secret(self.admin_key_file, value)
+        return value
+
+    def _secret(self, path: Path, create: bool, prefix: str = "") -> str | None:
+        if path.exists():
+            value = path.read_text().strip()
+            if not usable(value):
+                raise SecretError(
+                    f"{path} does not hold a usable secret (at least {MIN_LENGTH} characters); "
+                    "remove it and run rbee apply to make a new one"
+                )
+            return value
         if not create:
             return None
-        self.root.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(32)
-        descriptor = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(value)
+        self.ensure()
+        value = prefix + new_secret()
+        _write_secret(path, value)
         return value
 
     def queen(self) -> dict[str, object] | None:
@@ -62,7 +111,8 @@ class Home:
         return record if isinstance(record, dict) else None
 
     def remember_queen(self, url: str, pid: int) -> None:
-        self.queen_dir.mkdir(parents=True, exist_ok=True)
+        self.ensure()
+        self.queen_dir.mkdir(mode=0o700, exist_ok=True)
         self.queen_record.write_text(json.dumps({"url": url, "pid": pid}))
 
     def forget_queen(self) -> None:
@@ -83,7 +133,7 @@ class Home:
 
     def remember_applied(self, spec: HiveFile | None, seen_hives: Iterable[str]) -> None:
         """Record what was applied; written whole to a temporary file and renamed, so it is never half there."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure()
         body = {"spec": spec.model_dump(mode="json") if spec else None, "seen_hives": sorted(seen_hives)}
         partial = self.applied_record.with_name(".applied.json.tmp")
         partial.write_text(json.dumps(body, indent=2) + "\n")

@@ -33,12 +33,13 @@ def _client(spec: HiveFile, hive: str) -> HiveClient:
     found = spec.hive(hive)
     if found is None:
         fail(f"There is no hive {hive} in hive.yaml; hives: {', '.join(h.name for h in spec.hives)}.")
-    return HiveClient(found, Home.default().token(create=False))
+    credentials = Home.default().credentials(create=False)
+    return HiveClient(found, credentials.hive(hive) if credentials else None)
 
 
 def ls(file: Path | None) -> None:
     spec = spec_or_applied(file)
-    render.catalogs(observe_hives.observe(spec, token=Home.default().token(create=False)).hives)
+    render.catalogs(observe_hives.observe(spec, credentials=Home.default().credentials(create=False)).hives)
 
 
 def pull(model: str, hive: str, file: Path | None) -> None:

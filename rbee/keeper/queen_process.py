@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from rbee.clients.queen import QueenClient
 from rbee.keeper.home import Home
@@ -28,18 +29,21 @@ def url_for(spec: HiveFile) -> str:
     return f"http://{host}:{port}"
 
 
-def ensure_running(spec: HiveFile, home: Home, token: str) -> tuple[QueenClient, bool]:
-    """A client of the fleet's queen, and whether the queen had to be started."""
-    queen = QueenClient(url_for(spec), token)
+def ensure_running(spec: HiveFile, home: Home, operator: str) -> tuple[QueenClient, bool]:
+    """A client of the fleet's queen (as the operator), and whether the queen had to be started."""
+    queen = QueenClient(url_for(spec), operator)
     if queen.is_running():
         return queen, False
     if queen.answers():
         raise QueenError(
-            f"another queen answers at {queen.url} and refuses this cluster token; stop it or change queen.listen"
+            f"another queen answers at {queen.url} and refuses this RBEE_HOME's credential; "
+            "stop it or change queen.listen"
         )
-    home.queen_dir.mkdir(parents=True, exist_ok=True)
+    home.ensure()
+    home.queen_dir.mkdir(mode=0o700, exist_ok=True)
     log_path = home.queen_dir / "queen.log"
-    with log_path.open("ab") as log:
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -47,12 +51,10 @@ def ensure_running(spec: HiveFile, home: Home, token: str) -> tuple[QueenClient,
                 "rbee",
                 "queen",
                 "serve",
-                "--state-dir",
-                str(home.queen_dir),
+                "--home",
+                str(home.root),
                 "--listen",
                 spec.queen.listen,
-                "--token-file",
-                str(home.token_file),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -76,7 +78,8 @@ def running(home: Home) -> QueenClient | None:
     record = home.queen()
     if record is None:
         return None
-    return QueenClient(str(record["url"]), home.token(create=False))
+    credentials = home.credentials(create=False)
+    return QueenClient(str(record["url"]), credentials.operator if credentials else None)
 
 
 def stop(home: Home) -> bool:
@@ -88,12 +91,25 @@ def stop(home: Home) -> bool:
     queen = running(home)
     if queen is not None:
         queen.shutdown()
-    if pid > 0 and not _wait_gone(pid, 10.0):  # pid 0 would name our own process group
+    # A pid in queen.json may have been reused by another program since: signal it only while it is this queen.
+    if is_our_queen(pid, home) and not _wait_gone(pid, 10.0) and is_our_queen(pid, home):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 5.0)
     home.forget_queen()
     return True
+
+
+def is_our_queen(pid: int, home: Home) -> bool:
+    """Whether `pid` is `rbee queen serve` for this RBEE_HOME (its command line, read from /proc)."""
+    if pid <= 0:  # pid 0 would name our own process group
+        return False
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    command = [word.decode(errors="replace") for word in words]
+    return "queen" in command and "serve" in command and str(home.root) in command
 
 
 def _wait_gone(pid: int, seconds: float) -> bool:

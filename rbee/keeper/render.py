@@ -18,8 +18,9 @@ from rbee.plan import render
 from rbee.plan.actions import Plan, Symbol
 from rbee.spec.schema import HiveFile
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: what hives, workers and models say is printed as it is (a reason holding `[/INST]` is text).
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 STYLES: dict[Symbol, str] = {
     Symbol.ADD: "green",

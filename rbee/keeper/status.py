@@ -37,8 +37,8 @@ def status(file: Path | None, as_json: bool) -> None:
     conditions: list[dict[str, Any]] = []
     reconcile: dict[str, Any] | None = None
     if file is not None:
-        token = Home.default().token(create=False)
-        observed = observe_hives.observe(load_desired(file).spec, token=token)
+        credentials = Home.default().credentials(create=False)
+        observed = observe_hives.observe(load_desired(file).spec, credentials=credentials)
         hives = [hive.model_dump(mode="json") for hive in observed.hives]
     else:
         client = queen("run rbee apply, or pass a hive.yaml to observe directly")
@@ -56,6 +56,24 @@ def status(file: Path | None, as_json: bool) -> None:
     if conditions:
         out.print()
         render.conditions(conditions, reconcile)
+
+
+def key(rotate: bool) -> None:
+    """The admin API key on stdout (for `$(rbee key)`), how to use it on stderr; --rotate makes a new one, and
+    the queen stops taking the old one within a second."""
+    home = Home.default()
+    value = home.rotate_admin_key() if rotate else home.admin_key(create=False)
+    if value is None:
+        fail("No admin key yet: rbee apply makes one.")
+    sys.stdout.write(value + "\n")
+    queen_url = str((home.queen() or {}).get("url") or DEFAULT_QUEEN)
+    err.print(
+        Text(
+            f"{'A new admin key; the old one stops working now. ' if rotate else ''}Clients send it as "
+            f'Authorization: Bearer <key>, e.g. OpenAI(base_url="{queen_url}/v1", api_key=...).',
+            style="dim",
+        )
+    )
 
 
 def set_suspended(suspended: bool) -> None:
@@ -107,9 +125,10 @@ def infer(
     system: str | None,
     url: str | None,
 ) -> None:
-    """Stream an answer through the queen's task API, with the API key from $RBEE_API_KEY."""
-    url = url or str((Home.default().queen() or {}).get("url") or DEFAULT_QUEEN)
-    client = QueenClient(url, os.environ.get("RBEE_API_KEY"))
+    """Stream an answer through the queen's task API, with the API key from $RBEE_API_KEY, else the admin key."""
+    home = Home.default()
+    url = url or str((home.queen() or {}).get("url") or DEFAULT_QUEEN)
+    client = QueenClient(url, os.environ.get("RBEE_API_KEY") or home.admin_key(create=False))
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     try:

@@ -9,13 +9,16 @@ from collections.abc import Set
 
 import aiohttp
 
+from rbee.api.credentials import FleetCredentials
 from rbee.api.state import HiveStatus, ObservedState
 from rbee.observe import hives, ssh
 from rbee.spec.schema import HiveFile
 
 
-def observe(spec: HiveFile, seen: Set[str], timeout: float, token: str | None = None) -> ObservedState:
-    return asyncio.run(observe_async(spec, seen, timeout, token=token))
+def observe(
+    spec: HiveFile, seen: Set[str], timeout: float, credentials: FleetCredentials | None = None
+) -> ObservedState:
+    return asyncio.run(observe_async(spec, seen, timeout, credentials=credentials))
 
 
 async def observe_async(
@@ -24,9 +27,9 @@ async def observe_async(
     timeout: float,
     *,
     client: aiohttp.ClientSession | None = None,
-    token: str | None = None,
+    credentials: FleetCredentials | None = None,
 ) -> ObservedState:
-    observed = await hives.observe_async(spec, timeout=timeout, client=client, token=token)
+    observed = await hives.observe_async(spec, timeout=timeout, client=client, credentials=credentials)
     observed = await ssh.examine_async(spec, observed, timeout)
     return mark_seen(observed, seen)
 

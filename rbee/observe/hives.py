@@ -15,6 +15,7 @@ import aiohttp
 import pydantic
 
 from rbee.api import wire
+from rbee.api.credentials import FleetCredentials
 from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState
 from rbee.spec.schema import HiveFile, HiveSpec
 
@@ -23,37 +24,47 @@ INSTALL_MARKER = "hive.json"
 """Written into a hive's data dir by its install step; its presence means rbee is installed there."""
 
 
-def observe(spec: HiveFile, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> ObservedState:
-    return asyncio.run(observe_async(spec, timeout=timeout, token=token))
+def observe(
+    spec: HiveFile, *, timeout: float = DEFAULT_TIMEOUT, credentials: FleetCredentials | None = None
+) -> ObservedState:
+    return asyncio.run(observe_async(spec, timeout=timeout, credentials=credentials))
 
 
 async def observe_async(
     spec: HiveFile,
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    token: str | None = None,
+    credentials: FleetCredentials | None = None,
     client: aiohttp.ClientSession | None = None,
 ) -> ObservedState:
-    """Observe every hive at once. A long-lived caller passes its own `client` (from `make_client`) and keeps
-    its connections between observations. aiohttp, not httpx: httpx's pool took 28 s for 1,000 hives here."""
+    """Observe every hive at once, each asked with its own credential. A long-lived caller passes its own
+    `client` (from `make_client`) and keeps its connections between observations. aiohttp, not httpx: httpx's
+    pool took 28 s for 1,000 hives here."""
     if client is not None:
-        observations = await asyncio.gather(*(_observe_hive(client, hive, timeout) for hive in spec.hives))
+        observations = await asyncio.gather(
+            *(
+                _observe_hive(client, hive, timeout, credentials.hive(hive.name) if credentials else None)
+                for hive in spec.hives
+            )
+        )
         return ObservedState(hives=tuple(observations))
-    async with make_client(token) as own:
-        return await observe_async(spec, timeout=timeout, client=own)
+    async with make_client() as own:
+        return await observe_async(spec, timeout=timeout, credentials=credentials, client=own)
 
 
-def make_client(token: str | None) -> aiohttp.ClientSession:
-    """A session for observing hives: no connection limit, keep-alive, the cluster token on every request."""
+def make_client() -> aiohttp.ClientSession:
+    """A session for observing hives: no connection limit, keep-alive."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector, headers=wire.bearer(token), trust_env=False)
+    return aiohttp.ClientSession(connector=connector, trust_env=False)
 
 
-async def _observe_hive(client: aiohttp.ClientSession, hive: HiveSpec, timeout: float) -> HiveObservation:
+async def _observe_hive(
+    client: aiohttp.ClientSession, hive: HiveSpec, timeout: float, credential: str | None
+) -> HiveObservation:
     url = f"{hive.api_url}/v1/state"
     try:
         async with asyncio.timeout(timeout):
-            async with client.get(url) as response:
+            async with client.get(url, headers=wire.bearer(credential)) as response:
                 status, content = response.status, await response.read()
     except TimeoutError:
         return _unreachable(hive, f"no answer from {hive.api_url} within {timeout:g} s")
@@ -71,7 +82,9 @@ async def _observe_hive(client: aiohttp.ClientSession, hive: HiveSpec, timeout: 
     except (aiohttp.ClientError, OSError) as error:
         return _unreachable(hive, f"{hive.api_url} broke off ({_cause(error)})")
     if status in (401, 403):
-        return _unreachable(hive, f"{hive.api_url} refused the cluster token (HTTP {status})")
+        return _unreachable(
+            hive, f"{hive.api_url} refused this fleet's credential for hive {hive.name} (HTTP {status})"
+        )
     if status != 200:
         return _unreachable(hive, f"{url} answered HTTP {status}")
     try:

@@ -21,7 +21,7 @@ async def examine_async(spec: HiveFile, observed: ObservedState, timeout: float)
     targets = [hive for hive in remote if hive is not None and hive.ssh is not None]
     if not targets:
         return observed
-    results = await job.run(job.job_for(targets, [job.Step.FACTS], "", connect_timeout=max(1, round(timeout))))
+    results = await job.run(job.job_for(targets, [job.Step.FACTS], None, connect_timeout=max(1, round(timeout))))
     return ObservedState(hives=tuple(_combine(hive, results.get(hive.name)) for hive in observed.hives))
 
 

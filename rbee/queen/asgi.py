@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.responses import Response
 
 
@@ -56,7 +55,7 @@ class RawSend:
     """Hands relayed responses the server's own `send`, past the per-message wrappers of Starlette's
     middleware: a quarter of the relay's CPU per token went there."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

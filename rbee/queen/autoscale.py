@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from rbee.api.credentials import FleetCredentials
 from rbee.api.state import HiveStatus, WorkerState
 from rbee.clients.hive import HiveCallError, HiveClient, Progress, Readiness
 from rbee.queen.admission import Admission
@@ -39,11 +40,11 @@ class Start:
 
 
 class Autoscaler:
-    def __init__(self, fleet: Fleet, admission: Admission, events: EventLog, token: str | None) -> None:
+    def __init__(self, fleet: Fleet, admission: Admission, events: EventLog, credentials: FleetCredentials) -> None:
         self.fleet = fleet
         self.admission = admission
         self.events = events
-        self.token = token
+        self.credentials = credentials
         self.starting: dict[str, Start] = {}
         self.leaving: set[str] = set()
         """Workers (`hive/id`) this queen is parking, until an observation shows them parked."""
@@ -91,7 +92,7 @@ class Autoscaler:
         return (best[1], best[2]) if best else None
 
     async def _start(self, hive: HiveSpec, group: WorkerSpec, start: Start) -> None:
-        client = HiveClient(hive, self.token)
+        client = HiveClient(hive, self.credentials.hive(hive.name))
         self.events.record(
             "cold-start", f"{hive.name}/workers {group.model}", "a request found no free worker; starting one"
         )
@@ -155,7 +156,7 @@ class Autoscaler:
                 task.add_done_callback(self._tasks.discard)
 
     async def _park(self, hive: HiveSpec, route: Route, idle_after: float) -> None:
-        client = HiveClient(hive, self.token)
+        client = HiveClient(hive, self.credentials.hive(hive.name))
         reason = f"idle for {idle_after:g} s; started again on demand"
         try:
             await client.park_worker(route.worker_id, reason)

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from rbee import daemon
+from rbee.api.credentials import FleetCredentials
 from rbee.clients.worker import WorkerClient
 from rbee.queen import server
 from rbee.queen.admission import Admission
@@ -30,8 +31,9 @@ DEFAULT_RECONCILE_INTERVAL = 30.0
 
 def build(
     state_dir: Path,
-    token: str | None,
+    credentials: FleetCredentials,
     *,
+    admin_key_file: Path | None = None,
     queue_wait: float | None = None,
     listen: str | None = None,
 ) -> Queen:
@@ -39,8 +41,17 @@ def build(
     store = Store(state_dir / "queen.db")
     events = EventLog(store)
     admission = Admission()
-    fleet = Fleet(store, events, admission, ApiKeys(), Heartbeats(listen), token, queue_wait)
-    autoscale = Autoscaler(fleet, admission, events, token)
+    fleet = Fleet(
+        store,
+        events,
+        admission,
+        ApiKeys(admin_key_file),
+        Heartbeats(listen),
+        credentials,
+        queue_wait,
+        state_dir / "policies",
+    )
+    autoscale = Autoscaler(fleet, admission, events, credentials)
     admission.wake = autoscale.wake  # a request that finds no worker starts one
     counters = Metrics(admission)
     return Queen(
@@ -49,11 +60,11 @@ def build(
         fleet=fleet,
         admission=admission,
         autoscale=autoscale,
-        dispatch=Dispatcher(fleet, admission, autoscale, WorkerClient(token), counters),
+        dispatch=Dispatcher(fleet, admission, autoscale, WorkerClient(), counters),
         tasks=TaskStore(),
-        reconciler=Reconciler(fleet, events, autoscale, token, state_dir, state_dir.parent / "wheels"),
+        reconciler=Reconciler(fleet, events, autoscale, credentials, state_dir, state_dir.parent / "wheels"),
         metrics=counters,
-        token=token,
+        credentials=credentials,
     )
 
 
@@ -79,13 +90,16 @@ async def close(queen: Queen) -> None:
     queen.store.close()
 
 
-def serve(state_dir: Path, listen: str, token: str | None, poll_interval: float = 1.0) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
+def serve(
+    state_dir: Path, listen: str, credentials: FleetCredentials, admin_key_file: Path, poll_interval: float = 1.0
+) -> None:
+    os.umask(0o077)  # its database, log and state are the operator's alone
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     daemon.configure_logging("%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
     async def main() -> None:
-        queen = build(state_dir, token, listen=listen)
+        queen = build(state_dir, credentials, admin_key_file=admin_key_file, listen=listen)
         uvicorn_server = daemon.server(server.create_app(queen), listen, graceful=3)
         queen.server = uvicorn_server
         spec = queen.fleet.spec

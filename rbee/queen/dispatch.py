@@ -104,7 +104,7 @@ class Dispatcher:
             while True:
                 ticket = await self._admit(ask, key, exchange, deadline)
                 try:
-                    answer = await self.workers.embed(ticket.route.url, body)
+                    answer = await self.workers.embed(ticket.route.url, ticket.route.credential, body)
                 except WorkerCallError as failure:
                     await self._retry_or_raise(failure, ticket, deadline)
                     continue
@@ -125,7 +125,7 @@ class Dispatcher:
         try:
             while True:
                 ticket = await self._admit(ask, key, exchange, deadline)
-                chunks = self.workers.stream(ticket.route.url, body)
+                chunks = self.workers.stream(ticket.route.url, ticket.route.credential, body)
                 try:
                     first = await anext(chunks)
                 except WorkerCallError as failure:

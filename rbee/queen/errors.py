@@ -20,6 +20,7 @@ from rbee.api import openai as oai
 from rbee.api import wire
 
 Handler = Callable[[Request], Awaitable[Response]]
+MAX_DEPTH = 64
 
 
 class ClientError(Exception):
@@ -78,9 +79,30 @@ async def read_json(request: Request, limit: int) -> Any:
         if len(raw) > limit:
             raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         raise ClientError(400, "the body must be a JSON object", code="invalid_json") from None
+    except RecursionError:
+        raise _too_deep_error() from None
+    if _too_deep(value):
+        raise _too_deep_error()
+    return value
+
+
+def _too_deep_error() -> ClientError:
+    return ClientError(400, f"the body nests deeper than {MAX_DEPTH} levels", code="too_deep")
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether JSON nests deeper than MAX_DEPTH (walked without recursion)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                return True
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 async def read_object(request: Request, limit: int) -> dict[str, Any]:

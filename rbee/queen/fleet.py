@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from rbee.api.credentials import FleetCredentials
 from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState
 from rbee.observe import hives as observe_hives
 from rbee.queen.admission import Admission
@@ -22,9 +24,10 @@ from rbee.queen.auth import ApiKeys
 from rbee.queen.events import EventLog
 from rbee.queen.heartbeats import MISSED, Heartbeats
 from rbee.queen.registry import Registry
-from rbee.queen.scheduling import Route, make_policy
+from rbee.queen.scheduling import Policy, Route, make_policy
 from rbee.queen.store import Store
 from rbee.spec.backends import ModelKind
+from rbee.spec.policy import PolicyError, PolicyRef, digest
 from rbee.spec.schema import HiveFile
 
 SEEN_EVERY = 60.0
@@ -45,17 +48,20 @@ class Fleet:
         admission: Admission,
         keys: ApiKeys,
         heartbeats: Heartbeats,
-        token: str | None,
+        credentials: FleetCredentials | None,
         queue_wait: float | None = None,
+        policy_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.events = events
         self.admission = admission
         self.keys = keys
         self.heartbeats = heartbeats
-        self.token = token
+        self.credentials = credentials
         self.queue_wait_override = queue_wait
-        self.registry = Registry()
+        self.policy_dir = policy_dir
+        """Where the keeper puts routing policies, named by digest (the queen's own state directory)."""
+        self.registry = Registry(credentials)
         self.beating: set[str] = set()
         self.silenced: set[str] = set()
         """Hives whose beats stopped since the last `take_silenced`: the reconcile loop should look at them."""
@@ -65,9 +71,13 @@ class Fleet:
         current = store.current_spec()
         self.generation: int = current[0] if current else 0
         self.spec: HiveFile | None = current[1] if current else None
-        self.policy_source: str | None = store.policy_source()
+        self.policy: PolicyRef | None = store.policy()
         if self.spec is not None:
-            self._configure(self.spec)
+            try:
+                self._configure(self.spec, self._policy(self.spec, self.policy))
+            except PolicyError as error:  # the file went, or this rbee cannot load it: route, least-loaded
+                self._configure(self.spec, Policy())
+                events.record("failed", "queen/routing", f"{error}; routing least-loaded until a spec is applied")
             self.registry.restore(store.workers())
             admission.sync(self.registry.routes.values())
 
@@ -83,22 +93,38 @@ class Fleet:
     def max_body(self) -> int:
         return self.spec.queen.max_body_bytes if self.spec else 4 << 20
 
-    def apply(self, spec: HiveFile, source: str, policy_source: str | None = None) -> tuple[int, bool]:
+    def apply(self, spec: HiveFile, source: str, policy: PolicyRef | None = None) -> tuple[int, bool]:
         """Make `spec` the desired state: (generation, whether it changed). A routing policy that cannot be used
         is refused (PolicyError) before anything is stored."""
-        if spec.queen.routing.endswith(".py"):
-            make_policy(spec.queen.routing, policy_source)
-        generation, changed = self.store.apply_spec(spec, source)
-        self.store.set_policy_source(policy_source)
-        self.generation, self.spec, self.policy_source = generation, spec, policy_source
-        self._configure(spec)
+        routing = self._policy(spec, policy)
+        generation, changed = self.store.apply_spec(spec, source, policy)
+        self.generation, self.spec, self.policy = generation, spec, policy
+        self._configure(spec, routing)
         self.events.changed()
         return generation, changed
 
-    def _configure(self, spec: HiveFile) -> None:
+    def _policy(self, spec: HiveFile, policy: PolicyRef | None) -> Policy:
+        """The routing policy `spec` names, built once; a policy file only from the queen's own disk, and only
+        if its text has the digest the keeper named."""
+        source = None
+        if spec.queen.routing.endswith(".py"):
+            if policy is None or self.policy_dir is None:
+                raise PolicyError(f"the routing policy {spec.queen.routing} was not named with the spec")
+            path = self.policy_dir / policy.file_name
+            try:
+                source = path.read_text()
+            except OSError:
+                raise PolicyError(
+                    f"the routing policy {policy.name} is not in {self.policy_dir}; rbee apply puts it there"
+                ) from None
+            if digest(source) != policy.sha256:
+                raise PolicyError(f"{path} does not have the digest the keeper named; run rbee apply again")
+        return make_policy(spec.queen.routing, source)
+
+    def _configure(self, spec: HiveFile, routing: Policy) -> None:
         self.keys.configure(spec)
         self.admission.max_queue = spec.queen.max_queue
-        self.admission.policy = make_policy(spec.queen.routing, self.policy_source)
+        self.admission.policy = routing
 
     def served_models(self) -> list[str]:
         """The models hive.yaml runs workers of, in its order."""
@@ -120,7 +146,7 @@ class Fleet:
         if spec is None:
             return
         if self._observer is None:
-            self._observer = observe_hives.make_client(self.token)
+            self._observer = observe_hives.make_client()
         now, interval = time.monotonic(), spec.queen.heartbeat_interval
         beating = {hive.name for hive in spec.hives if self.heartbeats.fresh(hive.name, interval, now)}
         for name in self.beating - beating:
@@ -129,7 +155,9 @@ class Fleet:
             self.events.record("heartbeat", name, f"{what} (last {silence:.0f} s ago); polling it, and reconciling")
             self.silenced.add(name)
         silent = spec.model_copy(update={"hives": tuple(h for h in spec.hives if h.name not in beating)})
-        polled = await observe_hives.observe_async(silent, timeout=POLL_TIMEOUT, client=self._observer)
+        polled = await observe_hives.observe_async(
+            silent, timeout=POLL_TIMEOUT, credentials=self.credentials, client=self._observer
+        )
         found = {hive.name: hive for hive in polled.hives}
         for name in beating:
             found[name] = HiveObservation(
@@ -142,7 +170,8 @@ class Fleet:
                 found[observation.name] = observation.model_copy(update={"reason": reason})
             hive = spec.hive(observation.name)
             if observation.status is HiveStatus.RUNNING and hive and self.heartbeats.due(hive.name, interval, now):
-                self._background(self.heartbeats.subscribe(self._observer, hive, interval))
+                credential = self.credentials.hive(hive.name) if self.credentials else None
+                self._background(self.heartbeats.subscribe(self._observer, hive, interval, credential))
         self.beating = beating
         observed = ObservedState(hives=tuple(found[hive.name] for hive in spec.hives))
         self.saw(observed)

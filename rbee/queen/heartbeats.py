@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from rbee.api import wire
 from rbee.api.state import HiveState
 from rbee.spec.schema import HiveSpec
 
@@ -63,7 +64,9 @@ class Heartbeats:
         asked = self.asked.get(name)
         return asked is None or now - asked >= MISSED * interval
 
-    async def subscribe(self, session: aiohttp.ClientSession, hive: HiveSpec, interval: float) -> bool:
+    async def subscribe(
+        self, session: aiohttp.ClientSession, hive: HiveSpec, interval: float, credential: str | None
+    ) -> bool:
         self.asked[hive.name] = time.monotonic()
         url = await self.url_for(hive)
         if url is None:
@@ -71,7 +74,9 @@ class Heartbeats:
         try:
             async with asyncio.timeout(5.0):
                 async with session.post(
-                    f"{hive.api_url}/v1/heartbeat", json={"url": url, "interval": interval}
+                    f"{hive.api_url}/v1/heartbeat",
+                    json={"url": url, "interval": interval},
+                    headers=wire.bearer(credential),
                 ) as response:
                     return response.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError) as error:

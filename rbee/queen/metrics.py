@@ -45,6 +45,14 @@ class _Live(Collector):
         for (model, reason), count in self.admission.refusals.items():
             refusals.add_metric([model, reason], count)
         yield refusals
+        policy = self.admission.policy
+        failures = GaugeMetricFamily(
+            "rbee_routing_policy_failures",
+            "Calls of the routing policy file's route() that raised, overran or picked no candidate.",
+            labels=["policy"],
+        )
+        failures.add_metric([policy.name], policy.failed_total)
+        yield failures
 
 
 class Metrics:

@@ -54,6 +54,7 @@ def _a(kind: ModelKind) -> str:
 
 async def _generate(request: Request, chat: bool) -> Response:
     queen = parts.of(request)
+    key = queen.fleet.keys.authenticate(request)
     raw = await read_object(request, queen.fleet.max_body)
     try:
         body: oai.ChatRequest | oai.CompletionRequest = (
@@ -61,7 +62,7 @@ async def _generate(request: Request, chat: bool) -> Response:
         )
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
-    key = queen.fleet.keys.authorize(request, body.model)
+    queen.fleet.keys.permit(key, body.model)
     _require_kind(queen, body.model, ModelKind.TEXT)
     request_id = oai.new_id("chatcmpl" if chat else "cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -96,12 +97,13 @@ async def _generate(request: Request, chat: bool) -> Response:
 
 async def embeddings(request: Request) -> Response:
     queen = parts.of(request)
+    key = queen.fleet.keys.authenticate(request)
     raw = await read_object(request, queen.fleet.max_body)
     try:
         body = oai.EmbeddingRequest.model_validate(raw)
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
-    key = queen.fleet.keys.authorize(request, body.model)
+    queen.fleet.keys.permit(key, body.model)
     _require_kind(queen, body.model, ModelKind.EMBEDDING)
     exchange = Exchange(oai.new_id("emb"), body.model, key.name if key else None)
     ask = Ask(body.model, request.headers.get("x-rbee-hive"), exchange.key, sum(map(len, body.texts)))

@@ -1,6 +1,7 @@
-"""The operator's API (the keeper, with the cluster token): PUT /v2/spec, GET /v2/spec, GET /v2/status,
-GET /v2/route, GET /v2/events (+ follow), PUT /v2/reconcile, POST /v2/admin/shutdown; the hives' POST
-/v2/heartbeat; and the open GET /health, /metrics, /openapi.json. Refusals come in rbee's wire error shape."""
+"""The operator's API (the keeper, with the operator's credential): PUT /v2/spec, GET /v2/spec, GET /v2/status,
+GET /v2/route, GET /v2/events (+ follow), PUT /v2/reconcile, POST /v2/admin/shutdown; each hive's POST
+/v2/hives/{name}/heartbeat; and the open GET /health, /metrics, /openapi.json. Refusals come in rbee's wire
+error shape."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rbee.queen import docs, parts
 from rbee.queen.errors import ClientError, read_json, read_object
 from rbee.queen.fleet import UnknownHive
 from rbee.queen.scheduling import Ask
-from rbee.spec.policy import PolicyError
+from rbee.spec.policy import PolicyError, PolicyRef
 from rbee.spec.schema import HiveFile
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -27,7 +28,10 @@ async def health(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(parts.of(request).metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    """Prometheus metrics, for any API key (they name models, hives and keys)."""
+    queen = parts.of(request)
+    queen.fleet.keys.authenticate(request)
+    return Response(queen.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 async def openapi(request: Request) -> Response:
@@ -35,18 +39,24 @@ async def openapi(request: Request) -> Response:
 
 
 async def put_spec(request: Request) -> Response:
-    """Make a hive.yaml the desired state: `{"spec", "source", "policy_source"}`."""
+    """Make a hive.yaml the desired state: `{"spec", "source", "policy": {"name", "sha256"} | null}`. A policy
+    is named, never sent: the queen takes only a file on its own disk with that digest."""
     queen = parts.of(request)
     raw = await read_json(request, queen.fleet.max_body)
     try:
         spec = HiveFile.model_validate(raw.get("spec") if isinstance(raw, dict) else None)
     except pydantic.ValidationError as failure:
         raise ClientError(400, f"not a valid hive.yaml: {failure.errors()[0]['msg']}", code="invalid_spec") from None
-    policy = raw.get("policy_source")
-    try:
-        generation, changed = queen.fleet.apply(
-            spec, str(raw.get("source", "")), policy if isinstance(policy, str) else None
+    if "policy_source" in raw:
+        raise ClientError(
+            400, "the queen takes no policy code over the network; name it: policy", code="invalid_policy"
         )
+    try:
+        named = PolicyRef.model_validate(raw["policy"]) if raw.get("policy") is not None else None
+    except pydantic.ValidationError as failure:
+        raise ClientError(400, f"policy: {failure.errors()[0]['msg']}", code="invalid_policy") from None
+    try:
+        generation, changed = queen.fleet.apply(spec, str(raw.get("source", "")), named)
     except PolicyError as error:
         raise ClientError(400, str(error), code="invalid_policy") from None
     queen.reconciler.spec_changed(generation)
@@ -82,7 +92,7 @@ async def status(request: Request) -> Response:
                 for r in fleet.registry.routes.values()
             ],
             "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
-            "conditions": [condition.to_json() for condition in reconciler.conditions.values()],
+            "conditions": [condition.to_json() for condition in reconciler.conditions.values()] + _routing(queen),
             "heartbeats": fleet.heartbeats.ages(time.monotonic()),
             "reconcile": {
                 "interval": reconciler.interval,
@@ -92,6 +102,23 @@ async def status(request: Request) -> Response:
             },
         }
     )
+
+
+def _routing(queen: parts.Queen) -> list[dict[str, object]]:
+    """The routing policy's condition, while the operator's route() is disabled for failing."""
+    policy = queen.admission.policy
+    if policy.disabled is None:
+        return []
+    return [
+        {
+            "hive": "queen",
+            "target": f"routing {policy.name}",
+            "type": "Degraded",
+            "reason": "PolicyDisabled",
+            "message": f"{policy.disabled}; routing least-loaded until a spec is applied again",
+            "since": time.time(),
+        }
+    ]
 
 
 async def explain(request: Request) -> Response:
@@ -144,6 +171,10 @@ async def heartbeat(request: Request) -> Response:
         state = HiveState.model_validate_json(await request.body())
     except pydantic.ValidationError:
         raise ClientError(400, "the body must be a hive state", code="invalid_state") from None
+    if state.name != request.path_params["name"]:
+        raise ClientError(
+            400, f"a heartbeat of hive {request.path_params['name']} must describe that hive", code="invalid_state"
+        )
     try:
         queen.fleet.heartbeat(state)
     except UnknownHive:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.requests import Request
 
+from rbee.api.credentials import FleetCredentials
 from rbee.queen.admission import Admission
 from rbee.queen.autoscale import Autoscaler
 from rbee.queen.dispatch import Dispatcher
@@ -30,7 +31,7 @@ class Queen:
     tasks: TaskStore
     reconciler: Reconciler
     metrics: Metrics
-    token: str | None
+    credentials: FleetCredentials
     server: uvicorn.Server | None = None
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from rbee.api.credentials import FleetCredentials
 from rbee.api.state import ObservedState
 from rbee.apply import executor, lock
 from rbee.clients.hive import Progress
@@ -86,13 +87,19 @@ class EventReporter:
 
 class Reconciler:
     def __init__(
-        self, fleet: Fleet, events: EventLog, autoscale: Autoscaler, token: str | None, lock_dir: Path, wheel_dir: Path
+        self,
+        fleet: Fleet,
+        events: EventLog,
+        autoscale: Autoscaler,
+        credentials: FleetCredentials,
+        lock_dir: Path,
+        wheel_dir: Path,
     ) -> None:
         self.fleet = fleet
         self.events = events
         self.autoscale = autoscale
         """Its parkings in flight end before each observation: a pass never sees a worker half parked."""
-        self.token = token
+        self.credentials = credentials
         self.lock_dir = lock_dir
         self.wheel_dir = wheel_dir
         self.backoff = backoff.Record({}, {})
@@ -178,7 +185,7 @@ class Reconciler:
                 runnable, held_back = backoff.gate(plan, self.backoff.attempts, started)
             results: dict[str, str | None] = {}
             if any(change.is_actionable for change in runnable):
-                run = executor.Executor(spec, self.token or "", EventReporter(self), wheel_dir=self.wheel_dir)
+                run = executor.Executor(spec, self.credentials, EventReporter(self), wheel_dir=self.wheel_dir)
                 results = await run.execute(Plan(runnable))
             with _gc_paused():
                 self.backoff = backoff.account(self.backoff, plan, results, time.time())
@@ -206,8 +213,10 @@ class Reconciler:
 
     async def observe(self, spec: HiveFile) -> ObservedState:
         if self.client is None:
-            self.client = observe_hives.make_client(self.token)
-        observed = await observe_fleet.observe_async(spec, self.fleet.seen_hives(), OBSERVE_TIMEOUT, client=self.client)
+            self.client = observe_hives.make_client()
+        observed = await observe_fleet.observe_async(
+            spec, self.fleet.seen_hives(), OBSERVE_TIMEOUT, client=self.client, credentials=self.credentials
+        )
         self.fleet.saw(observed)
         return observed
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from rbee.api.credentials import FleetCredentials
 from rbee.api.state import HiveStatus, ObservedState, WorkerState
 from rbee.queen.scheduling import Route
 from rbee.spec.schema import HiveFile
@@ -16,6 +17,7 @@ ROUTABLE = (WorkerState.IDLE, WorkerState.BUSY)
 
 @dataclass
 class Registry:
+    credentials: FleetCredentials | None = None
     routes: dict[str, Route] = field(default_factory=dict)
     observed: ObservedState | None = None
     observed_at: float = 0.0
@@ -37,7 +39,13 @@ class Registry:
                 known = self.routes.get(key)
                 if known is None or known.url != url or known.model != worker.model:
                     known = Route(
-                        worker.id, hive.name, worker.model, url, slots=max(1, worker.slots), last_used=time.monotonic()
+                        worker.id,
+                        hive.name,
+                        worker.model,
+                        url,
+                        slots=max(1, worker.slots),
+                        last_used=time.monotonic(),
+                        credential=self._credential(hive.name, worker.id),
                     )
                 fresh[key] = known
         self.routes = fresh
@@ -48,7 +56,12 @@ class Registry:
     def restore(self, workers: list[tuple[str, str, str, str]]) -> None:
         """Routes remembered from before a restart, used until the hives are observed again."""
         for hive, worker_id, model, url in workers:
-            self.routes[f"{hive}/{worker_id}"] = Route(worker_id, hive, model, url, last_used=time.monotonic())
+            self.routes[f"{hive}/{worker_id}"] = Route(
+                worker_id, hive, model, url, last_used=time.monotonic(), credential=self._credential(hive, worker_id)
+            )
+
+    def _credential(self, hive: str, worker_id: str) -> str | None:
+        return self.credentials.worker(hive, worker_id) if self.credentials else None
 
     def forget(self, route: Route) -> None:
         """A worker that broke mid-request is not offered again until the hives report it anew."""

@@ -7,9 +7,12 @@ back to least-loaded, with a warning in the log.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +21,9 @@ from typing import Any
 from rbee.spec.policy import PolicyError, UserPolicy, load_user_policy
 
 log = logging.getLogger("rbee.queen")
+USER_BUDGET = 0.01
+"""Seconds the user's route() may take per decision; past it the request goes least-loaded."""
+DISABLE_AFTER = 20
 
 
 class PolicyKind(StrEnum):
@@ -39,6 +45,8 @@ class Route:
     last_used: float = 0.0
     gone: bool = False
     version: int = 0
+    credential: str | None = None
+    """What opens this worker (its own credential, derived from its hive's): sent with every request to it."""
 
     @property
     def key(self) -> str:
@@ -108,6 +116,11 @@ class Policy:
         self.name = name
         self._user: UserPolicy | None = None
         self._turn: dict[str, int] = {}
+        self.failures = 0
+        """Calls of the user's route() that raised, ran past the budget or returned no candidate, in a row."""
+        self.failed_total = 0
+        self.disabled: str | None = None
+        """Why the user's policy is no longer asked (it failed DISABLE_AFTER times in a row)."""
         if kind is PolicyKind.FILE:
             self._user = load_user_policy(source or "", name)
 
@@ -153,17 +166,53 @@ class Policy:
 
     def _ask_user(self, ask: Ask, candidates: list[Route]) -> tuple[Route | None, str]:
         assert self._user is not None
+        if self.disabled is not None:
+            return None, self.disabled
         offered = [route.candidate() for route in candidates]
         try:
-            answer = self._user(ask.as_dict(), offered)
-        except Exception as error:
-            log.warning("routing policy %s raised %s: %s; using least-loaded", self.name, type(error).__name__, error)
-            return None, f"{self.name} raised {type(error).__name__}: {error}"
+            with _budget(USER_BUDGET):
+                answer = self._user(ask.as_dict(), offered)
+        except BaseException as error:  # the operator's code: sys.exit() in it must not stop the queen
+            return None, self._failed(f"{self.name} raised {type(error).__name__}: {error}")
         for route, offer in zip(candidates, offered, strict=True):
             if answer is offer or answer == offer or answer == route.worker_id:
+                self.failures = 0
                 return route, f"chosen by {self.name}"
-        log.warning("routing policy %s returned %r, which is not a candidate; using least-loaded", self.name, answer)
-        return None, f"{self.name} returned {answer!r}, not a candidate"
+        return None, self._failed(f"{self.name} returned {answer!r}, not a candidate")
+
+    def _failed(self, why: str) -> str:
+        self.failures += 1
+        self.failed_total += 1
+        log.warning("routing policy: %s; using least-loaded", why)
+        if self.failures >= DISABLE_AFTER:
+            self.disabled = f"{self.name} is disabled after {self.failures} failures in a row (last: {why})"
+            log.error("%s; the queen routes least-loaded until a spec is applied again", self.disabled)
+        return why
+
+
+class _OverBudget(Exception):
+    def __str__(self) -> str:
+        return f"route() ran longer than {USER_BUDGET * 1000:.0f} ms"
+
+
+@contextlib.contextmanager
+def _budget(seconds: float) -> Iterator[None]:
+    """Interrupt the user's route() past `seconds` (a timer signal; only on the main thread, where the queen's
+    event loop runs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise _OverBudget
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def make_policy(routing_name: str, source: str | None) -> Policy:

@@ -1,9 +1,12 @@
 """The queen's route table: each path, its handler, and the guard chain of its audience. Nothing else.
 
-- open: GET /health, /metrics, /openapi.json
-- clients (API keys, OpenAI's error shape): the OpenAI API under /v1 and rbee's task API under /v2/tasks
-- operator (the cluster token, rbee's wire error shape): /v2/spec, status, route, events, reconcile, shutdown
-- hives (the cluster token): POST /v2/heartbeat
+- open: GET /health, /openapi.json
+- clients (an API key, OpenAI's error shape): the OpenAI API under /v1, rbee's task API under /v2/tasks, and
+  GET /metrics
+- the operator (its credential, rbee's wire error shape): /v2/spec, status, route, events, reconcile, shutdown
+- each hive (its own credential): POST /v2/hives/{name}/heartbeat
+
+Every request first passes the browser guard (origins.py): Host, Origin and Content-Type.
 """
 
 from __future__ import annotations
@@ -11,21 +14,24 @@ from __future__ import annotations
 from starlette import routing
 from starlette.applications import Starlette
 
-from rbee import daemon
-from rbee.queen import errors, openai_api, operator_api, task_api
+from rbee.queen import auth, errors, openai_api, operator_api, origins, task_api
 from rbee.queen.asgi import RawSend
 from rbee.queen.errors import Handler
 from rbee.queen.parts import Queen
 
 
 def create_app(queen: Queen) -> RawSend:
-    token = daemon.token_guard(queen.token)
+    operator_only = auth.operator_only(queen.credentials)
+    hive_only = auth.hive_only(queen.credentials)
 
     def client(handler: Handler) -> Handler:
         return errors.openai_errors(handler)
 
     def operator(handler: Handler) -> Handler:
-        return token(errors.wire_errors(handler))
+        return errors.wire_errors(operator_only(handler))
+
+    def hive(handler: Handler) -> Handler:
+        return errors.wire_errors(hive_only(handler))
 
     def route(path: str, handler: Handler, *methods: str) -> routing.Route:
         return routing.Route(path, handler, methods=list(methods) or None)
@@ -33,7 +39,7 @@ def create_app(queen: Queen) -> RawSend:
     app = Starlette(
         routes=[
             route("/health", operator_api.health),
-            route("/metrics", operator_api.metrics),
+            route("/metrics", client(operator_api.metrics)),
             route("/openapi.json", operator_api.openapi),
             route("/v1/models", client(openai_api.list_models)),
             route("/v1/chat/completions", client(openai_api.chat_completions), "POST"),
@@ -49,8 +55,8 @@ def create_app(queen: Queen) -> RawSend:
             route("/v2/events", operator(operator_api.events)),
             route("/v2/reconcile", operator(operator_api.reconcile), "PUT"),
             route("/v2/admin/shutdown", operator(operator_api.shutdown), "POST"),
-            route("/v2/heartbeat", operator(operator_api.heartbeat), "POST"),
+            route("/v2/hives/{name}/heartbeat", hive(operator_api.heartbeat), "POST"),
         ]
     )
     app.state.queen = queen
-    return RawSend(app)
+    return RawSend(origins.BrowserGuard(app, lambda: queen.fleet.spec))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rbee.spec.policy import PolicyRef
 from rbee.spec.schema import HiveFile
 
 MIGRATIONS: list[list[str]] = [
@@ -75,26 +76,39 @@ class Store:
             return None
         return int(row[0]), HiveFile.model_validate_json(row[1])
 
-    def apply_spec(self, spec: HiveFile, source: str) -> tuple[int, bool]:
-        """Store `spec` as the desired state; returns (generation, changed)."""
+    def apply_spec(self, spec: HiveFile, source: str, policy: PolicyRef | None = None) -> tuple[int, bool]:
+        """Store `spec` and the routing policy it names as the desired state, in one transaction (a crash
+        leaves either both or neither); returns (generation, changed)."""
         body = spec.model_dump_json()
-        current = self._db.execute("SELECT generation, spec FROM specs ORDER BY generation DESC LIMIT 1").fetchone()
-        if current is not None and json.loads(current[1]) == json.loads(body):
-            return int(current[0]), False
-        generation = (int(current[0]) if current else 0) + 1
-        self._db.execute(
-            "INSERT INTO specs (generation, applied_at, source, spec) VALUES (?, ?, ?, ?)",
-            (generation, time.time(), source, body),
-        )
-        self.log("spec", source, f"applied generation {generation}")
+        named = policy.model_dump_json() if policy is not None else None
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            current = self._db.execute("SELECT generation, spec FROM specs ORDER BY generation DESC LIMIT 1").fetchone()
+            same = current is not None and json.loads(current[1]) == json.loads(body)
+            if same and self._setting("policy") == named:
+                self._db.execute("COMMIT")
+                return int(current[0]), False
+            generation = (int(current[0]) if current else 0) + 1
+            self._db.execute(
+                "INSERT INTO specs (generation, applied_at, source, spec) VALUES (?, ?, ?, ?)",
+                (generation, time.time(), source, body),
+            )
+            self._db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES ('policy', ?)", (named,))
+            self.log("spec", source, f"applied generation {generation}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         return generation, True
 
-    def policy_source(self) -> str | None:
-        row = self._db.execute("SELECT value FROM settings WHERE name = 'policy_source'").fetchone()
-        return str(row[0]) if row and row[0] is not None else None
+    def policy(self) -> PolicyRef | None:
+        """The routing policy the applied spec names (its file is in the queen's policy directory)."""
+        named = self._setting("policy")
+        return PolicyRef.model_validate_json(named) if named else None
 
-    def set_policy_source(self, source: str | None) -> None:
-        self._db.execute("INSERT OR REPLACE INTO settings (name, value) VALUES ('policy_source', ?)", (source,))
+    def _setting(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row and row[0] is not None else None
 
     def saw_hive(self, name: str) -> None:
         now = time.time()

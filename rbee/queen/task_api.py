@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from rbee.api import openai as oai
 from rbee.api import wire
 from rbee.queen import parts
+from rbee.queen.auth import ADMIN_KEY
 from rbee.queen.errors import ClientError, invalid, read_object
 from rbee.queen.scheduling import Ask
 from rbee.queen.tasks import Task
@@ -19,11 +20,12 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 async def create_task(request: Request) -> Response:
     queen = parts.of(request)
+    key = queen.fleet.keys.authenticate(request)
     raw = await read_object(request, queen.fleet.max_body)
     model, hive = raw.pop("model", None), raw.pop("hive", None)
     if not isinstance(model, str):
         raise ClientError(400, "the body must be a JSON object with a 'model'", param="model")
-    key = queen.fleet.keys.authorize(request, model)
+    queen.fleet.keys.permit(key, model)
     task_id = oai.new_id("task")
     try:
         execute = wire.ExecuteRequest.model_validate({**raw, "request_id": task_id, "format": wire.StreamFormat.RBEE})
@@ -31,7 +33,7 @@ async def create_task(request: Request) -> Response:
         raise invalid(failure) from None
     if queen.fleet.model_kind(model) is None:
         raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
-    task = Task(task_id, model)
+    task = Task(task_id, model, key.name if key else None)
     queen.tasks.add(task)
     prompt_chars = len(execute.prompt or "") + sum(len(m.content or "") for m in execute.messages or ())
     ask = Ask(model, hive if isinstance(hive, str) else None, key.name if key else None, prompt_chars)
@@ -40,11 +42,12 @@ async def create_task(request: Request) -> Response:
 
 
 def _task(request: Request) -> Task:
+    """The task named in the path, for the key that created it (another key is told there is no such task)."""
     queen = parts.of(request)
+    key = queen.fleet.keys.authenticate(request)
     task = queen.tasks.get(request.path_params["id"])
-    if task is None:
+    if task is None or (key is not None and key.name not in (task.key, ADMIN_KEY.name)):
         raise ClientError(404, "no such task", code="not_found")
-    queen.fleet.keys.authorize(request, task.model)
     return task
 
 

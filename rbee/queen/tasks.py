@@ -21,6 +21,8 @@ MAX_TASKS = 1000
 class Task:
     id: str
     model: str
+    key: str | None = None
+    """The name of the API key that created it: only that key (and the admin's) may read or cancel it."""
     chunks: list[bytes] = field(default_factory=list)
     finished: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)

@@ -36,6 +36,7 @@ def check(spec: HiveFile) -> list[Problem]:
         *_unique_names("models", [model.name for model in spec.models]),
         *_unique_addresses(spec),
         *_api_key_scopes(spec),
+        *_open_queen(spec),
         *_workers(spec),
     ]
 
@@ -89,6 +90,16 @@ def _api_key_scopes(spec: HiveFile) -> Iterator[Problem]:
                     ("queen", "api_keys", key_index, "models", model_index),
                     f"API key {key.env} is scoped to unknown model '{name}'{did_you_mean(name, known)}",
                 )
+
+
+def _open_queen(spec: HiveFile) -> Iterator[Problem]:
+    host = spec.queen.listen.rpartition(":")[0].strip("[]")
+    if spec.queen.auth == "none" and host not in ("127.0.0.1", "::1", "localhost"):
+        yield Problem(
+            ("queen", "auth"),
+            f"auth: none would serve anyone who can reach {spec.queen.listen}; use it only with a loopback listen "
+            "address (127.0.0.1), or remove it: clients then need an API key (rbee key shows the admin key)",
+        )
 
 
 def _workers(spec: HiveFile) -> Iterator[Problem]:

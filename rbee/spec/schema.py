@@ -96,6 +96,10 @@ def _refuse_inline_key(value: Any) -> Any:
 def _check_routing(value: Any) -> Any:
     if isinstance(value, str) and value not in ("least-loaded", "round-robin") and not value.endswith(".py"):
         raise ValueError(f"'{value}' is not a routing policy; use least-loaded, round-robin or a path to a .py file")
+    if isinstance(value, str) and value.endswith(".py") and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.py", value):
+        raise ValueError(
+            f"'{value}': a routing policy file sits beside hive.yaml; write its file name only, like route.py"
+        )
     return value
 
 
@@ -106,7 +110,7 @@ class QueenSpec(Strict):
     api_keys: tuple[Annotated[ApiKeyRef, BeforeValidator(_refuse_inline_key)], ...] = ()
     routing: Annotated[str, BeforeValidator(_check_routing)] = Field(
         default="least-loaded",
-        description="least-loaded, round-robin, or a Python file (relative to hive.yaml) defining "
+        description="least-loaded, round-robin, or the name of a Python file beside hive.yaml defining "
         "route(request, candidates) -> candidate.",
     )
     max_queue: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
@@ -114,6 +118,19 @@ class QueenSpec(Strict):
     )
     queue_timeout: Seconds = Field(default=30.0, description="How long a request may wait for a worker (504).")
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(default=4 << 20, description="Larger bodies get 413.")
+    auth: Literal["keys", "none"] = Field(
+        default="keys",
+        description="keys: every client request needs an API key (the admin key `rbee key` shows, or one of "
+        "api_keys). none: anyone who can reach the queen may use it; allowed only on a loopback listen address.",
+    )
+    allowed_hosts: tuple[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,253}$")], ...] = Field(
+        default=(),
+        description="Host names clients may use to reach the queen, besides IP addresses and localhost (a browser "
+        "page on another name is refused: DNS rebinding).",
+    )
+    cors_origins: tuple[Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+$")], ...] = Field(
+        default=(), description="Web origins whose pages may call the queen from a browser; none by default."
+    )
 
 
 class HostKeyPolicy(StrEnum):

@@ -94,7 +94,7 @@ def test_every_hive_serves_through_the_queen(fleet: Fleet, machines: test_hosts.
     for host in machines.hosts:
         answer = httpx.post(
             f"{fleet.queen_url}/v1/completions",
-            headers={"X-Rbee-Hive": host.name},
+            headers={"X-Rbee-Hive": host.name, **fleet.keyed},
             timeout=60,
             json={"model": "smollm2", "prompt": "Hello", "max_tokens": 3},
         )
@@ -105,6 +105,29 @@ def test_every_hive_serves_through_the_queen(fleet: Fleet, machines: test_hosts.
     for host in machines.hosts:
         assert (Path(host.root) / "srv-rbee" / "hive.json").exists(), "each host has its own /srv/rbee"
         assert any("rbee hive serve" in line for line in host.processes())
+
+
+def test_a_stolen_hive_credential_opens_that_hive_and_nothing_else(fleet: Fleet, machines: test_hosts.Hosts) -> None:
+    """Read off node1's disk as an intruder there would, then tried against everything else on the network."""
+    node1, node2 = machines.hosts[0], machines.hosts[1]
+    stolen = {"Authorization": f"Bearer {node1.run('cat /srv/rbee/hive.token').stdout.strip()}"}
+    assert httpx.get(f"http://{node1.address}:9200/v1/state", headers=stolen).status_code == 200, "its own hive"
+    assert httpx.get(f"{fleet.queen_url}/v2/status", headers=stolen).status_code == 401, "the operator API"
+    assert httpx.put(f"{fleet.queen_url}/v2/spec", json={"spec": {}}, headers=stolen).status_code == 401
+    assert httpx.get(f"http://{node2.address}:9200/v1/state", headers=stolen).status_code == 401, "another hive"
+    assert httpx.post(f"http://{node2.address}:9200/v1/shutdown", headers=stolen).status_code == 401
+    theirs = httpx.get(f"http://{node2.address}:9200/v1/state", headers=fleet.hive_auth("node2")).json()["workers"][0]
+    their_worker = f"http://{node2.address}:{theirs['port']}"
+    assert httpx.get(f"{their_worker}/v1/ready", headers=stolen).status_code == 401, "another hive's worker"
+    assert httpx.get(f"{their_worker}/v1/ready", headers=fleet.worker_auth(theirs["id"], "node2")).status_code == 200
+    state = httpx.get(f"http://{node2.address}:9200/v1/state", headers=fleet.hive_auth("node2")).text
+    beat = httpx.post(
+        f"{fleet.queen_url}/v2/hives/node2/heartbeat",
+        content=state,
+        headers={**stolen, "Content-Type": "application/json"},
+    )
+    assert beat.status_code == 403, "it cannot speak for another hive"
+    assert node1.run("cat /srv/rbee/hive.token").stdout.strip() != node2.run("cat /srv/rbee/hive.token").stdout.strip()
 
 
 def test_a_second_apply_changes_nothing(fleet: Fleet) -> None:
@@ -133,8 +156,7 @@ def test_a_wrong_host_key_fails_clearly_while_the_others_converge(
     fleet: Fleet, machines: test_hosts.Hosts, smollm2: Path
 ) -> None:
     node3 = machines.hosts[2]
-    token = (fleet.root / "home" / "cluster.token").read_text()
-    httpx.post(f"http://{node3.address}:9200/v1/shutdown", headers={"Authorization": f"Bearer {token}"})
+    httpx.post(f"http://{node3.address}:9200/v1/shutdown", headers=fleet.hive_auth("node3"))
     deadline = time.monotonic() + 20
     while any("rbee hive serve" in line for line in node3.processes()):
         assert time.monotonic() < deadline
@@ -168,6 +190,7 @@ def test_a_cut_off_host_is_reported_and_routed_around(fleet: Fleet, machines: te
         for _ in range(4):
             answer = httpx.post(
                 f"{fleet.queen_url}/v1/completions",
+                headers=fleet.keyed,
                 timeout=60,
                 json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2},
             )

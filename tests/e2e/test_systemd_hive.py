@@ -89,6 +89,7 @@ def test_the_hive_runs_as_an_enabled_systemd_unit_with_its_workers_in_its_cgroup
     assert "hive" in host.run("cat /srv/rbee/logs/hive.log").stdout, "the unit appends to the hive's own log"
     answer = httpx.post(
         f"{fleet.queen_url}/v1/completions",
+        headers=fleet.keyed,
         timeout=60,
         json={"model": "smollm2", "prompt": "Hello", "max_tokens": 3},
     )

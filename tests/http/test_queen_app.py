@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from rbee.queen import daemon
 from rbee.queen.server import create_app
 from rbee.spec import load
+from tests.http.queens import BASE_URL, CREDENTIALS, OPERATOR
 
 SPEC = """
 queen:
@@ -31,9 +32,9 @@ ADMIN = {"Authorization": "Bearer admin-key"}
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("RBEE_TEST_ADMIN_KEY", "admin-key")
     monkeypatch.setenv("RBEE_TEST_CHAT_KEY", "chat-key")
-    queen = daemon.build(tmp_path, token="cluster", queue_wait=0.2)
+    queen = daemon.build(tmp_path, CREDENTIALS, queue_wait=0.2)
     queen.fleet.apply(load.loads(SPEC), "test")
-    with TestClient(create_app(queen), raise_server_exceptions=True) as test_client:
+    with TestClient(create_app(queen), base_url=BASE_URL, raise_server_exceptions=True) as test_client:
         yield test_client
 
 
@@ -54,7 +55,9 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 )
 def test_chat_refusals(client: TestClient, body: object, status: int, words: str) -> None:
     if isinstance(body, bytes):
-        response = client.post("/v1/chat/completions", content=body, headers=ADMIN)
+        response = client.post(
+            "/v1/chat/completions", content=body, headers={**ADMIN, "Content-Type": "application/json"}
+        )
     else:
         response = client.post("/v1/chat/completions", json=body, headers=ADMIN)
     assert response.status_code == status
@@ -88,12 +91,12 @@ def test_task_api_validates(client: TestClient) -> None:
     assert client.get("/v2/tasks/task-nope/events", headers=ADMIN).status_code == 404
 
 
-def test_operator_endpoints_need_the_cluster_token(client: TestClient) -> None:
+def test_operator_endpoints_need_the_operators_credential(client: TestClient) -> None:
     assert client.put("/v2/spec", json={}, headers=ADMIN).status_code == 401
     assert client.get("/v2/status").status_code == 401
-    status = client.get("/v2/status", headers={"Authorization": "Bearer cluster"})
+    status = client.get("/v2/status", headers=OPERATOR)
     assert status.status_code == 200 and status.json()["generation"] == 1
-    invalid = client.put("/v2/spec", json={"spec": {"hives": "no"}}, headers={"Authorization": "Bearer cluster"})
+    invalid = client.put("/v2/spec", json={"spec": {"hives": "no"}}, headers=OPERATOR)
     assert invalid.status_code == 400
 
 
@@ -102,14 +105,14 @@ def test_models_lists_served_models(client: TestClient) -> None:
 
 
 def test_a_restarted_queen_resumes_its_spec_and_routes(tmp_path: Path) -> None:
-    first = daemon.build(tmp_path, token="cluster")
+    first = daemon.build(tmp_path, CREDENTIALS)
     generation, changed = first.fleet.apply(load.loads(SPEC), "hive.yaml")
     assert (generation, changed) == (1, True)
     assert first.fleet.apply(load.loads(SPEC), "hive.yaml") == (1, False), "the same spec is not a new generation"
     first.store.replace_workers([("local", "w-1", "chat", "http://127.0.0.1:8001")])
     first.store.close()
 
-    second = daemon.build(tmp_path, token="cluster")
+    second = daemon.build(tmp_path, CREDENTIALS)
     assert second.fleet.generation == 1 and second.fleet.spec is not None
     assert [(r.worker_id, r.model, r.url) for r in second.fleet.registry.routes.values()] == [
         ("w-1", "chat", "http://127.0.0.1:8001")

@@ -23,9 +23,9 @@ from rbee.queen import daemon
 from rbee.queen.parts import Queen
 from rbee.queen.server import create_app
 from rbee.spec import load
+from tests.http.queens import BASE_URL, CREDENTIALS, KEYED, OPERATOR, admin_key_file, hive_auth
 from tests.servers import free_port, serve
 
-OPERATOR = {"Authorization": "Bearer cluster"}
 SPEC = """
 queen: {{queue_timeout: 5s}}
 hives: [{{name: synthetic, listen: '127.0.0.1:{port}'}}]
@@ -44,9 +44,9 @@ def synthetic() -> Iterator[int]:
 
 
 def queen_app(tmp_path: Path, port: int, replicas: int) -> tuple[Queen, TestClient]:
-    queen = daemon.build(tmp_path, token="cluster", queue_wait=5.0)
+    queen = daemon.build(tmp_path, CREDENTIALS, admin_key_file=admin_key_file(tmp_path), queue_wait=5.0)
     queen.fleet.apply(load.loads(SPEC.format(port=port, replicas=replicas)), "hive.yaml")
-    return queen, TestClient(create_app(queen))
+    return queen, TestClient(create_app(queen), base_url=BASE_URL, headers=KEYED)
 
 
 @pytest.fixture
@@ -55,7 +55,8 @@ def client(tmp_path: Path, synthetic: int) -> Iterator[TestClient]:
     queen, test_client = queen_app(tmp_path, synthetic, replicas=2)
     with test_client:
         state = httpx.get(f"http://127.0.0.1:{synthetic}/v1/state", trust_env=False).json()
-        assert test_client.post("/v2/heartbeat", json=state, headers=OPERATOR).status_code == 200
+        beat = test_client.post("/v2/hives/synthetic/heartbeat", json=state, headers=hive_auth("synthetic"))
+        assert beat.status_code == 200, beat.text
         yield test_client
         test_client.portal.call(daemon.close, queen)  # type: ignore[union-attr]
 
@@ -160,13 +161,16 @@ def test_the_operator_api_shows_the_fleet_and_the_spec(client: TestClient) -> No
     applied = client.get("/v2/spec", headers=OPERATOR).json()
     assert applied["generation"] == 1 and applied["spec"]["hives"][0]["name"] == "synthetic"
     assert applied["seen_hives"] == ["synthetic"]
-    assert client.get("/v2/spec").status_code == 401
+    assert client.get("/v2/spec").status_code == 401, "an API key is not the operator's credential"
 
 
 def test_the_operator_api_refuses_in_one_shape(client: TestClient) -> None:
-    too_big = client.put("/v2/spec", content=b"{" + b" " * (5 << 20) + b"}", headers=OPERATOR)
+    json_type = {"Content-Type": "application/json"}
+    too_big = client.put("/v2/spec", content=b"{" + b" " * (5 << 20) + b"}", headers={**OPERATOR, **json_type})
     invalid = client.put("/v2/spec", json={"spec": {"hives": "no"}}, headers=OPERATOR)
-    unknown = client.post("/v2/heartbeat", json={"name": "ghost", "version": "0"}, headers=OPERATOR)
+    unknown = client.post(
+        "/v2/hives/ghost/heartbeat", json={"name": "ghost", "version": "0"}, headers=hive_auth("ghost")
+    )
     expected = ((too_big, 413, "body_too_large"), (invalid, 400, "invalid_spec"), (unknown, 404, "unknown_hive"))
     for reply, status, code in expected:
         assert reply.status_code == status

@@ -129,7 +129,7 @@ def test_a_loading_or_busy_worker_refuses_with_503(client: tuple[TestClient, Run
     assert test_client.get("/v1/ready", headers=TOKEN).json()["ready"] is True
 
 
-def test_the_cluster_token_is_required(client: tuple[TestClient, Runtime]) -> None:
+def test_the_workers_credential_is_required(client: tuple[TestClient, Runtime]) -> None:
     test_client, _ = client
     assert test_client.post("/v1/execute", json={"prompt": "x"}).status_code == 401
     assert test_client.get("/health").status_code == 200

@@ -73,8 +73,7 @@ class Holder:
 
 
 def queen_status(fleet: Fleet) -> dict[str, Any]:
-    token = (fleet.root / "home" / "cluster.token").read_text()
-    return httpx.get(f"{fleet.queen_url}/v2/status", headers=auth(token)).json()
+    return httpx.get(f"{fleet.queen_url}/v2/status", headers=fleet.operator).json()
 
 
 def settled(fleet: Fleet) -> None:
@@ -124,7 +123,7 @@ def test_refusals_are_exact_and_counters_return_to_zero(fleet: Fleet) -> None:
         assert results["queued"].status_code == 504
         assert "retry-after" not in results["queued"].headers
     settled(fleet)
-    metrics = httpx.get(f"{fleet.queen_url}/metrics").text
+    metrics = httpx.get(f"{fleet.queen_url}/metrics", headers=fleet.keyed).text
     assert 'rbee_admission_refusals{model="smollm2",reason="queue_full"} 1.0' in metrics
     assert 'rbee_admission_refusals{model="smollm2",reason="deadline"} 1.0' in metrics
     assert 'rbee_requests_total{model="smollm2",status="429"} 1.0' in metrics
@@ -187,7 +186,9 @@ def check_client_errors(fleet: Fleet, client: openai.OpenAI, stranger: openai.Op
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "body_too_large"
     assert (
         httpx.post(
-            f"{fleet.queen_url}/v1/completions", headers=auth(KEYS["RBEE_TEST_TWO"]), content=b'{"model": '
+            f"{fleet.queen_url}/v1/completions",
+            headers={**auth(KEYS["RBEE_TEST_TWO"]), "Content-Type": "application/json"},
+            content=b'{"model": ',
         ).status_code
         == 400
     )

@@ -32,7 +32,7 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 
 def test_the_openai_client_gets_embeddings(fleet: Fleet) -> None:
-    with openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="unused", max_retries=0) as client:
+    with openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key=fleet.api_key, max_retries=0) as client:
         check_embeddings(client, fleet)
 
 
@@ -55,15 +55,15 @@ def test_a_text_model_and_an_embedding_model_are_not_confused(fleet: Fleet) -> N
     chat = httpx.post(
         f"{fleet.queen_url}/v1/chat/completions",
         json={"model": "minilm", "messages": [{"role": "user", "content": "hi"}]},
+        headers=fleet.keyed,
     )
     assert chat.status_code == 400 and chat.json()["error"]["code"] == "wrong_model_kind"
-    empty = httpx.post(f"{fleet.queen_url}/v1/embeddings", json={"model": "minilm", "input": []})
+    empty = httpx.post(f"{fleet.queen_url}/v1/embeddings", json={"model": "minilm", "input": []}, headers=fleet.keyed)
     assert empty.status_code == 400
 
 
 def test_the_catalog_holds_the_model_folder(fleet: Fleet) -> None:
-    token = (fleet.root / "home" / "cluster.token").read_text()
-    state = httpx.get(f"{fleet.hive_url}/v1/state", headers={"Authorization": f"Bearer {token}"}).json()
+    state = httpx.get(f"{fleet.hive_url}/v1/state", headers=fleet.hive_auth()).json()
     entry = state["catalog"][0]
     assert entry["format"] == "safetensors" and entry["size_bytes"] > 80_000_000
     assert (fleet.root / "hive" / "models" / "minilm" / "model" / "model.safetensors").is_file()

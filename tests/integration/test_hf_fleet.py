@@ -54,12 +54,13 @@ def test_the_queen_streams_it_and_a_seed_repeats(fleet: Fleet, model: str) -> No
     body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 16, "seed": 5}
     texts = []
     for _ in range(2):
-        with httpx.stream("POST", f"{fleet.queen_url}/v1/chat/completions", json={**body, "stream": True}) as reply:
+        stream = {**body, "stream": True}
+        with httpx.stream("POST", f"{fleet.queen_url}/v1/chat/completions", json=stream, headers=fleet.keyed) as reply:
             assert reply.status_code == 200
             chunks = [json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]
         texts.append("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices")))
     assert texts[0] and texts[0] == texts[1]
-    whole = httpx.post(f"{fleet.queen_url}/v1/chat/completions", json=body, timeout=60).json()
+    whole = httpx.post(f"{fleet.queen_url}/v1/chat/completions", json=body, headers=fleet.keyed, timeout=60).json()
     assert whole["choices"][0]["message"]["content"] == texts[0]
     assert whole["usage"]["completion_tokens"] == 16
 

@@ -42,7 +42,7 @@ def test_status_shows_the_running_fleet(fleet: Fleet) -> None:
 
 @pytest.fixture
 def client(fleet: Fleet) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key="unused", max_retries=0) as client:
+    with openai.OpenAI(base_url=f"{fleet.queen_url}/v1", api_key=fleet.api_key, max_retries=0) as client:
         yield client
 
 
@@ -87,9 +87,10 @@ def test_openai_client_gets_errors_in_openai_shape(client: openai.OpenAI) -> Non
 
 
 def test_task_api_streams_rbee_events(fleet: Fleet) -> None:
-    created = httpx.post(f"{fleet.queen_url}/v2/tasks", json={"model": "smollm2", "prompt": "Hello", "max_tokens": 5})
+    body = {"model": "smollm2", "prompt": "Hello", "max_tokens": 5}
+    created = httpx.post(f"{fleet.queen_url}/v2/tasks", json=body, headers=fleet.keyed)
     assert created.status_code == 201
-    lines = httpx.get(fleet.queen_url + created.json()["events"], timeout=60).text.splitlines()
+    lines = httpx.get(fleet.queen_url + created.json()["events"], headers=fleet.keyed, timeout=60).text.splitlines()
     events = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
     assert [event["index"] for event in events[:-1]] == list(range(len(events) - 1))
     assert events[-1] == {**events[-1], "done": True, "total_tokens": 5, "finish_reason": "length"}
@@ -103,10 +104,9 @@ def test_rbee_infer_streams_to_stdout(fleet: Fleet) -> None:
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_worker(fleet: Fleet) -> None:
-    token = (fleet.root / "home" / "cluster.token").read_text()
-    state = httpx.get(f"{fleet.hive_url}/v1/state", headers={"Authorization": f"Bearer {token}"}).json()
+    state = httpx.get(f"{fleet.hive_url}/v1/state", headers=fleet.hive_auth()).json()
     worker = f"http://127.0.0.1:{state['workers'][0]['port']}"
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = fleet.worker_auth(state["workers"][0]["id"])
     body = {"prompt": "Write a very long story.", "max_tokens": 500}
     with httpx.stream("POST", f"{worker}/v1/execute", json=body, headers=auth, timeout=30) as response:
         lines = response.iter_lines()
@@ -132,8 +132,7 @@ def test_models_commands_list_pull_and_refuse_to_remove_in_use(fleet: Fleet) -> 
 
 
 def test_a_restarted_queen_adopts_the_running_fleet(fleet: Fleet) -> None:
-    token = (fleet.root / "home" / "cluster.token").read_text()
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = fleet.hive_auth()
     before = {w["id"]: w["pid"] for w in httpx.get(f"{fleet.hive_url}/v1/state", headers=auth).json()["workers"]}
     queen = json.loads((fleet.root / "home" / "queen" / "queen.json").read_text())
     os.kill(int(queen["pid"]), signal.SIGKILL)
@@ -142,7 +141,10 @@ def test_a_restarted_queen_adopts_the_running_fleet(fleet: Fleet) -> None:
     assert "No changes. Live state matches hive.yaml." in restarted.stdout
     assert "queen started" in restarted.stdout and "(unchanged)" in restarted.stdout
     answer = httpx.post(
-        f"{fleet.queen_url}/v1/completions", json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2}, timeout=60
+        f"{fleet.queen_url}/v1/completions",
+        json={"model": "smollm2", "prompt": "Hi", "max_tokens": 2},
+        headers=fleet.keyed,
+        timeout=60,
     )
     assert answer.status_code == 200, answer.text
     after = {w["id"]: w["pid"] for w in httpx.get(f"{fleet.hive_url}/v1/state", headers=auth).json()["workers"]}
@@ -161,8 +163,7 @@ def test_a_saved_plan_applies_exactly_and_a_stale_one_is_refused(fleet: Fleet) -
     saved = fleet.root / "plan.json"
     planned = fleet.rbee("plan", str(fleet.spec), "-o", str(saved))
     assert planned.returncode == 0 and "No changes." in planned.stdout
-    token = (fleet.root / "home" / "cluster.token").read_text()
-    auth = {"Authorization": f"Bearer {token}"}
+    auth = fleet.hive_auth()
     worker = httpx.get(f"{fleet.hive_url}/v1/state", headers=auth).json()["workers"][0]["id"]
     assert httpx.post(f"{fleet.hive_url}/v1/workers/{worker}/stop", headers=auth, timeout=60).status_code == 200
     stale = fleet.rbee("apply", str(saved), "--yes")

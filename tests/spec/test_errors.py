@@ -118,6 +118,18 @@ CASES = [
         "hive.yaml:3:5: hives[1].listen",
         "would listen on port 9200 of this machine like hive 'box'",
     ),
+    (
+        "open-queen-without-keys",
+        "queen:\n  listen: 0.0.0.0:8080\n  auth: none\n" + BASE,
+        "hive.yaml:3:9: queen.auth",
+        "auth: none would serve anyone who can reach 0.0.0.0:8080",
+    ),
+    (
+        "policy-outside",
+        "queen:\n  routing: ../elsewhere/route.py\n" + BASE,
+        "hive.yaml:2:12: queen.routing",
+        "a routing policy file sits beside hive.yaml; write its file name only, like route.py",
+    ),
     ("no-hives", "models: []\n", "hive.yaml:1:1: hives", "the required field 'hives' is missing"),
     ("broken-yaml", BASE + "    replicas: [1\n", "hive.yaml:10:1", "invalid YAML"),
     (

@@ -163,6 +163,8 @@ async def test_a_user_policy_chooses() -> None:
     [
         ("def route(request, candidates):\n    raise KeyError('gpu')\n", "mine.py raised KeyError"),
         ("def route(request, candidates):\n    return {'worker': 'nope'}\n", "not a candidate"),
+        ("import sys\ndef route(request, candidates):\n    sys.exit(3)\n", "mine.py raised SystemExit"),
+        ("def route(request, candidates):\n    while True:\n        pass\n", "route() ran longer than 10 ms"),
     ],
 )
 async def test_a_failing_user_policy_falls_back_with_a_warning(
@@ -197,3 +199,15 @@ async def test_explain_does_not_admit() -> None:
     assert len(candidates) == 2 and pick == "h/w-0" and "least loaded" in reason
     settle(admission)
     assert (await admission.acquire(Ask("m"), 1.0)).route.key == pick
+
+
+async def test_a_policy_that_keeps_failing_is_disabled() -> None:
+    policy = Policy(PolicyKind.FILE, "def route(request, candidates):\n    return None\n", "mine.py")
+    admission = Admission(policy=policy)
+    admission.sync(routes(2))
+    for _ in range(25):
+        (await admission.acquire(Ask("m"), 1.0)).release()
+    assert policy.disabled is not None and "disabled after 20 failures in a row" in policy.disabled
+    assert policy.failed_total == 20, "once disabled it is not asked again"
+    ticket = await admission.acquire(Ask("m"), 1.0)
+    assert "disabled" in ticket.reason and "least loaded" in ticket.reason

@@ -2,7 +2,8 @@
 
 One bare-ASGI process that answers like a hive (`GET /v1/state` lists N workers, all served here) and like
 workers (`POST /v1/execute` streams `max_tokens` tokens at a fixed rate, in the wire format asked for, with the
-same encoder and end comment as a real worker). It lets the queen's relay be measured without a model's cost.
+same encoder and end comment as a real worker; each token is " tok", or what follows "say:" in a prompt). It
+lets the queen's relay be measured without a model's cost.
 
     python bench/loads/synthetic_worker.py --port 9900 --workers 100 --slots 10 --rate 45
 """
@@ -83,8 +84,10 @@ def make_app(workers: int, slots: int, rate: float, port: int, start_delay: floa
         request = json.loads(raw)
         fmt = request.get("format", "rbee")
         count = int(request.get("max_tokens", 16))
+        prompt = str(request.get("prompt") or "")
+        word = prompt[4:] if prompt.startswith("say:") else " tok"  # tests give the text of every token
         if fmt == "rbee":
-            encode = lambda i: wire.token_event(" tok", i)  # noqa: E731
+            encode = lambda i: wire.token_event(word, i)  # noqa: E731
             finish = wire.done_event(count, 8, wire.FinishReason.LENGTH)
         else:
             encoder = openai.StreamEncoder(
@@ -94,7 +97,7 @@ def make_app(workers: int, slots: int, rate: float, port: int, start_delay: floa
                 bool(request.get("include_usage")),
             )
             opening = encoder.start()
-            encode = lambda i: (opening if i == 0 else b"") + encoder.token(" tok")  # noqa: E731
+            encode = lambda i: (opening if i == 0 else b"") + encoder.token(word)  # noqa: E731
             finish = encoder.finish("length", 8, count)
         await send(
             {

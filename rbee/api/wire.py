@@ -143,13 +143,24 @@ def end_comment(prompt_tokens: int, completion_tokens: int, finish_reason: str, 
     return END_MARK + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
-def parse_end(chunk: bytes) -> dict[str, Any] | None:
-    """The `: rbee-end` comment's body, if this chunk holds it."""
-    at = chunk.find(END_MARK)
-    if at == -1:
+def parse_end(buffer: bytes, stream_start: bool = False) -> dict[str, Any] | None:
+    """The `: rbee-end` comment's body, if `buffer` (the end of a stream) holds it: matched only at the start of
+    a line, so generated text that contains the words is never taken for it, and read defensively (None when it
+    does not parse). `stream_start`: `buffer` begins where the stream began (a line start)."""
+    at = buffer.rfind(b"\n" + END_MARK)
+    if at != -1:
+        at += 1
+    elif stream_start and buffer.startswith(END_MARK):
+        at = 0
+    else:
         return None
-    line_end = chunk.find(b"\n", at)
-    data: dict[str, Any] = json.loads(chunk[at + len(END_MARK) : line_end if line_end != -1 else None])
+    line_end = buffer.find(b"\n", at)
+    try:
+        data = json.loads(buffer[at + len(END_MARK) : line_end if line_end != -1 else None])
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("completion_tokens", 0), int):
+        return None
     return data
 
 

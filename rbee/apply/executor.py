@@ -12,6 +12,8 @@ import asyncio
 from pathlib import Path
 from typing import Protocol
 
+import httpx
+
 from rbee.api.credentials import FleetCredentials
 from rbee.clients.hive import HiveCallError, HiveClient, Progress
 from rbee.infra import job
@@ -159,6 +161,8 @@ class Executor:
                     await self._one(client, change)
                 except HiveCallError as error:
                     self._finish(change, str(error))
+                except httpx.HTTPError as error:  # every call has a bound (clients/hive.py); reaching it fails this
+                    self._finish(change, f"hive {name} did not answer in time ({type(error).__name__}: {error})")
                 else:
                     self._finish(change, None)
         finally:

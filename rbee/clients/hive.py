@@ -18,6 +18,11 @@ from rbee.api.state import HiveState, WorkerState
 from rbee.spec.schema import HiveSpec, ModelSpec
 
 log = logging.getLogger("rbee.clients")
+CALL_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+"""Every call to a hive is bounded: a hive that accepts and never answers fails the change, it does not hang it."""
+STATE_TIMEOUT = 5.0
+PROGRESS_TIMEOUT = httpx.Timeout(30.0, connect=5.0, read=60.0)
+"""A download streams progress, or keep-alives every 15 s: a minute without a byte is a hung hive."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +50,7 @@ class HiveClient:
     def __init__(self, hive: HiveSpec, token: str | None) -> None:
         self.hive = hive
         self._client = httpx.AsyncClient(
-            base_url=hive.api_url, headers=wire.bearer(token), timeout=httpx.Timeout(30.0, read=None), trust_env=False
+            base_url=hive.api_url, headers=wire.bearer(token), timeout=CALL_TIMEOUT, trust_env=False
         )
 
     async def close(self) -> None:
@@ -67,7 +72,7 @@ class HiveClient:
             await asyncio.sleep(0.1)
 
     async def state(self) -> HiveState:
-        response = await self._client.get("/v1/state")
+        response = await self._client.get("/v1/state", timeout=STATE_TIMEOUT)
         _raise_for(response)
         return HiveState.model_validate_json(response.content)
 
@@ -76,7 +81,9 @@ class HiveClient:
         body = wire.ModelRequest(
             name=model.name, source=model.source, format=str(model.format), sha256=model.sha256, kind=str(model.kind)
         )
-        async with self._client.stream("POST", "/v1/models", content=body.model_dump_json()) as response:
+        async with self._client.stream(
+            "POST", "/v1/models", content=body.model_dump_json(), timeout=PROGRESS_TIMEOUT
+        ) as response:
             if response.status_code != 200:
                 await response.aread()
                 _raise_for(response)

@@ -8,6 +8,7 @@ concurrent streams where a shared httpx client collapsed (FACTS.md).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,19 +47,9 @@ class WorkerClient:
             session, self._session = self._session, None
             await session.close()
 
-    async def stream(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> AsyncIterator[bytes]:
+    def stream(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> WorkerStream:
         """The worker's response bytes as they arrive."""
-        headers = _headers(credential)
-        try:
-            async with self.session().post(
-                f"{url}/v1/execute", data=body.model_dump_json(), headers=headers
-            ) as response:
-                if response.status != 200:
-                    raise _refusal(response.status, await response.text())
-                async for chunk in response.content.iter_any():
-                    yield chunk
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
-            raise _lost(error) from None
+        return WorkerStream(self.session(), url, credential, body)
 
     async def embed(self, url: str, credential: str | None, body: wire.EmbedRequest) -> dict[str, Any]:
         """An embedding request: `{"embeddings", "prompt_tokens"}`."""
@@ -84,6 +75,52 @@ class WorkerClient:
                 return response.status == 202
         except (aiohttp.ClientError, TimeoutError, ConnectionError):
             return False
+
+
+class WorkerStream:
+    """One streamed generation: its bytes as they arrive, when each last came, and a way to end it from outside
+    (a worker that stopped sending, a hive that went away): the reader then gets WorkerCallError with the reason.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, credential: str | None, body: wire.ExecuteRequest):
+        self.last = time.monotonic()
+        """When the last bytes came (or the request went)."""
+        self.aborted: WorkerCallError | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._chunks = self._read(session, url, credential, body)
+
+    async def _read(
+        self, session: aiohttp.ClientSession, url: str, credential: str | None, body: wire.ExecuteRequest
+    ) -> AsyncIterator[bytes]:
+        headers = _headers(credential)
+        try:
+            async with session.post(f"{url}/v1/execute", data=body.model_dump_json(), headers=headers) as response:
+                self._response = response
+                if response.status != 200:
+                    raise _refusal(response.status, await response.text())
+                async for chunk in response.content.iter_any():
+                    self.last = time.monotonic()
+                    yield chunk
+        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+            raise self.aborted or _lost(error) from None
+        if self.aborted is not None:
+            raise self.aborted
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks  # the reader iterates the response itself: no wrapper on the way of every chunk
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+    def abort(self, message: str, code: str) -> None:
+        """End the stream now: its connection closes, and the reader's next read raises with this reason."""
+        if self.aborted is None:
+            self.aborted = WorkerCallError(message, code)
+            if self._response is not None:
+                self._response.close()
 
 
 def _headers(credential: str | None) -> dict[str, str]:

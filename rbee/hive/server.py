@@ -34,6 +34,8 @@ from rbee.hive.supervisor import Supervisor, SupervisorError
 from rbee.spec import backends
 
 log = logging.getLogger("rbee.hive")
+KEEP_ALIVE = 15.0
+"""Seconds of silence after which a progress stream gets an SSE comment."""
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -248,8 +250,11 @@ async def _provision(hive: Hive, body: wire.ModelRequest) -> AsyncIterator[bytes
         last_sent = 0.0
         while not task.done() or not queue.empty():
             getter = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
+            done, _ = await asyncio.wait({getter, task}, timeout=KEEP_ALIVE, return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # a long quiet step (hashing a big file): its client's idle timeout must not fire
+                getter.cancel()
+                yield b": keep-alive\n\n"
+            elif getter in done:
                 event = getter.result()
                 now = loop.time()
                 if isinstance(event, wire.StageProgress) or now - last_sent > 0.2 or event.bytes == event.total:

@@ -24,6 +24,9 @@ from rbee.api.state import HostFacts
 from rbee.spec import backends
 from rbee.spec.schema import HiveFile, HiveSpec, SshConnection
 
+INSTALL_DEADLINE = 1800.0
+STEP_DEADLINE = 300.0
+
 
 class Step(StrEnum):
     """What a job does on each host, in the order given. Every host receives the same steps."""
@@ -164,8 +167,18 @@ async def run_jobs(
     return results
 
 
-async def run(job: Job) -> dict[str, HostResult]:
-    """Run one job in a pyinfra subprocess; a subprocess that fails gives every host its last line of stderr."""
+def deadline(job: Job) -> float:
+    """How long a job may run: installing rbee with its engines into a virtualenv can take many minutes; every
+    other step is a few commands per host, each bounded by the SSH timeouts."""
+    if Step.PYTHON in job.steps and any(host.data.rbee_wheel for host in job.hosts):
+        return INSTALL_DEADLINE
+    return STEP_DEADLINE + job.connect_timeout * 3
+
+
+async def run(job: Job, seconds: float | None = None) -> dict[str, HostResult]:
+    """Run one job in a pyinfra subprocess, killed past its deadline; a subprocess that fails gives every host
+    its last line of stderr."""
+    seconds = seconds if seconds is not None else deadline(job)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -174,7 +187,17 @@ async def run(job: Job) -> dict[str, HostResult]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await process.communicate(job.model_dump_json().encode())
+    try:
+        async with asyncio.timeout(seconds):
+            out, err = await process.communicate(job.model_dump_json().encode())
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        steps = ", ".join(job.steps)
+        return {
+            host.name: HostResult(error=f"pyinfra did not finish {steps} within {seconds:.0f} s and was stopped")
+            for host in job.hosts
+        }
     if process.returncode != 0:
         last = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
         return {host.name: HostResult(error=f"pyinfra failed: {last}") for host in job.hosts}

@@ -14,6 +14,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from rbee.plan import planner
 from rbee.plan.actions import Plan, Symbol
 from rbee.plan.saved import SavedPlan, SavedPlanError, observed_digest
 from rbee.spec import load, policy, schema
+
+LOCK_WAIT = 900.0
+"""Seconds `rbee apply` and `rbee destroy` wait for the queen's reconcile pass (whose own deadline is shorter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +164,21 @@ def hand_policy(home: Home, spec: schema.HiveFile, source: str | None) -> policy
     return named
 
 
-def fleet_lock(home: Home) -> contextlib.AbstractContextManager[bool]:
-    """The apply lock, shared with the queen's reconcile loop; say so when waiting for a pass to end. Before
-    the first apply there is no queen to share it with, and nothing is written."""
+@contextlib.contextmanager
+def fleet_lock(home: Home, command: str) -> Iterator[None]:
+    """The apply lock, shared with the queen's reconcile loop; say who holds it while waiting, and stop waiting
+    after LOCK_WAIT with a sentence. Before the first apply there is no queen to share it with."""
     if not home.queen_dir.is_dir():
-        return contextlib.nullcontext(True)
+        yield
+        return
     if lock.is_held(home.queen_dir):
-        out.print(Text("Waiting for the queen's reconcile pass to finish ...", style="dim"))
-    return lock.hold(home.queen_dir)
+        out.print(Text(f"Waiting for {lock.holder_of(home.queen_dir)} to finish ...", style="dim"))
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock.hold(home.queen_dir, holder=f"rbee {command}", timeout=LOCK_WAIT))
+        except lock.LockBusy as busy:
+            fail(f"{busy}; try again when it has finished, or run rbee suspend first.")
+        yield
 
 
 def confirm(question: str, yes: bool, what: str) -> None:
@@ -181,7 +192,7 @@ def confirm(question: str, yes: bool, what: str) -> None:
 
 def apply(target: Path, yes: bool, timeout: float) -> None:
     home = Home.default()
-    with fleet_lock(home):
+    with fleet_lock(home, "apply"):
         _apply(target, yes, timeout, home)
 
 
@@ -245,7 +256,7 @@ def destroy(file: Path, yes: bool, purge: bool) -> None:
     confirm(f"Stop all {len(spec.hives)} hives, their workers and the queen?", yes, "destroy")
     credentials = home.credentials(create=True)
     assert credentials is not None
-    with fleet_lock(home):
+    with fleet_lock(home, "destroy"):
         _destroy(spec, home, credentials, purge)
 
 

@@ -74,11 +74,20 @@ async def poll(queen: Queen, interval: float) -> None:
         try:
             await queen.fleet.refresh()
             queen.autoscale.park_idle()
-            if queen.fleet.take_silenced():
+            silenced = queen.fleet.take_silenced()
+            for hive in silenced:
+                queen.dispatch.abort_hive(hive, "stopped sending heartbeats")
+            if silenced:
                 queen.reconciler.request()
         except Exception:
             log.exception("refreshing the registry failed")
         await asyncio.sleep(interval)
+
+
+async def watch_streams(queen: Queen) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        queen.dispatch.watch()
 
 
 async def close(queen: Queen) -> None:
@@ -104,11 +113,13 @@ def serve(
         queen.server = uvicorn_server
         spec = queen.fleet.spec
         poller = asyncio.create_task(poll(queen, poll_interval), name="poll")
+        watcher = asyncio.create_task(watch_streams(queen), name="watch streams")
         queen.reconciler.start(spec.queen.reconcile_interval if spec else DEFAULT_RECONCILE_INTERVAL)
         serving = await daemon.start(uvicorn_server)
         log.info("queen listening on %s (pid %d)", listen, os.getpid())
         await serving
         poller.cancel()
+        watcher.cancel()
         await close(queen)
 
     daemon.run(main())

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rbee.api import sse, wire
-from rbee.clients.worker import WorkerCallError, WorkerClient
+from rbee.clients.worker import WorkerCallError, WorkerClient, WorkerStream
 from rbee.queen import metrics
 from rbee.queen.admission import Admission, Refusal, Ticket
 from rbee.queen.auth import Key
@@ -26,8 +26,10 @@ from rbee.queen.autoscale import Autoscaler
 from rbee.queen.errors import ClientError
 from rbee.queen.fleet import Fleet
 from rbee.queen.metrics import Exchange, Metrics
-from rbee.queen.scheduling import Ask
+from rbee.queen.scheduling import Ask, Route
 
+TAIL = 8
+"""Chunks of a relayed stream kept to find its end comment in."""
 BUSY_RETRY = 0.005
 """Seconds before a request a busy worker refused goes back to admission."""
 
@@ -41,10 +43,11 @@ class Opened:
 
     ticket: Ticket
     first: bytes
-    chunks: AsyncIterator[bytes]
+    chunks: WorkerStream
 
-    def abandon(self) -> None:
+    def abandon(self, dispatch: Dispatcher) -> None:
         """The client left before the relay began: give the worker back and close its stream."""
+        dispatch.streams.pop(self.chunks, None)
         self.ticket.release()
         asyncio.get_running_loop().create_task(_close(self.chunks))
 
@@ -68,6 +71,23 @@ class Dispatcher:
         self.autoscale = autoscale
         self.workers = workers
         self.metrics = counters
+        self.streams: dict[WorkerStream, tuple[Route, float]] = {}
+        """Every stream open to a worker, with its route and how long it may go without a byte."""
+
+    def watch(self) -> None:
+        """End every stream whose worker sent nothing for longer than its idle timeout (called once a second: one
+        sweep for all streams, not a timer per chunk, which cost a fifth of the relay's CPU)."""
+        now = time.monotonic()
+        for stream, (route, idle) in list(self.streams.items()):
+            if now - stream.last > idle:
+                message = f"worker {route.worker_id} on hive {route.hive} sent nothing for {idle:g} s"
+                stream.abort(message, "worker_unresponsive")
+
+    def abort_hive(self, hive: str, why: str) -> None:
+        """End every stream to the workers of a hive that is no longer trusted to be up."""
+        for stream, (route, _) in list(self.streams.items()):
+            if route.hive == hive:
+                stream.abort(f"hive {hive} {why}", "hive_unreachable")
 
     def record(self, exchange: Exchange) -> None:
         metrics.record(self.metrics, exchange)
@@ -90,8 +110,10 @@ class Dispatcher:
         if failure.code == "worker_refused" and time.monotonic() < deadline:
             await asyncio.sleep(BUSY_RETRY)
             return
-        if failure.code == "worker_lost":
+        if failure.code in ("worker_lost", "worker_unresponsive"):
             self.fleet.lost(ticket.route)
+        if failure.code == "worker_unresponsive" and time.monotonic() < deadline:
+            return  # nothing was sent yet: another worker may answer
         route = ticket.route
         raise ClientError(
             502, f"worker {route.worker_id} on hive {route.hive}: {failure}", "api_error", failure.code
@@ -126,8 +148,16 @@ class Dispatcher:
             while True:
                 ticket = await self._admit(ask, key, exchange, deadline)
                 chunks = self.workers.stream(ticket.route.url, ticket.route.credential, body)
+                idle = self.fleet.stream_idle(ask.model)
                 try:
-                    first = await anext(chunks)
+                    async with asyncio.timeout(idle):
+                        first = await anext(chunks)
+                except TimeoutError:
+                    ticket.release()
+                    asyncio.get_running_loop().create_task(_close(chunks))
+                    message = f"the worker sent nothing for {idle:g} s"
+                    await self._retry_or_raise(WorkerCallError(message, "worker_unresponsive"), ticket, deadline)
+                    continue
                 except WorkerCallError as failure:
                     ticket.release()
                     await self._retry_or_raise(failure, ticket, deadline)
@@ -139,6 +169,7 @@ class Dispatcher:
                     ticket.release()
                     raise
                 exchange.first_byte = time.monotonic()
+                self.streams[chunks] = (ticket.route, idle)
                 return Opened(ticket, first, chunks)
         except ClientError as refusal:
             exchange.failed(refusal.status, str(refusal))
@@ -166,20 +197,22 @@ class Dispatcher:
             if not opening.done():
                 opening.cancel()
             elif not handed and not opening.cancelled() and opening.exception() is None:
-                opening.result().abandon()
+                opening.result().abandon(self)
 
     async def relay(self, exchange: Exchange, opened: Opened, on_error: OnError) -> AsyncIterator[bytes]:
         """Pass the worker's bytes through; end with an error in the client's format if the worker fails."""
         ticket, chunks = opened.ticket, opened.chunks
-        last: deque[bytes] = deque([opened.first], maxlen=8)  # references only: the end comment is in the last chunks
+        last: deque[bytes] = deque([opened.first], maxlen=TAIL)  # references only: the end comment is in the tail
+        seen = 1
         finished = False
         try:
             yield opened.first
             async for chunk in chunks:
                 yield chunk
                 last.append(chunk)
+                seen += 1
             finished = True
-            end = wire.parse_end(b"".join(last))
+            end = wire.parse_end(b"".join(last), stream_start=seen <= TAIL)
             if end is None:
                 self._lost(exchange, ticket, "the worker ended the stream without finishing")
                 yield on_error(str(exchange.error), "worker_lost")
@@ -192,6 +225,7 @@ class Dispatcher:
             self._lost(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
             yield on_error(str(exchange.error), failure.code)
         finally:
+            self.streams.pop(chunks, None)
             if not finished:
                 exchange.failed(499, "the client went away")
                 asyncio.get_running_loop().create_task(_close(chunks))
@@ -204,9 +238,10 @@ class Dispatcher:
         text: list[str] = []
         end: dict[str, Any] | None = None
         try:
-            buffer = opened.first
+            parts = [opened.first]
             async for chunk in opened.chunks:
-                buffer += chunk
+                parts.append(chunk)
+            buffer = b"".join(parts)  # joined once: adding chunk by chunk was quadratic in the answer's length
             for event in sse.Parser().feed(buffer):
                 if event.name == "error":
                     message = str(json.loads(event.data)["error"])
@@ -216,11 +251,12 @@ class Dispatcher:
                     data = event.json()
                     if "token" in data:
                         text.append(data["token"])
-            end = wire.parse_end(buffer)
+            end = wire.parse_end(buffer, stream_start=True)
         except WorkerCallError as failure:
             exchange.failed(502, str(failure))
             raise ClientError(502, str(failure), "api_error", failure.code) from None
         finally:
+            self.streams.pop(opened.chunks, None)
             opened.ticket.release()
             if end is not None:
                 exchange.tokens = int(end.get("completion_tokens", 0))

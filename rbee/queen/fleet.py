@@ -34,6 +34,7 @@ SEEN_EVERY = 60.0
 """Seconds between two SQLite writes of "hive X answered": the registry refreshes every second."""
 POLL_TIMEOUT = 2.0
 DEFAULT_QUEUE_WAIT = 30.0
+DEFAULT_STREAM_IDLE = 60.0
 
 
 class UnknownHive(KeyError):
@@ -133,6 +134,13 @@ class Fleet:
         served = {worker.model for worker in self.spec.workers if worker.replicas > 0}
         return [model.name for model in self.spec.models if model.name in served]
 
+    def stream_idle(self, model: str) -> float:
+        """Seconds a stream of `model` may go without a byte from its worker before it is ended."""
+        found = self.spec.model(model) if self.spec else None
+        if found is not None and found.stream_idle_timeout is not None:
+            return found.stream_idle_timeout
+        return self.spec.queen.stream_idle_timeout if self.spec else DEFAULT_STREAM_IDLE
+
     def model_kind(self, model: str) -> ModelKind | None:
         """The kind of a model hive.yaml names; None for a model it does not."""
         found = self.spec.model(model) if self.spec else None
@@ -208,6 +216,7 @@ class Fleet:
     def lost(self, route: Route) -> None:
         """A worker broke mid-request: stop offering it, and poll its hive rather than trust its last beat."""
         self.registry.forget(route)
+        self.admission.sync(self.registry.routes.values())
         self.heartbeats.distrust(route.hive)
 
     def take_silenced(self) -> set[str]:

@@ -37,6 +37,8 @@ from rbee.spec.schema import HiveFile
 
 log = logging.getLogger("rbee.reconcile")
 LOCK_RETRY = 1.0
+PASS_DEADLINE = 2400.0
+"""A pass never holds the apply lock longer: past it, it stops (each pyinfra job's own deadline is shorter)."""
 OBSERVE_TIMEOUT = 3.0
 
 
@@ -157,7 +159,13 @@ class Reconciler:
             await self._wanted.wait()
             self._wanted.clear()
             try:
-                summary = await self.run_pass()
+                async with asyncio.timeout(PASS_DEADLINE):
+                    summary = await self.run_pass()
+            except TimeoutError:
+                self.events.record(
+                    "failed", "queen", f"a reconcile pass ran past {PASS_DEADLINE:.0f} s and was stopped"
+                )
+                summary = None
             except Exception as error:
                 log.exception("a reconcile pass failed")
                 self.events.record("reconcile", "queen", f"the pass failed: {error}")
@@ -175,7 +183,7 @@ class Reconciler:
         started, clock = time.time(), time.perf_counter()
         if self.suspended:
             return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "suspended"))
-        with lock.hold(self.lock_dir, wait=False) as held:
+        with lock.hold(self.lock_dir, wait=False, holder=f"the queen's reconcile pass {self.passes + 1}") as held:
             if not held:
                 return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "locked"))
             await self.autoscale.settle()

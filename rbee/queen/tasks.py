@@ -1,10 +1,16 @@
 """rbee's tasks: a generation that runs on the queen whether or not anyone is reading it, whose events a client
-(re)attaches to while it runs (`GET /v2/tasks/{id}/events`). The store keeps the newest `MAX_TASKS`; a finished
-task is evicted first, one still running never."""
+(re)attaches to while it runs (`GET /v2/tasks/{id}/events`).
+
+The store is bounded in count and in bytes: finished tasks leave oldest first (whatever still runs before them),
+and any finished task leaves after `KEEP_FINISHED` seconds; a task still running is never evicted. Every task
+ends: if nothing else ended it, it ends with an error event.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -14,7 +20,11 @@ from rbee.queen.dispatch import Dispatcher, relay_after_opening
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask
 
+log = logging.getLogger("rbee.queen")
 MAX_TASKS = 1000
+MAX_BYTES = 64 << 20
+KEEP_FINISHED = 600.0
+"""Seconds a finished task's events stay to be read again."""
 
 
 @dataclass
@@ -24,13 +34,17 @@ class Task:
     key: str | None = None
     """The name of the API key that created it: only that key (and the admin's) may read or cancel it."""
     chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
     finished: bool = False
+    finished_at: float = 0.0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[None] | None = None
 
     def add(self, chunk: bytes, final: bool = False) -> None:
         self.chunks.append(chunk)
-        self.finished = self.finished or final
+        self.size += len(chunk)
+        if final and not self.finished:
+            self.finished, self.finished_at = True, time.monotonic()
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -57,20 +71,28 @@ class Task:
 
 
 class TaskStore:
-    def __init__(self, limit: int = MAX_TASKS) -> None:
-        self.limit = limit
+    def __init__(self, limit: int = MAX_TASKS, max_bytes: int = MAX_BYTES, keep: float = KEEP_FINISHED) -> None:
+        self.limit, self.max_bytes, self.keep = limit, max_bytes, keep
         self.tasks: dict[str, Task] = {}
 
     def get(self, task_id: str) -> Task | None:
         return self.tasks.get(task_id)
 
     def add(self, task: Task) -> None:
+        self.evict()
         self.tasks[task.id] = task
-        while len(self.tasks) > self.limit:
-            oldest = next(iter(self.tasks))
-            if not self.tasks[oldest].finished:
-                break
-            del self.tasks[oldest]
+
+    def evict(self) -> None:
+        """Finished tasks past their time, then the oldest finished ones while the store is over a bound."""
+        now = time.monotonic()
+        for task_id in [t.id for t in self.tasks.values() if t.finished and now - t.finished_at > self.keep]:
+            del self.tasks[task_id]
+        size = sum(task.size for task in self.tasks.values())
+        finished = [task for task in self.tasks.values() if task.finished]  # oldest first: insertion order
+        while finished and (len(self.tasks) >= self.limit or size > self.max_bytes):
+            gone = finished.pop(0)
+            size -= gone.size
+            del self.tasks[gone.id]
 
     def start(self, dispatch: Dispatcher, task: Task, ask: Ask, key: Key | None, body: wire.ExecuteRequest) -> None:
         task.runner = asyncio.get_running_loop().create_task(run(dispatch, task, ask, key, body))
@@ -88,7 +110,13 @@ async def run(dispatch: Dispatcher, task: Task, ask: Ask, key: Key | None, body:
     try:
         async for chunk in relay_after_opening(dispatch, ask, key, body, exchange, wire.error_event):
             task.add(chunk)
+        task.add(b"", final=True)
     except asyncio.CancelledError:
         task.add(wire.done_event(0, 0, wire.FinishReason.CANCELLED), final=True)
         raise
-    task.add(b"", final=True)
+    except Exception as error:  # a bug must not leave the task's readers waiting forever
+        log.exception("task %s failed", task.id)
+        task.add(wire.error_event(f"the task failed: {error}", "task_failed"), final=True)
+    finally:
+        if not task.finished:
+            task.add(wire.error_event("the task ended without finishing", "task_failed"), final=True)

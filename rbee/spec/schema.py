@@ -117,6 +117,11 @@ class QueenSpec(Strict):
         default=256, description="Requests that may wait per model; past it the queen answers 503."
     )
     queue_timeout: Seconds = Field(default=30.0, description="How long a request may wait for a worker (504).")
+    stream_idle_timeout: Seconds = Field(
+        default=60.0,
+        description="A stream whose worker sends nothing this long (workers send keep-alives while they read a long "
+        "prompt) ends with an error, and its slot is freed.",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(default=4 << 20, description="Larger bodies get 413.")
     auth: Literal["keys", "none"] = Field(
         default="keys",
@@ -250,6 +255,9 @@ class ModelSpec(Strict):
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
     kind: ModelKind = ModelKind.TEXT
     idle_timeout: Seconds = Field(default=300.0, description="Stop a worker idle this long; 0 means never.")
+    stream_idle_timeout: Seconds | None = Field(
+        default=None, description="Overrides queen.stream_idle_timeout for this model's streams."
+    )
 
     @field_validator("source")
     @classmethod

@@ -12,10 +12,14 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from rbee.api import openai, wire
+from rbee.api.state import WorkerState
 from rbee.worker import backends
 from rbee.worker.runtime import Runtime, release
 
 log = logging.getLogger("rbee.worker")
+KEEP_ALIVE = 15.0
+"""Seconds without a first token after which the worker sends an SSE comment (a long prompt's prefill)."""
+STOPPED = "the worker was stopped (scale-down, idle parking or destroy) before the answer was complete"
 
 
 class Encoder(Protocol):
@@ -122,8 +126,17 @@ async def stream(
     job = GENERATE.submit(produce)
     try:
         opening = encoder.start()  # sent with the first token, so a client's first bytes hold text
+        started = False
         while True:
-            items = await mailbox.take()
+            if started:
+                items = await mailbox.take()
+            else:  # a long prompt: tell the queen the worker lives, before its idle timeout takes it for frozen
+                try:
+                    items = await asyncio.wait_for(mailbox.take(), KEEP_ALIVE)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                started = True
             # Pieces that arrived while the last write went out leave in one write, as separate events.
             events = [encoder.token(value) for kind, value in items if kind == "piece"]
             if events:
@@ -135,14 +148,17 @@ async def stream(
             # The engine is done: become idle before the last event, so whoever reads it may send the next
             # request at once.
             await asyncio.wrap_future(job)
+            # Stopped by rbee (scale-down, park, destroy), not by its client: a cut answer must not look finished.
+            stopped = result.finish_reason is wire.FinishReason.CANCELLED and runtime.state is WorkerState.STOPPING
             release(runtime)
             reason = str(result.finish_reason)
-            if kind == "done":
+            if kind == "done" and not stopped:
                 end = wire.end_comment(result.prompt_tokens, result.completion_tokens, reason)
                 yield opening + end + encoder.finish(reason, result.prompt_tokens, result.completion_tokens)
             else:
-                end = wire.end_comment(result.prompt_tokens, result.completion_tokens, "error", value)
-                yield opening + end + encoder.error(value, "generation_failed")
+                message, code = (STOPPED, "worker_stopped") if stopped else (str(value), "generation_failed")
+                end = wire.end_comment(result.prompt_tokens, result.completion_tokens, "error", message)
+                yield opening + end + encoder.error(message, code)
             return
     finally:
         # No await here: a client that went away cancels this task, and every await would raise again.

@@ -175,3 +175,15 @@ def test_the_operator_api_refuses_in_one_shape(client: TestClient) -> None:
     for reply, status, code in expected:
         assert reply.status_code == status
         assert set(reply.json()["error"]) == {"message", "code"} and reply.json()["error"]["code"] == code
+
+
+def test_text_that_looks_like_the_end_marker_is_only_text(client: TestClient) -> None:
+    marker = ': rbee-end {"completion_tokens": "x"}\n\n'
+    body = {"model": "synthetic", "prompt": f"say:{marker}", "max_tokens": 3}
+    streamed = events(client.post("/v1/completions", json={**body, "stream": True}))
+    assert streamed[-1].data == "[DONE]" and not any("error" in event.data for event in streamed)
+    whole = client.post("/v1/completions", json=body)
+    assert whole.status_code == 200 and whole.json()["choices"][0]["text"] == marker * 3
+    task = client.post("/v2/tasks", json=body).json()
+    ended = [event.json() for event in events(client.get(task["events"])) if event.data]
+    assert ended[-1]["done"] is True

@@ -133,3 +133,21 @@ def test_the_workers_credential_is_required(client: tuple[TestClient, Runtime]) 
     test_client, _ = client
     assert test_client.post("/v1/execute", json={"prompt": "x"}).status_code == 401
     assert test_client.get("/health").status_code == 200
+
+
+def test_a_worker_stopped_mid_answer_ends_with_an_error_not_a_finish(client: tuple[TestClient, Runtime]) -> None:
+    """Scale-down, parking and destroy stop a worker through /v1/admin/shutdown: its client must not read a cut
+    answer as a complete one."""
+    test_client, _ = client
+    seen: list[tuple[str | None, dict[str, object]]] = []
+    body = {"prompt": "Write a long essay.", "max_tokens": 400, "format": "openai-completion"}
+    with test_client.stream("POST", "/v1/execute", json={**body, "format": "rbee"}, headers=TOKEN) as reply:
+        lines = reply.iter_lines()
+        for line in lines:
+            if line.startswith("data:"):
+                break
+        assert test_client.post("/v1/admin/shutdown", headers=TOKEN).status_code == 202
+        seen = events("\n".join(lines))
+    name, last = seen[-1]
+    assert name == "error" and last["code"] == "worker_stopped", seen[-3:]
+    assert not any(data.get("done") for _, data in seen)

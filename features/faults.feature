@@ -9,6 +9,13 @@ Feature: The queen keeps the fleet converged while processes fail
     And a new worker serves requests within one reconcile interval of its load time
     And rbee status shows the workers Ready
 
+  Scenario: A worker frozen mid-stream ends its stream with an error and is killed and replaced
+    Given the queen's stream idle timeout is 3 seconds
+    When a client streams a long answer and the worker is frozen mid-stream
+    Then the client gets a worker_unresponsive error within 5 seconds of the freeze
+    And the hive kills the frozen worker and reports why within 20 seconds
+    And a new worker serves requests within one reconcile interval of its load time
+
   Scenario: A killed hive takes its workers with it and the queen brings both back
     When the hive daemon is killed with SIGKILL
     Then its workers exit within 5 seconds

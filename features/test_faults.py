@@ -3,6 +3,7 @@ loop runs every 2 seconds."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -157,6 +158,70 @@ def status_ready(world: World) -> None:
     assert wait_for("the workers Ready", ready, 10, every=0.5)
     shown = world.fleet.rbee("status")
     assert "workers smollm2" in shown.stdout and "Ready" in shown.stdout
+
+
+# -- a frozen worker ------------------------------------------------------------------------------------------
+
+
+@given(parsers.parse("the queen's stream idle timeout is {seconds:d} seconds"))
+def stream_idle_timeout(world: World, seconds: int) -> None:
+    text = world.fleet.spec.read_text().replace(
+        "heartbeat_interval: 1s", f"heartbeat_interval: 1s, stream_idle_timeout: {seconds}s"
+    )
+    world.fleet.spec.write_text(text)
+    applied = world.fleet.rbee("apply", str(world.fleet.spec), "--yes")
+    assert applied.returncode == 0 and "(updated)" in applied.stdout, applied.stdout + applied.stderr
+
+
+@when("a client streams a long answer and the worker is frozen mid-stream")
+def freeze_worker_mid_stream(world: World) -> None:
+    world.stream_lines = []
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Write a long story about a queen bee and her hive."}],
+        "max_tokens": 400,
+        "stream": True,
+    }
+    world.frozen_pid = next(iter(world.pids.values()))
+    try:
+        with httpx.stream(
+            "POST", f"{world.fleet.queen_url}/v1/chat/completions", json=body, headers=world.fleet.keyed, timeout=30
+        ) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                world.stream_lines.append((time.monotonic(), line))
+                if len(world.stream_lines) == 10:
+                    world.killed_at = time.monotonic()
+                    os.kill(world.frozen_pid, signal.SIGSTOP)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(world.frozen_pid, signal.SIGCONT)
+        raise
+
+
+@then("the client gets a worker_unresponsive error within 5 seconds of the freeze")
+def unresponsive_error(world: World) -> None:
+    errors = [(at, line) for at, line in world.stream_lines if at >= world.killed_at and '"error"' in line]
+    assert errors, world.stream_lines[-5:]
+    at, line = errors[0]
+    assert at - world.killed_at < 5.0, at - world.killed_at
+    assert json.loads(line.removeprefix("data: "))["error"]["code"] == "worker_unresponsive"
+
+
+@then("the hive kills the frozen worker and reports why within 20 seconds")
+def frozen_worker_killed(world: World) -> None:
+    def reported() -> str | None:
+        workers = hive_state(world)["workers"]
+        found = [w for w in workers if w.get("pid") == world.frozen_pid or w.get("state") == "failed"]
+        return next((str(w["reason"]) for w in found if w["state"] == "failed"), None)
+
+    try:
+        reason = wait_for("the frozen worker failed", reported, 20, every=0.5)
+        assert "answered no health probe" in reason, reason
+        assert wait_for("its process gone", lambda: not alive(world.frozen_pid), 5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(world.frozen_pid, signal.SIGCONT)
 
 
 # -- a killed hive --------------------------------------------------------------------------------------------

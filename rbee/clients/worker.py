@@ -66,6 +66,14 @@ class WorkerClient:
         except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
             raise _lost(error) from None
 
+    async def healthy(self, url: str, seconds: float) -> bool:
+        """Whether the worker answers `GET /health` within `seconds`."""
+        try:
+            async with self.session().get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=seconds)) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError, ConnectionError):
+            return False
+
     async def shutdown(self, url: str, credential: str | None, seconds: float = 2.0) -> bool:
         """Ask a worker to stop; False when it could not be asked."""
         try:

@@ -28,6 +28,9 @@ log = logging.getLogger("rbee.hive")
 FIRST_WORKER_PORT = 8001
 LOAD_TIMEOUT = 600.0
 STOP_GRACE = 10.0
+PROBE_INTERVAL = 5.0
+PROBE_TIMEOUT = 2.0
+PROBE_MISSES = 3
 
 
 class SupervisorError(Exception):
@@ -49,6 +52,8 @@ class Worker:
     reason: str | None = None
     started: float = 0.0
     progress: float | None = None
+    missed_probes: int = 0
+    """Health probes in a row this worker did not answer in time."""
 
     @property
     def group(self) -> WorkerGroup:
@@ -280,6 +285,7 @@ class Supervisor:
         log.warning("%s failed: %s", worker.id, reason)
 
     async def _watch_processes(self) -> None:
+        probed = time.monotonic()
         while True:
             await asyncio.sleep(0.2)
             for worker in list(self.workers.values()):
@@ -288,6 +294,23 @@ class Supervisor:
                     self._fail(worker, f"the process exited with code {code}{_last_line(worker.log_path)}")
                 elif worker.state is WorkerState.LOADING and time.monotonic() - worker.started > LOAD_TIMEOUT:
                     self._fail(worker, f"not ready after {LOAD_TIMEOUT:.0f} s")
+            if time.monotonic() - probed >= PROBE_INTERVAL:
+                probed = time.monotonic()
+                running = [w for w in self.workers.values() if w.state in (WorkerState.IDLE, WorkerState.BUSY)]
+                await asyncio.gather(*(self._probe(worker) for worker in running))
+
+    async def _probe(self, worker: Worker) -> None:
+        """A worker alive but frozen (stopped, deadlocked) answers no health probe: after PROBE_MISSES in a row
+        it is killed and failed, so the queen replaces it. The worker answers from its event loop, not from the
+        thread that generates, so a long generation does not miss probes."""
+        url = f"http://{self._worker_host()}:{worker.port}"
+        if await self.worker_client.healthy(url, PROBE_TIMEOUT):
+            worker.missed_probes = 0
+            return
+        worker.missed_probes += 1
+        if worker.missed_probes >= PROBE_MISSES and worker.state in (WorkerState.IDLE, WorkerState.BUSY):
+            silent = PROBE_MISSES * PROBE_INTERVAL
+            self._fail(worker, f"answered no health probe for {silent:.0f} s (frozen?); killed")
 
     async def _wait_exit(self, process: subprocess.Popen[bytes], seconds: float) -> bool:
         deadline = time.monotonic() + seconds

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -23,6 +25,7 @@ from rbee.spec.schema import HiveFile, HiveSpec, WorkerSpec
 
 log = logging.getLogger("rbee.queen")
 COLD_START_TIMEOUT = 600.0
+LOADING_LOOK = 0.2
 
 
 @dataclass
@@ -53,20 +56,53 @@ class Autoscaler:
     # -- cold start ------------------------------------------------------------------------------------------
 
     def wake(self, model: str) -> bool:
-        """Start a worker for `model` if one may be started; True when one is (or already was) starting."""
+        """Start a worker for `model` if one may be started; True when one is (or already was) starting, or is
+        loading already (a replacement, a scale-up, a restarted hive): the request then waits for it."""
         if model in self.starting:
             return True
         spec = self.fleet.spec
         target = self._target(spec, model) if spec is not None else None
         if target is None:
-            return False
+            loading = self._loading(model)
+            if loading is None:
+                return False
+            start = Start(model, loading, time.monotonic(), "a worker of it is loading")
+            self.starting[model] = start
+            self._spawn(self._await_loading(start))
+            return True
         hive, group = target
         start = Start(model, hive.name, time.monotonic())
         self.starting[model] = start
-        task = asyncio.get_running_loop().create_task(self._start(hive, group, start))
+        self._spawn(self._start(hive, group, start))
+        return True
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return True
+
+    def _loading(self, model: str) -> str | None:
+        """A running hive on which a worker of `model` is loading, if any."""
+        observed = self.fleet.registry.observed
+        for hive in observed.hives if observed is not None else ():
+            workers = hive.state.workers if hive.state is not None and hive.status is HiveStatus.RUNNING else ()
+            if any(w.model == model and w.state is WorkerState.LOADING for w in workers):
+                return hive.name
+        return None
+
+    async def _await_loading(self, start: Start) -> None:
+        """Hold the requests while the loading worker comes up; refuse them if it never does."""
+        try:
+            deadline = start.started + COLD_START_TIMEOUT
+            while time.monotonic() < deadline and not self.admission.has_workers(start.model):
+                if self._loading(start.model) is None:
+                    break
+                await asyncio.sleep(LOADING_LOOK)
+            if not self.admission.has_workers(start.model):
+                message = f"the loading worker of {start.model} on hive {start.hive} did not come up"
+                self.admission.fail_waiting(start.model, 503, "replacement_failed", message)
+        finally:
+            self.starting.pop(start.model, None)
 
     def _target(self, spec: HiveFile, model: str) -> tuple[HiveSpec, WorkerSpec] | None:
         """The worker group to grow: on a running hive, below its replica count; parked workers first, then the

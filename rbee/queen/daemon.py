@@ -76,7 +76,7 @@ async def poll(queen: Queen, interval: float) -> None:
             queen.autoscale.park_idle()
             silenced = queen.fleet.take_silenced()
             for hive in silenced:
-                queen.dispatch.abort_hive(hive, "stopped sending heartbeats")
+                queen.dispatch.abort_hive(hive, "stopped answering (heartbeats or polls)")
             if silenced:
                 queen.reconciler.request()
         except Exception:

@@ -31,6 +31,8 @@ from rbee.queen.scheduling import Ask, Route
 TAIL = 8
 """Chunks of a relayed stream kept to find its end comment in."""
 BUSY_RETRY = 0.005
+STALLED = 1.0
+"""Seconds without a byte after which a stream to an unreachable hive is taken for cut off."""
 """Seconds before a request a busy worker refused goes back to admission."""
 
 OnError = Callable[[str, str], bytes]
@@ -84,9 +86,12 @@ class Dispatcher:
                 stream.abort(message, "worker_unresponsive")
 
     def abort_hive(self, hive: str, why: str) -> None:
-        """End every stream to the workers of a hive that is no longer trusted to be up."""
+        """End the streams to the workers of a hive that is no longer trusted to be up, at once rather than at
+        their idle timeout: those that stalled (a host cut off). One whose bytes still flow is left to finish: its
+        worker evidently answers, whatever its hive does (a frozen or restarting hive daemon)."""
+        now = time.monotonic()
         for stream, (route, _) in list(self.streams.items()):
-            if route.hive == hive:
+            if route.hive == hive and now - stream.last > STALLED:
                 stream.abort(f"hive {hive} {why}", "hive_unreachable")
 
     def record(self, exchange: Exchange) -> None:

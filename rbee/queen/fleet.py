@@ -65,7 +65,8 @@ class Fleet:
         self.registry = Registry(credentials)
         self.beating: set[str] = set()
         self.silenced: set[str] = set()
-        """Hives whose beats stopped since the last `take_silenced`: the reconcile loop should look at them."""
+        """Hives whose beats stopped, or that stopped answering polls, since the last `take_silenced`: their
+        streams end and the reconcile loop should look at them."""
         self._observer: aiohttp.ClientSession | None = None
         self._recorded: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -171,7 +172,11 @@ class Fleet:
             found[name] = HiveObservation(
                 name=name, status=HiveStatus.RUNNING, installed=True, state=self.heartbeats.beats[name].state
             )
+        before = self.registry.observed
         for observation in polled.hives:
+            earlier = before.hive(observation.name) if before is not None else None
+            if observation.status is not HiveStatus.RUNNING and earlier and earlier.status is HiveStatus.RUNNING:
+                self.silenced.add(observation.name)  # it answered before and no longer does: end its streams
             quiet = self.heartbeats.silent_for(observation.name, now)
             if quiet is not None and observation.status is not HiveStatus.RUNNING:
                 reason = f"no heartbeat for {quiet:.0f} s; {observation.reason}"

@@ -122,10 +122,7 @@ def create_app(runtime: Runtime) -> Starlette:
         return JSONResponse({"cancelled": hit, "request_id": runtime.request_id})
 
     async def shutdown(request: Request) -> Response:
-        runtime.set_state(WorkerState.STOPPING)
-        runtime.cancel.set()
-        if runtime.server is not None:
-            runtime.server.should_exit = True
+        stop(runtime)
         return JSONResponse({"state": "stopping"}, 202)
 
     return Starlette(
@@ -138,6 +135,16 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/admin/shutdown", guarded(shutdown), methods=["POST"]),
         ]
     )
+
+
+def stop(runtime: Runtime) -> None:
+    """Stop now, asked by the hive or by a signal (SIGTERM, also what a dead hive's parent-death signal sends): the
+    generation in progress ends within a token and its stream says the worker stopped; nothing waits for it to
+    finish its answer."""
+    runtime.set_state(WorkerState.STOPPING)
+    runtime.cancel.set()
+    if runtime.server is not None:
+        runtime.server.should_exit = True
 
 
 def load(runtime: Runtime) -> None:
@@ -188,7 +195,7 @@ def serve(options: WorkerOptions) -> None:
     async def main() -> None:
         runtime.loop = asyncio.get_running_loop()
         guard = asyncio.create_task(release_abandoned(runtime))
-        serving = await daemon.start(server)
+        serving = await daemon.start(server, lambda: stop(runtime))
         if server.started:
             threading.Thread(target=load, args=(runtime,), name="load", daemon=True).start()
         await serving

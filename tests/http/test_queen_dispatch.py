@@ -187,3 +187,23 @@ def test_text_that_looks_like_the_end_marker_is_only_text(client: TestClient) ->
     task = client.post("/v2/tasks", json=body).json()
     ended = [event.json() for event in events(client.get(task["events"])) if event.data]
     assert ended[-1]["done"] is True
+
+
+def test_a_request_waits_for_a_worker_that_is_loading_instead_of_a_503(tmp_path: Path) -> None:
+    """A replacement (or a scale-up, or a restarted hive) is loading and nothing else runs: the request is held
+    like a cold start, with the same comments, and served when it is up."""
+    port = free_port()
+    with serve(make_app(0, 1, 5000.0, port, start_delay=1.5), port):
+        httpx.post(f"http://127.0.0.1:{port}/v1/workers", json={"model": "synthetic"}, trust_env=False)
+        queen, test_client = queen_app(tmp_path, port, replicas=1)
+        with test_client:
+            test_client.portal.call(queen.fleet.refresh)  # the hive reports the worker loading
+            poller = test_client.portal.start_task_soon(daemon.poll, queen, 0.2)  # type: ignore[union-attr]
+            with test_client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as reply:
+                found = sse.Parser().feed(reply.read())
+            poller.cancel()
+            test_client.portal.call(daemon.close, queen)  # type: ignore[union-attr]
+    comments = [comment for event in found for comment in event.comments]
+    assert any("a worker of it is loading" in comment for comment in comments), comments
+    chunks = [json.loads(event.data) for event in found if event.data and event.data != "[DONE]"]
+    assert "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks) == " tok" * 5

@@ -78,6 +78,29 @@ def test_a_dead_worker_is_reported_failed_with_a_reason(
     assert "exited with code -9" in state["reason"]
 
 
+def test_a_frozen_worker_is_killed_and_reported_failed(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    """Alive but answering nothing (SIGSTOP): its process never exits, so only the hive's probes can tell."""
+    client, _ = hive
+    worker = add_and_start(client, smollm2, replicas=1)[0]
+    pid = int(str(worker["pid"]))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while (state := client.get("/v1/state").json()["workers"][0])["state"] != "failed":
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+        assert "answered no health probe for 15 s (frozen?); killed" in state["reason"]
+        deadline = time.monotonic() + 5
+        while alive(pid):
+            assert time.monotonic() < deadline, "the frozen worker was not killed"
+            time.sleep(0.05)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_bad_requests_get_json_errors(hive: tuple[httpx.Client, subprocess.Popen[bytes]]) -> None:
     client, _ = hive
     assert client.post("/v1/workers", json={"model": "ghost"}).json()["error"]["code"] == "not_found"

@@ -29,9 +29,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rbee.keeper import queen_process  # noqa: E402
 from rbee.keeper.home import Home  # noqa: E402
 from rbee.queen.admission import Admission  # noqa: E402
 from rbee.queen.scheduling import Ask, Route  # noqa: E402
+from rbee.spec.schema import HiveFile  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 TOKEN = "bench-worker-credential"
@@ -185,34 +187,21 @@ def main() -> None:
     synthetic_port, queen_port = free_port(), free_port()
     queen_url, worker_url = f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{synthetic_port}"
     synthetic = start_synthetic(synthetic_port, 100, 10, 45.0)
-    queen = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rbee",
-            "queen",
-            "serve",
-            "--home",
-            str(work),
-            "--listen",
-            f"127.0.0.1:{queen_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    operator = {"Authorization": f"Bearer {credentials.operator}"}
-    keyed = {"Authorization": f"Bearer {admin_key}"}
-    try:
-        wait_http(f"{queen_url}/health")
-        spec = {
-            "queen": {"max_queue": 100000, "queue_timeout": 60},
+    spec = HiveFile.model_validate(
+        {
+            "queen": {"listen": f"127.0.0.1:{queen_port}", "max_queue": 100000, "queue_timeout": 60},
             "hives": [{"name": "synthetic", "listen": f"127.0.0.1:{synthetic_port}"}],
             "models": [{"name": "synthetic", "source": "file:///synthetic.gguf"}],
             "workers": [{"model": "synthetic", "hive": "synthetic", "replicas": 100}],
         }
-        httpx.put(f"{queen_url}/v2/spec", json={"spec": spec, "source": "bench"}, headers=operator).raise_for_status()
-        while len(httpx.get(f"{queen_url}/v2/status", headers=operator).json()["routes"]) < 100:
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    keyed = {"Authorization": f"Bearer {admin_key}"}
+    try:
+        queen, _ = queen_process.ensure_running(spec, home, credentials.operator)  # the queen rbee apply starts
+        queen_pid = int(str((home.queen() or {})["pid"]))
+        queen.push_spec(spec, "bench", None)
+        while len(queen.status()["routes"]) < 100:
             time.sleep(0.05)
 
         single = asyncio.run(single_stream(queen_url, worker_url, args.single_runs, keyed))
@@ -225,9 +214,9 @@ def main() -> None:
         direct_body = {"request_id": "b", "prompt": "x", "max_tokens": tokens, "format": "openai-completion"}
         queen_body = {"model": "synthetic", "prompt": "x", "max_tokens": tokens, "stream": True}
         direct100 = asyncio.run(concurrent(f"{worker_url}/v1/execute", direct_body, auth, 100))
-        cpu_before = cpu_seconds(queen.pid)
+        cpu_before = cpu_seconds(queen_pid)
         queen100 = asyncio.run(concurrent(f"{queen_url}/v1/completions", queen_body, keyed, 100))
-        cpu_ms_per_1k = (cpu_seconds(queen.pid) - cpu_before) * 1000 / max(queen100["tokens"], 1) * 1000
+        cpu_ms_per_1k = (cpu_seconds(queen_pid) - cpu_before) * 1000 / max(queen100["tokens"], 1) * 1000
         print(
             f"100 streams x {tokens} tokens at 45 tok/s: direct {direct100['tokens']:.0f} tokens, "
             f"queen {queen100['tokens']:.0f} tokens ({queen100['errors']:.0f} errors); "
@@ -248,12 +237,12 @@ def main() -> None:
             f"{queen_big['tokens_per_s']:.0f} tok/s ({queen_big['errors']:.0f} errors)"
         )
     finally:
-        for process in (queen, synthetic):
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        queen_process.stop(home)
+        synthetic.send_signal(signal.SIGTERM)
+        try:
+            synthetic.wait(10)
+        except subprocess.TimeoutExpired:
+            synthetic.kill()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
     decisions = admission_decisions(1000, 10000)

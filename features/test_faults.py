@@ -33,6 +33,7 @@ class World:
     pids: dict[str, int]
     hive_pid: int
     killed_at: float
+    signalled_pid: int
     stream_lines: list[tuple[float, str]]
     generation: int
     results: list[str]
@@ -106,9 +107,11 @@ def fleet(world: World, tmp_path: Path, seconds: int) -> None:
 # -- a worker killed mid-stream ------------------------------------------------------------------------------
 
 
-@when("a client streams a long answer and the worker is killed mid-stream")
-def kill_worker_mid_stream(world: World) -> None:
+def stream_and_signal(world: World, signum: signal.Signals) -> None:
+    """Stream a long answer, and send the worker `signum` once 10 lines have come; the lines are kept, with the
+    time each came, in `world.stream_lines`, and the signal's time in `world.killed_at`."""
     world.stream_lines = []
+    world.signalled_pid = next(iter(world.pids.values()))
     body = {
         "model": "smollm2",
         "messages": [{"role": "user", "content": "Write a long story about a queen bee and her hive."}],
@@ -123,7 +126,12 @@ def kill_worker_mid_stream(world: World) -> None:
             world.stream_lines.append((time.monotonic(), line))
             if len(world.stream_lines) == 10:
                 world.killed_at = time.monotonic()
-                os.kill(next(iter(world.pids.values())), signal.SIGKILL)
+                os.kill(world.signalled_pid, signum)
+
+
+@when("a client streams a long answer and the worker is killed mid-stream")
+def kill_worker_mid_stream(world: World) -> None:
+    stream_and_signal(world, signal.SIGKILL)
 
 
 @then("the client gets an error event within 2 seconds")
@@ -175,27 +183,11 @@ def stream_idle_timeout(world: World, seconds: int) -> None:
 
 @when("a client streams a long answer and the worker is frozen mid-stream")
 def freeze_worker_mid_stream(world: World) -> None:
-    world.stream_lines = []
-    body = {
-        "model": "smollm2",
-        "messages": [{"role": "user", "content": "Write a long story about a queen bee and her hive."}],
-        "max_tokens": 400,
-        "stream": True,
-    }
-    world.frozen_pid = next(iter(world.pids.values()))
     try:
-        with httpx.stream(
-            "POST", f"{world.fleet.queen_url}/v1/chat/completions", json=body, headers=world.fleet.keyed, timeout=30
-        ) as response:
-            assert response.status_code == 200
-            for line in response.iter_lines():
-                world.stream_lines.append((time.monotonic(), line))
-                if len(world.stream_lines) == 10:
-                    world.killed_at = time.monotonic()
-                    os.kill(world.frozen_pid, signal.SIGSTOP)
+        stream_and_signal(world, signal.SIGSTOP)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(world.frozen_pid, signal.SIGCONT)
+            os.kill(world.signalled_pid, signal.SIGCONT)
         raise
 
 
@@ -212,16 +204,16 @@ def unresponsive_error(world: World) -> None:
 def frozen_worker_killed(world: World) -> None:
     def reported() -> str | None:
         workers = hive_state(world)["workers"]
-        found = [w for w in workers if w.get("pid") == world.frozen_pid or w.get("state") == "failed"]
+        found = [w for w in workers if w.get("pid") == world.signalled_pid or w.get("state") == "failed"]
         return next((str(w["reason"]) for w in found if w["state"] == "failed"), None)
 
     try:
         reason = wait_for("the frozen worker failed", reported, 20, every=0.5)
         assert "answered no health probe" in reason, reason
-        assert wait_for("its process gone", lambda: not alive(world.frozen_pid), 5)
+        assert wait_for("its process gone", lambda: not alive(world.signalled_pid), 5)
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(world.frozen_pid, signal.SIGCONT)
+            os.kill(world.signalled_pid, signal.SIGCONT)
 
 
 # -- a killed hive --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from rbee.apply import executor, lock
 from rbee.clients.queen import QueenCallError
 from rbee.infra import job
 from rbee.keeper import processes, queen_process, render
-from rbee.keeper.home import Home
+from rbee.keeper.home import Home, write_private
 from rbee.keeper.progress import ConsoleReporter, QuietReporter
 from rbee.keeper.render import fail, out
 from rbee.observe import fleet as observe_fleet
@@ -157,10 +157,7 @@ def hand_policy(home: Home, spec: schema.HiveFile, source: str | None) -> policy
     named = policy.ref(source, spec.queen.routing)
     folder = home.queen_dir / "policies"
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    partial = folder / f".{named.file_name}.tmp"
-    partial.write_text(source)
-    partial.chmod(0o600)
-    partial.replace(folder / named.file_name)
+    write_private(folder / named.file_name, source)
     return named
 
 

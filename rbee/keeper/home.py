@@ -26,7 +26,7 @@ class SecretError(Exception):
     """A credential file that is not usable; the message says which and what to do."""
 
 
-def _write_secret(path: Path, value: str) -> None:
+def write_private(path: Path, value: str) -> None:
     """Write a secret whole (a temporary file, mode 0600, renamed into place): never half there, never readable
     by others."""
     partial = path.with_name(f".{path.name}.tmp")
@@ -84,7 +84,7 @@ class Home:
     def rotate_admin_key(self) -> str:
         value = "rbk_" + new_secret()
         self.ensure()
-        _write_secret(self.admin_key_file, value)
+        write_private(self.admin_key_file, value)
         return value
 
     def _secret(self, path: Path, create: bool, prefix: str = "") -> str | None:
@@ -100,7 +100,7 @@ class Home:
             return None
         self.ensure()
         value = prefix + new_secret()
-        _write_secret(path, value)
+        write_private(path, value)
         return value
 
     def queen(self) -> dict[str, object] | None:

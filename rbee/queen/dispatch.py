@@ -31,9 +31,9 @@ from rbee.queen.scheduling import Ask, Route
 TAIL = 8
 """Chunks of a relayed stream kept to find its end comment in."""
 BUSY_RETRY = 0.005
+"""Seconds before a request a busy worker refused goes back to admission."""
 STALLED = 1.0
 """Seconds without a byte after which a stream to an unreachable hive is taken for cut off."""
-"""Seconds before a request a busy worker refused goes back to admission."""
 
 OnError = Callable[[str, str], bytes]
 """The last bytes of a stream that failed, in the client's wire format: on_error(message, code)."""

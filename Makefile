@@ -5,6 +5,13 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rbee-installed
+# llama.cpp is compiled for a portable x86-64 (AVX2, FMA, F16C), not -march=native: on a VM whose CPU reports AMX
+# and AVX-512 (seen here: Sapphire Rapids under Firecracker), the native build segfaults on the first batch of two
+# or more tokens. Exported, so the wheelhouse the install test builds gets the same. Set CMAKE_ARGS to override.
+ifeq ($(shell uname -m),x86_64)
+CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF
+export CMAKE_ARGS
+endif
 
 .PHONY: demo test lint unit bench clean
 

@@ -49,9 +49,17 @@ def apply(
     target: Annotated[Path, typer.Argument(help="hive.yaml, or a plan saved with `rbee plan -o`.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
     timeout: HiveTimeout = DEFAULT_TIMEOUT,
+    rotate_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--rotate-credentials",
+            help="First replace the operator's credential and the fleet key (every hive's and worker's credential "
+            "with it); hives and workers restart. Clients' API keys stay (rotate the admin key with rbee key).",
+        ),
+    ] = False,
 ) -> None:
     """Make live state match hive.yaml: install and start hives, fetch models, start workers, run the queen."""
-    fleet.apply(target, yes, timeout)
+    fleet.apply(target, yes, timeout, rotate_credentials)
 
 
 @app.command("status")
@@ -174,7 +182,7 @@ def inventory_command(
     spec = fleet.load_desired(file).spec
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{file.name.split('.')[0].replace('-', '_') or 'hive'}.py"
-    target.write_text(inventory(spec.hives, str(Home.default().fleet_key_file)))
+    target.write_text(inventory(spec.hives, str(Home.default().fleet_key_file), spec))
     out.print(f"Wrote {target} ({len(spec.hives)} hives). Run: pyinfra {target} deploys/hive.py")
 
 

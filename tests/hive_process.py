@@ -21,8 +21,9 @@ TOKEN = hive_credential("a fleet key for the tests of one hive", "solo")
 
 @contextlib.contextmanager
 def hive_daemon(
-    root: Path, name: str, env: dict[str, str] | None = None
+    root: Path, name: str, env: dict[str, str] | None = None, model_dirs: tuple[str, ...] = ()
 ) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
+    root.mkdir(parents=True, exist_ok=True)
     (root / "hive.token").write_text(TOKEN)
     config = HiveConfig(
         name=name,
@@ -30,6 +31,7 @@ def hive_daemon(
         data_dir=str(root),
         version="0.1.0",
         token_file=str(root / "hive.token"),
+        model_dirs=model_dirs,
     )
     (root / "hive.json").write_text(config.model_dump_json())
     process = subprocess.Popen(

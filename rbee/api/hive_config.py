@@ -20,6 +20,8 @@ class HiveConfig(BaseModel):
     version: str
     token_file: str | None = None
     backends: tuple[str, ...] | str = "auto"
+    model_dirs: tuple[str, ...] = ()
+    """The folders a file:// model may come from (absolute or ~/...); none means no file:// model at all."""
 
     @property
     def host(self) -> str:

@@ -121,6 +121,8 @@ class HiveState(Frozen):
     host: HostFacts | None = None
     catalog: tuple[CatalogEntry, ...] = ()
     workers: tuple[WorkerInfo, ...] = ()
+    model_dirs: tuple[str, ...] | None = None
+    """Where the hive may read file:// models from (its hive.json); None from a hive that does not say."""
 
 
 class HiveStatus(StrEnum):

@@ -184,6 +184,7 @@ class ModelRequest(BaseModel):
     format: str = "auto"
     sha256: str | None = None
     kind: str = "text"
+    code_files: Literal["skip", "fetch"] = "skip"
 
 
 class DownloadProgress(BaseModel):

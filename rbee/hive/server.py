@@ -62,6 +62,7 @@ class Hive:
             host=self.supervisor.facts,
             catalog=tuple(record.entry() for record in self.catalog.models()),
             workers=tuple(self.supervisor.infos()),
+            model_dirs=hive_config.model_dirs(self.config),
         )
 
     def model_lock(self, name: str) -> asyncio.Lock:
@@ -246,7 +247,11 @@ async def _provision(hive: Hive, body: wire.ModelRequest) -> AsyncIterator[bytes
         def report(event: wire.DownloadProgress | wire.StageProgress) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        task = asyncio.create_task(asyncio.to_thread(provision.provision, body, hive.config.models_dir, report))
+        task = asyncio.create_task(
+            asyncio.to_thread(
+                provision.provision, body, hive.config.models_dir, report, hive_config.model_dirs(hive.config)
+            )
+        )
         last_sent = 0.0
         while not task.done() or not queue.empty():
             getter = asyncio.create_task(queue.get())

@@ -80,6 +80,31 @@ class InstalledWheel(FactBase[str | None]):
         return text or None
 
 
+MANIFEST = ".rbee-data-dir"
+"""Written into a data dir rbee creates: the names rbee may put there and uninstall may remove."""
+
+
+class DataDirOwner(FactBase[str]):
+    """Whose the data dir is: `absent`, `empty`, `rbee` (its manifest, or an older rbee's hive.json, is there),
+    `foreign` (it holds someone else's files) or `not-a-dir`."""
+
+    def command(self, data_dir: str) -> str:
+        root = shell.path(data_dir.rstrip("/"))
+        manifest, config = (
+            shell.path(f"{data_dir.rstrip('/')}/{MANIFEST}"),
+            shell.path(f"{data_dir.rstrip('/')}/hive.json"),
+        )
+        return (
+            f"if [ ! -e {root} ]; then echo absent; elif [ ! -d {root} ]; then echo not-a-dir; "
+            f"elif [ -f {manifest} ] || [ -f {config} ]; then echo rbee; "
+            f'elif [ -z "$(ls -A {root} 2>/dev/null)" ]; then echo empty; else echo foreign; fi'
+        )
+
+    def process(self, output: list[str]) -> str:
+        word = "".join(output).strip()
+        return word if word in ("absent", "empty", "rbee", "foreign", "not-a-dir") else "foreign"
+
+
 @dataclass(frozen=True, slots=True)
 class Platform:
     """The operating system and machine, as `uname -sm` prints them: enough to tell an Apple silicon Mac before

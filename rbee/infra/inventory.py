@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rbee.infra.job import job_for, ssh_host_data
-from rbee.spec.schema import HiveSpec
+from rbee.spec.schema import HiveFile, HiveSpec
 
 
-def inventory(hives: Iterable[HiveSpec], fleet_key_file: str) -> str:
+def inventory(hives: Iterable[HiveSpec], fleet_key_file: str, spec: HiveFile | None = None) -> str:
     """The module's text; it names the fleet key's file (each hive's credential is derived from it when the
     install runs), never a secret."""
     entries = []
-    for host in job_for(hives, (), None).hosts:
+    for host in job_for(hives, (), None, spec=spec).hosts:
         data = host.data.pyinfra()
         data.pop("rbee_token", None)
         data["rbee_fleet_key_file"] = fleet_key_file

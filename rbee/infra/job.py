@@ -96,8 +96,8 @@ class JobResult(Frozen):
     hosts: dict[str, HostResult]
 
 
-def hive_config(hive: HiveSpec) -> HiveConfig:
-    """The hive.json the install step writes for `hive`."""
+def hive_config(hive: HiveSpec, spec: HiveFile | None = None) -> HiveConfig:
+    """The hive.json the install step writes for `hive` (its file:// roots come from the whole of hive.yaml)."""
     data_dir = str(Path(hive.data_path).expanduser()) if hive.ssh is None else hive.data_path
     return HiveConfig(
         name=hive.name,
@@ -106,6 +106,7 @@ def hive_config(hive: HiveSpec) -> HiveConfig:
         version=__version__,
         token_file=f"{data_dir}/hive.token",
         backends=hive.backends if isinstance(hive.backends, str) else tuple(str(b) for b in hive.backends),
+        model_dirs=spec.model_dirs(hive) if spec is not None else tuple(hive.model_dirs or ()),
     )
 
 
@@ -129,7 +130,7 @@ def job_for(
 ) -> Job:
     hosts = []
     for hive in hives:
-        config = hive_config(hive)
+        config = hive_config(hive, spec)
         python = hive.python or (sys.executable if hive.ssh is None else f"{config.data_dir}/venv/bin/python")
         own_venv = hive.ssh is not None and hive.python is None and wheel is not None
         data = HostData(

@@ -22,7 +22,16 @@ from rbee import __version__
 from rbee.api import credentials
 from rbee.api.hive_config import HiveConfig
 from rbee.infra import shell
-from rbee.infra.facts import HiveConfigFile, HiveProcess, HiveService, HostPlatform, InstalledWheel, RbeeVersion
+from rbee.infra.facts import (
+    MANIFEST,
+    DataDirOwner,
+    HiveConfigFile,
+    HiveProcess,
+    HiveService,
+    HostPlatform,
+    InstalledWheel,
+    RbeeVersion,
+)
 from rbee.infra.systemd import (
     ServiceError,
     ServiceHost,
@@ -80,12 +89,27 @@ def hive_installed(
     token = str(_data("rbee_token", token))
     current = host.get_fact(HiveConfigFile, data_dir=data_dir)
     if current is None:
-        root = shell.path(data_dir)
-        yield f"mkdir -p {root} {shell.path(data_dir + '/logs')} {shell.path(data_dir + '/models')} && chmod 700 {root}"
+        yield from _claimed(data_dir)
+        yield f"mkdir -p {shell.path(data_dir + '/logs')} {shell.path(data_dir + '/models')}"
     elif current.strip() == config.strip():
         host.noop(f"hive config in {data_dir} is current")
     yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600")
     yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/hive.token", mode="600")
+
+
+def _claimed(data_dir: str) -> Generator[str, None, None]:
+    """The data dir is rbee's: made new (mode 700, with the manifest of what rbee may put there), or taken when
+    empty, or already rbee's; a folder of someone else's files is refused before anything is written."""
+    owner = host.get_fact(DataDirOwner, data_dir=data_dir)
+    if owner in ("foreign", "not-a-dir"):
+        what = "is not a folder" if owner == "not-a-dir" else "already holds files that rbee did not put there"
+        raise InstallError(
+            f"{data_dir} on {host.name} {what}; rbee takes its data dir for itself (mode 700, and destroy --purge "
+            "empties it), so set hives[].data_dir to a new or empty folder"
+        )
+    if owner != "rbee":
+        root, manifest = shell.path(data_dir), shell.path(f"{data_dir}/{MANIFEST}")
+        yield f"mkdir -p {root} && chmod 700 {root} && printf '%s\\n' {' '.join(OWNED)} > {manifest}"
 
 
 @operation()
@@ -111,6 +135,7 @@ def rbee_in_venv(
     if host.get_fact(InstalledWheel, data_dir=data_dir) == digest:
         host.noop(f"rbee {__version__} ({Path(wheel).name}, {extras or 'no extras'}) is installed in {data_dir}/venv")
         return
+    yield from _claimed(data_dir)
     venv, remote_wheel = f"{data_dir}/venv", f"{data_dir}/wheels/{Path(wheel).name}"
     python = shell.path(venv + "/bin/python")
     yield f"mkdir -p {shell.path(data_dir + '/wheels')} && (test -x {python} || python3 -m venv {shell.path(venv)})"
@@ -244,9 +269,10 @@ def hive_uninstalled(data_dir: str | None = None) -> Generator[str, None, None]:
         name, ctl = shlex.quote(unit_name(data_dir)), systemctl(facts)
         unit = shlex.quote(f"{unit_dir(facts)}/{unit_name(data_dir)}")
         yield f"({ctl} disable --now --quiet {name} 2>/dev/null; rm -f {unit} && {ctl} daemon-reload)"
-    if host.get_fact(HiveConfigFile, data_dir=data_dir) is None:
+    if host.get_fact(DataDirOwner, data_dir=data_dir) != "rbee":
         if facts.unit is None:
             host.noop(f"rbee is not installed in {data_dir}")
         return
-    owned = " ".join(shell.path(f"{data_dir}/{name}") for name in OWNED)
+    # Only the names rbee puts there (the manifest lists these), never the rest of the folder.
+    owned = " ".join(shell.path(f"{data_dir}/{name}") for name in (*OWNED, MANIFEST))
     yield f"rm -rf {owned} && (rmdir {shell.path(data_dir)} 2>/dev/null || true)"

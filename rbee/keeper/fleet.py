@@ -34,7 +34,7 @@ from rbee.observe import fleet as observe_fleet
 from rbee.plan import planner
 from rbee.plan.actions import Plan, Symbol
 from rbee.plan.saved import SavedPlan, SavedPlanError, observed_digest
-from rbee.spec import load, policy, schema
+from rbee.spec import checks, load, policy, schema
 
 LOCK_WAIT = 900.0
 """Seconds `rbee apply` and `rbee destroy` wait for the queen's reconcile pass (whose own deadline is shorter)."""
@@ -135,11 +135,24 @@ def _target(target: Path, home: Home, timeout: float) -> tuple[Desired, Plan, tu
             saved = SavedPlan.from_json(json.loads(target.read_text()))
         except (OSError, ValueError, SavedPlanError) as error:
             fail(f"{target}: {error}")
+        # A saved plan is a file anyone could have edited: its spec passes the checks hive.yaml would, its policy
+        # is read like one beside hive.yaml, and its changes are planned again here and must come out the same.
+        problems = checks.check(saved.spec)
+        if problems:
+            fail(f"{target}: its spec is not valid: {'.'.join(map(str, problems[0].location))}: {problems[0].message}.")
+        if saved.policy_source is not None:
+            try:
+                policy.check(saved.policy_source, saved.spec.queen.routing)
+            except policy.PolicyError as error:
+                fail(f"{target}: its routing policy: {error}.")
         observed, _ = observe(saved.spec, home, timeout)
         if observed_digest(observed) != observed_digest(saved.observed):
             fail(f"{target} is stale: live state changed since the plan was made; run rbee plan again.")
+        again = planner.make_plan(saved.spec, observed)
+        if [change.to_json() for change in again.changes] != [change.to_json() for change in saved.plan.changes]:
+            fail(f"{target}: its changes are not what its spec and the live state give; make a new plan.")
         desired = Desired(saved.spec, saved.spec_file or str(target), saved.policy_source)
-        return desired, saved.plan, saved.retired
+        return desired, again, saved.retired
     desired = load_desired(target)
     observed, retired = observe(desired.spec, home, timeout)
     return desired, planner.make_plan(desired.spec, observed), retired
@@ -187,10 +200,35 @@ def confirm(question: str, yes: bool, what: str) -> None:
         fail("Nothing was changed.")
 
 
-def apply(target: Path, yes: bool, timeout: float) -> None:
+def apply(target: Path, yes: bool, timeout: float, rotate: bool = False) -> None:
     home = Home.default()
     with fleet_lock(home, "apply"):
+        if rotate:
+            _rotate(target, yes, home)
         _apply(target, yes, timeout, home)
+
+
+def _rotate(target: Path, yes: bool, home: Home) -> None:
+    """New credentials for every role but clients: the hives and the queen stop (their workers with them) while
+    they still take the old ones, the new ones are written, and the apply that follows installs each hive's new
+    credential and starts everything again. Models stay in the catalogs, so the restart costs only load time."""
+    if target.suffix == ".json":
+        fail(f"{target}: rotate credentials with hive.yaml, not a saved plan (it would be stale at once).")
+    spec = load_desired(target).spec
+    old = home.credentials(create=False)
+    if old is None:
+        out.print(Text("No credentials yet; this apply makes the first ones.", style="dim"))
+        return
+    confirm(
+        f"Rotate the operator's, the {len(spec.hives)} hives' and their workers' credentials? Every hive and worker "
+        "restarts.",
+        yes,
+        "rotate credentials",
+    )
+    out.print(Text("Rotating credentials: stopping the hives and the queen with the old ones ...", style="bold"))
+    _destroy(spec, home, old, purge=False)
+    home.rotate_credentials()
+    out.print(Text("New credentials are in RBEE_HOME; the old ones open nothing any more.\n", style="bold"))
 
 
 def _apply(target: Path, yes: bool, timeout: float, home: Home) -> None:
@@ -281,7 +319,7 @@ def _destroy(spec: schema.HiveFile, home: Home, credentials: FleetCredentials, p
         out.print(Text("  - queen stopped", style="red"))
     # What runs on this machine: the queen and the local hives. An SSH hive's processes are on its own host (its
     # stop step saw to them), and its own view of its URL, 127.0.0.1:PORT, would name another fleet's local hive.
-    local = [job.hive_config(hive) for hive in spec.hives if hive.ssh is None]
+    local = [job.hive_config(hive, spec) for hive in spec.hives if hive.ssh is None]
     markers = (
         str(home.queen_dir),
         *(config.data_dir for config in local),

@@ -81,6 +81,15 @@ class Home:
         """The queen's admin API key (for every model, no limit): what `rbee infer` and `rbee key` use."""
         return self._secret(self.admin_key_file, create, prefix="rbk_")
 
+    def rotate_credentials(self) -> FleetCredentials:
+        """A new operator credential and fleet key (so every hive's and worker's credential changes too); each is
+        written whole and private before it is used, and the old ones are gone from disk."""
+        self.ensure()
+        rotated = FleetCredentials(new_secret(), new_secret())
+        write_private(self.operator_file, rotated.operator)
+        write_private(self.fleet_key_file, rotated.fleet_key)
+        return rotated
+
     def rotate_admin_key(self) -> str:
         value = "rbk_" + new_secret()
         self.ensure()

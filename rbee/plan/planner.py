@@ -22,7 +22,7 @@ from rbee.api.state import (
 )
 from rbee.api.units import human_size
 from rbee.plan.actions import Action, Change, Plan, Symbol, hive_change, model_change, workers_change
-from rbee.spec.schema import HiveFile, HiveSpec, ModelSpec, WorkerSpec
+from rbee.spec.schema import HiveFile, HiveSpec, ModelSpec, WorkerSpec, model_dirs
 
 _RUNNING = frozenset(state for state in WorkerState if state.is_running)
 
@@ -76,7 +76,7 @@ def _plan_hive(
         )
         yield hive_change(name, Action.WAIT, Symbol.BLOCKED, reason)
         return
-    hive_steps = yield from _plan_daemon(hive, observation, version)
+    hive_steps = yield from _plan_daemon(hive, observation, version, model_dirs(hive, workers, models))
     state = observation.state if observation.status is HiveStatus.RUNNING else None
     catalog = state.catalog if state is not None else ()
     live_workers = state.workers if state is not None else ()
@@ -134,11 +134,17 @@ def _plan_hive(
 
 
 def _plan_daemon(
-    hive: HiveSpec, observation: HiveObservation, version: str
+    hive: HiveSpec, observation: HiveObservation, version: str, roots: tuple[str, ...]
 ) -> Generator[Change, None, tuple[str, ...]]:
     """The hive daemon itself; returns the ids of the changes its models and workers must wait for."""
     name, state = hive.name, observation.state
     if observation.status is HiveStatus.RUNNING and state is not None:
+        if state.version == version and state.model_dirs is not None and set(state.model_dirs) != set(roots):
+            # hive.json is rewritten in place; the running daemon reads its file:// roots from it per request
+            reason = f"may read file:// models from {_listing(state.model_dirs)}; change that to {_listing(roots)}"
+            rewrite = hive_change(name, Action.INSTALL_HIVE, Symbol.CHANGE, reason, step="install")
+            yield rewrite
+            return (rewrite.id,)
         if state.version == version:
             yield hive_change(name, Action.NOTHING, Symbol.NOTHING, f"already running rbee {version}")
             return ()
@@ -161,6 +167,10 @@ def _plan_daemon(
     yield install
     yield start
     return (install.id, start.id)
+
+
+def _listing(folders: tuple[str, ...]) -> str:
+    return ", ".join(folders) if folders else "nowhere"
 
 
 def _plan_model(hive: str, spec: ModelSpec, entry: CatalogEntry | None, requires: tuple[str, ...]) -> Change:

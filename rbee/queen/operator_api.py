@@ -17,6 +17,7 @@ from rbee.queen import docs, parts
 from rbee.queen.errors import ClientError, read_json, read_object
 from rbee.queen.fleet import UnknownHive
 from rbee.queen.scheduling import Ask
+from rbee.spec import checks
 from rbee.spec.policy import PolicyError, PolicyRef
 from rbee.spec.schema import HiveFile
 
@@ -47,6 +48,13 @@ async def put_spec(request: Request) -> Response:
         spec = HiveFile.model_validate(raw.get("spec") if isinstance(raw, dict) else None)
     except pydantic.ValidationError as failure:
         raise ClientError(400, f"not a valid hive.yaml: {failure.errors()[0]['msg']}", code="invalid_spec") from None
+    # The same cross-section rules as `rbee validate`: a spec the keeper would refuse is refused here too.
+    problems = checks.check(spec)
+    if problems:
+        first = problems[0]
+        where = ".".join(str(part) for part in first.location)
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ClientError(400, f"not a valid hive.yaml: {where}: {first.message}{more}", code="invalid_spec")
     if "policy_source" in raw:
         raise ClientError(
             400, "the queen takes no policy code over the network; name it: policy", code="invalid_policy"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from rbee.spec import backends
 from rbee.spec.backends import Backend, ModelKind
-from rbee.spec.schema import HiveFile, ModelSpec, WorkerSpec
+from rbee.spec.schema import HiveFile, HiveSpec, ModelSpec, WorkerSpec
+from rbee.spec.source import SourceKind
 
 Location = tuple[str | int, ...]
 
@@ -125,6 +127,8 @@ def _workers(spec: HiveFile) -> Iterator[Problem]:
         seen.setdefault(key, index)
         if model is not None:
             yield from _backend_fits(index, worker, model)
+        if model is not None and hive is not None and hive.model_dirs is not None:
+            yield from _model_dir_fits(index, hive, model, spec)
         pinned = hive.backends if hive is not None and hive.backends != "auto" else None
         if pinned is not None and worker.backend != "auto" and worker.backend not in pinned:
             names = ", ".join(str(backend) for backend in pinned)
@@ -132,6 +136,24 @@ def _workers(spec: HiveFile) -> Iterator[Problem]:
                 ("workers", index, "backend"),
                 f"hive '{worker.hive}' pins backends [{names}]; add {worker.backend} there or use one of them",
             )
+
+
+def _model_dir_fits(index: int, hive: HiveSpec, model: ModelSpec, spec: HiveFile) -> Iterator[Problem]:
+    source = model.parsed_source
+    if source.kind is not SourceKind.FILE or under_any(source.location, spec.model_dirs(hive)):
+        return
+    folders = ", ".join(spec.model_dirs(hive)) or "none"
+    yield Problem(
+        ("workers", index, "hive"),
+        f"model '{model.name}' is {source.location}, outside hive '{hive.name}''s model_dirs ({folders}); add its "
+        "folder to that hive's model_dirs or move the model",
+    )
+
+
+def under_any(path: str, roots: Iterable[str]) -> bool:
+    """Whether `path` is one of `roots` or inside one (as text: the hive checks real paths again)."""
+    parts = PurePosixPath(path).parts
+    return any(parts[: len(PurePosixPath(root).parts)] == PurePosixPath(root).parts for root in roots)
 
 
 def _backend_fits(index: int, worker: WorkerSpec, model: ModelSpec) -> Iterator[Problem]:

@@ -18,6 +18,11 @@ from rbee.spec import checks, schema
 
 Location = checks.Location
 
+MAX_BYTES = 1 << 20
+"""hive.yaml describes machines and models; a real one is a few KiB, so 1 MiB is room enough and a bound."""
+MAX_DEPTH = 64
+MAX_NODES = 100_000
+
 
 class SpecError(Exception):
     """hive.yaml cannot be used; `problems` holds one finished sentence per problem."""
@@ -36,6 +41,8 @@ class _Place:
 def load(path: str | Path) -> schema.HiveFile:
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise SpecError([_too_big(str(path))])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError([f"{path}: no such file; pass the path of a hive.yaml (see hive.yaml.example)."]) from None
@@ -45,6 +52,8 @@ def load(path: str | Path) -> schema.HiveFile:
 
 
 def loads(text: str, filename: str = "hive.yaml") -> schema.HiveFile:
+    if len(text) > MAX_BYTES or len(text.encode("utf-8", "replace")) > MAX_BYTES:
+        raise SpecError([_too_big(filename)])
     places, data = _parse_yaml(text, filename)
     try:
         spec = schema.HiveFile.model_validate(data)
@@ -56,8 +65,47 @@ def loads(text: str, filename: str = "hive.yaml") -> schema.HiveFile:
     return spec
 
 
+def _too_big(filename: str) -> str:
+    return f"{filename}: the file is larger than {MAX_BYTES >> 20} MiB; a hive.yaml is a few KiB, check the path."
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A document rbee will not compose; `problem` is the whole sentence."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses anchors and aliases (one alias can stand for a billion nodes: the 'billion laughs'
+    of YAML) and stops at MAX_DEPTH levels and MAX_NODES nodes, so composing costs at most what the text is."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                problem="YAML anchors and aliases (&name, *name, <<: *name) are not accepted; write each value out",
+                problem_mark=event.start_mark,
+            )
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _Refused(problem=f"the document has more than {MAX_NODES} values", problem_mark=event.start_mark)
+        nested = isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent)
+        if nested:
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise _Refused(problem=f"values nest deeper than {MAX_DEPTH} levels", problem_mark=event.start_mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nested:
+                self._depth -= 1
+
+
 def _parse_yaml(text: str, filename: str) -> tuple[dict[Location, _Place], Any]:
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -79,6 +127,8 @@ def _parse_yaml(text: str, filename: str) -> tuple[dict[Location, _Place], Any]:
 def _yaml_sentence(filename: str, error: yaml.MarkedYAMLError) -> str:
     mark = error.problem_mark or error.context_mark
     where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
+    if isinstance(error, _Refused):
+        return f"{where}: {error.problem}."
     problem = error.problem or "invalid YAML"
     if "'\\t'" in problem:
         return f"{where}: a tab character is used for indentation; YAML indents with spaces only."

@@ -103,6 +103,42 @@ def _check_routing(value: Any) -> Any:
     return value
 
 
+_HOMES = ("/home", "/Users", "/var/home")
+
+
+def _check_data_dir(value: Any) -> Any:
+    """A data dir is rbee's alone (install makes it mode 700, uninstall empties it), so it must be a folder of its
+    own: absolute or under ~, and never a home, `/` or a top-level dir like /opt."""
+    if not isinstance(value, str):
+        return value
+    if any(ord(char) < 32 for char in value):
+        raise ValueError("a data_dir must not contain control characters or newlines")
+    parts = [part for part in value.split("/") if part]
+    if value.startswith("~/") or value == "~":
+        below = parts[1:]
+        if not below:
+            raise ValueError(f"'{value}' is a home directory; give rbee a folder of its own, like ~/rbee")
+    elif value.startswith("/"):
+        below = parts
+        if len(below) < 2:
+            raise ValueError(f"'{value}' is / or a top-level dir; give rbee a folder of its own, like /srv/rbee")
+        if (len(below) == 2 and "/" + below[0] in _HOMES) or below == ["root"]:
+            raise ValueError(f"'{value}' is a home directory; give rbee a folder inside it, like {value}/rbee")
+    else:
+        raise ValueError(f"'{value}' is not absolute; write a path like /srv/rbee or ~/rbee")
+    if any(part in (".", "..") for part in below):
+        raise ValueError(f"'{value}' has a '.' or '..' component; write the path plainly")
+    return value
+
+
+def _check_model_dir(value: Any) -> Any:
+    if isinstance(value, str) and not (value.startswith("/") or value.startswith("~/")):
+        raise ValueError(f"'{value}' is not absolute; write a folder like /srv/models or ~/models")
+    if isinstance(value, str) and (value.rstrip("/") in ("", "~") or any(ord(char) < 32 for char in value)):
+        raise ValueError(f"'{value}' would let the hive read any file; name the folder that holds the models")
+    return value
+
+
 class QueenSpec(Strict):
     listen: Address = "127.0.0.1:8080"
     reconcile_interval: Seconds = 30.0
@@ -196,7 +232,16 @@ class HiveSpec(Strict):
         default=None,
         description="Where the hive daemon listens; defaults to 127.0.0.1:9200 (local) or 0.0.0.0:9200 (ssh).",
     )
-    data_dir: str | None = Field(default=None, description="Defaults to ~/.local/share/rbee/hives/NAME.")
+    data_dir: Annotated[str, BeforeValidator(_check_data_dir)] | None = Field(
+        default=None,
+        description="rbee's folder on the hive (absolute or ~/..., never a home or top-level dir); defaults to "
+        "~/.local/share/rbee/hives/NAME. An existing folder must be empty or one rbee made.",
+    )
+    model_dirs: tuple[Annotated[str, BeforeValidator(_check_model_dir)], ...] | None = Field(
+        default=None,
+        description="The folders on the hive that file:// models may come from; the hive refuses any other path. "
+        "Omitted: exactly the file:// models that workers place on this hive.",
+    )
     python: str | None = Field(
         default=None,
         description="A Python on the hive that has this version of rbee installed (with the backends' extras); "
@@ -254,6 +299,11 @@ class ModelSpec(Strict):
     format: Literal["auto"] | source_mod.ModelFormat = "auto"
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
     kind: ModelKind = ModelKind.TEXT
+    code_files: Literal["skip", "fetch"] = Field(
+        default="skip",
+        description="A whole Hugging Face repo is fetched without its *.py, *.pkl and *.bin files (code, and "
+        "pickles a loader would run) unless this says fetch; rbee's engines never run a repo's code either way.",
+    )
     idle_timeout: Seconds = Field(default=300.0, description="Stop a worker idle this long; 0 means never.")
     stream_idle_timeout: Seconds | None = Field(
         default=None, description="Overrides queen.stream_idle_timeout for this model's streams."
@@ -326,6 +376,23 @@ class HiveFile(Strict):
 
     def model(self, name: str) -> ModelSpec | None:
         return next((model for model in self.models if model.name == name), None)
+
+    def model_dirs(self, hive: HiveSpec) -> tuple[str, ...]:
+        models = {model.name: model for model in self.models}
+        return model_dirs(hive, [worker for worker in self.workers if worker.hive == hive.name], models)
+
+
+def model_dirs(hive: HiveSpec, workers: list[WorkerSpec], models: dict[str, ModelSpec]) -> tuple[str, ...]:
+    """Where `hive` may read file:// models from: the folders hive.yaml names, or else exactly the file:// models
+    its `workers` use (what the operator asked for, and nothing beside it)."""
+    if hive.model_dirs is not None:
+        return tuple(folder.rstrip("/") for folder in hive.model_dirs)
+    found: dict[str, None] = {}
+    for worker in workers:
+        model = models.get(worker.model)
+        if model is not None and model.source.startswith("file://"):
+            found[model.parsed_source.location.rstrip("/")] = None
+    return tuple(found)
 
 
 def json_schema() -> dict[str, Any]:

@@ -130,3 +130,35 @@ def test_apply_refuses_a_file_that_is_not_a_plan(tmp_path: Path) -> None:
     bogus.write_text('{"hello": 1}')
     result = rbee("apply", str(bogus), "--yes")
     assert result.returncode == 1 and "is not a saved rbee plan" in result.stderr
+
+
+def _saved(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    out = tmp_path / "plan.json"
+    made = rbee("plan", str(local_spec(tmp_path)), "-o", str(out), "--timeout", "1")
+    assert made.returncode == 0, made.stderr
+    return out, json.loads(out.read_text())
+
+
+def test_a_saved_plan_with_edited_changes_is_refused(tmp_path: Path) -> None:
+    """The changes are planned again from the saved spec and live state: an edited change list (here a hive
+    install pointed at other steps) is not executed."""
+    out, saved = _saved(tmp_path)
+    changes = saved["changes"]
+    assert isinstance(changes, list)
+    changes[0]["reason"] = "nothing to see"
+    changes.append(dict(changes[-1], id="box/workers/evil/start"))
+    out.write_text(json.dumps(saved))
+    result = rbee("apply", str(out), "--yes")
+    assert result.returncode == 1
+    assert "its changes are not what its spec and the live state give; make a new plan" in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing was installed"
+
+
+def test_a_saved_plan_whose_spec_fails_the_checks_is_refused(tmp_path: Path) -> None:
+    out, saved = _saved(tmp_path)
+    spec = saved["spec"]
+    assert isinstance(spec, dict)
+    spec["workers"] = [{"model": "ghost", "hive": "box"}]
+    out.write_text(json.dumps(saved))
+    result = rbee("apply", str(out), "--yes")
+    assert result.returncode == 1 and "its spec is not valid: workers.0.model: unknown model 'ghost'" in result.stderr

@@ -100,6 +100,21 @@ def test_operator_endpoints_need_the_operators_credential(client: TestClient) ->
     assert invalid.status_code == 400
 
 
+def test_a_spec_that_validate_would_refuse_is_refused_over_the_wire(client: TestClient) -> None:
+    """The schema alone accepts it; the cross-section rules do not (a worker of an unknown model, two hives on one
+    port), and the applied spec stays as it was."""
+    spec = {
+        "hives": [{"name": "a"}, {"name": "b"}],
+        "models": [],
+        "workers": [{"model": "ghost", "hive": "a"}],
+    }
+    refused = client.put("/v2/spec", json={"spec": spec, "source": "x"}, headers=OPERATOR)
+    assert refused.status_code == 400, refused.text
+    message = refused.json()["error"]["message"]
+    assert "hives.1.listen: hive 'b' would listen on port 9200" in message and "(and 1 more)" in message
+    assert client.get("/v2/status", headers=OPERATOR).json()["generation"] == 1
+
+
 def test_models_lists_served_models(client: TestClient) -> None:
     assert [m["id"] for m in client.get("/v1/models", headers=ADMIN).json()["data"]] == ["chat", "other"]
 

@@ -27,11 +27,18 @@ HUGE = tiny_gguf(6_000_000)  # 24 MB: more than huggingface_hub's 10 MB write ch
 def hub_server() -> Iterator[tuple[Hub, str]]:
     hub = Hub(
         cut_once={"lab/flaky/big.gguf"},
-        cut_then_down={"lab/flaky/huge.gguf", "lab/flaky-repo/weights/part.bin"},
+        cut_then_down={"lab/flaky/huge.gguf", "lab/flaky-repo/weights/part.safetensors"},
         repos={
             "lab/flaky": {"big.gguf": BIG, "huge.gguf": HUGE},
-            "lab/flaky-repo": {"config.json": b'{"model_type": "llama"}', "weights/part.bin": HUGE},
+            "lab/flaky-repo": {"config.json": b'{"model_type": "llama"}', "weights/part.safetensors": HUGE},
             "lab/tiny-gguf": {"tiny.gguf": GOOD, "README.md": b"# tiny\n"},
+            "lab/with-code": {
+                "config.json": b'{"model_type": "llama", "auto_map": {"AutoModel": "modeling.Evil"}}',
+                "model.safetensors": GOOD,
+                "modeling.py": b"import os; os.system('touch /tmp/pwned')\n",
+                "pytorch_model.bin": b"a pickle that runs code",
+                "sub/extra.pkl": b"another pickle",
+            },
             "lab/broken": {"cut.gguf": GOOD[: len(GOOD) // 2], "not.gguf": b"PK\x03\x04 a zip, not a model" * 10},
         },
     )
@@ -129,7 +136,7 @@ def test_a_sha256_mismatch_is_rejected(hive: tuple[httpx.Client, Path]) -> None:
         },
     ) as response:
         body = response.read().decode()
-    assert "event: error" in body and "has sha256" in body
+    assert "event: error" in body and "does not match the sha256" in body
     assert "tampered" not in catalog(client)
 
 
@@ -172,15 +179,35 @@ def test_a_whole_repo_keeps_the_files_it_finished_and_resumes_the_one_that_broke
     event, data = add(client, "repo", "hf://lab/flaky-repo")[-1]
     assert event == "error" and "resumes where this one stopped" in str(data["error"]), data
     assert "repo" not in catalog(client)
-    offset = (root / "models" / ".partial-repo" / "weights" / "part.bin.partial").stat().st_size
+    offset = (root / "models" / ".partial-repo" / "weights" / "part.safetensors.partial").stat().st_size
     assert 0 < offset < len(HUGE)
     events = add(client, "repo", "hf://lab/flaky-repo")
     assert events[-1][1].get("done") is True, events[-1]
     gets = [line for line in hub.requests if line.startswith("GET lab/flaky-repo/")]
     assert gets.count("GET lab/flaky-repo/config.json") == 1, "the finished file is not fetched again"
-    assert gets[-1] == f"GET lab/flaky-repo/weights/part.bin bytes={offset}-", gets
-    assert (root / "models" / "repo" / "weights" / "part.bin").read_bytes() == HUGE
-    assert sorted(p.name for p in (root / "models" / "repo").rglob("*") if p.is_file()) == ["config.json", "part.bin"]
+    assert gets[-1] == f"GET lab/flaky-repo/weights/part.safetensors bytes={offset}-", gets
+    assert (root / "models" / "repo" / "weights" / "part.safetensors").read_bytes() == HUGE
+    assert sorted(p.name for p in (root / "models" / "repo").rglob("*") if p.is_file()) == [
+        "config.json",
+        "part.safetensors",
+    ]
+
+
+def test_a_whole_repo_comes_without_its_code_and_pickles(hive: tuple[httpx.Client, Path]) -> None:
+    client, root = hive
+    assert add(client, "coded", "hf://lab/with-code")[-1][1].get("done") is True
+    held = sorted(p.name for p in (root / "models" / "coded").rglob("*") if p.is_file())
+    assert held == ["config.json", "model.safetensors"]
+
+
+def test_a_model_that_opts_in_gets_its_code_files(hive: tuple[httpx.Client, Path]) -> None:
+    client, root = hive
+    with client.stream(
+        "POST", "/v1/models", json={"name": "coded-all", "source": "hf://lab/with-code", "code_files": "fetch"}
+    ) as response:
+        assert '"done":true' in response.read().decode()
+    held = sorted(p.name for p in (root / "models" / "coded-all").rglob("*") if p.is_file())
+    assert held == ["config.json", "extra.pkl", "model.safetensors", "modeling.py", "pytorch_model.bin"]
 
 
 def test_a_model_that_does_not_fit_is_refused_before_downloading(hub: str, tmp_path: Path) -> None:

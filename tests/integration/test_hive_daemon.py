@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def hive(tmp_path: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
-    with hive_daemon(tmp_path, "solo") as running:
+def hive(tmp_path: Path, smollm2: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[bytes]]]:
+    with hive_daemon(tmp_path, "solo", model_dirs=(str(smollm2.parent),)) as running:
         yield running
 
 

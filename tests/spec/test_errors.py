@@ -144,6 +144,68 @@ CASES = [
         "hive.yaml:6:13: models[0].sha256",
         "should match pattern",
     ),
+    (
+        "alias-bomb",
+        'lol: &a ["lol", "lol"]\n' + "".join(f"l{i}: &l{i} [*{'a' if i == 0 else f'l{i - 1}'}] \n" for i in range(9)),
+        "hive.yaml:1:6",
+        "YAML anchors and aliases (&name, *name, <<: *name) are not accepted",
+    ),
+    (
+        "merge-key",
+        "base: &base {replicas: 2}\n" + BASE + "    <<: *base\n",
+        "hive.yaml:1:7",
+        "anchors and aliases",
+    ),
+    ("deep-nesting", "hives: " + "[" * 5000 + "]" * 5000 + "\n", "hive.yaml:1:71", "nest deeper than 64 levels"),
+    ("too-big", BASE + "# " + "x" * (1 << 20) + "\n", "hive.yaml", "larger than 1 MiB"),
+    (
+        "data-dir-empty",
+        BASE.replace("  - name: box\n", "  - name: box\n    data_dir: ''\n", 1),
+        "hive.yaml:3:15: hives[0].data_dir",
+        "is not absolute",
+    ),
+    (
+        "data-dir-root",
+        BASE.replace("  - name: box\n", "  - name: box\n    data_dir: /\n", 1),
+        "hive.yaml:3:15: hives[0].data_dir",
+        "is / or a top-level dir",
+    ),
+    (
+        "data-dir-top-level",
+        BASE.replace("  - name: box\n", "  - name: box\n    data_dir: /opt\n", 1),
+        "hive.yaml:3:15: hives[0].data_dir",
+        "is / or a top-level dir",
+    ),
+    (
+        "data-dir-home",
+        BASE.replace("  - name: box\n", "  - name: box\n    data_dir: '~'\n", 1),
+        "hive.yaml:3:15: hives[0].data_dir",
+        "is a home directory",
+    ),
+    (
+        "data-dir-user-home",
+        BASE.replace("  - name: box\n", "  - name: box\n    data_dir: /home/alice/\n", 1),
+        "hive.yaml:3:15: hives[0].data_dir",
+        "is a home directory",
+    ),
+    (
+        "model-outside-model-dirs",
+        BASE.replace("  - name: box\n", "  - name: box\n    model_dirs: [/srv/models]\n", 1),
+        "hive.yaml:9:11: workers[0].hive",
+        "model 'smol' is /models/smol.gguf, outside hive 'box''s model_dirs (/srv/models)",
+    ),
+    (
+        "model-dirs-root",
+        BASE.replace("  - name: box\n", "  - name: box\n    model_dirs: [/]\n", 1),
+        "hive.yaml:3:18: hives[0].model_dirs[0]",
+        "would let the hive read any file",
+    ),
+    (
+        "data-dir-dotdot",
+        BASE.replace("  - name: box\n", "  - name: box\n    data_dir: /srv/rbee/../..\n", 1),
+        "hive.yaml:3:15: hives[0].data_dir",
+        "'..' component",
+    ),
 ]
 
 

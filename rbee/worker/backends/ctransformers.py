@@ -35,7 +35,7 @@ class CtransformersBackend(OneAtATime):
         from transformers import AutoTokenizer
 
         path = Path(self.model_path)
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        self._tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
         progress(0.3)
         flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
         lib = "avx2" if " avx2" in flags else "basic" if flags else None  # naming it skips ~1.2 s of CPU probing

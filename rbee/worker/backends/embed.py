@@ -25,7 +25,11 @@ class EmbedBackend:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model folder on disk needs no Hub
         from sentence_transformers import SentenceTransformer
 
-        model = SentenceTransformer(self.model_path, device=self.device)
+        # sentence-transformers 6 imports no custom module of a local folder without trust_remote_code (their issue
+        # #3801); both gates are said here explicitly, and weights load only from safetensors.
+        model = SentenceTransformer(
+            self.model_path, device=self.device, trust_remote_code=False, model_kwargs={"use_safetensors": True}
+        )
         # The token count comes from the batches the model itself encodes: tokenizing the texts a second time
         # to count them cost 2% of an embedding request.
         model.register_forward_pre_hook(self._count_tokens)

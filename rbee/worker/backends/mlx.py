@@ -32,7 +32,7 @@ class MlxBackend(OneAtATime):
             self.device = "cpu"
         mx.set_default_device(mx.gpu if self.device == "metal" else mx.cpu)
         progress(0.1)
-        self._model, self._tokenizer = load(self.model_path)
+        self._model, self._tokenizer = load(self.model_path, trust_remote_code=False)
         progress(1.0)
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:

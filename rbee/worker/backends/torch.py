@@ -36,10 +36,14 @@ class TorchBackend(OneAtATime):
 
         torch.set_num_threads(self.threads)
         progress(0.05)
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        # Said explicitly, not left to defaults: a model folder's own code never runs, and weights load only from
+        # safetensors (a pickled .bin would run whatever it holds).
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=False)
         progress(0.2)
         dtype = torch.float32 if self.device == "cpu" else torch.float16
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_path, dtype=dtype, trust_remote_code=False, use_safetensors=True
+        )
         progress(0.9)
         model = model.to(self._torch_device()).eval()
         stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()

@@ -29,6 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rbee.clients import tls  # noqa: E402
 from rbee.keeper import queen_process  # noqa: E402
 from rbee.keeper.home import Home  # noqa: E402
 from rbee.queen.admission import Admission  # noqa: E402
@@ -46,7 +47,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_synthetic(port: int, workers: int, slots: int, rate: float) -> subprocess.Popen[bytes]:
+def start_synthetic(
+    port: int, workers: int, slots: int, rate: float, tls_files: tuple[str, str] | None
+) -> subprocess.Popen[bytes]:
+    serving_tls = ["--tls-cert", tls_files[0], "--tls-key", tls_files[1]] if tls_files else []
     process = subprocess.Popen(
         [
             sys.executable,
@@ -59,11 +63,12 @@ def start_synthetic(port: int, workers: int, slots: int, rate: float) -> subproc
             str(slots),
             "--rate",
             str(rate),
+            *serving_tls,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_http(f"http://127.0.0.1:{port}/health")
+    wait_http(f"{'https' if tls_files else 'http'}://127.0.0.1:{port}/health")
     return process
 
 
@@ -71,7 +76,7 @@ def wait_http(url: str, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(url, headers=headers, timeout=1).status_code == 200:
+            if httpx.get(url, headers=headers, timeout=1, verify=tls.context()).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -108,7 +113,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def single_stream(queen: str, worker: str, runs: int, keyed: dict[str, str]) -> dict[str, float]:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=tls.context())) as session:
         direct_body = {"request_id": "b", "prompt": "x", "max_tokens": 4, "format": "openai-completion"}
         queen_body = {"model": "synthetic", "prompt": "x", "max_tokens": 4, "stream": True}
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -129,7 +134,7 @@ async def single_stream(queen: str, worker: str, runs: int, keyed: dict[str, str
 
 
 async def concurrent(url: str, body: dict[str, object], headers: dict[str, str], streams: int) -> dict[str, float]:
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=0, ssl=tls.context())
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         started = time.perf_counter()
@@ -178,19 +183,51 @@ def main() -> None:
     parser.add_argument("--single-runs", type=int, default=200)
     parser.add_argument("--big", type=int, default=1000, help="streams in the large scenario")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each concurrent stream")
+    parser.add_argument(
+        "--tls",
+        choices=("on", "off", "both"),
+        default="both",
+        help="workers serve TLS (as every hive off this machine does) or plain HTTP; both: one run of each",
+    )
     args = parser.parse_args()
+    if args.tls == "both":  # each in its own process: a process pins one CA, once
+        for mode in ("off", "on"):
+            command = [sys.executable, __file__, "--tls", mode, "--single-runs", str(args.single_runs)]
+            command += ["--big", str(args.big), "--seconds", str(args.seconds)]
+            if subprocess.run(command, check=False).returncode != 0:
+                raise SystemExit(1)
+        return
+    run(args)
 
+
+def run(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="rbee-relay-"))
     home = Home(work)
     credentials, admin_key = home.credentials(create=True), home.admin_key(create=True)
     assert credentials is not None
     synthetic_port, queen_port = free_port(), free_port()
-    queen_url, worker_url = f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{synthetic_port}"
-    synthetic = start_synthetic(synthetic_port, 100, 10, 45.0)
+    scheme = "https" if args.tls == "on" else "http"
+    queen_url, worker_url = f"http://127.0.0.1:{queen_port}", f"{scheme}://127.0.0.1:{synthetic_port}"
+    tls_files = None
+    if args.tls == "on":  # the queen reaches the workers over TLS, pinning the fleet CA, as it does on a LAN
+        leaf = home.authority.leaf("hive-synthetic", ("127.0.0.1", "localhost"))
+        assert leaf
+        tls_files = (
+            str(home.authority.folder / "hive-synthetic.pem"),
+            str(home.authority.folder / "hive-synthetic.key"),
+        )
+        tls.pin(home.authority.ca_file)
+    synthetic = start_synthetic(synthetic_port, 100, 10, 45.0, tls_files)
     spec = HiveFile.model_validate(
         {
             "queen": {"listen": f"127.0.0.1:{queen_port}", "max_queue": 100000, "queue_timeout": 60},
-            "hives": [{"name": "synthetic", "listen": f"127.0.0.1:{synthetic_port}"}],
+            "hives": [
+                {
+                    "name": "synthetic",
+                    "listen": f"127.0.0.1:{synthetic_port}",
+                    "transport": "tls" if args.tls == "on" else "auto",
+                }
+            ],
             "models": [{"name": "synthetic", "source": "file:///synthetic.gguf"}],
             "workers": [{"model": "synthetic", "hive": "synthetic", "replicas": 100}],
         }
@@ -225,7 +262,7 @@ def main() -> None:
 
         synthetic.send_signal(signal.SIGTERM)
         synthetic.wait(10)
-        synthetic = start_synthetic(synthetic_port, 100, 10, 40.0)
+        synthetic = start_synthetic(synthetic_port, 100, 10, 40.0, tls_files)
         tokens = int(40 * args.seconds)
         direct_body["max_tokens"] = queen_body["max_tokens"] = tokens
         offered = args.big * 40.0
@@ -275,7 +312,7 @@ def main() -> None:
         )
     )
     print(
-        f"RESULT relay ttft_added_median_ms={single['added_median_ms']:.2f} "
+        f"RESULT relay tls={args.tls} ttft_added_median_ms={single['added_median_ms']:.2f} "
         f"ttft_added_p95_ms={single['added_p95_ms']:.2f} streams100_delivered={queen100['tokens']:.0f}/"
         f"{100 * int(45 * args.seconds)} queen_cpu_ms_per_1k_tokens={cpu_ms_per_1k:.1f} "
         f"streams{args.big}_delivered_ratio={big_ratio:.3f} streams{args.big}_vs_direct="

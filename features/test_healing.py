@@ -35,6 +35,7 @@ def fleet(machines: test_hosts.Hosts, smollm2: Path, tmp_path_factory: pytest.Te
         f"queen: {{listen: '0.0.0.0:{port}', reconcile_interval: 2s, heartbeat_interval: 1s}}",
     )
     fleet.spec.write_text(text)
+    fleet.queen_url = fleet.queen_url.replace("http://", "https://")  # off loopback, the queen serves TLS
     applied = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     yield fleet
@@ -54,7 +55,9 @@ class World:
         return [line.split()[0] for line in lines if what in line]
 
     def status(self) -> dict[str, Any]:
-        reply = httpx.get(f"{self.fleet.queen_url}/v2/status", headers=self.fleet.operator, timeout=5)
+        reply = httpx.get(
+            f"{self.fleet.queen_url}/v2/status", headers=self.fleet.operator, timeout=5, verify=self.fleet.tls
+        )
         return dict(reply.json())
 
     def condition(self, hive: str) -> str | None:
@@ -125,7 +128,11 @@ def unreachable(world: World, name: str, seconds: int) -> None:
         body = {"model": "smollm2", "prompt": "Hi", "max_tokens": 2}
         for _ in range(3):
             answer = httpx.post(
-                f"{world.fleet.queen_url}/v1/completions", json=body, headers=world.fleet.keyed, timeout=60
+                f"{world.fleet.queen_url}/v1/completions",
+                json=body,
+                headers=world.fleet.keyed,
+                timeout=60,
+                verify=world.fleet.tls,
             )
             assert answer.status_code == 200, answer.text
         log = world.fleet.rbee("events", "--limit", "200").stdout

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from rbee import __version__
+from rbee.clients import tls
 from rbee.keeper import fleet, models, status
 from rbee.keeper.home import Home, SecretError
 from rbee.keeper.render import err, out
@@ -22,6 +23,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _trust_the_fleet_ca() -> None:
+    """Every command trusts only this RBEE_HOME's fleet CA on rbee's own https links (hives, workers, queen)."""
+    tls.pin(Home.default().authority.ca_file)
+
+
 HiveTimeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for each hive.")]
 
 
@@ -221,6 +230,8 @@ def queen_serve(
     home: Annotated[Path, typer.Option(help="The RBEE_HOME whose credentials and admin key the queen uses.")],
     listen: Annotated[str, typer.Option(help="host:port for the API.")] = "127.0.0.1:8080",
     poll_interval: Annotated[float, typer.Option(help="Seconds between reads of the hives' state.")] = 1.0,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve TLS with this certificate (and --tls-key).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
 ) -> None:
     """Run the queen in the foreground (its state in HOME/queen)."""
     from rbee.queen import daemon
@@ -230,7 +241,8 @@ def queen_serve(
     if credentials is None:
         out.print(f"{home} holds no credentials; run rbee apply, which makes them and starts the queen.")
         raise typer.Exit(1)
-    daemon.serve(keeper_home.queen_dir, listen, credentials, keeper_home.admin_key_file, poll_interval)
+    tls_files = (str(tls_cert), str(tls_key)) if tls_cert and tls_key else None
+    daemon.serve(keeper_home.queen_dir, listen, credentials, keeper_home.admin_key_file, poll_interval, tls_files)
 
 
 @hive_app.command("serve")
@@ -257,6 +269,9 @@ def worker_serve(
     token_file: Annotated[str | None, typer.Option()] = None,
     parent_pid: Annotated[int | None, typer.Option()] = None,
     threads: Annotated[int | None, typer.Option()] = None,
+    tls_cert: Annotated[str | None, typer.Option()] = None,
+    tls_key: Annotated[str | None, typer.Option()] = None,
+    ca_file: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Run one worker in the foreground."""
     from rbee.worker import server
@@ -273,6 +288,8 @@ def worker_serve(
         token=server.token_from_file(token_file),
         parent_pid=parent_pid,
         threads=threads,
+        tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+        ca_file=ca_file,
     )
     server.serve(options)
 

@@ -10,6 +10,8 @@ import hmac
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
 import threading
 import time
@@ -43,10 +45,12 @@ def configure_logging(line_format: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def server(app: Any, listen: str, graceful: int) -> uvicorn.Server:
+def server(app: Any, listen: str, graceful: int, tls: tuple[str, str] | None = None) -> uvicorn.Server:
     """A uvicorn server for `app` on `listen` (host:port): no access log and no lifespan, as every daemon
-    wants; `graceful` bounds how long open connections may take to finish at shutdown."""
+    wants; `graceful` bounds how long open connections may take to finish at shutdown. With `tls` (certificate
+    and key files) it speaks only TLS 1.2 or newer."""
     host, _, port = listen.rpartition(":")
+    certificate, key = tls if tls else (None, None)
     return uvicorn.Server(
         uvicorn.Config(
             app,
@@ -56,6 +60,9 @@ def server(app: Any, listen: str, graceful: int) -> uvicorn.Server:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=graceful,
+            ssl_certfile=certificate,
+            ssl_keyfile=key,
+            ssl_version=ssl.PROTOCOL_TLS_SERVER,
         )
     )
 
@@ -121,3 +128,14 @@ def die_with_parent(parent_pid: int | None) -> None:
                 os._exit(3)
 
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def route_source(target: str) -> str | None:
+    """This machine's address on the route to `target` (a UDP connect sends nothing)."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(target, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -61,6 +62,12 @@ class Fleet:
         key = self.home.admin_key(create=False)
         assert key is not None, "the fleet was never applied"
         return key
+
+    @property
+    def tls(self) -> ssl.SSLContext:
+        """Trusts this fleet's CA only: for calling its hives and workers off this machine over https."""
+        context = ssl.create_default_context(cafile=str(self.home.authority.ca_file))
+        return context
 
     @property
     def keyed(self) -> dict[str, str]:

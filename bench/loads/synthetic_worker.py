@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=100)
     parser.add_argument("--slots", type=int, default=10)
     parser.add_argument("--rate", type=float, default=45.0)
+    parser.add_argument("--tls-cert", help="serve TLS with this certificate (and --tls-key), as hives off-machine do")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     uvicorn.run(
         make_app(args.workers, args.slots, args.rate, args.port),
@@ -132,6 +134,8 @@ def main() -> None:
         access_log=False,
         lifespan="off",
         backlog=4096,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
     )
 
 

@@ -20,6 +20,10 @@ class HiveConfig(BaseModel):
     version: str
     token_file: str | None = None
     backends: tuple[str, ...] | str = "auto"
+    tls_cert_file: str | None = None
+    """With a certificate (and its key, and the fleet CA), the hive and its workers serve only TLS."""
+    tls_key_file: str | None = None
+    ca_file: str | None = None
     model_dirs: tuple[str, ...] = ()
     """The folders a file:// model may come from (absolute or ~/...); none means no file:// model at all."""
 
@@ -44,6 +48,13 @@ class HiveConfig(BaseModel):
         return self.root / "logs"
 
     @property
+    def tls(self) -> tuple[str, str] | None:
+        if self.tls_cert_file and self.tls_key_file:
+            return str(Path(self.tls_cert_file).expanduser()), str(Path(self.tls_key_file).expanduser())
+        return None
+
+    @property
     def url(self) -> str:
+        """Where the hive's own workers reach it (its certificate names 127.0.0.1 too)."""
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"

@@ -16,7 +16,7 @@ import httpx
 
 from rbee.api.credentials import FleetCredentials
 from rbee.clients.hive import HiveCallError, HiveClient, Progress
-from rbee.infra import job
+from rbee.infra import job, tls
 from rbee.infra import wheel as rbee_wheel
 from rbee.infra.job import Step
 from rbee.plan.actions import Action, Change, Plan
@@ -42,8 +42,10 @@ class Executor:
         reporter: Reporter,
         retired: tuple[HiveSpec, ...] = (),
         wheel_dir: Path | None = None,
+        authority: tls.Authority | None = None,
     ) -> None:
         self.spec = spec
+        self.authority = authority
         self.wheel_dir = wheel_dir
         self.retired = {hive.name: hive for hive in retired}
         self.credentials = credentials
@@ -103,7 +105,7 @@ class Executor:
                     self._finish(change, str(error))
                 return
         asked = await self._shutdown_over_http(hives) if Step.STOP in steps else {}
-        results = await job.run_jobs(hives, steps, self.credentials, wheel, self.spec)
+        results = await job.run_jobs(hives, steps, self.credentials, wheel, self.spec, self.authority)
         for hive in hives:
             result = results.get(hive.name)
             if Step.STOP in steps and result is not None:

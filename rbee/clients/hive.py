@@ -15,6 +15,7 @@ import pydantic
 
 from rbee.api import sse, wire
 from rbee.api.state import HiveState, WorkerState
+from rbee.clients import tls
 from rbee.spec.schema import HiveSpec, ModelSpec
 
 log = logging.getLogger("rbee.clients")
@@ -50,7 +51,11 @@ class HiveClient:
     def __init__(self, hive: HiveSpec, token: str | None) -> None:
         self.hive = hive
         self._client = httpx.AsyncClient(
-            base_url=hive.api_url, headers=wire.bearer(token), timeout=CALL_TIMEOUT, trust_env=False
+            base_url=hive.api_url,
+            headers=wire.bearer(token),
+            timeout=CALL_TIMEOUT,
+            trust_env=False,
+            verify=tls.context(),
         )
 
     async def close(self) -> None:
@@ -192,7 +197,12 @@ class LoadingReports:
             return
         try:
             httpx.post(
-                f"{self.base}/{what}", json=body, headers=self.headers, timeout=10.0, trust_env=False
+                f"{self.base}/{what}",
+                json=body,
+                headers=self.headers,
+                timeout=10.0,
+                trust_env=False,
+                verify=tls.context(),
             ).raise_for_status()
         except httpx.HTTPError as error:
             log.error("could not tell the hive this worker is %s: %s", what, error)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from rbee.api import sse, wire
+from rbee.clients import tls
 from rbee.spec.policy import PolicyRef
 from rbee.spec.schema import HiveFile
 
@@ -53,7 +54,9 @@ class QueenClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         kwargs.setdefault("timeout", self.timeout)
         try:
-            response = httpx.request(method, f"{self.url}{path}", headers=self.headers, trust_env=False, **kwargs)
+            response = httpx.request(
+                method, f"{self.url}{path}", headers=self.headers, trust_env=False, verify=tls.context(), **kwargs
+            )
         except httpx.HTTPError as error:
             raise QueenCallError(str(error) or type(error).__name__) from None
         if response.status_code >= 400:
@@ -71,7 +74,9 @@ class QueenClient:
     def answers(self) -> bool:
         """Something answers /health at this URL (perhaps a queen of another fleet)."""
         try:
-            return httpx.get(f"{self.url}/health", timeout=2.0, trust_env=False).status_code == 200
+            return (
+                httpx.get(f"{self.url}/health", timeout=2.0, trust_env=False, verify=tls.context()).status_code == 200
+            )
         except httpx.HTTPError:
             return False
 
@@ -105,7 +110,13 @@ class QueenClient:
         timeout = httpx.Timeout(self.timeout, read=None)  # the queen sends a keep-alive every 15 s
         try:
             with httpx.stream(
-                "GET", f"{self.url}/v2/events", params=params, headers=self.headers, timeout=timeout, trust_env=False
+                "GET",
+                f"{self.url}/v2/events",
+                params=params,
+                headers=self.headers,
+                timeout=timeout,
+                trust_env=False,
+                verify=tls.context(),
             ) as stream:
                 if stream.status_code >= 400:
                     stream.read()
@@ -138,7 +149,9 @@ class QueenClient:
         """Create a task (`POST /v2/tasks`, with this client's credential as the API key) and stream its events."""
         timeout = httpx.Timeout(30.0, read=None)
         try:
-            with httpx.Client(base_url=self.url, headers=self.headers, timeout=timeout, trust_env=False) as client:
+            with httpx.Client(
+                base_url=self.url, headers=self.headers, timeout=timeout, trust_env=False, verify=tls.context()
+            ) as client:
                 created = client.post("/v2/tasks", json=body)
                 if created.status_code != 201:
                     raise QueenCallError(error_text(created), created.status_code)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from rbee.api import wire
+from rbee.clients import tls
 
 
 class WorkerCallError(Exception):
@@ -35,7 +36,7 @@ class WorkerClient:
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ssl=tls.context())
             # No read timeout: aiohttp re-arms a timer on every chunk when there is one, which cost a fifth of the
             # relay's CPU. A worker that dies closes its connection; one that hangs is stopped by its hive.
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)

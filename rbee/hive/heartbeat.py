@@ -14,6 +14,7 @@ import httpx
 
 from rbee.api import wire
 from rbee.api.state import HiveState
+from rbee.clients import tls
 
 log = logging.getLogger("rbee.hive")
 DEBOUNCE = 0.05
@@ -49,7 +50,7 @@ class Heartbeat:
     async def _run(self) -> None:
         headers = {"Content-Type": "application/json", **wire.bearer(self.token)}
         failing = False
-        async with httpx.AsyncClient(headers=headers, trust_env=False, timeout=5.0) as client:
+        async with httpx.AsyncClient(headers=headers, trust_env=False, timeout=5.0, verify=tls.context()) as client:
             while True:
                 self._changed.clear()
                 try:

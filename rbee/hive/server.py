@@ -26,6 +26,7 @@ from rbee import __version__, daemon
 from rbee.api import credentials, wire
 from rbee.api.hive_config import PID_NAME, HiveConfig
 from rbee.api.state import HiveState
+from rbee.clients import tls
 from rbee.hive import config as hive_config
 from rbee.hive import provision
 from rbee.hive.catalog import Catalog
@@ -295,7 +296,8 @@ def serve(config: HiveConfig) -> None:
     config.logs_dir.mkdir(parents=True, exist_ok=True)
     daemon.configure_logging("%(asctime)s hive %(levelname)s %(message)s")
     hive = Hive(config)
-    served = hive.server = daemon.server(create_app(hive), config.listen, graceful=5)
+    tls.pin(config.ca_file)
+    served = hive.server = daemon.server(create_app(hive), config.listen, graceful=5, tls=config.tls)
 
     async def main() -> None:
         hive.supervisor.start()

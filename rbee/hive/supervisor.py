@@ -28,7 +28,7 @@ log = logging.getLogger("rbee.hive")
 FIRST_WORKER_PORT = 8001
 LOAD_TIMEOUT = 600.0
 STOP_GRACE = 10.0
-PROBE_INTERVAL = 5.0
+PROBE_INTERVAL = 4.0
 PROBE_TIMEOUT = 2.0
 PROBE_MISSES = 3
 
@@ -158,6 +158,10 @@ class Supervisor:
             ]
             if self.token is not None:
                 command += ["--token-file", str(self._write_credential(worker_id))]
+            if self.config.tls is not None:  # paths, not secrets: the key file is the hive's own, mode 0600
+                command += ["--tls-cert", self.config.tls[0], "--tls-key", self.config.tls[1]]
+            if self.config.ca_file:
+                command += ["--ca-file", str(Path(self.config.ca_file).expanduser())]
             with log_path.open("ab") as log_file:
                 process = subprocess.Popen(
                     command,
@@ -224,7 +228,7 @@ class Supervisor:
         process = worker.process
         if process.poll() is None:
             await self.worker_client.shutdown(
-                f"http://{self._worker_host()}:{worker.port}", self._credential(worker_id)
+                f"{self._scheme}://{self._worker_host()}:{worker.port}", self._credential(worker_id)
             )
             if not await self._wait_exit(process, STOP_GRACE):
                 process.terminate()
@@ -286,6 +290,7 @@ class Supervisor:
 
     async def _watch_processes(self) -> None:
         probed = time.monotonic()
+        probing: asyncio.Future[list[None]] | None = None
         while True:
             await asyncio.sleep(0.2)
             for worker in list(self.workers.values()):
@@ -294,16 +299,19 @@ class Supervisor:
                     self._fail(worker, f"the process exited with code {code}{_last_line(worker.log_path)}")
                 elif worker.state is WorkerState.LOADING and time.monotonic() - worker.started > LOAD_TIMEOUT:
                     self._fail(worker, f"not ready after {LOAD_TIMEOUT:.0f} s")
-            if time.monotonic() - probed >= PROBE_INTERVAL:
+            if time.monotonic() - probed >= PROBE_INTERVAL and (probing is None or probing.done()):
+                # Probes run beside this loop: a frozen worker's probe waits out its timeout while exits of
+                # other workers are still seen within 0.2 s. A frozen worker is failed within about
+                # PROBE_MISSES * PROBE_INTERVAL + PROBE_TIMEOUT (14 s).
                 probed = time.monotonic()
                 running = [w for w in self.workers.values() if w.state in (WorkerState.IDLE, WorkerState.BUSY)]
-                await asyncio.gather(*(self._probe(worker) for worker in running))
+                probing = asyncio.ensure_future(asyncio.gather(*(self._probe(worker) for worker in running)))
 
     async def _probe(self, worker: Worker) -> None:
         """A worker alive but frozen (stopped, deadlocked) answers no health probe: after PROBE_MISSES in a row
         it is killed and failed, so the queen replaces it. The worker answers from its event loop, not from the
         thread that generates, so a long generation does not miss probes."""
-        url = f"http://{self._worker_host()}:{worker.port}"
+        url = f"{self._scheme}://{self._worker_host()}:{worker.port}"
         if await self.worker_client.healthy(url, PROBE_TIMEOUT):
             worker.missed_probes = 0
             return
@@ -334,6 +342,10 @@ class Supervisor:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(self._credential(worker_id) or "")
         return path
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.config.tls is not None else "http"
 
     def _worker_host(self) -> str:
         host = self.config.host

@@ -21,6 +21,7 @@ from rbee import __version__
 from rbee.api.credentials import FleetCredentials
 from rbee.api.hive_config import HiveConfig
 from rbee.api.state import HostFacts
+from rbee.infra import tls
 from rbee.spec import backends
 from rbee.spec.schema import HiveFile, HiveSpec, SshConnection
 
@@ -60,6 +61,10 @@ class HostData(Frozen):
     rbee_backends: tuple[str, ...] | None = None
     """The backends hive.yaml pins for the hive (their extras are installed as they are); None for auto."""
     rbee_wheelhouse: str | None = None
+    rbee_tls_cert: str | None = None
+    """The hive's certificate (PEM), its key and the fleet CA, for a hive that serves TLS."""
+    rbee_tls_key: str | None = None
+    rbee_ca: str | None = None
 
     def pyinfra(self) -> dict[str, Any]:
         return {key: value for key, value in self.model_dump(mode="json").items() if value not in (None, [])}
@@ -99,6 +104,7 @@ class JobResult(Frozen):
 def hive_config(hive: HiveSpec, spec: HiveFile | None = None) -> HiveConfig:
     """The hive.json the install step writes for `hive` (its file:// roots come from the whole of hive.yaml)."""
     data_dir = str(Path(hive.data_path).expanduser()) if hive.ssh is None else hive.data_path
+    tls_dir = f"{data_dir}/tls"
     return HiveConfig(
         name=hive.name,
         listen=hive.listen_address,
@@ -107,7 +113,18 @@ def hive_config(hive: HiveSpec, spec: HiveFile | None = None) -> HiveConfig:
         token_file=f"{data_dir}/hive.token",
         backends=hive.backends if isinstance(hive.backends, str) else tuple(str(b) for b in hive.backends),
         model_dirs=spec.model_dirs(hive) if spec is not None else tuple(hive.model_dirs or ()),
+        tls_cert_file=f"{tls_dir}/hive.pem" if hive.tls else None,
+        tls_key_file=f"{tls_dir}/hive.key" if hive.tls else None,
+        ca_file=f"{tls_dir}/ca.pem" if hive.tls else None,
     )
+
+
+def hive_names(hive: HiveSpec) -> tuple[str, ...]:
+    """What a hive's certificate must answer to: where the queen reaches it, and loopback, where its own
+    workers reach it and it reaches them."""
+    listen = hive.listen_address.rpartition(":")[0].strip("[]")
+    extra = () if listen in ("0.0.0.0", "::", "") else (listen,)
+    return (hive.api_host, *extra, "127.0.0.1", "localhost")
 
 
 def workloads(spec: HiveFile, hive: str) -> tuple[backends.Workload, ...]:
@@ -127,10 +144,12 @@ def job_for(
     wheel: Path | None = None,
     spec: HiveFile | None = None,
     connect_timeout: float = 10.0,
+    authority: tls.Authority | None = None,
 ) -> Job:
     hosts = []
     for hive in hives:
         config = hive_config(hive, spec)
+        leaf = authority.leaf(f"hive-{hive.name}", hive_names(hive)) if authority is not None and hive.tls else None
         python = hive.python or (sys.executable if hive.ssh is None else f"{config.data_dir}/venv/bin/python")
         own_venv = hive.ssh is not None and hive.python is None and wheel is not None
         data = HostData(
@@ -144,6 +163,9 @@ def job_for(
             rbee_workloads=workloads(spec, hive.name) if own_venv and spec is not None else (),
             rbee_backends=None if hive.backends == "auto" else tuple(str(b) for b in hive.backends),
             rbee_wheelhouse=hive.wheelhouse if own_venv else None,
+            rbee_tls_cert=leaf.cert if leaf else None,
+            rbee_tls_key=leaf.key if leaf else None,
+            rbee_ca=authority.ca_pem() if leaf and authority else None,
         )
         hosts.append(JobHost(name=hive.name, ssh=hive.ssh, data=data))
     return Job(hosts=tuple(hosts), steps=tuple(steps), connect_timeout=connect_timeout)
@@ -155,6 +177,7 @@ async def run_jobs(
     credentials: FleetCredentials,
     wheel: Path | None = None,
     spec: HiveFile | None = None,
+    authority: tls.Authority | None = None,
 ) -> dict[str, HostResult]:
     """Run `steps` on every hive: pyinfra's @local takes one host a run, so each local hive gets its own run
     beside one run for all SSH hives, all at once."""
@@ -162,7 +185,7 @@ async def run_jobs(
     remote = [hive for hive in hives if hive.ssh is not None]
     batches = [[hive] for hive in hives if hive.ssh is None] + ([remote] if remote else [])
     results: dict[str, HostResult] = {}
-    jobs = [job_for(batch, steps, credentials, wheel, spec) for batch in batches]
+    jobs = [job_for(batch, steps, credentials, wheel, spec, authority=authority) for batch in batches]
     for part in await asyncio.gather(*(run(job) for job in jobs)):
         results.update(part)
     return results

@@ -64,6 +64,7 @@ OWNED = (
     "venv",
     "wheels",
     "wheelhouse",
+    "tls",
 )
 """What rbee creates in a data dir; uninstall removes exactly these."""
 
@@ -95,6 +96,23 @@ def hive_installed(
         host.noop(f"hive config in {data_dir} is current")
     yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600")
     yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/hive.token", mode="600")
+    yield from _tls_files(data_dir, HiveConfig.model_validate_json(config))
+
+
+def _tls_files(data_dir: str, config: HiveConfig) -> Generator[Any, None, None]:
+    """The hive's certificate, its key (mode 600) and the fleet CA, where hive.json says they are."""
+    if config.tls_cert_file is None:
+        return
+    cert, key, ca = (host.data.get(name) for name in ("rbee_tls_cert", "rbee_tls_key", "rbee_ca"))
+    if not (cert and key and ca):
+        raise InstallError(
+            f"hive {config.name} serves TLS and this install carries no certificate for it; install it with "
+            "rbee apply, which issues one from the fleet CA in RBEE_HOME"
+        )
+    yield from files.directory._inner(path=f"{data_dir}/tls", mode="700")
+    yield from files.put._inner(src=io.StringIO(str(cert)), dest=config.tls_cert_file, mode="644")
+    yield from files.put._inner(src=io.StringIO(str(key)), dest=str(config.tls_key_file), mode="600")
+    yield from files.put._inner(src=io.StringIO(str(ca)), dest=str(config.ca_file), mode="644")
 
 
 def _claimed(data_dir: str) -> Generator[str, None, None]:

@@ -26,8 +26,9 @@ from rbee.api.state import ObservedState
 from rbee.apply import executor, lock
 from rbee.clients.queen import QueenCallError
 from rbee.infra import job
+from rbee.infra.secrets import write_private
 from rbee.keeper import processes, queen_process, render
-from rbee.keeper.home import Home, write_private
+from rbee.keeper.home import Home
 from rbee.keeper.progress import ConsoleReporter, QuietReporter
 from rbee.keeper.render import fail, out
 from rbee.observe import fleet as observe_fleet
@@ -246,7 +247,9 @@ def _apply(target: Path, yes: bool, timeout: float, home: Home) -> None:
     if actionable:
         out.print()
         with ConsoleReporter(out) as reporter:
-            run = executor.Executor(spec, credentials, reporter, retired, home.root / "wheels")
+            if any(hive.tls for hive in spec.hives):
+                home.authority.ensure()  # before the first https call to a hive: clients trust it from now on
+            run = executor.Executor(spec, credentials, reporter, retired, home.root / "wheels", home.authority)
             errors = asyncio.run(run.execute(the_plan))
     try:
         queen, started = queen_process.ensure_running(spec, home, credentials.operator)
@@ -298,7 +301,7 @@ def destroy(file: Path, yes: bool, purge: bool) -> None:
 def _destroy(spec: schema.HiveFile, home: Home, credentials: FleetCredentials, purge: bool) -> None:
     """Each hive is asked over HTTP to stop (it stops its workers first); the pyinfra stop step then signals
     any hive that did not (or could not be asked), and cleans up."""
-    run = executor.Executor(spec, credentials, QuietReporter())
+    run = executor.Executor(spec, credentials, QuietReporter(), authority=home.authority)
     errors = asyncio.run(run.execute(planner.destroy_plan(spec, purge)))
     failed = False
     for hive in spec.hives:

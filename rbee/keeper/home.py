@@ -19,21 +19,13 @@ from pathlib import Path
 import pydantic
 
 from rbee.api.credentials import MIN_LENGTH, FleetCredentials, new_secret, usable
+from rbee.infra.secrets import write_private
+from rbee.infra.tls import Authority
 from rbee.spec.schema import HiveFile
 
 
 class SecretError(Exception):
     """A credential file that is not usable; the message says which and what to do."""
-
-
-def write_private(path: Path, value: str) -> None:
-    """Write a secret whole (a temporary file, mode 0600, renamed into place): never half there, never readable
-    by others."""
-    partial = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(value)
-    partial.replace(path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +55,11 @@ class Home:
     @property
     def queen_record(self) -> Path:
         return self.queen_dir / "queen.json"
+
+    @property
+    def authority(self) -> Authority:
+        """The fleet's CA (RBEE_HOME/tls): it signs the certificates of hives off this machine."""
+        return Authority(self.root / "tls")
 
     def ensure(self) -> None:
         """RBEE_HOME exists, readable by its owner only."""

@@ -6,14 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from rbee import daemon
 from rbee.clients.queen import QueenClient
 from rbee.keeper.home import Home
-from rbee.spec.schema import HiveFile
+from rbee.spec.schema import HiveFile, queen_tls
 
 START_TIMEOUT = 20.0
 
@@ -26,7 +28,17 @@ def url_for(spec: HiveFile) -> str:
     host, _, port = spec.queen.listen.rpartition(":")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://{host}:{port}"
+    return f"{'https' if queen_tls(spec.queen) else 'http'}://{host}:{port}"
+
+
+def queen_names(spec: HiveFile) -> tuple[str, ...]:
+    """What the queen's certificate must answer to: its listen address, or (listening on every address) this
+    machine's address on the route to each hive, where hives send their heartbeats; and loopback, for the keeper."""
+    host = spec.queen.listen.rpartition(":")[0].strip("[]")
+    if host not in ("0.0.0.0", "::", ""):
+        return (host, "127.0.0.1", "localhost")
+    sources = [daemon.route_source(hive.api_host) for hive in spec.hives]
+    return (*(source for source in sources if source), socket.gethostname(), "127.0.0.1", "localhost")
 
 
 def ensure_running(spec: HiveFile, home: Home, operator: str) -> tuple[QueenClient, bool]:
@@ -41,6 +53,16 @@ def ensure_running(spec: HiveFile, home: Home, operator: str) -> tuple[QueenClie
         )
     home.ensure()
     home.queen_dir.mkdir(mode=0o700, exist_ok=True)
+    tls_arguments: list[str] = []
+    if queen_tls(spec.queen):  # hives' heartbeats cross a network to it: it serves TLS, as they do
+        authority = home.authority
+        authority.leaf("queen", queen_names(spec))
+        tls_arguments = [
+            "--tls-cert",
+            str(authority.folder / "queen.pem"),
+            "--tls-key",
+            str(authority.folder / "queen.key"),
+        ]
     log_path = home.queen_dir / "queen.log"
     descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(descriptor, "ab") as log:
@@ -55,6 +77,7 @@ def ensure_running(spec: HiveFile, home: Home, operator: str) -> tuple[QueenClie
                 str(home.root),
                 "--listen",
                 spec.queen.listen,
+                *tls_arguments,
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

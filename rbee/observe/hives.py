@@ -17,6 +17,7 @@ import pydantic
 from rbee.api import wire
 from rbee.api.credentials import FleetCredentials
 from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState
+from rbee.clients import tls
 from rbee.spec.schema import HiveFile, HiveSpec
 
 DEFAULT_TIMEOUT = 3.0
@@ -54,7 +55,7 @@ async def observe_async(
 
 def make_client() -> aiohttp.ClientSession:
     """A session for observing hives: no connection limit, keep-alive."""
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=tls.context())
     return aiohttp.ClientSession(connector=connector, trust_env=False)
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from rbee import daemon
 from rbee.api.credentials import FleetCredentials
+from rbee.clients import tls
 from rbee.clients.worker import WorkerClient
+from rbee.infra.tls import Authority
 from rbee.queen import server
 from rbee.queen.admission import Admission
 from rbee.queen.auth import ApiKeys
@@ -36,6 +38,7 @@ def build(
     admin_key_file: Path | None = None,
     queue_wait: float | None = None,
     listen: str | None = None,
+    tls_served: bool = False,
 ) -> Queen:
     """Every part of a queen whose state lives in `state_dir`, wired by explicit arguments."""
     store = Store(state_dir / "queen.db")
@@ -46,7 +49,7 @@ def build(
         events,
         admission,
         ApiKeys(admin_key_file),
-        Heartbeats(listen),
+        Heartbeats(listen, tls_served),
         credentials,
         queue_wait,
         state_dir / "policies",
@@ -62,7 +65,15 @@ def build(
         autoscale=autoscale,
         dispatch=Dispatcher(fleet, admission, autoscale, WorkerClient(), counters),
         tasks=TaskStore(),
-        reconciler=Reconciler(fleet, events, autoscale, credentials, state_dir, state_dir.parent / "wheels"),
+        reconciler=Reconciler(
+            fleet,
+            events,
+            autoscale,
+            credentials,
+            state_dir,
+            state_dir.parent / "wheels",
+            Authority(state_dir.parent / "tls"),
+        ),
         metrics=counters,
         credentials=credentials,
     )
@@ -100,16 +111,26 @@ async def close(queen: Queen) -> None:
 
 
 def serve(
-    state_dir: Path, listen: str, credentials: FleetCredentials, admin_key_file: Path, poll_interval: float = 1.0
+    state_dir: Path,
+    listen: str,
+    credentials: FleetCredentials,
+    admin_key_file: Path,
+    poll_interval: float = 1.0,
+    tls_files: tuple[str, str] | None = None,
 ) -> None:
+    """Run the queen; with `tls_files` (certificate, key: the keeper issues them when the queen listens off
+    loopback) it serves only TLS. Either way it pins the fleet CA for its links to hives and workers."""
     os.umask(0o077)  # its database, log and state are the operator's alone
+    tls.pin(Authority(state_dir.parent / "tls").ca_file)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     daemon.configure_logging("%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
     async def main() -> None:
-        queen = build(state_dir, credentials, admin_key_file=admin_key_file, listen=listen)
-        uvicorn_server = daemon.server(server.create_app(queen), listen, graceful=3)
+        queen = build(
+            state_dir, credentials, admin_key_file=admin_key_file, listen=listen, tls_served=tls_files is not None
+        )
+        uvicorn_server = daemon.server(server.create_app(queen), listen, graceful=3, tls=tls_files)
         queen.server = uvicorn_server
         spec = queen.fleet.spec
         poller = asyncio.create_task(poll(queen, poll_interval), name="poll")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from rbee import daemon
 from rbee.api import wire
 from rbee.api.state import HiveState
 from rbee.spec.schema import HiveSpec
@@ -30,8 +30,9 @@ class Beat:
 
 
 class Heartbeats:
-    def __init__(self, listen: str | None) -> None:
+    def __init__(self, listen: str | None, tls: bool = False) -> None:
         self.listen = listen
+        self.scheme = "https" if tls else "http"
         self.beats: dict[str, Beat] = {}
         self.asked: dict[str, float] = {}
         self.distrusted: set[str] = set()
@@ -93,23 +94,12 @@ class Heartbeats:
         target = urlsplit(hive.api_url).hostname or ""
         if host in ("0.0.0.0", "::", ""):
             if target not in self._sources:
-                self._sources[target] = await asyncio.to_thread(_route_source, target)
+                self._sources[target] = await asyncio.to_thread(daemon.route_source, target)
             source = self._sources[target]
-            return None if source is None else f"http://{_bracket(source)}:{port}"
+            return None if source is None else f"{self.scheme}://{_bracket(source)}:{port}"
         if _loopback(host) and not _loopback(target):
             return None
-        return f"http://{_bracket(host)}:{port}"
-
-
-def _route_source(target: str) -> str | None:
-    """This machine's address on the route to `target` (a UDP connect sends nothing)."""
-    try:
-        family, _, _, _, address = socket.getaddrinfo(target, 9, type=socket.SOCK_DGRAM)[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect(address)
-            return str(probe.getsockname()[0])
-    except OSError:
-        return None
+        return f"{self.scheme}://{_bracket(host)}:{port}"
 
 
 def _loopback(host: str) -> bool:

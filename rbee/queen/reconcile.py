@@ -25,6 +25,7 @@ from rbee.api.credentials import FleetCredentials
 from rbee.api.state import ObservedState
 from rbee.apply import executor, lock
 from rbee.clients.hive import Progress
+from rbee.infra import tls
 from rbee.observe import fleet as observe_fleet
 from rbee.observe import hives as observe_hives
 from rbee.plan import backoff, planner
@@ -96,7 +97,9 @@ class Reconciler:
         credentials: FleetCredentials,
         lock_dir: Path,
         wheel_dir: Path,
+        authority: tls.Authority | None = None,
     ) -> None:
+        self.authority = authority
         self.fleet = fleet
         self.events = events
         self.autoscale = autoscale
@@ -193,7 +196,9 @@ class Reconciler:
                 runnable, held_back = backoff.gate(plan, self.backoff.attempts, started)
             results: dict[str, str | None] = {}
             if any(change.is_actionable for change in runnable):
-                run = executor.Executor(spec, self.credentials, EventReporter(self), wheel_dir=self.wheel_dir)
+                run = executor.Executor(
+                    spec, self.credentials, EventReporter(self), wheel_dir=self.wheel_dir, authority=self.authority
+                )
                 results = await run.execute(Plan(runnable))
             with _gc_paused():
                 self.backoff = backoff.account(self.backoff, plan, results, time.time())

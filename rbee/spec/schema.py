@@ -106,6 +106,11 @@ def _check_routing(value: Any) -> Any:
 _HOMES = ("/home", "/Users", "/var/home")
 
 
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def _check_data_dir(value: Any) -> Any:
     """A data dir is rbee's alone (install makes it mode 700, uninstall empties it), so it must be a folder of its
     own: absolute or under ~, and never a home, `/` or a top-level dir like /opt."""
@@ -174,6 +179,11 @@ class QueenSpec(Strict):
     )
 
 
+def queen_tls(queen: QueenSpec) -> bool:
+    """The queen serves TLS when it listens off loopback: hives' heartbeats then cross a network."""
+    return not is_loopback(queen.listen.rpartition(":")[0])
+
+
 class HostKeyPolicy(StrEnum):
     STRICT = "strict"
     ACCEPT_NEW = "accept-new"
@@ -237,6 +247,12 @@ class HiveSpec(Strict):
         description="rbee's folder on the hive (absolute or ~/..., never a home or top-level dir); defaults to "
         "~/.local/share/rbee/hives/NAME. An existing folder must be empty or one rbee made.",
     )
+    transport: Literal["auto", "tls"] = Field(
+        default="auto",
+        description="auto: the hive and its workers serve TLS (certificates from the fleet CA in RBEE_HOME) "
+        "whenever they listen off loopback, which an SSH hive always does, and plain HTTP on this machine's "
+        "loopback. tls: always TLS.",
+    )
     model_dirs: tuple[Annotated[str, BeforeValidator(_check_model_dir)], ...] | None = Field(
         default=None,
         description="The folders on the hive that file:// models may come from; the hive refuses any other path. "
@@ -276,14 +292,31 @@ class HiveSpec(Strict):
         return "127.0.0.1:9200" if self.ssh is None else "0.0.0.0:9200"
 
     @property
-    def api_url(self) -> str:
-        """Where the queen reaches this hive's HTTP API."""
-        host, _, port = self.listen_address.rpartition(":")
+    def tls(self) -> bool:
+        """Whether the hive and its workers serve TLS: whenever they listen off loopback (an SSH hive always
+        does), or hive.yaml asks. A hive on this machine's loopback may stay on plain HTTP: nothing crosses a
+        network."""
+        if self.transport == "tls":
+            return True
+        return self.ssh is not None or not is_loopback(self.listen_address.rpartition(":")[0])
+
+    @property
+    def api_host(self) -> str:
+        """The host name or address the queen reaches this hive (and its workers) at."""
+        host = self.listen_address.rpartition(":")[0].strip("[]")
         if self.ssh is not None and host in ("0.0.0.0", "::"):
             host = self.ssh.host
+        elif host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return host
+
+    @property
+    def api_url(self) -> str:
+        """Where the queen reaches this hive's HTTP API."""
+        host, port = self.api_host, self.listen_address.rpartition(":")[2]
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
     def describe_connection(self) -> str:
         ssh = self.ssh

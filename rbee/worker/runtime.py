@@ -30,6 +30,9 @@ class WorkerOptions:
     token: str | None
     parent_pid: int | None = None
     threads: int | None = None
+    tls: tuple[str, str] | None = None
+    """Certificate and key files: the worker then serves only TLS (its hive's certificate, same machine)."""
+    ca_file: str | None = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from rbee import daemon
 from rbee.api import wire
 from rbee.api.state import WorkerState
+from rbee.clients import tls
 from rbee.clients.hive import LoadingReports
 from rbee.worker import backends, stream
 from rbee.worker.runtime import Runtime, WorkerOptions, release, release_abandoned
@@ -189,7 +190,8 @@ def serve(options: WorkerOptions) -> None:
     daemon.die_with_parent(options.parent_pid)
     engine = backends.create(options.backend, options.model_path, options.device, options.threads)
     runtime = Runtime(options=options, engine=engine)
-    server = daemon.server(create_app(runtime), f"{options.host}:{options.port}", graceful=3)
+    tls.pin(options.ca_file)  # its reports go to its hive over TLS when the hive serves TLS
+    server = daemon.server(create_app(runtime), f"{options.host}:{options.port}", graceful=3, tls=options.tls)
     runtime.server = server
 
     async def main() -> None:

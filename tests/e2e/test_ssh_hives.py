@@ -111,23 +111,38 @@ def test_a_stolen_hive_credential_opens_that_hive_and_nothing_else(fleet: Fleet,
     """Read off node1's disk as an intruder there would, then tried against everything else on the network."""
     node1, node2 = machines.hosts[0], machines.hosts[1]
     stolen = {"Authorization": f"Bearer {node1.run('cat /srv/rbee/hive.token').stdout.strip()}"}
-    assert httpx.get(f"http://{node1.address}:9200/v1/state", headers=stolen).status_code == 200, "its own hive"
-    assert httpx.get(f"{fleet.queen_url}/v2/status", headers=stolen).status_code == 401, "the operator API"
-    assert httpx.put(f"{fleet.queen_url}/v2/spec", json={"spec": {}}, headers=stolen).status_code == 401
-    assert httpx.get(f"http://{node2.address}:9200/v1/state", headers=stolen).status_code == 401, "another hive"
-    assert httpx.post(f"http://{node2.address}:9200/v1/shutdown", headers=stolen).status_code == 401
-    theirs = httpx.get(f"http://{node2.address}:9200/v1/state", headers=fleet.hive_auth("node2")).json()["workers"][0]
-    their_worker = f"http://{node2.address}:{theirs['port']}"
-    assert httpx.get(f"{their_worker}/v1/ready", headers=stolen).status_code == 401, "another hive's worker"
-    assert httpx.get(f"{their_worker}/v1/ready", headers=fleet.worker_auth(theirs["id"], "node2")).status_code == 200
-    state = httpx.get(f"http://{node2.address}:9200/v1/state", headers=fleet.hive_auth("node2")).text
-    beat = httpx.post(
-        f"{fleet.queen_url}/v2/hives/node2/heartbeat",
-        content=state,
-        headers={**stolen, "Content-Type": "application/json"},
-    )
-    assert beat.status_code == 403, "it cannot speak for another hive"
+    with httpx.Client(verify=fleet.tls, timeout=10) as client:
+        assert client.get(f"https://{node1.address}:9200/v1/state", headers=stolen).status_code == 200, "its own"
+        assert client.get(f"{fleet.queen_url}/v2/status", headers=stolen).status_code == 401, "the operator API"
+        assert client.put(f"{fleet.queen_url}/v2/spec", json={"spec": {}}, headers=stolen).status_code == 401
+        assert client.get(f"https://{node2.address}:9200/v1/state", headers=stolen).status_code == 401, "another hive"
+        assert client.post(f"https://{node2.address}:9200/v1/shutdown", headers=stolen).status_code == 401
+        state = client.get(f"https://{node2.address}:9200/v1/state", headers=fleet.hive_auth("node2"))
+        theirs = state.json()["workers"][0]
+        their_worker = f"https://{node2.address}:{theirs['port']}"
+        assert client.get(f"{their_worker}/v1/ready", headers=stolen).status_code == 401, "another hive's worker"
+        assert (
+            client.get(f"{their_worker}/v1/ready", headers=fleet.worker_auth(theirs["id"], "node2")).status_code == 200
+        )
+        beat = client.post(
+            f"{fleet.queen_url}/v2/hives/node2/heartbeat",
+            content=state.text,
+            headers={**stolen, "Content-Type": "application/json"},
+        )
+        assert beat.status_code == 403, "it cannot speak for another hive"
     assert node1.run("cat /srv/rbee/hive.token").stdout.strip() != node2.run("cat /srv/rbee/hive.token").stdout.strip()
+
+
+def test_hives_and_workers_off_this_machine_speak_only_tls(fleet: Fleet, machines: test_hosts.Hosts) -> None:
+    """Plain HTTP to a hive or its worker gets no answer, and a certificate of another CA is not trusted."""
+    node1 = machines.hosts[0]
+    with httpx.Client(verify=fleet.tls, timeout=10) as client:
+        worker = client.get(f"https://{node1.address}:9200/v1/state", headers=fleet.hive_auth("node1")).json()
+    for port in (9200, worker["workers"][0]["port"]):
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{node1.address}:{port}/health", timeout=5)
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"https://{node1.address}:{port}/health", timeout=5)  # the system's CAs: not ours
 
 
 def test_a_second_apply_changes_nothing(fleet: Fleet) -> None:
@@ -156,7 +171,7 @@ def test_a_wrong_host_key_fails_clearly_while_the_others_converge(
     fleet: Fleet, machines: test_hosts.Hosts, smollm2: Path
 ) -> None:
     node3 = machines.hosts[2]
-    httpx.post(f"http://{node3.address}:9200/v1/shutdown", headers=fleet.hive_auth("node3"))
+    httpx.post(f"https://{node3.address}:9200/v1/shutdown", headers=fleet.hive_auth("node3"), verify=fleet.tls)
     deadline = time.monotonic() + 20
     while any("rbee hive serve" in line for line in node3.processes()):
         assert time.monotonic() < deadline

@@ -65,6 +65,7 @@ OWNED = (
     "wheels",
     "wheelhouse",
     "tls",
+    "cache",
 )
 """What rbee creates in a data dir; uninstall removes exactly these."""
 

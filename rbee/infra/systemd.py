@@ -93,6 +93,34 @@ def _path_setting(path: str) -> str:
     return path.replace("%", "%%")
 
 
+def _word(text: str) -> str:
+    """One word of a list setting (ReadWritePaths=, Environment=): double-quoted, so a space does not split it;
+    only `%` is special there besides the quoting (no variable is expanded)."""
+    escaped = _path_setting(text).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def _sandbox(data_dir: str) -> str:
+    """What a system unit may touch: the whole file system read-only but its data dir, a private /tmp, no new
+    privileges (no setuid), no kernel or cgroup settings, files private by default. Caches go to the data dir,
+    the one place it may write. (A user unit gets none of this: most of it needs privileges a user manager has
+    only with unprivileged user namespaces.)"""
+    folder = _word(data_dir)
+    return (
+        "NoNewPrivileges=yes\n"
+        "ProtectSystem=strict\n"
+        f"ReadWritePaths={folder}\n"
+        "PrivateTmp=yes\n"
+        "ProtectKernelTunables=yes\n"
+        "ProtectKernelModules=yes\n"
+        "ProtectControlGroups=yes\n"
+        "RestrictSUIDSGID=yes\n"
+        "LockPersonality=yes\n"
+        "UMask=0077\n"
+        f"Environment={_word(f'XDG_CACHE_HOME={data_dir}/cache')} {_word(f'HF_HOME={data_dir}/cache/huggingface')}\n"
+    )
+
+
 def hive_unit(data_dir: str, python: str, *, user: bool) -> str:
     """The unit that runs `python -m rbee hive serve` for the hive in `data_dir` (absolute paths).
 
@@ -124,6 +152,7 @@ def hive_unit(data_dir: str, python: str, *, user: bool) -> str:
         "RestartSec=2\n"
         "KillMode=mixed\n"
         "TimeoutStopSec=20\n"
+        f"{'' if user else _sandbox(data_dir)}"
         "\n"
         "[Install]\n"
         f"WantedBy={'default.target' if user else 'multi-user.target'}\n"

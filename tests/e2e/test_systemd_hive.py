@@ -50,7 +50,11 @@ def spec_text(machines: test_hosts.Hosts, model: Path, port: int, service: str =
 def fleet(machines: test_hosts.Hosts, smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     fleet = make_fleet(tmp_path_factory.mktemp("systemd"), f"file://{smollm2}")
     port = int(fleet.queen_url.rsplit(":", 1)[1])
-    fleet.spec.write_text(spec_text(machines, smollm2, port))
+    # The unit has a private /tmp (PrivateTmp=yes): the model is put where a server keeps its models.
+    host = machines.hosts[0]
+    copied = host.run(f"mkdir -p /srv/models && cp {smollm2} /srv/models/{smollm2.name}")
+    assert copied.returncode == 0, copied.stderr
+    fleet.spec.write_text(spec_text(machines, Path("/srv/models") / smollm2.name, port))
     try:  # the queen must go even when apply fails: its loop would go on converging the next module's hosts
         applied = fleet.rbee("apply", str(fleet.spec), "--yes")
         assert applied.returncode == 0, applied.stdout + applied.stderr
@@ -94,6 +98,29 @@ def test_the_hive_runs_as_an_enabled_systemd_unit_with_its_workers_in_its_cgroup
         json={"model": "smollm2", "prompt": "Hello", "max_tokens": 3},
     )
     assert answer.status_code == 200, answer.text
+
+
+def test_the_unit_is_sandboxed(fleet: Fleet, host: test_hosts.Host) -> None:
+    """No new privileges, the file system read-only but the data dir, a /tmp of its own; the hive's workers are
+    inside the same sandbox."""
+    shown = systemctl(host, "show", "-p", "NoNewPrivileges,ProtectSystem,PrivateTmp,ReadWritePaths,UMask")
+    assert set(shown.splitlines()) >= {
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "ReadWritePaths=/srv/rbee",
+        "UMask=0077",
+    }, shown
+    worker_pid = int(host.run("pgrep -f 'rbee worker serve'").stdout.split()[0])
+    for pid in (main_pid(host), worker_pid):
+        assert "NoNewPrivs:\t1" in host.run(f"cat /proc/{pid}/status").stdout
+        attempt = host.run(f"nsenter -t {pid} -m sh -c 'touch /etc/rbee-was-here' 2>&1")
+        assert attempt.returncode != 0 and "Read-only file system" in attempt.stdout, attempt.stdout
+        assert (
+            host.run(f"nsenter -t {pid} -m sh -c 'touch /srv/rbee/cache-probe && rm /srv/rbee/cache-probe'").returncode
+            == 0
+        )
+    assert host.run("test -e /etc/rbee-was-here").returncode != 0
 
 
 def test_a_second_apply_changes_nothing(fleet: Fleet) -> None:

@@ -3,6 +3,7 @@ so the real download code runs in tests (FACTS.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,12 @@ class Hub:
     """Files whose first GET breaks off halfway, as a flaky network does."""
     cut_then_down: set[str] = field(default_factory=set)
     """Files whose first GET breaks off halfway and whose next GET gets 503, so the download fails for now."""
+    cut_then_wrong_range: set[str] = field(default_factory=set)
+    """Files whose first GET breaks off halfway and whose resume gets a 206 from byte 0, as a broken proxy does."""
+    oversized: set[str] = field(default_factory=set)
+    """Files served with more bytes than the tree and HEAD declare."""
+    slow: set[str] = field(default_factory=set)
+    """Files served in 64 KiB pieces, 50 ms apart."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -79,6 +86,18 @@ class Hub:
                 return StreamingResponse(_break_off(data), 200, headers=headers)
             self.cut_then_down.discard(key)
             return JSONResponse({"error": "down for maintenance"}, 503)
+        if request.method == "GET" and key in self.cut_then_wrong_range:
+            if not ranged:
+                return StreamingResponse(_break_off(data), 200, headers=headers)
+            self.cut_then_wrong_range.discard(key)
+            wrong = {**headers, "Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"}
+            return Response(data, 206, headers=wrong)
+        if request.method == "GET" and key in self.slow:
+            return StreamingResponse(_slowly(data), 200, headers=headers)
+        if request.method == "GET" and key in self.oversized:
+            return StreamingResponse(
+                _all_and_more(data), 200, headers={**headers, "Content-Length": str(len(data) + 4096)}
+            )
         if request.method == "GET" and f"{repo}/{path}" in self.cut_once and not ranged:
             self.cut_once.discard(f"{repo}/{path}")
             return StreamingResponse(_break_off(data), 200, headers=headers)
@@ -90,6 +109,17 @@ class Hub:
         if request.method == "HEAD":
             return Response(b"", status, headers=headers)
         return Response(data, status, headers=headers)
+
+
+async def _slowly(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 64 << 10):
+        yield data[start : start + (64 << 10)]
+        await asyncio.sleep(0.05)
+
+
+async def _all_and_more(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+    yield b"\0" * 4096
 
 
 async def _break_off(data: bytes) -> AsyncIterator[bytes]:

@@ -55,6 +55,9 @@ class ExecuteRequest(SamplingOptions):
     format: StreamFormat = StreamFormat.RBEE
     openai_model: str | None = None
     include_usage: bool = False
+    time_limit: Annotated[float, Field(gt=0, le=86400)] | None = None
+    """Seconds the worker may spend on this request (the model's request_timeout); past it the answer ends
+    with an error, not a finish reason, and the worker is free again."""
 
     @model_validator(mode="after")
     def _one_input(self) -> ExecuteRequest:

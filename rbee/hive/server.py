@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,11 @@ from rbee.hive import config as hive_config
 from rbee.hive import provision
 from rbee.hive.catalog import Catalog
 from rbee.hive.heartbeat import Heartbeat
+from rbee.hive.jobs import ProvisionJob
 from rbee.hive.supervisor import Supervisor, SupervisorError
 from rbee.spec import backends
 
 log = logging.getLogger("rbee.hive")
-KEEP_ALIVE = 15.0
 """Seconds of silence after which a progress stream gets an SSE comment."""
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -53,6 +53,8 @@ class Hive:
         self.supervisor.on_change = self.heartbeat.changed
         self.server: uvicorn.Server | None = None
         self._model_locks: dict[str, asyncio.Lock] = {}
+        self.jobs: dict[str, ProvisionJob] = {}
+        """The provisioning job running for each model, if any."""
         self._stopping: asyncio.Task[None] | None = None
 
     def state(self) -> HiveState:
@@ -134,7 +136,11 @@ def create_app(hive: Hive) -> Starlette:
 
     async def add_model(request: Request) -> Response:
         body: wire.ModelRequest = await parse(request, wire.ModelRequest)
-        return StreamingResponse(_provision(hive, body), media_type="text/event-stream")
+        job = _job_for(hive, body)
+        if job is None:
+            message = f"model {body.name} is being fetched from another source now; ask again when that has ended"
+            return error(409, message, "provision_busy")
+        return StreamingResponse(job.follow(), media_type="text/event-stream")
 
     async def remove_model(request: Request) -> Response:
         name = request.path_params["name"]
@@ -236,51 +242,60 @@ def create_app(hive: Hive) -> Starlette:
     )
 
 
-async def _provision(hive: Hive, body: wire.ModelRequest) -> AsyncIterator[bytes]:
-    async with hive.model_lock(body.name):
-        existing = hive.catalog.model(body.name)
-        if existing and existing.source == body.source and (body.sha256 in (None, existing.sha256)):
-            yield wire.sse({"done": True, "entry": existing.entry().model_dump(), "already": True})
-            return
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[wire.DownloadProgress | wire.StageProgress] = asyncio.Queue()
+def _job_for(hive: Hive, body: wire.ModelRequest) -> ProvisionJob | None:
+    """The job that puts `body` in the catalog: the running one for this model, or a new one; None when the
+    model is being fetched from another source right now."""
+    job = hive.jobs.get(body.name)
+    if job is None or job.finished:
+        job = hive.jobs[body.name] = ProvisionJob(body)
+        job.task = asyncio.create_task(_run_job(hive, job), name=f"provision {body.name}")
+    elif job.body != body:
+        return None
+    return job
 
-        def report(event: wire.DownloadProgress | wire.StageProgress) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
 
-        task = asyncio.create_task(
-            asyncio.to_thread(
-                provision.provision, body, hive.config.models_dir, report, hive_config.model_dirs(hive.config)
-            )
-        )
-        last_sent = 0.0
-        while not task.done() or not queue.empty():
-            getter = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait({getter, task}, timeout=KEEP_ALIVE, return_when=asyncio.FIRST_COMPLETED)
-            if not done:  # a long quiet step (hashing a big file): its client's idle timeout must not fire
-                getter.cancel()
-                yield b": keep-alive\n\n"
-            elif getter in done:
-                event = getter.result()
-                now = loop.time()
-                if isinstance(event, wire.StageProgress) or now - last_sent > 0.2 or event.bytes == event.total:
-                    last_sent = now
-                    yield wire.sse(event.model_dump(exclude_none=True))
-            else:
-                getter.cancel()
-        try:
-            record = task.result()
-        except provision.ProvisionError as failure:
-            yield wire.error_event(f"model {body.name}: {failure}", "provision_failed")
-            return
-        except Exception as failure:
-            log.exception("provisioning %s failed", body.name)
-            yield wire.error_event(f"model {body.name}: {failure}", "provision_failed")
-            return
-        if existing and existing.owns_files and existing.path != record.path:
-            await asyncio.to_thread(_remove_tree, Path(existing.path))
-        hive.catalog.put_model(record)
-        yield wire.sse({"done": True, "entry": record.entry().model_dump()})
+async def _run_job(hive: Hive, job: ProvisionJob) -> None:
+    body = job.body
+    try:
+        async with hive.model_lock(body.name):
+            job.end(await _fetch(hive, job))
+    except Exception as failure:  # the job must end, whatever broke: its listeners wait for an ending
+        log.exception("provisioning %s failed", body.name)
+        job.end(wire.error_event(f"model {body.name}: {failure}", "provision_failed"))
+    finally:
+        job.end(wire.error_event(f"model {body.name}: the fetch ended without an answer", "provision_failed"))
+        if hive.jobs.get(body.name) is job:
+            del hive.jobs[body.name]
+
+
+async def _fetch(hive: Hive, job: ProvisionJob) -> bytes:
+    """Fetch and catalog the model; returns the job's ending frame. Holds no lock of its own: its job does."""
+    body = job.body
+    existing = hive.catalog.model(body.name)
+    if existing and existing.source == body.source and (body.sha256 in (None, existing.sha256)):
+        return wire.sse({"done": True, "entry": existing.entry().model_dump(), "already": True})
+    loop = asyncio.get_running_loop()
+    last_sent = 0.0
+
+    def report(event: wire.DownloadProgress | wire.StageProgress) -> None:
+        loop.call_soon_threadsafe(publish, event)
+
+    def publish(event: wire.DownloadProgress | wire.StageProgress) -> None:
+        nonlocal last_sent
+        now = loop.time()
+        if isinstance(event, wire.StageProgress) or now - last_sent > 0.2 or event.bytes == event.total:
+            last_sent = now
+            job.progress(wire.sse(event.model_dump(exclude_none=True)))
+
+    roots = hive_config.model_dirs(hive.config)
+    try:
+        record = await asyncio.to_thread(provision.provision, body, hive.config.models_dir, report, roots)
+    except provision.ProvisionError as failure:
+        return wire.error_event(f"model {body.name}: {failure}", "provision_failed")
+    if existing and existing.owns_files and existing.path != record.path:
+        await asyncio.to_thread(_remove_tree, Path(existing.path))
+    hive.catalog.put_model(record)
+    return wire.sse({"done": True, "entry": record.entry().model_dump()})
 
 
 def _remove_tree(path: Path) -> None:

@@ -149,6 +149,9 @@ class Dispatcher:
         """Admit the request, open its worker's stream and read the first bytes. A refusal is recorded like any
         finished request."""
         deadline = time.monotonic() + self.fleet.queue_wait
+        limit = self.fleet.time_limit(ask.model)  # the worker ends an answer that runs past it
+        if limit is not None and (body.time_limit is None or body.time_limit > limit):
+            body = body.model_copy(update={"time_limit": limit})
         try:
             while True:
                 ticket = await self._admit(ask, key, exchange, deadline)

@@ -142,6 +142,12 @@ class Fleet:
             return found.stream_idle_timeout
         return self.spec.queen.stream_idle_timeout if self.spec else DEFAULT_STREAM_IDLE
 
+    def time_limit(self, model: str) -> float | None:
+        """Seconds one request of `model` may generate for (its request_timeout); None for no limit."""
+        found = self.spec.model(model) if self.spec else None
+        limit = found.request_timeout if found is not None else 600.0
+        return limit or None
+
     def model_kind(self, model: str) -> ModelKind | None:
         """The kind of a model hive.yaml names; None for a model it does not."""
         found = self.spec.model(model) if self.spec else None

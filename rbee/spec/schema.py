@@ -341,6 +341,11 @@ class ModelSpec(Strict):
     stream_idle_timeout: Seconds | None = Field(
         default=None, description="Overrides queen.stream_idle_timeout for this model's streams."
     )
+    request_timeout: Seconds = Field(
+        default=600.0,
+        description="The longest one request may generate for; past it the answer ends with an error "
+        "(time_limit) and the worker takes the next request. 0 means no limit.",
+    )
 
     @field_validator("source")
     @classmethod

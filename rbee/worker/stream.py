@@ -123,6 +123,15 @@ async def stream(
             mailbox.put(("error", f"generation failed: {error}"), final=True)
 
     runtime.streaming = True
+    timed_out = False
+
+    def time_is_up() -> None:
+        nonlocal timed_out
+        timed_out = True
+        cancel.set()  # the engine sees it within one token
+
+    limit = getattr(options, "time_limit", None)
+    timer = asyncio.get_running_loop().call_later(limit, time_is_up) if limit else None
     job = GENERATE.submit(produce)
     try:
         opening = encoder.start()  # sent with the first token, so a client's first bytes hold text
@@ -152,15 +161,23 @@ async def stream(
             stopped = result.finish_reason is wire.FinishReason.CANCELLED and runtime.state is WorkerState.STOPPING
             release(runtime)
             reason = str(result.finish_reason)
-            if kind == "done" and not stopped:
+            cut = result.finish_reason is wire.FinishReason.CANCELLED and timed_out
+            if kind == "done" and not stopped and not cut:
                 end = wire.end_comment(result.prompt_tokens, result.completion_tokens, reason)
                 yield opening + end + encoder.finish(reason, result.prompt_tokens, result.completion_tokens)
             else:
-                message, code = (STOPPED, "worker_stopped") if stopped else (str(value), "generation_failed")
+                if cut:
+                    message, code = f"the answer ran past its time limit of {limit:g} s (request_timeout)", "time_limit"
+                elif stopped:
+                    message, code = STOPPED, "worker_stopped"
+                else:
+                    message, code = str(value), "generation_failed"
                 end = wire.end_comment(result.prompt_tokens, result.completion_tokens, "error", message)
                 yield opening + end + encoder.error(message, code)
             return
     finally:
+        if timer is not None:
+            timer.cancel()
         # No await here: a client that went away cancels this task, and every await would raise again.
         # The engine sees `cancel` within one token and holds its own lock, so the next request waits for it.
         cancel.set()

@@ -4,6 +4,7 @@ cancel within a token, and 4xx JSON for bad requests."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +152,22 @@ def test_a_worker_stopped_mid_answer_ends_with_an_error_not_a_finish(client: tup
     name, last = seen[-1]
     assert name == "error" and last["code"] == "worker_stopped", seen[-3:]
     assert not any(data.get("done") for _, data in seen)
+
+
+def test_an_answer_past_its_time_limit_ends_with_an_error_and_frees_the_worker(
+    client: tuple[TestClient, Runtime],
+) -> None:
+    """The queen sends each request its model's request_timeout; a generation that runs past it is cut there and
+    ends with a `time_limit` error, never a finish reason, and the worker takes the next request at once."""
+    test_client, runtime = client
+    body = {"prompt": "Write a long essay.", "max_tokens": 2000, "time_limit": 0.3}
+    started = time.monotonic()
+    reply = test_client.post("/v1/execute", json=body, headers=TOKEN)
+    took = time.monotonic() - started
+    name, last = events(reply.text)[-1]
+    assert name == "error" and last["code"] == "time_limit", events(reply.text)[-2:]
+    assert "ran past its time limit of 0.3 s" in str(last["error"])
+    assert took < 3.0, took
+    assert runtime.state is WorkerState.IDLE
+    again = test_client.post("/v1/execute", json={"prompt": "Hi", "max_tokens": 2}, headers=TOKEN)
+    assert events(again.text)[-1][1].get("done") is True

@@ -28,10 +28,16 @@ def hub_server() -> Iterator[tuple[Hub, str]]:
     hub = Hub(
         cut_once={"lab/flaky/big.gguf"},
         cut_then_down={"lab/flaky/huge.gguf", "lab/flaky-repo/weights/part.safetensors"},
+        cut_then_wrong_range={"lab/proxied/big.gguf"},
+        oversized={"lab/padded/tiny.gguf"},
+        slow={"lab/slow/big.gguf"},
         repos={
             "lab/flaky": {"big.gguf": BIG, "huge.gguf": HUGE},
             "lab/flaky-repo": {"config.json": b'{"model_type": "llama"}', "weights/part.safetensors": HUGE},
             "lab/tiny-gguf": {"tiny.gguf": GOOD, "README.md": b"# tiny\n"},
+            "lab/proxied": {"big.gguf": BIG},
+            "lab/padded": {"tiny.gguf": GOOD},
+            "lab/slow": {"big.gguf": BIG},
             "lab/with-code": {
                 "config.json": b'{"model_type": "llama", "auto_map": {"AutoModel": "modeling.Evil"}}',
                 "model.safetensors": GOOD,
@@ -191,6 +197,46 @@ def test_a_whole_repo_keeps_the_files_it_finished_and_resumes_the_one_that_broke
         "config.json",
         "part.safetensors",
     ]
+
+
+def test_a_resume_answered_from_byte_0_is_not_appended(hive: tuple[httpx.Client, Path]) -> None:
+    """The first GET breaks off halfway; the resume asks for the rest and gets a 206 from byte 0 (a broken proxy):
+    appending it would make a file of the wrong bytes. It is refused and dropped; the next attempt is whole."""
+    client, root = hive
+    event, data = add(client, "proxied", "hf://lab/proxied/big.gguf")[-1]
+    assert event == "error" and "with bytes from 0" in str(data["error"]), data
+    assert not list((root / "models").glob(".partial-proxied/*.partial")), "the bad partial file is dropped"
+    assert add(client, "proxied", "hf://lab/proxied/big.gguf")[-1][1].get("done") is True
+    assert (root / "models" / "proxied" / "big.gguf").read_bytes() == BIG
+
+
+def test_a_fetch_outlives_the_client_that_asked_and_a_second_ask_attaches(
+    hive: tuple[httpx.Client, Path], hub_server: tuple[Hub, str]
+) -> None:
+    """The first client leaves after the first progress event; the download goes on as the hive's job, and a
+    second request for the model follows that job to its end: one GET of the file in all."""
+    client, root = hive
+    hub, _ = hub_server
+    with client.stream("POST", "/v1/models", json={"name": "slow", "source": "hf://lab/slow/big.gguf"}) as first:
+        for line in first.iter_lines():
+            if line.startswith("data:") and '"bytes"' in line:
+                break  # the client goes away mid-download
+    second = add(client, "slow", "hf://lab/slow/big.gguf")
+    assert second[-1][1].get("done") is True and not second[-1][1].get("already"), second[-1]
+    assert [line for line in hub.requests if line.startswith("GET lab/slow/")] == ["GET lab/slow/big.gguf"]
+    assert (root / "models" / "slow" / "big.gguf").read_bytes() == BIG
+    with client.stream("POST", "/v1/models", json={"name": "busy", "source": "hf://lab/slow/big.gguf"}) as running:
+        next(line for line in running.iter_lines() if '"bytes"' in line)
+        other = client.post("/v1/models", json={"name": "busy", "source": "hf://lab/tiny-gguf/tiny.gguf"})
+        assert other.status_code == 409 and "being fetched from another source" in other.text, other.text
+
+
+def test_more_bytes_than_declared_are_refused(hive: tuple[httpx.Client, Path]) -> None:
+    client, root = hive
+    event, data = add(client, "padded", "hf://lab/padded/tiny.gguf")[-1]
+    assert event == "error" and "sent more than the" in str(data["error"]), data
+    assert "padded" not in catalog(client)
+    assert not (root / "models" / "padded").exists()
 
 
 def test_a_whole_repo_comes_without_its_code_and_pickles(hive: tuple[httpx.Client, Path]) -> None:

@@ -24,8 +24,68 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+NO_OPS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+"""Fields clients send that change nothing rbee does: accepted, documented, and not acted on (`user` and
+`metadata` label a request for the caller's own bookkeeping; `store` would keep it, which rbee never does)."""
+
+NOT_YET = {
+    "tools": "tool calls are not served yet",
+    "tool_choice": "tool calls are not served yet",
+    "functions": "function calls are not served yet",
+    "function_call": "function calls are not served yet",
+    "response_format": "structured outputs (json_object, json_schema) are not served yet",
+    "logprobs": "logprobs are not served yet",
+    "top_logprobs": "logprobs are not served yet",
+    "logit_bias": "logit_bias is not served yet",
+    "presence_penalty": "presence_penalty is not served yet; use repeat_penalty",
+    "frequency_penalty": "frequency_penalty is not served yet; use repeat_penalty",
+    "audio": "audio output is not served",
+    "modalities": "only text output is served",
+    "prediction": "predicted outputs are not served",
+    "suffix": "suffix (fill-in-the-middle) is not served yet",
+    "echo": "echo is not served",
+    "best_of": "best_of is not served",
+}
+"""Fields that would change the answer and that rbee does not serve: refused by name (with their neutral value
+they are accepted), never silently ignored."""
+
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "logprobs": (False, None, 0),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "modalities": (None, ["text"]),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+}
+
+
+class Unsupported(ValueError):
+    """A request field rbee does not serve; `param` names it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class CompletionBase(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    def refuse_unserved(self) -> None:
+        """Raise Unsupported for the first field that would change the answer and is not served, or is unknown."""
+        for name, value in (self.model_extra or {}).items():
+            if name in NO_OPS:
+                continue
+            if name in NOT_YET:
+                if value in _NEUTRAL.get(name, (None,)):
+                    continue
+                raise Unsupported(name, f"{name}: {NOT_YET[name]}; remove it from the request")
+            raise Unsupported(name, f"{name}: rbee does not know this field; remove it from the request")
 
     model: str
     stream: bool = False
@@ -53,8 +113,48 @@ class CompletionBase(BaseModel):
         }
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(BaseModel):
+    """A part rbee does not take (image_url, input_audio, file ...); named in the refusal."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class Message(BaseModel):
+    """An OpenAI chat message: its content a string or a list of parts (what most SDKs and agent frameworks
+    send); text parts are joined in order."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[TextPart | OtherPart] | None = ""
+
+
 class ChatRequest(CompletionBase):
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+
+    def rbee_messages(self) -> list[ChatMessage]:
+        """The messages as rbee's workers take them (text only); Unsupported names the first part that is not."""
+        converted = []
+        for index, message in enumerate(self.messages):
+            content = message.content
+            if isinstance(content, list):
+                for number, part in enumerate(content):
+                    if not isinstance(part, TextPart):
+                        raise Unsupported(
+                            f"messages.{index}.content.{number}",
+                            f"messages[{index}].content[{number}] is a part of type {part.type}; "
+                            f"the model {self.model} takes text parts only",
+                        )
+                content = "".join(part.text for part in content if isinstance(part, TextPart))
+            extra = {name: value for name, value in (message.model_extra or {}).items() if name == "name"}
+            converted.append(ChatMessage(role=message.role, content=content, **extra))
+        return converted
 
 
 class CompletionRequest(CompletionBase):

@@ -20,12 +20,14 @@ from rbee.clients import tls
 
 class WorkerCallError(Exception):
     """The worker refused, failed or went away; the message is safe to show a client. `code` is
-    `worker_refused` (busy or loading, before any byte), `worker_error` (it answered an error) or `worker_lost`
-    (the connection broke)."""
+    `worker_refused` (busy or loading, before any byte), `worker_error` (it answered an error), `worker_lost`
+    (the connection broke), or `client_error` (the request itself is wrong: `param` names the field)."""
 
-    def __init__(self, message: str, code: str = "worker_error") -> None:
+    def __init__(
+        self, message: str, code: str = "worker_error", param: str | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.param, self.reason = code, param, reason
 
 
 class WorkerClient:
@@ -137,9 +139,19 @@ def _headers(credential: str | None) -> dict[str, str]:
 
 
 def _refusal(status: int, body: str) -> WorkerCallError:
-    return WorkerCallError(
-        _message(body) or f"the worker answered HTTP {status}", "worker_refused" if status == 503 else "worker_error"
-    )
+    message = _message(body) or f"the worker answered HTTP {status}"
+    if status == 400:
+        return WorkerCallError(message, "client_error", _field(body, "param"), _field(body, "code"))
+    return WorkerCallError(message, "worker_refused" if status == 503 else "worker_error")
+
+
+def _field(body: str, name: str) -> str | None:
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    value = error.get(name) if isinstance(error, dict) else None
+    return str(value) if value is not None else None
 
 
 def _lost(error: BaseException) -> WorkerCallError:

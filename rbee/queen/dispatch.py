@@ -112,6 +112,8 @@ class Dispatcher:
         return ticket
 
     async def _retry_or_raise(self, failure: WorkerCallError, ticket: Ticket, deadline: float) -> None:
+        if failure.code == "client_error":  # the request is wrong for this model (a prompt past its context)
+            raise ClientError(400, str(failure), code=failure.reason, param=failure.param) from None
         if failure.code == "worker_refused" and time.monotonic() < deadline:
             await asyncio.sleep(BUSY_RETRY)
             return

@@ -67,10 +67,15 @@ async def _generate(request: Request, chat: bool) -> Response:
     request_id = oai.new_id("chatcmpl" if chat else "cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     fields = {"request_id": request_id, **body.sampling()}
-    if isinstance(body, oai.ChatRequest):
-        fields["messages"] = [message.model_dump(exclude_none=True) for message in body.messages]
-        prompt_chars = sum(len(message.content or "") for message in body.messages)
-    else:
+    try:
+        body.refuse_unserved()
+        messages = body.rbee_messages() if isinstance(body, oai.ChatRequest) else None
+    except oai.Unsupported as unserved:
+        raise ClientError(400, str(unserved), code="unsupported_parameter", param=unserved.param) from None
+    if messages is not None:
+        fields["messages"] = [message.model_dump(exclude_none=True) for message in messages]
+        prompt_chars = sum(len(message.content or "") for message in messages)
+    elif isinstance(body, oai.CompletionRequest):
         fields["prompt"] = body.text
         prompt_chars = len(body.text)
     if body.stream:

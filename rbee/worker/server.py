@@ -77,6 +77,12 @@ def create_app(runtime: Runtime) -> Starlette:
             options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
         else:
             prompt, options = body.prompt or "", body
+        too_long = backends.room_for(engine, prompt)
+        if too_long is not None:
+            param = "messages" if body.messages is not None else "prompt"
+            return JSONResponse(
+                {"error": {"message": too_long, "code": "context_length_exceeded", "param": param}}, 400
+            )
         encoder = stream.encoder_for(body, runtime.options.model)
         runtime.request_id = body.request_id
         runtime.cancel = threading.Event()

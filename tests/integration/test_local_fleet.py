@@ -86,6 +86,74 @@ def test_openai_client_gets_errors_in_openai_shape(client: openai.OpenAI) -> Non
         client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=0)
 
 
+def test_content_parts_are_joined_and_answer_as_a_string_does(client: openai.OpenAI) -> None:
+    """What most SDKs and agent frameworks send: content as a list of text parts."""
+    asked = {"model": "smollm2", "max_tokens": 8, "temperature": 0, "seed": 3}
+    as_parts = client.chat.completions.create(
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "colour."}]}
+        ],
+        user="someone",  # a documented no-op
+        **asked,
+    )
+    as_text = client.chat.completions.create(messages=[{"role": "user", "content": "Name a colour."}], **asked)
+    assert as_parts.choices[0].message.content == as_text.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "required"},
+            "tools",
+            "tool calls are not served yet",
+        ),
+        ({"response_format": {"type": "json_object"}}, "response_format", "structured outputs"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs", "logprobs are not served yet"),
+        ({"presence_penalty": 0.5}, "presence_penalty", "use repeat_penalty"),
+        ({"extra_body_typo": 1}, "extra_body_typo", "rbee does not know this field"),
+    ],
+)
+def test_what_is_not_served_is_refused_by_name_not_ignored(
+    client: openai.OpenAI, extra: dict[str, object], param: str, words: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=2, extra_body=extra
+        )
+    assert refused.value.status_code == 400
+    body = refused.value.body
+    assert isinstance(body, dict) and body.get("param") == param and words in str(body.get("message")), body
+
+
+def test_an_image_part_is_refused_naming_the_part(client: openai.OpenAI) -> None:
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,"}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": content}], max_tokens=2)
+    body = refused.value.body
+    assert isinstance(body, dict) and body.get("param") == "messages.0.content.1", body
+    assert "is a part of type image_url; the model smollm2 takes text parts only" in str(body.get("message"))
+
+
+def test_a_prompt_past_the_context_is_the_clients_mistake(client: openai.OpenAI) -> None:
+    """Counted with the model's tokenizer before anything streams: 400 naming the field, not a 502 that clients
+    retry (three times the load)."""
+    long = "word " * 5000  # ~5,000 tokens; SmolLM2 runs with a 4,096-token context here
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            created = client.completions.create(model="smollm2", prompt=long, max_tokens=2, stream=stream)
+            if stream:
+                list(created)
+        body = refused.value.body
+        assert isinstance(body, dict) and body.get("param") == "prompt", body
+        assert body.get("code") == "context_length_exceeded" and "context holds 4096" in str(body.get("message"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": long}], max_tokens=2)
+    assert isinstance(refused.value.body, dict) and refused.value.body.get("param") == "messages"
+    fine = client.completions.create(model="smollm2", prompt="Hello", max_tokens=2)
+    assert fine.choices[0].text is not None
+
+
 def test_task_api_streams_rbee_events(fleet: Fleet) -> None:
     body = {"model": "smollm2", "prompt": "Hello", "max_tokens": 5}
     created = httpx.post(f"{fleet.queen_url}/v2/tasks", json=body, headers=fleet.keyed)

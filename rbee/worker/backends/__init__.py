@@ -46,6 +46,23 @@ class Backend(Protocol):
     def unload(self) -> None: ...
 
 
+class PromptTooLong(BackendError):
+    """The prompt does not fit the model's context: the client's mistake, answered 400 before any generation."""
+
+
+def room_for(engine: Backend | Embedder, prompt: str) -> str | None:
+    """Why `prompt` cannot be answered by `engine` (too long for its context), if the engine can tell; None
+    when it fits or the engine cannot count before it generates."""
+    check = getattr(engine, "check_prompt", None)
+    if check is None:
+        return None
+    try:
+        check(prompt)
+    except PromptTooLong as error:
+        return str(error)
+    return None
+
+
 class OneAtATime:
     """The text engines' `generate`: nothing before the model is loaded, one generation at a time (an engine
     holds one context), and stop strings. Subclasses set `_lock` and implement `_loaded` and `_generate`, which

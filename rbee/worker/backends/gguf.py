@@ -12,7 +12,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation, OneAtATime, hf
+from rbee.worker.backends import BackendError, Generation, OneAtATime, PromptTooLong, hf
 
 DEFAULT_CONTEXT = 4096
 
@@ -66,6 +66,19 @@ class GgufBackend(OneAtATime):
 
     def _loaded(self) -> bool:
         return self._llama is not None
+
+    def check_prompt(self, prompt: str) -> None:
+        """Count the prompt with the model's own tokenizer before a stream begins: one that cannot fit is the
+        client's mistake (400), not a generation that fails after it has started (502)."""
+        llama = self._llama
+        if llama is None:
+            return
+        with self._lock:
+            tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if len(tokens) >= llama.n_ctx():
+            raise PromptTooLong(
+                f"the prompt is {len(tokens)} tokens and the model's context holds {llama.n_ctx()}; shorten it"
+            )
 
     def _generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation

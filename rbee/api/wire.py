@@ -39,6 +39,7 @@ class StreamFormat(StrEnum):
     RBEE = "rbee"
     OPENAI_CHAT = "openai-chat"
     OPENAI_COMPLETION = "openai-completion"
+    ANTHROPIC = "anthropic"
 
 
 class ExecuteRequest(SamplingOptions):

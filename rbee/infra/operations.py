@@ -38,6 +38,7 @@ from rbee.infra.systemd import (
     ServiceMode,
     absolute,
     hive_unit,
+    needs_shared_tmp,
     systemctl,
     unit_dir,
     unit_name,
@@ -237,7 +238,15 @@ def _unit_running(data_dir: str, python: str, facts: ServiceHost, pid: int | Non
     found = facts.python or absolute(python, facts.home)
     if not found.startswith("/"):
         raise ServiceError(f"{python} is not on the PATH of that host; give hives[].python in full")
-    text = hive_unit(absolute(data_dir, facts.home), found, user=not facts.root)
+    roots = (
+        HiveConfig.model_validate_json(str(host.data.get("rbee_config"))).model_dirs
+        if host.data.get("rbee_config")
+        else ()
+    )
+    shared_tmp = needs_shared_tmp(
+        absolute(data_dir, facts.home), found, *(absolute(root, facts.home) for root in roots)
+    )
+    text = hive_unit(absolute(data_dir, facts.home), found, user=not facts.root, shared_tmp=shared_tmp)
     name, ctl = unit_name(data_dir), systemctl(facts)
     written = facts.unit is not None and _normalized(facts.unit) == _normalized(text)
     if not written:

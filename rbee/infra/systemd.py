@@ -100,8 +100,9 @@ def _word(text: str) -> str:
     return f'"{escaped}"'
 
 
-def _sandbox(data_dir: str) -> str:
-    """What a system unit may touch: the whole file system read-only but its data dir, a private /tmp, no new
+def _sandbox(data_dir: str, shared_tmp: bool) -> str:
+    """What a system unit may touch: the whole file system read-only but its data dir, a private /tmp (unless
+    the hive's Python, data dir or models live in /tmp, which it would hide), no new
     privileges (no setuid), no kernel or cgroup settings, files private by default. Caches go to the data dir,
     the one place it may write. (A user unit gets none of this: most of it needs privileges a user manager has
     only with unprivileged user namespaces.)"""
@@ -110,7 +111,7 @@ def _sandbox(data_dir: str) -> str:
         "NoNewPrivileges=yes\n"
         "ProtectSystem=strict\n"
         f"ReadWritePaths={folder}\n"
-        "PrivateTmp=yes\n"
+        f"PrivateTmp={'no' if shared_tmp else 'yes'}\n"
         "ProtectKernelTunables=yes\n"
         "ProtectKernelModules=yes\n"
         "ProtectControlGroups=yes\n"
@@ -121,7 +122,16 @@ def _sandbox(data_dir: str) -> str:
     )
 
 
-def hive_unit(data_dir: str, python: str, *, user: bool) -> str:
+TEMPORARY = ("/tmp/", "/var/tmp/")
+
+
+def needs_shared_tmp(*paths: str) -> bool:
+    """Whether the hive needs the host's /tmp: its Python, data dir or a model folder lies there, and a private
+    /tmp (PrivateTmp=yes) would hide it."""
+    return any(path.startswith(TEMPORARY) or path.rstrip("/") in ("/tmp", "/var/tmp") for path in paths)
+
+
+def hive_unit(data_dir: str, python: str, *, user: bool, shared_tmp: bool = False) -> str:
     """The unit that runs `python -m rbee hive serve` for the hive in `data_dir` (absolute paths).
 
     KillMode=mixed: on stop, SIGTERM reaches the hive alone, which stops its workers itself; whatever is left after
@@ -152,7 +162,7 @@ def hive_unit(data_dir: str, python: str, *, user: bool) -> str:
         "RestartSec=2\n"
         "KillMode=mixed\n"
         "TimeoutStopSec=20\n"
-        f"{'' if user else _sandbox(data_dir)}"
+        f"{'' if user else _sandbox(data_dir, shared_tmp)}"
         "\n"
         "[Install]\n"
         f"WantedBy={'default.target' if user else 'multi-user.target'}\n"

@@ -77,7 +77,8 @@ class ApiKeys:
         """The key the request carries (None when the queen needs none); 401 without a valid one."""
         if not self.required:
             return None
-        given = bearer_of(request.headers.get("authorization", "")).encode()
+        # Authorization: Bearer KEY (OpenAI's clients), or x-api-key: KEY (Anthropic's)
+        given = (bearer_of(request.headers.get("authorization", "")) or request.headers.get("x-api-key", "")).encode()
         admin = self.admin_key()
         if admin is not None and hmac.compare_digest(given, admin.encode()):
             return ADMIN_KEY

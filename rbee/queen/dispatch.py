@@ -287,6 +287,17 @@ async def _close(chunks: AsyncIterator[bytes]) -> None:
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
+async def streamed(
+    dispatch: Dispatcher, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange, on_error: OnError
+) -> AsyncIterator[bytes]:
+    """A streamed answer in whichever wire format `body` asks of its worker (OpenAI's, Anthropic's): opened now
+    when a worker is there (a refusal is then the client's HTTP status), or at once with cold-start comments."""
+    if not dispatch.admission.has_workers(ask.model):
+        return relay_after_opening(dispatch, ask, key, body, exchange, on_error)
+    opened = await dispatch.open(ask, key, body, exchange)
+    return dispatch.relay(exchange, opened, on_error)
+
+
 async def relay_after_opening(
     dispatch: Dispatcher, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange, on_error: OnError
 ) -> AsyncIterator[bytes]:

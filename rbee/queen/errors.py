@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rbee import daemon
+from rbee.api import anthropic as anthropic_api
 from rbee.api import openai as oai
 from rbee.api import wire
 
@@ -45,6 +46,9 @@ class ClientError(Exception):
         body = oai.error(str(self), self.kind, self.code, self.param)
         return JSONResponse(body, self.status, headers=self._headers())
 
+    def anthropic(self) -> JSONResponse:
+        return JSONResponse(anthropic_api.error(self.status, str(self)), self.status, headers=self._headers())
+
     def wire(self) -> JSONResponse:
         return JSONResponse(wire.error_body(str(self), self.code or self.kind), self.status, headers=self._headers())
 
@@ -64,6 +68,8 @@ def _answering(shape: Callable[[ClientError], Response]) -> Callable[[Handler], 
 
 openai_errors = _answering(ClientError.openai)
 """The client APIs' guard: refusals in OpenAI's error shape."""
+anthropic_errors = _answering(ClientError.anthropic)
+"""Anthropic's Messages API's guard: refusals in Anthropic's error shape."""
 wire_errors = _answering(ClientError.wire)
 """The operator and hive APIs' guard: refusals in rbee's wire error shape."""
 

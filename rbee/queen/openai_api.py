@@ -15,7 +15,7 @@ from rbee.api import openai as oai
 from rbee.api import wire
 from rbee.queen import parts
 from rbee.queen.asgi import RelayResponse
-from rbee.queen.dispatch import relay_after_opening
+from rbee.queen.dispatch import streamed
 from rbee.queen.errors import ClientError, invalid, read_object
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask
@@ -35,6 +35,11 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     return await _generate(request, chat=False)
+
+
+def require_text_model(queen: parts.Queen, model: str) -> None:
+    """404 for a model hive.yaml does not name, 400 for an embedding model."""
+    _require_kind(queen, model, ModelKind.TEXT)
 
 
 def _require_kind(queen: parts.Queen, model: str, kind: ModelKind) -> None:
@@ -90,10 +95,7 @@ async def _generate(request: Request, chat: bool) -> Response:
     dispatch = queen.dispatch
     if body.stream:
         encoder = oai.StreamEncoder(request_id, body.model, chat, include_usage)
-        if not queen.admission.has_workers(body.model):  # a cold start: answer at once, with its progress
-            return RelayResponse(relay_after_opening(dispatch, ask, key, execute, exchange, encoder.error))
-        opened = await dispatch.open(ask, key, execute, exchange)
-        return RelayResponse(dispatch.relay(exchange, opened, encoder.error))
+        return RelayResponse(await streamed(dispatch, ask, key, execute, exchange, encoder.error))
     answer = await dispatch.answer(ask, key, execute, exchange)
     usage = oai.usage(answer.prompt_tokens, answer.completion_tokens)
     shape = oai.chat_response if chat else oai.completion_response

@@ -2,7 +2,7 @@
 
 - open: GET /health, /openapi.json
 - clients (an API key, OpenAI's error shape): the OpenAI API under /v1, rbee's task API under /v2/tasks, and
-  GET /metrics
+  GET /metrics; Anthropic's Messages API, POST /v1/messages, in Anthropic's error shape
 - the operator (its credential, rbee's wire error shape): /v2/spec, status, route, events, reconcile, shutdown
 - each hive (its own credential): POST /v2/hives/{name}/heartbeat
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from starlette import routing
 from starlette.applications import Starlette
 
-from rbee.queen import auth, errors, openai_api, operator_api, origins, task_api
+from rbee.queen import anthropic_api, auth, errors, openai_api, operator_api, origins, task_api
 from rbee.queen.asgi import RawSend
 from rbee.queen.errors import Handler
 from rbee.queen.parts import Queen
@@ -26,6 +26,9 @@ def create_app(queen: Queen) -> RawSend:
 
     def client(handler: Handler) -> Handler:
         return errors.openai_errors(handler)
+
+    def anthropic_client(handler: Handler) -> Handler:
+        return errors.anthropic_errors(handler)
 
     def operator(handler: Handler) -> Handler:
         return errors.wire_errors(operator_only(handler))
@@ -45,6 +48,7 @@ def create_app(queen: Queen) -> RawSend:
             route("/v1/chat/completions", client(openai_api.chat_completions), "POST"),
             route("/v1/completions", client(openai_api.completions), "POST"),
             route("/v1/embeddings", client(openai_api.embeddings), "POST"),
+            route("/v1/messages", anthropic_client(anthropic_api.messages), "POST"),
             route("/v2/tasks", client(task_api.create_task), "POST"),
             route("/v2/tasks/{id}/events", client(task_api.task_events)),
             route("/v2/tasks/{id}", client(task_api.cancel_task), "DELETE"),

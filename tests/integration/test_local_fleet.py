@@ -9,7 +9,9 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -152,6 +154,56 @@ def test_a_prompt_past_the_context_is_the_clients_mistake(client: openai.OpenAI)
     assert isinstance(refused.value.body, dict) and refused.value.body.get("param") == "messages"
     fine = client.completions.create(model="smollm2", prompt="Hello", max_tokens=2)
     assert fine.choices[0].text is not None
+
+
+def test_the_anthropic_client_gets_messages_streamed_and_whole(fleet: Fleet) -> None:
+    """Anthropic's own Python client against the queen (x-api-key): a system prompt, two turns, stop sequences;
+    the stream's text deltas joined equal the whole answer at temperature 0."""
+    with anthropic.Anthropic(base_url=fleet.queen_url, api_key=fleet.api_key, max_retries=0) as claude:
+        asked: dict[str, Any] = {
+            "model": "smollm2",
+            "max_tokens": 12,
+            "extra_body": {"temperature": 0},  # this client version no longer types it; the API takes it
+            "system": "You are terse.",
+            "messages": [
+                {"role": "user", "content": "Say hello."},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": [{"type": "text", "text": "Now count to three."}]},
+            ],
+        }
+        whole = claude.messages.create(**asked)
+        assert whole.type == "message" and whole.role == "assistant" and whole.content[0].type == "text"
+        assert whole.stop_reason in ("end_turn", "max_tokens") and whole.usage.output_tokens > 0
+        with claude.messages.stream(**asked) as stream:
+            streamed = "".join(stream.text_stream)
+            final = stream.get_final_message()
+        assert streamed == whole.content[0].text
+        assert final.stop_reason == whole.stop_reason and final.usage.output_tokens == whole.usage.output_tokens
+        cut = claude.messages.create(**{**asked, "max_tokens": 2})
+        assert cut.stop_reason == "max_tokens"
+
+
+def test_the_anthropic_client_gets_errors_in_anthropic_shape(fleet: Fleet) -> None:
+    with anthropic.Anthropic(base_url=fleet.queen_url, api_key=fleet.api_key, max_retries=0) as claude:
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            claude.messages.create(model="nope", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        assert missing.value.body == {
+            "type": "error",
+            "error": {"type": "not_found_error", "message": "the model nope does not exist"},
+        }
+        tool = {"name": "f", "description": "x", "input_schema": {"type": "object"}}
+        with pytest.raises(anthropic.BadRequestError, match="tool use is not served yet"):
+            claude.messages.create(
+                model="smollm2", max_tokens=2, messages=[{"role": "user", "content": "hi"}], tools=[tool]
+            )
+        image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}
+        with pytest.raises(anthropic.BadRequestError, match=r"messages\.0\.content\.0 is a block of type image"):
+            claude.messages.create(model="smollm2", max_tokens=2, messages=[{"role": "user", "content": [image]}])
+    with (
+        anthropic.Anthropic(base_url=fleet.queen_url, api_key="wrong", max_retries=0) as stranger,
+        pytest.raises(anthropic.AuthenticationError),
+    ):
+        stranger.messages.create(model="smollm2", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
 
 
 def test_task_api_streams_rbee_events(fleet: Fleet) -> None:

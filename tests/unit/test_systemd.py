@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from rbee.infra.facts import parse_service
-from rbee.infra.systemd import ServiceError, ServiceHost, absolute, hive_unit, unit_name, use_systemd
+from rbee.infra.systemd import (
+    ServiceError,
+    ServiceHost,
+    absolute,
+    hive_unit,
+    needs_shared_tmp,
+    unit_name,
+    use_systemd,
+)
 
 
 def host(**changes: object) -> ServiceHost:
@@ -122,3 +130,13 @@ def test_the_fact_reads_a_user_without_systemd_or_python() -> None:
     facts = parse_service(["uid=1000", "home=/home/ann", "python="])
     assert facts == host(systemd=False, root=False, home="/home/ann", python=None)
     assert parse_service(["systemd=1", "uid=1000", "home=/home/ann", "linger=1"]).linger is True
+
+
+def test_a_hive_whose_python_or_models_live_in_tmp_keeps_the_hosts_tmp() -> None:
+    """PrivateTmp=yes would hide them from the unit; everything else stays sandboxed."""
+    assert needs_shared_tmp("/srv/rbee", "/tmp/checkout/.venv/bin/python")
+    assert needs_shared_tmp("/srv/rbee", "/usr/bin/python3", "/var/tmp/models")
+    assert not needs_shared_tmp("/srv/rbee", "/usr/bin/python3", "/srv/models", "/tmpfiles/x")
+    shared = hive_unit("/srv/rbee", "/tmp/x/python", user=False, shared_tmp=True)
+    assert "PrivateTmp=no" in shared and "ProtectSystem=strict" in shared and "NoNewPrivileges=yes" in shared
+    assert "PrivateTmp=yes" in hive_unit("/srv/rbee", "/usr/bin/python3", user=False)

@@ -237,6 +237,9 @@ def run(args: argparse.Namespace) -> None:
     try:
         queen, _ = queen_process.ensure_running(spec, home, credentials.operator)  # the queen rbee apply starts
         queen_pid = int(str((home.queen() or {})["pid"]))
+        # The synthetic hive is a stand-in: the loop must not "heal" it (install a real hive in its place, in
+        # ~/.local/share/rbee) when the bench restarts the synthetic process between scenarios.
+        queen.set_suspended(True)
         queen.push_spec(spec, "bench", None)
         while len(queen.status()["routes"]) < 100:
             time.sleep(0.05)

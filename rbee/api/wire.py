@@ -40,6 +40,7 @@ class StreamFormat(StrEnum):
     OPENAI_CHAT = "openai-chat"
     OPENAI_COMPLETION = "openai-completion"
     ANTHROPIC = "anthropic"
+    OPENAI_RESPONSES = "openai-responses"
 
 
 class ExecuteRequest(SamplingOptions):

@@ -14,7 +14,16 @@ from __future__ import annotations
 from starlette import routing
 from starlette.applications import Starlette
 
-from rbee.queen import anthropic_api, auth, errors, openai_api, operator_api, origins, task_api
+from rbee.queen import (
+    anthropic_api,
+    auth,
+    errors,
+    openai_api,
+    operator_api,
+    origins,
+    responses_api,
+    task_api,
+)
 from rbee.queen.asgi import RawSend
 from rbee.queen.errors import Handler
 from rbee.queen.parts import Queen
@@ -49,6 +58,7 @@ def create_app(queen: Queen) -> RawSend:
             route("/v1/completions", client(openai_api.completions), "POST"),
             route("/v1/embeddings", client(openai_api.embeddings), "POST"),
             route("/v1/messages", anthropic_client(anthropic_api.messages), "POST"),
+            route("/v1/responses", client(responses_api.create), "POST"),
             route("/v2/tasks", client(task_api.create_task), "POST"),
             route("/v2/tasks/{id}/events", client(task_api.task_events)),
             route("/v2/tasks/{id}", client(task_api.cancel_task), "DELETE"),

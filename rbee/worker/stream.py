@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from rbee.api import anthropic, openai, wire
+from rbee.api import anthropic, openai, responses, wire
 from rbee.api.state import WorkerState
 from rbee.worker import backends
 from rbee.worker.runtime import Runtime, release
@@ -38,6 +38,8 @@ def encoder_for(body: wire.ExecuteRequest, model: str) -> Encoder:
         return wire.EventEncoder()
     if body.format is wire.StreamFormat.ANTHROPIC:
         return anthropic.StreamEncoder(body.request_id, body.openai_model or model)
+    if body.format is wire.StreamFormat.OPENAI_RESPONSES:
+        return responses.StreamEncoder(body.request_id, body.openai_model or model)
     chat = body.format is wire.StreamFormat.OPENAI_CHAT
     return openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
 

@@ -206,6 +206,40 @@ def test_the_anthropic_client_gets_errors_in_anthropic_shape(fleet: Fleet) -> No
         stranger.messages.create(model="smollm2", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
 
 
+def test_the_responses_api_answers_whole_and_streamed(client: openai.OpenAI) -> None:
+    """OpenAI's Responses API through the official client, stateless: instructions and message input; the
+    stream's deltas joined equal the whole answer at temperature 0, and its final event carries the same."""
+    asked: dict[str, Any] = {
+        "model": "smollm2",
+        "instructions": "You are terse.",
+        "input": [
+            {"role": "user", "content": "Say hello."},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "Hello."}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "Now count to three."}]},
+        ],
+        "max_output_tokens": 12,
+        "temperature": 0,
+    }
+    whole = client.responses.create(**asked)
+    assert whole.object == "response" and whole.output_text and whole.usage and whole.usage.output_tokens > 0
+    deltas, final = [], None
+    for event in client.responses.create(**asked, stream=True):
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert "".join(deltas) == whole.output_text
+    assert final is not None and final.output_text == whole.output_text and final.status == whole.status
+    cut = client.responses.create(model="smollm2", input="Write a long story.", max_output_tokens=2)
+    assert (
+        cut.status == "incomplete" and cut.incomplete_details and cut.incomplete_details.reason == "max_output_tokens"
+    )
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(model="smollm2", input="Hi", previous_response_id="resp_earlier")
+    body = refused.value.body
+    assert isinstance(body, dict) and body.get("param") == "previous_response_id" and "stateless" in str(body)
+
+
 def test_task_api_streams_rbee_events(fleet: Fleet) -> None:
     body = {"model": "smollm2", "prompt": "Hello", "max_tokens": 5}
     created = httpx.post(f"{fleet.queen_url}/v2/tasks", json=body, headers=fleet.keyed)

@@ -31,7 +31,7 @@ class SamplingOptions(BaseModel):
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
     top_k: Annotated[int, Field(ge=0)] = 40
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] = 1.1
-    stop: tuple[str, ...] = ()
+    stop: Annotated[tuple[Annotated[str, Field(min_length=1, max_length=256)], ...], Field(max_length=16)] = ()
     seed: int | None = None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pydantic
 import yaml
 
-from rbee.spec import checks, schema
+from rbee.spec import checks, fields, schema
 
 Location = checks.Location
 
@@ -203,9 +203,9 @@ def _describe(item: Any) -> str:
         return message.removeprefix("Value error, ")
     if kind == "connection":
         return f"{message}, not {given!r}"
-    if kind == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == schema.DNS_LABEL:
+    if kind == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == fields.DNS_LABEL:
         return f"'{given}' is not a valid name; use lowercase letters, digits and hyphens (a DNS label)"
-    if kind == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == schema.ENV_NAME:
+    if kind == "string_pattern_mismatch" and item.get("ctx", {}).get("pattern") == fields.ENV_NAME:
         return f"'{given}' is not an environment variable name"
     text = message[0].lower() + message[1:]
     if isinstance(given, dict | list):

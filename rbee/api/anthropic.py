@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rbee.api.wire import ChatMessage
+from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
 
 NO_OPS = frozenset({"metadata", "service_tier"})
 NOT_YET = {
@@ -36,12 +36,6 @@ ERROR_TYPES = {
     503: "overloaded_error",
     504: "api_error",
 }
-
-
-class Unsupported(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class Block(BaseModel):
@@ -70,11 +64,7 @@ class MessagesRequest(BaseModel):
     stream: bool = False
 
     def refuse_unserved(self) -> None:
-        for name in self.model_extra or {}:
-            if name in NO_OPS:
-                continue
-            reason = NOT_YET.get(name, "rbee does not know this field")
-            raise Unsupported(name, f"{name}: {reason}; remove it from the request")
+        refuse_unserved(self.model_extra or {}, NO_OPS, NOT_YET)
 
     def chat(self) -> list[ChatMessage]:
         """The conversation as rbee's workers take it: the system prompt first, text only."""

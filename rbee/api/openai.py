@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rbee.api.wire import ChatMessage
+from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
 
 
 class StreamOptions(BaseModel):
@@ -65,27 +65,12 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 
 
-class Unsupported(ValueError):
-    """A request field rbee does not serve; `param` names it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
 class CompletionBase(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     def refuse_unserved(self) -> None:
         """Raise Unsupported for the first field that would change the answer and is not served, or is unknown."""
-        for name, value in (self.model_extra or {}).items():
-            if name in NO_OPS:
-                continue
-            if name in NOT_YET:
-                if value in _NEUTRAL.get(name, (None,)):
-                    continue
-                raise Unsupported(name, f"{name}: {NOT_YET[name]}; remove it from the request")
-            raise Unsupported(name, f"{name}: rbee does not know this field; remove it from the request")
+        refuse_unserved(self.model_extra or {}, NO_OPS, NOT_YET, _NEUTRAL)
 
     model: str
     stream: bool = False

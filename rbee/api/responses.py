@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rbee.api.wire import ChatMessage
+from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
 
 NO_OPS = frozenset({"store", "metadata", "user", "service_tier", "parallel_tool_calls", "truncation"})
 NOT_YET = {
@@ -32,12 +32,6 @@ NOT_YET = {
     "background": "background responses are not served",
 }
 TEXT_PARTS = ("input_text", "output_text", "text")
-
-
-class Unsupported(ValueError):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class Part(BaseModel):
@@ -66,11 +60,7 @@ class ResponsesRequest(BaseModel):
     text: dict[str, Any] | None = None
 
     def refuse_unserved(self) -> None:
-        for name, value in (self.model_extra or {}).items():
-            if name in NO_OPS or (name in ("tools", "include") and not value):
-                continue
-            reason = NOT_YET.get(name, "rbee does not know this field")
-            raise Unsupported(name, f"{name}: {reason}; remove it from the request")
+        refuse_unserved(self.model_extra or {}, NO_OPS, NOT_YET, {"tools": (None, []), "include": (None, [])})
         kind = ((self.text or {}).get("format") or {}).get("type", "text")
         if kind != "text":
             raise Unsupported("text.format", f"text.format {kind}: structured outputs are not served yet")

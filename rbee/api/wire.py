@@ -10,6 +10,7 @@ and an error at any point is `event: error` with `data: {"error": "...", "code":
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,30 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | None = ""
+
+
+class Unsupported(ValueError):
+    """A field of a client's request that rbee does not serve; `param` names it (the 400 says so)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def refuse_unserved(
+    given: Mapping[str, Any],
+    no_ops: Collection[str],
+    not_yet: Mapping[str, str],
+    neutral: Mapping[str, tuple[Any, ...]] | None = None,
+) -> None:
+    """Raise Unsupported for the first field of `given` (a request's fields beyond those it serves) that is not
+    a documented no-op: one rbee does not serve yet (`not_yet` says why) unless it carries its `neutral` value,
+    or one it does not know at all. Nothing a client sends is ignored silently."""
+    for name, value in given.items():
+        if name in no_ops or (name in not_yet and neutral is not None and value in neutral.get(name, (None,))):
+            continue
+        reason = not_yet.get(name, "rbee does not know this field")
+        raise Unsupported(name, f"{name}: {reason}; remove it from the request")
 
 
 class SamplingOptions(BaseModel):

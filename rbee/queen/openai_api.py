@@ -7,6 +7,8 @@ format and relayed as bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,8 +17,8 @@ from rbee.api import openai as oai
 from rbee.api import wire
 from rbee.queen import parts
 from rbee.queen.asgi import RelayResponse
-from rbee.queen.dispatch import streamed
 from rbee.queen.errors import ClientError, invalid, read_object
+from rbee.queen.generation import generate, refused
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask
 from rbee.spec.backends import ModelKind
@@ -71,35 +73,26 @@ async def _generate(request: Request, chat: bool) -> Response:
     _require_kind(queen, body.model, ModelKind.TEXT)
     request_id = oai.new_id("chatcmpl" if chat else "cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    fields = {"request_id": request_id, **body.sampling()}
+    fields: dict[str, Any] = {"request_id": request_id, **body.sampling()}
     try:
         body.refuse_unserved()
-        messages = body.rbee_messages() if isinstance(body, oai.ChatRequest) else None
-    except oai.Unsupported as unserved:
-        raise ClientError(400, str(unserved), code="unsupported_parameter", param=unserved.param) from None
-    if messages is not None:
-        fields["messages"] = [message.model_dump(exclude_none=True) for message in messages]
-        prompt_chars = sum(len(message.content or "") for message in messages)
-    elif isinstance(body, oai.CompletionRequest):
-        fields["prompt"] = body.text
-        prompt_chars = len(body.text)
+        if isinstance(body, oai.ChatRequest):
+            fields["messages"] = [message.model_dump(exclude_none=True) for message in body.rbee_messages()]
+        else:
+            fields["prompt"] = body.text
+    except wire.Unsupported as unserved:
+        raise refused(unserved) from None
+    encoder = None
     if body.stream:
         fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
         fields.update(format=fmt, openai_model=body.model, include_usage=include_usage)
-    try:
-        execute = wire.ExecuteRequest.model_validate(fields)
-    except pydantic.ValidationError as failure:
-        raise invalid(failure) from None
-    ask = Ask(body.model, request.headers.get("x-rbee-hive"), key.name if key else None, prompt_chars)
-    exchange = Exchange(request_id, body.model, ask.key)
-    dispatch = queen.dispatch
-    if body.stream:
         encoder = oai.StreamEncoder(request_id, body.model, chat, include_usage)
-        return RelayResponse(await streamed(dispatch, ask, key, execute, exchange, encoder.error))
-    answer = await dispatch.answer(ask, key, execute, exchange)
+    answer = await generate(request, queen, key, body.model, fields, encoder.error if encoder else None)
+    if isinstance(answer, RelayResponse):
+        return answer
     usage = oai.usage(answer.prompt_tokens, answer.completion_tokens)
     shape = oai.chat_response if chat else oai.completion_response
-    return JSONResponse(shape(exchange.id, body.model, answer.text, oai.openai_finish(answer.finish_reason), usage))
+    return JSONResponse(shape(request_id, body.model, answer.text, oai.openai_finish(answer.finish_reason), usage))
 
 
 async def embeddings(request: Request) -> Response:

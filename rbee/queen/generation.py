@@ -1,0 +1,49 @@
+"""One text generation, whichever API shape it came in (OpenAI chat or completions, Anthropic Messages, OpenAI
+Responses): the shape's own module of api/ has already translated the body into `fields` of one
+`wire.ExecuteRequest`; this validates it, admits it and answers it, streamed in the wire format the fields
+name (the worker writes it, the queen relays it untouched) or read whole for the caller to shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from starlette.requests import Request
+
+from rbee.api import wire
+from rbee.queen import parts
+from rbee.queen.asgi import RelayResponse
+from rbee.queen.auth import Key
+from rbee.queen.dispatch import Answer, OnError, streamed
+from rbee.queen.errors import ClientError, invalid
+from rbee.queen.metrics import Exchange
+from rbee.queen.scheduling import Ask
+
+
+def refused(unserved: wire.Unsupported) -> ClientError:
+    """A field the request's shape names and rbee does not serve: 400 naming it."""
+    return ClientError(400, str(unserved), code="unsupported_parameter", param=unserved.param)
+
+
+async def generate(
+    request: Request,
+    queen: parts.Queen,
+    key: Key | None,
+    model: str,
+    fields: dict[str, Any],
+    stream_error: OnError | None,
+) -> RelayResponse | Answer:
+    """The stream (when `stream_error`, the shape's error frame, is given) or the whole answer."""
+    try:
+        execute = wire.ExecuteRequest.model_validate(fields)
+    except pydantic.ValidationError as failure:
+        raise invalid(failure) from None
+    if execute.messages is not None:
+        prompt_chars = sum(len(message.content or "") for message in execute.messages)
+    else:
+        prompt_chars = len(execute.prompt or "")
+    ask = Ask(model, request.headers.get("x-rbee-hive"), key.name if key else None, prompt_chars)
+    exchange = Exchange(execute.request_id, model, ask.key)
+    if stream_error is not None:
+        return RelayResponse(await streamed(queen.dispatch, ask, key, execute, exchange, stream_error))
+    return await queen.dispatch.answer(ask, key, execute, exchange)

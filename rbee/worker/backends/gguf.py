@@ -27,6 +27,8 @@ class GgufBackend(OneAtATime):
         self._llama: Any = None
         self._chat: Any = None
         self._lock = threading.Lock()
+        self._counted: tuple[str, list[int]] | None = None
+        """The prompt check_prompt tokenized, and its tokens: the generation that follows takes them as they are."""
 
     def load(self, progress: Callable[[float], None]) -> None:
         import llama_cpp
@@ -67,6 +69,9 @@ class GgufBackend(OneAtATime):
     def _loaded(self) -> bool:
         return self._llama is not None
 
+    def _tokens(self, prompt: str) -> list[int]:
+        return list(self._llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
+
     def check_prompt(self, prompt: str) -> None:
         """Count the prompt with the model's own tokenizer before a stream begins: one that cannot fit is the
         client's mistake (400), not a generation that fails after it has started (502)."""
@@ -74,7 +79,8 @@ class GgufBackend(OneAtATime):
         if llama is None:
             return
         with self._lock:
-            tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+            tokens = self._tokens(prompt)
+            self._counted = (prompt, tokens)
         if len(tokens) >= llama.n_ctx():
             raise PromptTooLong(
                 f"the prompt is {len(tokens)} tokens and the model's context holds {llama.n_ctx()}; shorten it"
@@ -88,7 +94,8 @@ class GgufBackend(OneAtATime):
         llama = self._llama
 
         bos = llama.token_bos()
-        tokens = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        counted, self._counted = self._counted, None
+        tokens = counted[1] if counted is not None and counted[0] == prompt else self._tokens(prompt)
         if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:
             tokens = tokens[1:]  # the chat template wrote its own BOS
         result.prompt_tokens = len(tokens)

@@ -1,6 +1,10 @@
-"""Chaos: 100 clients stream answers through the queen of a real local fleet (a hive, two SmolLM2 workers on
-llama.cpp) while workers and the hive are killed, frozen and thawed at random. Nothing may hang, no slot may be
-left held, no process may be left behind, and every stream cut by a fault must say so soon after the fault.
+"""Chaos: 100 clients stream answers through the queen of a real local fleet while its workers and hives are
+killed, frozen and thawed at random. Two hives: hive a runs two SmolLM2 workers on llama.cpp (one request at a
+time each) and two synthetic workers, hive b two synthetic workers (worker/backends/synthetic.py: real worker
+processes of a real hive that stream tokens at a fixed rate, 8 requests at once, with no model behind them), so
+the faults land on many concurrent streams as well as on real engines. A third of the clients ask SmolLM2.
+Nothing may hang, no slot may be left held, no process may be left behind, and every stream cut by a fault
+must say so soon after the fault.
 
     python bench/chaos.py --seconds 600     # the default; CI-sized runs pass e.g. --seconds 60
 
@@ -35,8 +39,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fleet import Fleet, make_fleet  # noqa: E402
+from tests.fleet import Fleet  # noqa: E402
 from tests.models import fetch_smollm2  # noqa: E402
+from tests.servers import free_port  # noqa: E402
 
 IDLE = 5.0
 """The queen's stream idle timeout in this run."""
@@ -63,19 +68,26 @@ class Outcome:
     error_times: list[float] = field(default_factory=list)
     """When each cut stream's client read its error."""
     error_codes: list[str] = field(default_factory=list)
+    by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per model: how many requests ended each way."""
+
+    def count(self, model: str, how: str) -> None:
+        setattr(self, how, getattr(self, how) + 1)
+        tally = self.by_model.setdefault(model, {})
+        tally[how] = tally.get(how, 0) + 1
 
 
 def rbee_pids(fleet: Fleet, what: str) -> list[int]:
     return [pid for pid, command in fleet.ours() if f"rbee {what} serve" in command]
 
 
-async def client(session: aiohttp.ClientSession, fleet: Fleet, until: float, outcome: Outcome) -> None:
-    body = {"model": "smollm2", "prompt": "Count: 1, 2, 3,", "max_tokens": 16, "stream": True, "temperature": 0}
+async def client(session: aiohttp.ClientSession, fleet: Fleet, until: float, outcome: Outcome, model: str) -> None:
+    body = {"model": model, "prompt": "Count: 1, 2, 3,", "max_tokens": 16, "stream": True, "temperature": 0}
     while time.monotonic() < until:
         try:
             async with session.post(f"{fleet.queen_url}/v1/completions", json=body, headers=fleet.keyed) as response:
                 if response.status != 200:
-                    outcome.refused += 1
+                    outcome.count(model, "refused")
                     await response.read()
                     await asyncio.sleep(0.5)
                     continue
@@ -92,19 +104,19 @@ async def client(session: aiohttp.ClientSession, fleet: Fleet, until: float, out
                     error = error or b'"error"' in chunk
                     text = text or (b'"text":' in chunk and not error)
                 if hung:
-                    outcome.hung += 1
+                    outcome.count(model, "hung")
                 elif not error and b"[DONE]" in tail:
-                    outcome.completed += 1
+                    outcome.count(model, "completed")
                 elif text:
-                    outcome.errored += 1
+                    outcome.count(model, "errored")
                     outcome.error_times.append(time.monotonic())
                     found = re.search(rb'"code":"?([a-z_]*)', tail)
                     outcome.error_codes.append(found.group(1).decode() if found else "no end")
                 else:
-                    outcome.refused += 1
+                    outcome.count(model, "refused")
                     await asyncio.sleep(0.5)  # refused before any text: no worker is left; ask again soon
         except aiohttp.ClientError:
-            outcome.refused += 1
+            outcome.count(model, "refused")
             await asyncio.sleep(0.5)
 
 
@@ -165,7 +177,7 @@ async def run(fleet: Fleet, seconds: float, streams: int, seed: int) -> tuple[Ou
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         await asyncio.gather(
             chaos(fleet, until, faults, random.Random(seed)),
-            *(client(session, fleet, until, outcome) for _ in range(streams)),
+            *(client(session, fleet, until, outcome, "smollm2" if i % 3 == 0 else "synthetic") for i in range(streams)),
         )
     return outcome, faults
 
@@ -181,27 +193,44 @@ def leaked_slots(fleet: Fleet, settle: float = 60.0) -> int:
         time.sleep(1.0)
 
 
+def two_hive_fleet(root: Path, source: str) -> Fleet:
+    queen_port, port_a, port_b = free_port(), free_port(), free_port()
+    queen = f"heartbeat_interval: 1s, stream_idle_timeout: {IDLE:g}s, queue_timeout: 20s, max_queue: 1000"
+    spec = root / "hive.yaml"
+    spec.write_text(
+        f"queen: {{listen: '127.0.0.1:{queen_port}', reconcile_interval: 2s, {queen}}}\n"
+        "hives:\n"
+        f"  - {{name: a, listen: '127.0.0.1:{port_a}', data_dir: '{root / 'a'}'}}\n"
+        f"  - {{name: b, listen: '127.0.0.1:{port_b}', data_dir: '{root / 'b'}'}}\n"
+        "models:\n"
+        f"  - {{name: smollm2, source: '{source}', idle_timeout: 0}}\n"
+        f"  - {{name: synthetic, source: '{source}', idle_timeout: 0}}\n"
+        "workers:\n"
+        "  - {model: smollm2, hive: a, replicas: 2}\n"
+        "  - {model: synthetic, hive: a, replicas: 2, backend: synthetic}\n"
+        "  - {model: synthetic, hive: b, replicas: 2, backend: synthetic}\n"
+    )
+    env = {**os.environ, "RBEE_HOME": str(root / "home"), "NO_COLOR": "1"}
+    env.pop("RBEE_API_KEY", None)
+    return Fleet(root, spec, f"http://127.0.0.1:{queen_port}", f"http://127.0.0.1:{port_a}", env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="keep the fleet's folder (logs) afterwards")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="rbee-chaos-"))
     model = fetch_smollm2(Path(os.environ.get("RBEE_BENCH_CACHE", tempfile.gettempdir())) / "rbee-smollm2")
-    fleet = make_fleet(
-        work,
-        f"file://{model}",
-        replicas=2,
-        reconcile="2s",
-        queen=f"heartbeat_interval: 1s, stream_idle_timeout: {IDLE:g}s, queue_timeout: 20s, max_queue: 1000",
-    )
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    if applied.returncode != 0:
-        raise SystemExit(applied.stdout + applied.stderr)
+    fleet = two_hive_fleet(work, f"file://{model}")
     orphans = -1
     try:
+        applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+        if applied.returncode != 0:
+            raise SystemExit(applied.stdout + applied.stderr)
         outcome, faults = asyncio.run(run(fleet, args.seconds, args.streams, args.seed))
         for pid in rbee_pids(fleet, "worker") + rbee_pids(fleet, "hive"):
             with _gone():
@@ -210,21 +239,28 @@ def main() -> None:
     finally:
         fleet.rbee("destroy", str(fleet.spec), "--yes")
         orphans = len(fleet.ours())
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+        if args.keep:
+            print(f"kept {work} (its hives' logs are in a/logs and b/logs)")
+        else:
+            subprocess.run(["rm", "-rf", str(work)], check=False)
 
     delays = [found for at in outcome.error_times if (found := error_delay(at, faults)) is not None]
     late_codes: dict[str, int] = {}
     for at, code in zip(outcome.error_times, outcome.error_codes, strict=True):
         found = error_delay(at, faults)
         if found is None or not found[1]:
-            before = [fault.kind for fault in faults if fault.at <= at]
-            name = f"{code} after {before[-1] if before else 'no fault'}"
+            before = [fault for fault in faults if fault.at <= at]
+            name = f"{code} after {before[-1].kind if before else 'no fault'}"
+            if args.keep and before:
+                wall = time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - at)))
+                print(f"late: {code} at {wall}, {at - before[-1].at:.2f} s after {before[-1]}")
             late_codes[name] = late_codes.get(name, 0) + 1
     worst = max((delay for delay, _ in delays), default=0.0)
     late = sum(1 for _, on_time in delays if not on_time) + len(outcome.error_times) - len(delays)
     total = outcome.completed + outcome.errored + outcome.refused + outcome.hung
     kinds = {kind: sum(1 for fault in faults if fault.kind == kind) for kind in sorted({f.kind for f in faults})}
     print(f"faults: {kinds}; errors later than their bound: {late} of {len(delays)} {late_codes or ''}")
+    print(f"per model: {outcome.by_model}")
     met = outcome.hung == 0 and leaked == 0 and orphans == 0 and late == 0
     print(
         f"RESULT chaos seconds={args.seconds:g} streams={total} completed={outcome.completed} "

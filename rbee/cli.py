@@ -265,6 +265,9 @@ def worker_serve(
     device: Annotated[str, typer.Option()] = "cpu",
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8001,
+    listen_fd: Annotated[
+        int | None, typer.Option(help="A socket bound to host:port that the hive made and passed down.")
+    ] = None,
     hive_url: Annotated[str | None, typer.Option()] = None,
     token_file: Annotated[str | None, typer.Option()] = None,
     parent_pid: Annotated[int | None, typer.Option()] = None,
@@ -284,6 +287,7 @@ def worker_serve(
         device=device,
         host=host,
         port=port,
+        listen_fd=listen_fd,
         hive_url=hive_url,
         token=server.token_from_file(token_file),
         parent_pid=parent_pid,

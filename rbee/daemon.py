@@ -67,10 +67,12 @@ def server(app: Any, listen: str, graceful: int, tls: tuple[str, str] | None = N
     )
 
 
-async def start(served: uvicorn.Server, on_signal: Callable[[], None] | None = None) -> asyncio.Task[None]:
-    """Start serving; returns (the task that serves) once the server listens or failed to. SIGTERM and SIGINT
-    then call `on_signal`, by default: stop serving."""
-    serving = asyncio.create_task(served.serve(), name="serve")
+async def start(
+    served: uvicorn.Server, on_signal: Callable[[], None] | None = None, sock: socket.socket | None = None
+) -> asyncio.Task[None]:
+    """Start serving (on `sock` when one was bound for it); returns (the task that serves) once the server
+    listens or failed to. SIGTERM and SIGINT then call `on_signal`, by default: stop serving."""
+    serving = asyncio.create_task(served.serve(sockets=[sock] if sock else None), name="serve")
     while not served.started and not serving.done():
         await asyncio.sleep(0.01)
     loop = asyncio.get_running_loop()

@@ -122,6 +122,8 @@ class ReadyReport(BaseModel):
     backend: str
     device: str
     load_seconds: float = 0.0
+    slots: int = Field(default=1, ge=1, le=1024)
+    """Requests it serves at once."""
 
 
 def sse(data: dict[str, Any], event: str | None = None) -> bytes:
@@ -246,7 +248,9 @@ ProvisionProgress = Annotated[DownloadProgress | StageProgress, Field(discrimina
 
 
 class WorkersRequest(BaseModel):
-    """The body of a hive's `POST /v1/workers`: start this many replicas of a catalog model."""
+    """The body of a hive's `POST /v1/workers`: start this many replicas of a catalog model, or fewer: never more
+    than bring the group to `at_most` workers loading or serving. The queen's reconcile pass and its cold start
+    both grow a group from observations that may be a second old; the hive, which knows, takes the difference."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -254,6 +258,7 @@ class WorkersRequest(BaseModel):
     backend: str = "auto"
     device: str = "auto"
     replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    at_most: Annotated[int, Field(ge=0, le=1024)] | None = None
 
 
 class HeartbeatSubscription(BaseModel):

@@ -15,6 +15,7 @@ from typing import Protocol
 import httpx
 
 from rbee.api.credentials import FleetCredentials
+from rbee.api.state import WorkerGroup
 from rbee.clients.hive import HiveCallError, HiveClient, Progress
 from rbee.infra import job, tls
 from rbee.infra import wheel as rbee_wheel
@@ -182,8 +183,10 @@ class Executor:
         elif change.action is Action.REMOVE_MODEL:
             await client.remove_model(change.model or "")
         elif change.action is Action.START_WORKERS:
+            group = WorkerGroup(change.model or "", change.backend or "auto", change.device or "auto")
+            wanted = [w.replicas for w in self.spec.workers if w.hive == change.hive and w.group == group]
             await client.start_workers(
-                change.model or "", change.backend or "auto", change.device or "auto", change.replicas, progress
+                group.model, group.backend, group.device, change.replicas, progress, at_most=sum(wanted) or None
             )
         elif change.action is Action.STOP_WORKERS:
             await asyncio.gather(*(client.stop_worker(worker_id) for worker_id in change.worker_ids))

@@ -115,9 +115,17 @@ class HiveClient:
         _raise_for(await self._client.delete(f"/v1/models/{name}"))
 
     async def start_workers(
-        self, model: str, backend: str, device: str, replicas: int, progress: OnProgress, timeout: float = 600.0
+        self,
+        model: str,
+        backend: str,
+        device: str,
+        replicas: int,
+        progress: OnProgress,
+        timeout: float = 600.0,
+        at_most: int | None = None,
     ) -> list[str]:
-        body = wire.WorkersRequest(model=model, backend=backend, device=device, replicas=replicas)
+        """Start workers and wait until they are ready; their ids (none when the group already had `at_most`)."""
+        body = wire.WorkersRequest(model=model, backend=backend, device=device, replicas=replicas, at_most=at_most)
         response = await self._client.post("/v1/workers", content=body.model_dump_json())
         _raise_for(response)
         ids: list[str] = response.json()["workers"]

@@ -163,7 +163,7 @@ def create_app(hive: Hive) -> Starlette:
         if record is None:
             return error(404, f"model {body.model} is not in this hive's catalog; add it first", "not_found")
         try:
-            ids = hive.supervisor.spawn(record, body.backend, body.device, body.replicas)
+            ids = hive.supervisor.spawn(record, body.backend, body.device, body.replicas, body.at_most)
         except SupervisorError as failure:
             return error(422, str(failure), "unsupported")
         return JSONResponse({"workers": ids}, 202)
@@ -171,7 +171,7 @@ def create_app(hive: Hive) -> Starlette:
     async def worker_ready(request: Request) -> Response:
         report: wire.ReadyReport = await parse(request, wire.ReadyReport)
         try:
-            hive.supervisor.mark_ready(request.path_params["id"])
+            hive.supervisor.mark_ready(request.path_params["id"], report.slots)
         except KeyError:
             return error(404, f"no worker {request.path_params['id']} on this hive", "not_found")
         return JSONResponse({"ok": True, "port": report.port})

@@ -54,6 +54,8 @@ class Worker:
     progress: float | None = None
     missed_probes: int = 0
     """Health probes in a row this worker did not answer in time."""
+    slots: int = 1
+    """Requests it serves at once, as it reported when ready."""
 
     @property
     def group(self) -> WorkerGroup:
@@ -72,6 +74,7 @@ class Worker:
             port=self.port,
             reason=self.reason,
             progress=self.progress if self.state is WorkerState.LOADING else None,
+            slots=self.slots,
         )
 
 
@@ -100,8 +103,16 @@ class Supervisor:
         ]
         return live + list(self.parked.values())
 
-    def spawn(self, record: ModelRecord, requested_backend: str, requested_device: str, replicas: int) -> list[str]:
-        """Start `replicas` workers; returns their ids at once (they report ready when loaded).
+    def spawn(
+        self,
+        record: ModelRecord,
+        requested_backend: str,
+        requested_device: str,
+        replicas: int,
+        at_most: int | None = None,
+    ) -> list[str]:
+        """Start `replicas` workers, or fewer so that the group has no more than `at_most` loading or serving;
+        returns their ids at once (they report ready when loaded), none when the group is full already.
 
         Runs on the event loop's thread on purpose: the parent-death signal fires when the thread that forked
         a child ends, so forking from a short-lived thread would kill the worker with it.
@@ -115,6 +126,9 @@ class Supervisor:
             raise SupervisorError(str(refusal)) from None
         device = place.id
         group = WorkerGroup(record.name, requested_backend, requested_device)
+        if at_most is not None:
+            running = sum(1 for w in self.workers.values() if w.group == group and w.state.is_running)
+            replicas = max(0, min(replicas, at_most - running))
         for worker_id in [w.id for w in self.workers.values() if w.state is WorkerState.FAILED]:
             failed = self.workers[worker_id]
             if failed.group == group:
@@ -128,7 +142,8 @@ class Supervisor:
         for _ in range(replicas):
             seq = self.catalog.next_worker_seq()
             worker_id = f"w-{seq}"
-            port = self._free_port()
+            listener = self._reserve_port()
+            port = listener.getsockname()[1]
             log_path = self.config.logs_dir / f"worker-{worker_id}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             command = [
@@ -151,6 +166,8 @@ class Supervisor:
                 self.config.host or "127.0.0.1",
                 "--port",
                 str(port),
+                "--listen-fd",
+                str(listener.fileno()),
                 "--hive-url",
                 self.config.url,
                 "--parent-pid",
@@ -162,13 +179,14 @@ class Supervisor:
                 command += ["--tls-cert", self.config.tls[0], "--tls-key", self.config.tls[1]]
             if self.config.ca_file:
                 command += ["--ca-file", str(Path(self.config.ca_file).expanduser())]
-            with log_path.open("ab") as log_file:
+            with log_path.open("ab") as log_file, listener:  # the worker has its own copy of the socket
                 process = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     preexec_fn=daemon.parent_death_signal,
+                    pass_fds=(listener.fileno(),),
                 )
             worker = Worker(
                 id=worker_id,
@@ -200,10 +218,11 @@ class Supervisor:
             log.info("started %s for %s (pid %d, port %d)", worker_id, record.name, process.pid, port)
         return ids
 
-    def mark_ready(self, worker_id: str) -> Worker:
+    def mark_ready(self, worker_id: str, slots: int = 1) -> Worker:
         worker = self._get(worker_id)
         if worker.state is WorkerState.LOADING:
             worker.state = WorkerState.IDLE
+            worker.slots = slots
             self.catalog.update_worker(worker_id, str(WorkerState.IDLE))
             self.on_change()
             log.info("%s is ready after %.1f s", worker_id, time.monotonic() - worker.started)
@@ -351,17 +370,21 @@ class Supervisor:
         host = self.config.host
         return "127.0.0.1" if host in ("", "0.0.0.0") else host
 
-    def _free_port(self) -> int:
+    def _reserve_port(self) -> socket.socket:
+        """A socket bound to the first free port from FIRST_WORKER_PORT, which the worker inherits and listens
+        on: probing a port and letting the worker bind it later lost it to another hive on the same machine."""
         taken = {worker.port for worker in self.workers.values()}
+        host = self.config.host or "127.0.0.1"  # where the worker serves (`--host`)
         for port in range(FIRST_WORKER_PORT, FIRST_WORKER_PORT + 1000):
             if port in taken or port == self.config.port:
                 continue
-            with socket.socket() as sock:
-                try:
-                    sock.bind((self._worker_host(), port))
-                except OSError:
-                    continue
-                return port
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                continue
+            return sock
         raise SupervisorError(f"no free port from {FIRST_WORKER_PORT} to {FIRST_WORKER_PORT + 999} on this hive")
 
 

@@ -139,11 +139,17 @@ class Autoscaler:
 
         try:
             ids = await client.start_workers(
-                group.model, group.backend, group.device, 1, progress, timeout=COLD_START_TIMEOUT
+                group.model, group.backend, group.device, 1, progress, COLD_START_TIMEOUT, group.replicas
             )
             await self.fleet.refresh()
             took = time.monotonic() - start.started
-            self.events.record("cold-start", f"{hive.name}/workers {group.model}", f"{ids[0]} ready after {took:.1f} s")
+            if ids:
+                self.events.record(
+                    "cold-start", f"{hive.name}/workers {group.model}", f"{ids[0]} ready after {took:.1f} s"
+                )
+            elif self._loading(group.model) is not None:  # the reconcile pass started them first: wait for those
+                start.detail = "a worker of it is loading"
+                await self._await_loading(start)
         except (HiveCallError, httpx.HTTPError) as error:
             message = f"could not start a worker of {group.model} on hive {hive.name}: {error}"
             self.events.record("failed", f"{hive.name}/workers {group.model}", message)

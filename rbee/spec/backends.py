@@ -22,6 +22,8 @@ class Backend(StrEnum):
     MLX = "mlx"
     EMBED = "embed"
     CTRANSFORMERS = "ctransformers"
+    SYNTHETIC = "synthetic"
+    """A benchmark load (worker/backends/synthetic.py): no weights, tokens at a fixed rate; never chosen by auto."""
 
 
 class ModelKind(StrEnum):
@@ -72,6 +74,14 @@ TABLE: dict[Backend, Capability] = {
         ("cpu",),  # rbee runs it without GPU layers
         "ctransformers",
         "ctransformers",
+    ),
+    Backend.SYNTHETIC: Capability(
+        Backend.SYNTHETIC,
+        frozenset(ModelFormat),  # it reads none of them
+        ModelKind.TEXT,
+        ("cpu",),
+        "rbee",
+        "",  # nothing to install
     ),
 }
 
@@ -126,4 +136,4 @@ def extras(workloads: Iterable[Workload], pinned: Iterable[str] | None, metal: b
                 order = auto_order(workload.kind, workload.format, metal)
                 if order:
                     wanted.add(order[0])
-    return tuple(sorted(TABLE[backend].extra for backend in wanted))
+    return tuple(sorted(TABLE[backend].extra for backend in wanted if TABLE[backend].extra))

@@ -1,9 +1,10 @@
-"""A worker's state: its options, its one model load, which request holds it, and the wake-ups its HTTP side
-waits on. Shared by the app, the stream and the loading thread."""
+"""A worker's state: its options, its one model load, the requests that hold its slots, and the wake-ups its
+HTTP side waits on. Shared by the app, the streams and the loading thread."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from rbee.api.state import WorkerState
 from rbee.worker import backends
 
 ABANDONED_AFTER = 5.0
-"""Seconds a request may hold the worker busy without its stream starting (its client left first)."""
+"""Seconds a request may hold a slot without its stream starting (its client left first)."""
 
 
 @dataclass
@@ -33,6 +34,19 @@ class WorkerOptions:
     tls: tuple[str, str] | None = None
     """Certificate and key files: the worker then serves only TLS (its hive's certificate, same machine)."""
     ca_file: str | None = None
+    listen_fd: int | None = None
+    """The socket its hive bound to host:port and passed down: the port was the worker's from the moment the hive
+    chose it, so nothing else on the machine can take it in the second before the worker listens."""
+
+
+@dataclass
+class Active:
+    """One request holding a slot."""
+
+    request_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    claimed: float = field(default_factory=time.monotonic)
+    streaming: bool = False
 
 
 @dataclass
@@ -42,13 +56,41 @@ class Runtime:
     state: WorkerState = WorkerState.LOADING
     progress: float = 0.0
     error: str | None = None
-    request_id: str | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
+    active: dict[str, Active] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     loop: asyncio.AbstractEventLoop | None = None
     server: uvicorn.Server | None = None
-    streaming: bool = False
-    claimed: float = 0.0
+    threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+    @property
+    def slots(self) -> int:
+        """Requests served at once: what the engine can generate side by side (1 for an engine with one context)."""
+        return max(1, int(getattr(self.engine, "slots", 1)))
+
+    @property
+    def generation_threads(self) -> concurrent.futures.ThreadPoolExecutor:
+        """One long-lived thread per slot: engines keep per-thread state (torch's intra-op pool took ~30 ms to set
+        up in each new thread), so a generation never runs in a fresh thread."""
+        if self.threads is None:
+            self.threads = concurrent.futures.ThreadPoolExecutor(self.slots, thread_name_prefix="generate")
+        return self.threads
+
+    def refusal(self) -> str | None:
+        """Why a new request cannot have a slot now, or None."""
+        if self.state in (WorkerState.IDLE, WorkerState.BUSY) and len(self.active) < self.slots:
+            return None
+        if self.state is WorkerState.LOADING:
+            return "the model is still loading"
+        if self.state is WorkerState.BUSY:
+            return f"the worker is busy (all {self.slots} slots)" if self.slots > 1 else "the worker is busy"
+        return f"the worker is {self.state}"
+
+    def claim(self, request_id: str) -> Active:
+        request = Active(request_id)
+        self.active[request_id] = request
+        if self.state is WorkerState.IDLE:
+            self.set_state(WorkerState.BUSY)
+        return request
 
     def set_state(self, state: WorkerState) -> None:
         self.state = state
@@ -63,17 +105,19 @@ class Runtime:
         self.changed = asyncio.Event()
 
 
-def release(runtime: Runtime) -> None:
-    runtime.streaming = False
-    if runtime.state is WorkerState.BUSY:
-        runtime.request_id = None
+def release(runtime: Runtime, request: Active) -> None:
+    request.streaming = False
+    if runtime.active.get(request.request_id) is request:
+        del runtime.active[request.request_id]
+    if runtime.state is WorkerState.BUSY and not runtime.active:
         runtime.set_state(WorkerState.IDLE)
 
 
 async def release_abandoned(runtime: Runtime) -> None:
-    """A request whose client left before its stream began would hold the worker busy forever: free it."""
+    """A request whose client left before its stream began would hold its slot forever: free it."""
     while True:
         await asyncio.sleep(1.0)
-        stuck = time.monotonic() - runtime.claimed > ABANDONED_AFTER
-        if runtime.state is WorkerState.BUSY and not runtime.streaming and stuck:
-            release(runtime)
+        now = time.monotonic()
+        for request in list(runtime.active.values()):
+            if not request.streaming and now - request.claimed > ABANDONED_AFTER:
+                release(runtime, request)

@@ -1,7 +1,9 @@
-"""The worker daemon: `rbee worker serve`. One model replica in one process, one request at a time.
+"""The worker daemon: `rbee worker serve`. One model replica in one process, serving as many requests at once as
+its engine has slots (one for an engine with a single context).
 
-States: loading -> idle <-> busy -> stopping. It tells its hive when it is ready (or why it failed), and it
-exits when its hive dies (parent-death signal, and a watchdog on the parent pid where that is unavailable).
+States: loading -> idle <-> busy (at least one request) -> stopping. It tells its hive when it is ready (or why
+it failed), and it exits when its hive dies (parent-death signal, and a watchdog on the parent pid where that
+is unavailable).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -68,10 +71,11 @@ def create_app(runtime: Runtime) -> Starlette:
             body = wire.ExecuteRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
             return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
-        if runtime.state is WorkerState.LOADING:
-            return JSONResponse(wire.error_body("the model is still loading", "loading"), 503)
-        if runtime.state is not WorkerState.IDLE:
-            return JSONResponse(wire.error_body(f"the worker is {runtime.state}", str(runtime.state)), 503)
+        refused = runtime.refusal()
+        if refused is not None:
+            return JSONResponse(wire.error_body(refused, str(runtime.state)), 503)
+        if body.request_id in runtime.active:
+            return JSONResponse(wire.error_body(f"request {body.request_id} is already running", "conflict"), 409)
         if body.messages is not None:
             prompt, template_stops = engine.render_chat(body.messages)
             options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
@@ -84,12 +88,9 @@ def create_app(runtime: Runtime) -> Starlette:
                 {"error": {"message": too_long, "code": "context_length_exceeded", "param": param}}, 400
             )
         encoder = stream.encoder_for(body, runtime.options.model)
-        runtime.request_id = body.request_id
-        runtime.cancel = threading.Event()
-        runtime.claimed = time.monotonic()
-        runtime.set_state(WorkerState.BUSY)
+        claimed = runtime.claim(body.request_id)
         return StreamingResponse(
-            stream.stream(runtime, engine, prompt, options, encoder),
+            stream.stream(runtime, claimed, engine, prompt, options, encoder),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
@@ -99,20 +100,19 @@ def create_app(runtime: Runtime) -> Starlette:
             body = wire.EmbedRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
             return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
-        if runtime.state is not WorkerState.IDLE:
-            return JSONResponse(wire.error_body(f"the worker is {runtime.state}", str(runtime.state)), 503)
-        runtime.request_id = body.request_id
-        runtime.claimed = time.monotonic()
-        runtime.streaming = True
-        runtime.set_state(WorkerState.BUSY)
+        refused = runtime.refusal()
+        if refused is not None or body.request_id in runtime.active:
+            return JSONResponse(wire.error_body(refused or "the worker is busy", str(runtime.state)), 503)
+        claimed = runtime.claim(body.request_id)
+        claimed.streaming = True
         try:
             loop = asyncio.get_running_loop()
-            vectors, tokens = await loop.run_in_executor(stream.GENERATE, engine.embed, body.input)
+            vectors, tokens = await loop.run_in_executor(runtime.generation_threads, engine.embed, body.input)
         except Exception as error:
             log.exception("embedding failed")
             return JSONResponse(wire.error_body(f"embedding failed: {error}", "generation_failed"), 500)
         finally:
-            release(runtime)
+            release(runtime, claimed)
         if body.encoding == "base64":
             encoded = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in vectors]
             return JSONResponse({"embeddings": encoded, "prompt_tokens": tokens})
@@ -123,10 +123,11 @@ def create_app(runtime: Runtime) -> Starlette:
             wanted = json.loads(await request.body() or b"{}").get("request_id")
         except (ValueError, AttributeError):
             return JSONResponse(wire.error_body("the body must be JSON", "invalid_request"), 400)
-        hit = runtime.state is WorkerState.BUSY and wanted in (None, runtime.request_id)
-        if hit:
-            runtime.cancel.set()
-        return JSONResponse({"cancelled": hit, "request_id": runtime.request_id})
+        # No id: every request in flight (the hive's "stop what you are doing").
+        hits = [active for active in runtime.active.values() if wanted in (None, active.request_id)]
+        for active in hits:
+            active.cancel.set()
+        return JSONResponse({"cancelled": bool(hits), "request_id": hits[0].request_id if len(hits) == 1 else None})
 
     async def shutdown(request: Request) -> Response:
         stop(runtime)
@@ -149,7 +150,8 @@ def stop(runtime: Runtime) -> None:
     generation in progress ends within a token and its stream says the worker stopped; nothing waits for it to
     finish its answer."""
     runtime.set_state(WorkerState.STOPPING)
-    runtime.cancel.set()
+    for request in runtime.active.values():
+        request.cancel.set()
     if runtime.server is not None:
         runtime.server.should_exit = True
 
@@ -187,6 +189,7 @@ def load(runtime: Runtime) -> None:
             backend=runtime.engine.name,
             device=runtime.engine.device,
             load_seconds=round(time.monotonic() - started, 3),
+            slots=runtime.slots,
         )
     )
 
@@ -203,7 +206,8 @@ def serve(options: WorkerOptions) -> None:
     async def main() -> None:
         runtime.loop = asyncio.get_running_loop()
         guard = asyncio.create_task(release_abandoned(runtime))
-        serving = await daemon.start(server, lambda: stop(runtime))
+        bound = socket.socket(fileno=options.listen_fd) if options.listen_fd is not None else None
+        serving = await daemon.start(server, lambda: stop(runtime), bound)
         if server.started:
             threading.Thread(target=load, args=(runtime,), name="load", daemon=True).start()
         await serving

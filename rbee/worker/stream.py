@@ -1,12 +1,12 @@
-"""A generation, streamed: the engine runs in the worker's one generation thread and hands its text pieces to
-the event loop through a mailbox; the loop encodes them in the client's wire format and writes them out.
+"""A generation, streamed: the engine runs in one of the worker's generation threads (one per slot) and hands
+its text pieces to the event loop through a mailbox; the loop encodes them in the client's wire format and
+writes them out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from rbee.api import anthropic, openai, responses, wire
 from rbee.api.state import WorkerState
 from rbee.worker import backends
-from rbee.worker.runtime import Runtime, release
+from rbee.worker.runtime import Active, Runtime, release
 
 log = logging.getLogger("rbee.worker")
 KEEP_ALIVE = 15.0
@@ -102,18 +102,18 @@ class Mailbox:
         return taken
 
 
-GENERATE = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-"""One long-lived generation thread: engines keep per-thread state (torch's intra-op pool took ~30 ms to set
-up in each new thread), and the engine serves one request at a time anyway."""
-
-
 async def stream(
-    runtime: Runtime, engine: backends.Backend, prompt: str, options: wire.SamplingOptions, encoder: Encoder
+    runtime: Runtime,
+    request: Active,
+    engine: backends.Backend,
+    prompt: str,
+    options: wire.SamplingOptions,
+    encoder: Encoder,
 ) -> AsyncIterator[bytes]:
     """Run the generation in a thread and relay its pieces; a client that goes away cancels it."""
     mailbox = Mailbox(asyncio.get_running_loop(), STREAM_PACE)
     result = backends.Generation()
-    cancel = runtime.cancel
+    cancel = request.cancel
 
     def produce() -> None:
         try:
@@ -126,7 +126,7 @@ async def stream(
             log.exception("generation failed")
             mailbox.put(("error", f"generation failed: {error}"), final=True)
 
-    runtime.streaming = True
+    request.streaming = True
     timed_out = False
 
     def time_is_up() -> None:
@@ -136,7 +136,7 @@ async def stream(
 
     limit = getattr(options, "time_limit", None)
     timer = asyncio.get_running_loop().call_later(limit, time_is_up) if limit else None
-    job = GENERATE.submit(produce)
+    job = runtime.generation_threads.submit(produce)
     try:
         opening = encoder.start()  # sent with the first token, so a client's first bytes hold text
         started = False
@@ -163,7 +163,7 @@ async def stream(
             await asyncio.wrap_future(job)
             # Stopped by rbee (scale-down, park, destroy), not by its client: a cut answer must not look finished.
             stopped = result.finish_reason is wire.FinishReason.CANCELLED and runtime.state is WorkerState.STOPPING
-            release(runtime)
+            release(runtime, request)
             reason = str(result.finish_reason)
             cut = result.finish_reason is wire.FinishReason.CANCELLED and timed_out
             if kind == "done" and not stopped and not cut:
@@ -185,4 +185,4 @@ async def stream(
         # No await here: a client that went away cancels this task, and every await would raise again.
         # The engine sees `cancel` within one token and holds its own lock, so the next request waits for it.
         cancel.set()
-        release(runtime)
+        release(runtime, request)

@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from rbee.api.state import WorkerState
 from rbee.worker.backends.gguf import GgufBackend
+from rbee.worker.runtime import release
 from rbee.worker.server import Runtime, WorkerOptions, create_app
 from tests.http.streams import cancel_after
 
@@ -124,9 +125,11 @@ def test_a_loading_or_busy_worker_refuses_with_503(client: tuple[TestClient, Run
     runtime.state = WorkerState.LOADING
     assert test_client.post("/v1/execute", json={"prompt": "x"}, headers=TOKEN).status_code == 503
     assert test_client.get("/v1/ready", headers=TOKEN).status_code == 503
-    runtime.state = WorkerState.BUSY
-    assert test_client.post("/v1/execute", json={"prompt": "x"}, headers=TOKEN).json()["error"]["code"] == "busy"
     runtime.state = WorkerState.IDLE
+    held = runtime.claim("held")  # its one slot is taken
+    assert test_client.post("/v1/execute", json={"prompt": "x"}, headers=TOKEN).json()["error"]["code"] == "busy"
+    release(runtime, held)
+    assert runtime.state is WorkerState.IDLE
     assert test_client.get("/v1/ready", headers=TOKEN).json()["ready"] is True
 
 

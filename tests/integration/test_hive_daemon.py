@@ -109,3 +109,29 @@ def test_bad_requests_get_json_errors(hive: tuple[httpx.Client, subprocess.Popen
     assert httpx.get(f"{client.base_url}/v1/state", trust_env=False).status_code == 401
     wrong = httpx.get(f"{client.base_url}/v1/state", headers={"Authorization": "Bearer nope"}, trust_env=False)
     assert wrong.status_code == 401 and json.loads(wrong.text)["error"]["code"] == "unauthorized"
+
+
+def test_a_start_never_grows_a_group_past_at_most_and_synthetic_workers_report_their_slots(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    """The queen's reconcile pass and its cold start may both ask to grow a group from a stale observation; the
+    hive takes the difference (`at_most`), so the group never overshoots and nothing is scaled down under load.
+    Synthetic workers are real processes with 8 slots, which the hive reports from their ready call."""
+    client, _ = hive
+    assert client.post("/v1/models", json={"name": "smol", "source": f"file://{smollm2}"}).status_code == 200
+    group = {"model": "smol", "backend": "synthetic"}
+    first = client.post("/v1/workers", json={**group, "replicas": 2, "at_most": 2})
+    assert first.status_code == 202 and len(first.json()["workers"]) == 2, first.text
+    again = client.post("/v1/workers", json={**group, "replicas": 1, "at_most": 2})
+    assert again.status_code == 202 and again.json()["workers"] == [], again.text
+    other = client.post("/v1/workers", json={"model": "smol", "replicas": 1, "at_most": 1})  # another group
+    assert len(other.json()["workers"]) == 1, other.text
+    deadline = time.monotonic() + 60
+    while True:
+        workers = client.get("/v1/state").json()["workers"]
+        if len(workers) == 3 and all(worker["state"] == "idle" for worker in workers):
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.1)
+    slots = sorted((worker["backend"], worker["slots"]) for worker in workers)
+    assert slots == [("gguf", 1), ("synthetic", 8), ("synthetic", 8)], slots

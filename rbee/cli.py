@@ -272,6 +272,8 @@ def worker_serve(
     token_file: Annotated[str | None, typer.Option()] = None,
     parent_pid: Annotated[int | None, typer.Option()] = None,
     threads: Annotated[int | None, typer.Option()] = None,
+    slots: Annotated[int | None, typer.Option(help="Requests served at once (engines that batch).")] = None,
+    context: Annotated[int | None, typer.Option(help="Tokens of context per slot.")] = None,
     tls_cert: Annotated[str | None, typer.Option()] = None,
     tls_key: Annotated[str | None, typer.Option()] = None,
     ca_file: Annotated[str | None, typer.Option()] = None,
@@ -292,6 +294,8 @@ def worker_serve(
         token=server.token_from_file(token_file),
         parent_pid=parent_pid,
         threads=threads,
+        slots=slots,
+        context=context,
         tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         ca_file=ca_file,
     )

@@ -168,8 +168,17 @@ class EventEncoder:
 END_MARK = b": rbee-end "
 
 
-def end_comment(prompt_tokens: int, completion_tokens: int, finish_reason: str, error: str | None = None) -> bytes:
-    body = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "finish_reason": finish_reason}
+def end_comment(
+    prompt_tokens: int, completion_tokens: int, finish_reason: str, error: str | None = None, cached_tokens: int = 0
+) -> bytes:
+    """`cached_tokens`: of the prompt's tokens, those the engine found in its cache and did not evaluate again."""
+    body: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "finish_reason": finish_reason,
+    }
+    if cached_tokens:
+        body["cached_tokens"] = cached_tokens
     if error is not None:
         body["error"] = error
     return END_MARK + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
@@ -259,6 +268,8 @@ class WorkersRequest(BaseModel):
     device: str = "auto"
     replicas: Annotated[int, Field(ge=1, le=1024)] = 1
     at_most: Annotated[int, Field(ge=0, le=1024)] | None = None
+    slots: Annotated[int, Field(ge=1, le=256)] | None = None
+    context: Annotated[int, Field(ge=256, le=1048576)] | None = None
 
 
 class HeartbeatSubscription(BaseModel):

@@ -184,9 +184,15 @@ class Executor:
             await client.remove_model(change.model or "")
         elif change.action is Action.START_WORKERS:
             group = WorkerGroup(change.model or "", change.backend or "auto", change.device or "auto")
-            wanted = [w.replicas for w in self.spec.workers if w.hive == change.hive and w.group == group]
+            specs = [w for w in self.spec.workers if w.hive == change.hive and w.group == group]
             await client.start_workers(
-                group.model, group.backend, group.device, change.replicas, progress, at_most=sum(wanted) or None
+                group.model,
+                group.backend,
+                group.device,
+                change.replicas,
+                progress,
+                at_most=sum(w.replicas for w in specs) or None,
+                shape=(specs[0].slots, specs[0].context) if specs else (None, None),
             )
         elif change.action is Action.STOP_WORKERS:
             await asyncio.gather(*(client.stop_worker(worker_id) for worker_id in change.worker_ids))

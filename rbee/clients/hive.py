@@ -123,9 +123,20 @@ class HiveClient:
         progress: OnProgress,
         timeout: float = 600.0,
         at_most: int | None = None,
+        shape: tuple[int | None, int | None] = (None, None),
     ) -> list[str]:
-        """Start workers and wait until they are ready; their ids (none when the group already had `at_most`)."""
-        body = wire.WorkersRequest(model=model, backend=backend, device=device, replicas=replicas, at_most=at_most)
+        """Start workers (with `shape`: slots and context per slot) and wait until they are ready; their ids
+        (none when the group already had `at_most`)."""
+        slots, context = shape
+        body = wire.WorkersRequest(
+            model=model,
+            backend=backend,
+            device=device,
+            replicas=replicas,
+            at_most=at_most,
+            slots=slots,
+            context=context,
+        )
         response = await self._client.post("/v1/workers", content=body.model_dump_json())
         _raise_for(response)
         ids: list[str] = response.json()["workers"]

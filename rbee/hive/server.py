@@ -163,7 +163,9 @@ def create_app(hive: Hive) -> Starlette:
         if record is None:
             return error(404, f"model {body.model} is not in this hive's catalog; add it first", "not_found")
         try:
-            ids = hive.supervisor.spawn(record, body.backend, body.device, body.replicas, body.at_most)
+            ids = hive.supervisor.spawn(
+                record, body.backend, body.device, body.replicas, body.at_most, (body.slots, body.context)
+            )
         except SupervisorError as failure:
             return error(422, str(failure), "unsupported")
         return JSONResponse({"workers": ids}, 202)

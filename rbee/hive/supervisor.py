@@ -110,6 +110,7 @@ class Supervisor:
         requested_device: str,
         replicas: int,
         at_most: int | None = None,
+        shape: tuple[int | None, int | None] = (None, None),
     ) -> list[str]:
         """Start `replicas` workers, or fewer so that the group has no more than `at_most` loading or serving;
         returns their ids at once (they report ready when loaded), none when the group is full already.
@@ -173,6 +174,9 @@ class Supervisor:
                 "--parent-pid",
                 str(os.getpid()),
             ]
+            for flag, value in zip(("--slots", "--context"), shape, strict=True):
+                if value is not None:
+                    command += [flag, str(value)]
             if self.token is not None:
                 command += ["--token-file", str(self._write_credential(worker_id))]
             if self.config.tls is not None:  # paths, not secrets: the key file is the hive's own, mode 0600

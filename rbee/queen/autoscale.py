@@ -139,7 +139,14 @@ class Autoscaler:
 
         try:
             ids = await client.start_workers(
-                group.model, group.backend, group.device, 1, progress, COLD_START_TIMEOUT, group.replicas
+                group.model,
+                group.backend,
+                group.device,
+                1,
+                progress,
+                COLD_START_TIMEOUT,
+                group.replicas,
+                (group.slots, group.context),
             )
             await self.fleet.refresh()
             took = time.monotonic() - start.started

@@ -31,6 +31,9 @@ class WorkerOptions:
     token: str | None
     parent_pid: int | None = None
     threads: int | None = None
+    slots: int | None = None
+    """Asked for by hive.yaml (`workers[].slots`); an engine that cannot batch serves one whatever it says."""
+    context: int | None = None
     tls: tuple[str, str] | None = None
     """Certificate and key files: the worker then serves only TLS (its hive's certificate, same machine)."""
     ca_file: str | None = None

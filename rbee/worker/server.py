@@ -197,7 +197,9 @@ def load(runtime: Runtime) -> None:
 def serve(options: WorkerOptions) -> None:
     daemon.configure_logging("%(asctime)s worker %(levelname)s %(message)s")
     daemon.die_with_parent(options.parent_pid)
-    engine = backends.create(options.backend, options.model_path, options.device, options.threads)
+    engine = backends.create(
+        options.backend, options.model_path, options.device, options.threads, (options.slots, options.context)
+    )
     runtime = Runtime(options=options, engine=engine)
     tls.pin(options.ca_file)  # its reports go to its hive over TLS when the hive serves TLS
     server = daemon.server(create_app(runtime), f"{options.host}:{options.port}", graceful=3, tls=options.tls)

@@ -167,7 +167,9 @@ async def stream(
             reason = str(result.finish_reason)
             cut = result.finish_reason is wire.FinishReason.CANCELLED and timed_out
             if kind == "done" and not stopped and not cut:
-                end = wire.end_comment(result.prompt_tokens, result.completion_tokens, reason)
+                end = wire.end_comment(
+                    result.prompt_tokens, result.completion_tokens, reason, cached_tokens=result.cached_tokens
+                )
                 yield opening + end + encoder.finish(reason, result.prompt_tokens, result.completion_tokens)
             else:
                 if cut:

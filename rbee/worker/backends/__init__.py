@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,6 +23,8 @@ class Generation:
     """Filled in while a generation runs; read after its iterator is exhausted."""
 
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Of the prompt's tokens, those already in the engine's cache (a shared prefix): not evaluated again."""
     completion_tokens: int = 0
     finish_reason: FinishReason = FinishReason.STOP
 
@@ -83,20 +85,26 @@ class OneAtATime:
     ) -> Iterator[str]:
         if not self._loaded():
             raise BackendError("the model is not loaded")
-        assembler = TextAssembler(options.stop)
         # closing(): an engine left at a stop string ends (and frees what it holds) before the lock is released
         with self._lock, contextlib.closing(self._generate(prompt, options, cancel, result)) as stream:
-            for data in stream:
-                piece = assembler.feed(data)
-                if piece:
-                    yield piece
-                if assembler.stopped:
-                    result.finish_reason = FinishReason.STOP
-                    return
-        if result.finish_reason is not FinishReason.CANCELLED:
-            tail = assembler.flush()
-            if tail:
-                yield tail
+            yield from text_pieces(stream, options.stop, result)
+
+
+def text_pieces(stream: Iterable[bytes], stop: Sequence[str], result: Generation) -> Iterator[str]:
+    """Token bytes in, text out (incremental UTF-8): a stop string ends it with finish reason `stop`, and what is
+    held back at the end (an unfinished stop string is just text) is released unless the answer was cancelled."""
+    assembler = TextAssembler(stop)
+    for data in stream:
+        piece = assembler.feed(data)
+        if piece:
+            yield piece
+        if assembler.stopped:
+            result.finish_reason = FinishReason.STOP
+            return
+    if result.finish_reason is not FinishReason.CANCELLED:
+        tail = assembler.flush()
+        if tail:
+            yield tail
 
 
 @runtime_checkable
@@ -116,12 +124,21 @@ class Embedder(Protocol):
     def unload(self) -> None: ...
 
 
-def create(backend: str, model_path: str, device: str, threads: int | None) -> Backend | Embedder:
-    """The engine of `backend` (spec/backends.py's table), imported only now: each engine's import is heavy."""
+def create(
+    backend: str,
+    model_path: str,
+    device: str,
+    threads: int | None,
+    shape: tuple[int | None, int | None] = (None, None),
+) -> Backend | Embedder:
+    """The engine of `backend` (spec/backends.py's table), imported only now: each engine's import is heavy.
+    `shape` (slots, context per slot) goes to the engines that batch; the others serve one request at a time."""
     try:
         known = capabilities.Backend(backend)
     except ValueError:
         raise BackendError(f"the {backend} backend is not available in this rbee yet") from None
     module = importlib.import_module(f"rbee.worker.backends.{known}")
-    engine: Backend | Embedder = module.ENGINE(model_path, device=device, threads=threads)
+    slots, context = shape
+    sized = {"slots": slots, "context": context} if getattr(module.ENGINE, "batches", False) else {}
+    engine: Backend | Embedder = module.ENGINE(model_path, device=device, threads=threads, **sized)
     return engine

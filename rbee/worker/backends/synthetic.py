@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import cycle
 
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation
-from rbee.worker.text import TextAssembler
+from rbee.worker.backends import BackendError, Generation, text_pieces
 
 RATE = 40.0
 """Tokens a second per request: about a 7B model's decode speed on one consumer GPU."""
@@ -46,26 +45,21 @@ class SyntheticBackend:
         result.prompt_tokens = len(prompt.split())
         _, said, words = prompt.rpartition("say:")
         pieces = iter(f" {word}" for word in words.split()) if said else cycle([" tok"])
-        assembler = TextAssembler(options.stop)
         result.finish_reason = FinishReason.LENGTH
-        while result.completion_tokens < options.max_tokens:
-            if cancel.wait(1.0 / RATE):
-                result.finish_reason = FinishReason.CANCELLED
-                return
-            piece = next(pieces, None)
-            if piece is None:
-                result.finish_reason = FinishReason.STOP
-                break
-            result.completion_tokens += 1
-            text = assembler.feed(piece.encode())
-            if text:
-                yield text
-            if assembler.stopped:
-                result.finish_reason = FinishReason.STOP
-                return
-        tail = assembler.flush()
-        if tail:
-            yield tail
+
+        def tokens() -> Iterator[bytes]:
+            while result.completion_tokens < options.max_tokens:
+                if cancel.wait(1.0 / RATE):
+                    result.finish_reason = FinishReason.CANCELLED
+                    return
+                piece = next(pieces, None)
+                if piece is None:
+                    result.finish_reason = FinishReason.STOP
+                    return
+                result.completion_tokens += 1
+                yield piece.encode()
+
+        yield from text_pieces(tokens(), options.stop, result)
 
     def unload(self) -> None:
         self._loaded = False

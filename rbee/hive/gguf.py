@@ -5,6 +5,7 @@ in full, and every tensor's bytes inside the file. A truncated or non-GGUF file 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -116,7 +117,39 @@ class _Reader:
             raise GgufError(f"{self.name} has an unknown value type {kind} in its header")
 
 
-def validate(path: Path) -> None:
+KV_KEYS = (
+    "block_count",
+    "embedding_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+)
+"""The architecture's numbers (`{architecture}.{key}`) that size its KV cache."""
+INTEGERS = {4: "I", 5: "i", 10: "Q", 11: "q"}
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    architecture: str
+    numbers: dict[str, int]
+    """The KV_KEYS the file states as single integers, without the architecture's prefix."""
+
+    def kv_bytes_per_token(self) -> int | None:
+        """What one token of context costs in llama.cpp's default f16 cache (keys and values of every layer);
+        None when the header does not say enough to tell."""
+        numbers = self.numbers
+        layers, heads = numbers.get("block_count"), numbers.get("attention.head_count")
+        embedding = numbers.get("embedding_length")
+        if not layers or not heads or not embedding:
+            return None
+        kv_heads = numbers.get("attention.head_count_kv", heads)
+        key = numbers.get("attention.key_length", embedding // heads)
+        value = numbers.get("attention.value_length", embedding // heads)
+        return layers * kv_heads * (key + value) * 2
+
+
+def validate(path: Path) -> Header:
     size = path.stat().st_size
     with path.open("rb") as handle:
         reader = _Reader(handle, size, path.name)
@@ -130,10 +163,13 @@ def validate(path: Path) -> None:
         if not 0 < tensor_count <= MAX_TENSORS or kv_count > MAX_KEYS:
             raise GgufError(f"{path.name} has an implausible header ({tensor_count} tensors, {kv_count} keys)")
         alignment, architecture = DEFAULT_ALIGNMENT, None
+        stated: dict[str, int] = {}
         for _ in range(kv_count):
             key = reader.string(MAX_KEY_BYTES, "key")
             kind = int(reader.unpack("I"))
-            if key == "general.alignment" and kind == 4:  # uint32
+            if key.partition(".")[2] in KV_KEYS and kind in INTEGERS:
+                stated[key] = int(reader.unpack(INTEGERS[kind]))
+            elif key == "general.alignment" and kind == 4:  # uint32
                 alignment = int(reader.unpack("I"))
                 if alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
                     raise GgufError(f"{path.name} declares an alignment of {alignment}; it must be a power of two")
@@ -159,3 +195,6 @@ def validate(path: Path) -> None:
         data_start = -(-handle.tell() // alignment) * alignment
     if data_start + end > size:
         raise GgufError(f"{path.name} is truncated: its tensors need {data_start + end} bytes and the file has {size}")
+    return Header(
+        architecture, {key: stated[f"{architecture}.{key}"] for key in KV_KEYS if f"{architecture}.{key}" in stated}
+    )

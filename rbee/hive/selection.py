@@ -7,6 +7,8 @@ missing); an HF folder -> mlx on Metal, torch on CUDA or CPU; an MLX folder -> m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rbee.api.state import Device, HostFacts
 from rbee.api.units import human_size
 from rbee.spec import backends
@@ -87,13 +89,30 @@ def memory_needed(size_bytes: int) -> int:
     return int(size_bytes * OVERHEAD) + BASE_BYTES
 
 
-def preflight(model: str, size_bytes: int, device: Device, reserved: int = 0) -> None:
-    """Refuse a worker whose model does not fit in `device`'s free memory (less what workers being started
-    right now will take), with both numbers."""
-    need = memory_needed(size_bytes)
+@dataclass(frozen=True, slots=True)
+class KvCache:
+    """A batching worker's KV cache: `slots` sequences of `context` tokens."""
+
+    slots: int
+    context: int
+    bytes: int
+
+
+def preflight(model: str, size_bytes: int, device: Device, reserved: int = 0, cache: KvCache | None = None) -> None:
+    """Refuse a worker whose model (and KV cache) does not fit in `device`'s free memory (less what workers being
+    started right now will take), with the numbers."""
+    need = memory_needed(size_bytes) + (cache.bytes if cache else 0)
     free = device.memory_free - reserved
     if device.memory_free and need > free:
+        parts = ""
+        if cache is not None:
+            parts = (
+                f" ({human_size(memory_needed(size_bytes))} for its weights, {human_size(cache.bytes)} for a KV cache "
+                f"of {cache.slots} slots x {cache.context} tokens)"
+            )
+        fix = "lower workers[].slots or context, " if cache is not None else ""
         raise Refused(
-            f"model {model} needs about {human_size(need)} on {device.id} and only {human_size(max(free, 0))} "
-            f"of {human_size(device.memory_total)} is free; stop other workers or choose another device"
+            f"model {model} needs about {human_size(need)}{parts} on {device.id} and only "
+            f"{human_size(max(free, 0))} of {human_size(device.memory_total)} is free; {fix}stop other workers or "
+            "choose another device"
         )

@@ -21,8 +21,9 @@ from rbee.api.hive_config import HiveConfig
 from rbee.api.state import HostFacts, WorkerGroup, WorkerInfo, WorkerState
 from rbee.clients.worker import WorkerClient
 from rbee.hive import config as hive_config
-from rbee.hive import detect, selection
+from rbee.hive import detect, gguf, selection
 from rbee.hive.catalog import Catalog, ModelRecord
+from rbee.spec import backends
 
 log = logging.getLogger("rbee.hive")
 FIRST_WORKER_PORT = 8001
@@ -121,8 +122,9 @@ class Supervisor:
         try:
             backend = selection.choose_backend(record.name, record.kind, record.format, requested_backend, self.facts)
             place = selection.choose_device(requested_device, backend, detect.refresh_free(self.facts))
-            need = selection.memory_needed(record.size_bytes)
-            selection.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1))
+            cache = self._kv_cache(record, backend, shape)
+            need = selection.memory_needed(record.size_bytes) + (cache.bytes if cache else 0)
+            selection.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1), cache=cache)
         except selection.Refused as refusal:
             raise SupervisorError(str(refusal)) from None
         device = place.id
@@ -373,6 +375,20 @@ class Supervisor:
     def _worker_host(self) -> str:
         host = self.config.host
         return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+    @staticmethod
+    def _kv_cache(record: ModelRecord, backend: str, shape: tuple[int | None, int | None]) -> selection.KvCache | None:
+        """What a gguf worker's KV cache will hold (slots x context tokens) and cost, from the file's header."""
+        if backend != str(backends.Backend.GGUF):
+            return None
+        try:
+            per_token = gguf.validate(Path(record.path)).kv_bytes_per_token()
+        except (OSError, gguf.GgufError):
+            return None
+        if per_token is None:
+            return None
+        slots, context = shape[0] or backends.GGUF_SLOTS, shape[1] or backends.GGUF_CONTEXT
+        return selection.KvCache(slots, context, per_token * slots * context)
 
     def _reserve_port(self) -> socket.socket:
         """A socket bound to the first free port from FIRST_WORKER_PORT, which the worker inherits and listens

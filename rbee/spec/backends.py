@@ -93,6 +93,12 @@ _PREFERENCE = {
 before torch for Hugging Face folders on Metal, ctransformers only where llama.cpp is missing."""
 
 
+GGUF_SLOTS = 4
+"""The gguf worker's slots when hive.yaml names none: what llama.cpp's own server runs by default."""
+GGUF_CONTEXT = 4096
+"""Its tokens of context per slot when hive.yaml names none."""
+
+
 def loads(fmt: str | ModelFormat) -> tuple[Backend, ...]:
     """The backends that can load a model of this format, in table order."""
     return tuple(backend for backend, capability in TABLE.items() if fmt in capability.formats)

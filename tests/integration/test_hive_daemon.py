@@ -116,7 +116,8 @@ def test_a_start_never_grows_a_group_past_at_most_and_synthetic_workers_report_t
 ) -> None:
     """The queen's reconcile pass and its cold start may both ask to grow a group from a stale observation; the
     hive takes the difference (`at_most`), so the group never overshoots and nothing is scaled down under load.
-    Synthetic workers are real processes with 8 slots, which the hive reports from their ready call."""
+    Workers report their slots when ready (synthetic: 8; gguf: 4 unless hive.yaml says), and the hive passes
+    them on."""
     client, _ = hive
     assert client.post("/v1/models", json={"name": "smol", "source": f"file://{smollm2}"}).status_code == 200
     group = {"model": "smol", "backend": "synthetic"}
@@ -134,4 +135,19 @@ def test_a_start_never_grows_a_group_past_at_most_and_synthetic_workers_report_t
         assert time.monotonic() < deadline, workers
         time.sleep(0.1)
     slots = sorted((worker["backend"], worker["slots"]) for worker in workers)
-    assert slots == [("gguf", 1), ("synthetic", 8), ("synthetic", 8)], slots
+    assert slots == [("gguf", 4), ("synthetic", 8), ("synthetic", 8)], slots  # gguf: its default
+
+
+def test_slots_whose_kv_cache_cannot_fit_are_refused_with_the_numbers(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    """SmolLM2's header says 30 layers x 3 KV heads x 64+64 dims: 23,040 bytes a token of context in f16. 256
+    slots of a million tokens each would need ~6.2 TB; the hive refuses before it starts anything."""
+    client, _ = hive
+    assert client.post("/v1/models", json={"name": "smol", "source": f"file://{smollm2}"}).status_code == 200
+    refused = client.post("/v1/workers", json={"model": "smol", "slots": 256, "context": 1048576})
+    assert refused.status_code == 422, refused.text
+    message = refused.json()["error"]["message"]
+    assert "KV cache of 256 slots x 1048576 tokens" in message and "6.2 TB for a KV cache" in message, message
+    assert "lower workers[].slots or context" in message
+    assert client.get("/v1/state").json()["workers"] == []

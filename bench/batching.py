@@ -1,0 +1,187 @@
+"""Continuous batching: what one gguf worker of SmolLM2 delivers to 1, 2, 4, 8 and 16 concurrent streams, against
+the same worker with one slot (which serves them one after another, as the queen's queue would hand them over)
+and against the engine's own batched loop in process (no HTTP, no worker: the ceiling); and the time to the first
+token of a request whose 1,000-token prefix another request evaluated before it (cached) or nobody did (cold).
+
+Every level sends the same seeded requests, so all three answer with the same tokens (seeded answers do not
+depend on what else is in the batch; tests/http/test_gguf_batching.py checks it).
+
+    python bench/batching.py [--tokens 64]
+
+RESULT batching agg8_1slot=... agg8_batched=... agg8_inprocess=... vs_1slot=... vs_inprocess=...
+ttft_cold_ms=... ttft_cached_ms=... ttft_ratio=... target_met=yes|no
+Targets: at 8 streams >= 2x the 1-slot worker and >= 0.85x the in-process loop; cached TTFT <= 0.3x cold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rbee.api import wire  # noqa: E402
+from rbee.worker.backends import Generation  # noqa: E402
+from rbee.worker.backends.gguf import GgufBackend  # noqa: E402
+from tests.models import fetch_smollm2  # noqa: E402
+from tests.servers import free_port  # noqa: E402
+
+LEVELS = (1, 2, 4, 8, 16)
+SLOTS = 16
+CONTEXT = 2048
+THREADS = 2
+PREFIX = "Notes from the orchard, season by season. " * 110  # ~1,000 tokens
+
+
+def bodies(count: int, tokens: int) -> list[dict[str, object]]:
+    return [
+        {
+            "request_id": f"b-{i}",
+            "prompt": f"Write a short story about a {['cat', 'ship', 'river', 'clock'][i % 4]} (number {i}):",
+            "max_tokens": tokens,
+            "temperature": 0.7,
+            "seed": 100 + i,
+        }
+        for i in range(count)
+    ]
+
+
+class Worker:
+    """A real `rbee worker serve` process, talked to directly over HTTP."""
+
+    def __init__(self, model: Path, slots: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "rbee", "worker", "serve", "--id", f"bench-{slots}", "--model", "smol"]
+        command += ["--model-path", str(model), "--backend", "gguf", "--device", "cpu", "--port", str(self.port)]
+        command += ["--slots", str(slots), "--context", str(CONTEXT), "--threads", str(THREADS)]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/v1/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the worker with {slots} slots did not start")
+            time.sleep(0.2)
+
+    def stream(self, body: dict[str, object]) -> tuple[int, float]:
+        """Completion tokens and seconds to the first token."""
+        started, first = time.perf_counter(), None
+        tail = b""
+        with httpx.stream("POST", f"{self.url}/v1/execute", json=body, timeout=600) as reply:
+            if reply.status_code != 200:
+                raise SystemExit(f"the worker answered {reply.status_code}: {reply.read()[:200]!r}")
+            for chunk in reply.iter_bytes():
+                if first is None and b'"token"' in chunk:
+                    first = time.perf_counter() - started
+                tail = (tail + chunk)[-4096:]
+        end = wire.parse_end(tail) or {}
+        return int(end.get("completion_tokens", 0)), first or 0.0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def concurrently(work: list[object], run: object) -> float:
+    """Run `run(item)` for every item at once; tokens per second over all of them."""
+    counts: list[int] = []
+    lock = threading.Lock()
+
+    def one(item: object) -> None:
+        tokens = run(item)  # type: ignore[operator]
+        with lock:
+            counts.append(int(tokens))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(item,)) for item in work]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def one_after_another(work: list[dict[str, object]], worker: Worker) -> float:
+    started = time.perf_counter()
+    total = sum(worker.stream(body)[0] for body in work)
+    return total / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    model = fetch_smollm2(Path(os.environ.get("RBEE_BENCH_CACHE", tempfile.gettempdir())) / "rbee-smollm2")
+
+    single: dict[int, float] = {}
+    worker = Worker(model, 1)
+    try:
+        worker.stream({"prompt": "warm up", "max_tokens": 4})
+        for level in LEVELS:
+            single[level] = one_after_another(bodies(level, args.tokens), worker)
+    finally:
+        worker.stop()
+
+    batched: dict[int, float] = {}
+    worker = Worker(model, SLOTS)
+    try:
+        worker.stream({"prompt": "warm up", "max_tokens": 4})
+        for level in LEVELS:
+            batched[level] = concurrently(list(bodies(level, args.tokens)), lambda body: worker.stream(body)[0])
+        cold = worker.stream({"prompt": PREFIX + "What grows first?", "max_tokens": 4})[1]
+        cached = worker.stream({"prompt": PREFIX + "What is picked last?", "max_tokens": 4})[1]
+    finally:
+        worker.stop()
+
+    engine = GgufBackend(str(model), threads=THREADS, slots=SLOTS, context=CONTEXT)
+    engine.load(lambda _: None)
+    inprocess: dict[int, float] = {}
+
+    def generate(body: dict[str, object]) -> int:
+        sampling = {key: value for key, value in body.items() if key not in ("request_id", "prompt")}
+        options = wire.SamplingOptions.model_validate(sampling)
+        result = Generation()
+        for _ in engine.generate(str(body["prompt"]), options, threading.Event(), result):
+            pass
+        return result.completion_tokens
+
+    try:
+        generate({"prompt": "warm up", "max_tokens": 4})
+        for level in LEVELS:
+            inprocess[level] = concurrently(list(bodies(level, args.tokens)), generate)
+    finally:
+        engine.unload()
+
+    for level in LEVELS:
+        print(
+            f"{level:>2} streams: 1-slot worker {single[level]:6.1f} tok/s, {SLOTS}-slot worker {batched[level]:6.1f}, "
+            f"in process {inprocess[level]:6.1f} ({batched[level] / single[level]:.2f}x the 1-slot worker)"
+        )
+    print(f"1,000-token prefix: first token after {cold * 1000:.0f} ms cold, {cached * 1000:.0f} ms cached")
+    vs_single, vs_inprocess, ttft_ratio = batched[8] / single[8], batched[8] / inprocess[8], cached / cold
+    met = vs_single >= 2.0 and vs_inprocess >= 0.85 and ttft_ratio <= 0.3
+    print(
+        f"RESULT batching agg8_1slot={single[8]:.1f} agg8_batched={batched[8]:.1f} agg8_inprocess={inprocess[8]:.1f} "
+        f"vs_1slot={vs_single:.2f} vs_inprocess={vs_inprocess:.2f} ttft_cold_ms={cold * 1000:.0f} "
+        f"ttft_cached_ms={cached * 1000:.0f} ttft_ratio={ttft_ratio:.2f} target_met={'yes' if met else 'no'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -132,9 +132,12 @@ def route(
     explain: Annotated[bool, typer.Option("--explain", help="Say which worker the policy picks and why.")] = True,
     hive: Annotated[str | None, typer.Option(help="Pin the sample request to this hive.")] = None,
     prompt_chars: Annotated[int, typer.Option(help="Size of the sample prompt.")] = 100,
+    prompt: Annotated[
+        str | None, typer.Option(help="The sample prompt's text (prefix routing picks by its beginning).")
+    ] = None,
 ) -> None:
     """Show, for a sample request, the candidate workers and which one the routing policy picks."""
-    status.route(model, explain, hive, prompt_chars)
+    status.route(model, explain, hive, len(prompt) if prompt is not None else prompt_chars, prompt)
 
 
 @app.command()

@@ -33,7 +33,6 @@ NOT_YET = {
     "tool_choice": "tool calls are not served yet",
     "functions": "function calls are not served yet",
     "function_call": "function calls are not served yet",
-    "response_format": "structured outputs (json_object, json_schema) are not served yet",
     "logprobs": "logprobs are not served yet",
     "top_logprobs": "logprobs are not served yet",
     "logit_bias": "logit_bias is not served yet",
@@ -57,7 +56,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "frequency_penalty": (None, 0, 0.0),
     "tools": (None, []),
     "tool_choice": (None, "none"),
-    "response_format": (None, {"type": "text"}),
     "modalities": (None, ["text"]),
     "echo": (None, False),
     "best_of": (None, 1),
@@ -85,9 +83,33 @@ class CompletionBase(BaseModel):
     seed: int | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
 
+    response_format: dict[str, Any] | None = None
+
+    def constraint(self) -> dict[str, Any] | None:
+        """`response_format` as rbee's constraint: text (none), json_object, or json_schema with its schema;
+        Unsupported names what is wrong with it."""
+        shape = self.response_format or {"type": "text"}
+        kind = shape.get("type")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"kind": "json"}
+        if kind == "json_schema":
+            block = shape.get("json_schema")
+            schema = block.get("schema") if isinstance(block, dict) else None
+            if not isinstance(schema, dict):
+                raise Unsupported(
+                    "response_format", "response_format json_schema needs json_schema.schema, a JSON Schema object"
+                )
+            return {"kind": "json_schema", "json_schema": schema}
+        raise Unsupported(
+            "response_format", f"response_format type {kind!r} is not one of text, json_object, json_schema"
+        )
+
     def sampling(self) -> dict[str, Any]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return {
+            "constraint": self.constraint(),
             "max_tokens": self.max_completion_tokens or self.max_tokens or 256,
             "temperature": self.temperature,
             "top_p": self.top_p,

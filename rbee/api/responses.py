@@ -3,10 +3,10 @@ sampling options, rbee's answer to a Response object, and a worker's tokens to t
 (`response.created` ... `response.output_text.delta` ... `response.completed`).
 
 Served: input as a string or a list of messages (string content or input_text/output_text parts),
-instructions, max_output_tokens, temperature, top_p, stream; store, metadata, user, service_tier and
-parallel_tool_calls are documented no-ops (nothing is ever stored). Refused by name (400): previous_response_id
-(rbee keeps no responses), tools, tool_choice, text.format other than text, reasoning, include, and any input
-item or part that is not text.
+instructions, max_output_tokens, temperature, top_p, stream, text.format (json_object, json_schema); store,
+metadata, user, service_tier and parallel_tool_calls are documented no-ops (nothing is ever stored). Refused by
+name (400): previous_response_id (rbee keeps no responses), tools, tool_choice, reasoning, include, and any
+input item or part that is not text.
 """
 
 from __future__ import annotations
@@ -61,9 +61,22 @@ class ResponsesRequest(BaseModel):
 
     def refuse_unserved(self) -> None:
         refuse_unserved(self.model_extra or {}, NO_OPS, NOT_YET, {"tools": (None, []), "include": (None, [])})
-        kind = ((self.text or {}).get("format") or {}).get("type", "text")
-        if kind != "text":
-            raise Unsupported("text.format", f"text.format {kind}: structured outputs are not served yet")
+        self.constraint()
+
+    def constraint(self) -> dict[str, Any] | None:
+        """`text.format` as rbee's constraint: text (none), json_object, or json_schema (its schema beside its
+        name, as the Responses API puts it)."""
+        shape = (self.text or {}).get("format") or {"type": "text"}
+        kind = shape.get("type")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"kind": "json"}
+        if kind == "json_schema" and isinstance(shape.get("schema"), dict):
+            return {"kind": "json_schema", "json_schema": shape["schema"]}
+        raise Unsupported(
+            "text.format", f"text.format {kind!r} needs to be text, json_object or json_schema with a schema"
+        )
 
     def chat(self) -> list[ChatMessage]:
         converted = []
@@ -78,7 +91,12 @@ class ResponsesRequest(BaseModel):
         return converted
 
     def sampling(self) -> dict[str, Any]:
-        return {"max_tokens": self.max_output_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        return {
+            "max_tokens": self.max_output_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "constraint": self.constraint(),
+        }
 
 
 def _text(content: str | list[Part] | None, where: str) -> str:

@@ -48,6 +48,22 @@ def refuse_unserved(
         raise Unsupported(name, f"{name}: {reason}; remove it from the request")
 
 
+class Constraint(BaseModel):
+    """What the answer must be: a JSON object (`json`), or JSON that validates against `json_schema`. The engine
+    masks, at every token, what cannot continue a valid answer (OpenAI's structured outputs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["json", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_kind(self) -> Constraint:
+        if (self.kind == "json_schema") != (self.json_schema is not None):
+            raise ValueError("a json_schema constraint takes a schema, and only it does")
+        return self
+
+
 class SamplingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,6 +74,7 @@ class SamplingOptions(BaseModel):
     repeat_penalty: Annotated[float, Field(gt=0, le=10)] = 1.1
     stop: Annotated[tuple[Annotated[str, Field(min_length=1, max_length=256)], ...], Field(max_length=16)] = ()
     seed: int | None = None
+    constraint: Constraint | None = None
 
 
 class StreamFormat(StrEnum):

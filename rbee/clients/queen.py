@@ -127,10 +127,12 @@ class QueenClient:
         except httpx.HTTPError as error:
             raise QueenCallError(str(error) or type(error).__name__) from None
 
-    def route(self, model: str, hive: str | None, prompt_chars: int) -> dict[str, Any]:
+    def route(self, model: str, hive: str | None, prompt_chars: int, prompt: str | None = None) -> dict[str, Any]:
         params: dict[str, str | int] = {"model": model, "prompt_chars": prompt_chars}
         if hive:
             params["hive"] = hive
+        if prompt is not None:
+            params["prompt"] = prompt[:4096]  # the queen reads only its beginning
         answer: dict[str, Any] = self._call("GET", "/v2/route", params=params).json()
         return answer
 

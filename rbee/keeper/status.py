@@ -107,10 +107,10 @@ def events(follow: bool, limit: int, as_json: bool) -> None:
         pass
 
 
-def route(model: str, explain: bool, hive: str | None, prompt_chars: int) -> None:
+def route(model: str, explain: bool, hive: str | None, prompt_chars: int, prompt: str | None = None) -> None:
     client = queen()
     try:
-        answer = client.route(model, hive, prompt_chars)
+        answer = client.route(model, hive, prompt_chars, prompt)
     except QueenCallError as error:
         fail(unreachable(client, error))
     render.route(answer, explain)

@@ -24,7 +24,7 @@ from rbee.queen.auth import ApiKeys
 from rbee.queen.events import EventLog
 from rbee.queen.heartbeats import MISSED, Heartbeats
 from rbee.queen.registry import Registry
-from rbee.queen.scheduling import Policy, Route, make_policy
+from rbee.queen.scheduling import Policy, PolicyKind, Route, make_policy
 from rbee.queen.store import Store
 from rbee.spec.backends import ModelKind
 from rbee.spec.policy import PolicyError, PolicyRef, digest
@@ -78,7 +78,7 @@ class Fleet:
             try:
                 self._configure(self.spec, self._policy(self.spec, self.policy))
             except PolicyError as error:  # the file went, or this rbee cannot load it: route, least-loaded
-                self._configure(self.spec, Policy())
+                self._configure(self.spec, Policy(PolicyKind.LEAST_LOADED))
                 events.record("failed", "queen/routing", f"{error}; routing least-loaded until a spec is applied")
             self.registry.restore(store.workers())
             admission.sync(self.registry.routes.values())

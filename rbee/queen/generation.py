@@ -17,7 +17,7 @@ from rbee.queen.auth import Key
 from rbee.queen.dispatch import Answer, OnError, streamed
 from rbee.queen.errors import ClientError, invalid
 from rbee.queen.metrics import Exchange
-from rbee.queen.scheduling import Ask
+from rbee.queen.scheduling import Ask, prefix_of
 
 
 def refused(unserved: wire.Unsupported) -> ClientError:
@@ -38,11 +38,9 @@ async def generate(
         execute = wire.ExecuteRequest.model_validate(fields)
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
-    if execute.messages is not None:
-        prompt_chars = sum(len(message.content or "") for message in execute.messages)
-    else:
-        prompt_chars = len(execute.prompt or "")
-    ask = Ask(model, request.headers.get("x-rbee-hive"), key.name if key else None, prompt_chars)
+    texts = [m.content or "" for m in execute.messages] if execute.messages is not None else [execute.prompt or ""]
+    pinned, name = request.headers.get("x-rbee-hive"), key.name if key else None
+    ask = Ask(model, pinned, name, sum(map(len, texts)), prefix_of(texts))
     exchange = Exchange(execute.request_id, model, ask.key)
     if stream_error is not None:
         return RelayResponse(await streamed(queen.dispatch, ask, key, execute, exchange, stream_error))

@@ -73,8 +73,8 @@ async def _generate(request: Request, chat: bool) -> Response:
     _require_kind(queen, body.model, ModelKind.TEXT)
     request_id = oai.new_id("chatcmpl" if chat else "cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    fields: dict[str, Any] = {"request_id": request_id, **body.sampling()}
     try:
+        fields: dict[str, Any] = {"request_id": request_id, **body.sampling()}
         body.refuse_unserved()
         if isinstance(body, oai.ChatRequest):
             fields["messages"] = [message.model_dump(exclude_none=True) for message in body.rbee_messages()]

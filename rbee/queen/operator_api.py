@@ -16,7 +16,7 @@ from rbee.api.state import HiveState
 from rbee.queen import docs, parts
 from rbee.queen.errors import ClientError, read_json, read_object
 from rbee.queen.fleet import UnknownHive
-from rbee.queen.scheduling import Ask
+from rbee.queen.scheduling import Ask, prefix_of
 from rbee.spec import checks
 from rbee.spec.policy import PolicyError, PolicyRef
 from rbee.spec.schema import HiveFile
@@ -138,7 +138,8 @@ async def explain(request: Request) -> Response:
     except ValueError:
         raise ClientError(400, "prompt_chars must be an integer", code="invalid_query") from None
     model = query.get("model", "")
-    candidates, pick, reason = queen.admission.explain(Ask(model, query.get("hive"), None, prompt_chars))
+    prefix = prefix_of([query.get("prompt", "")])
+    candidates, pick, reason = queen.admission.explain(Ask(model, query.get("hive"), None, prompt_chars, prefix))
     policy = queen.admission.policy.kind
     return JSONResponse({"model": model, "policy": policy, "candidates": candidates, "pick": pick, "reason": reason})
 

@@ -1,4 +1,11 @@
-"""Which free worker gets a request: least-loaded (default), round-robin, or the operator's own `route()`.
+"""Which free worker gets a request: prefix (default), least-loaded, round-robin, or the operator's own `route()`.
+
+`prefix` sends requests that begin alike to the same replica, where the KV cache of that beginning (a shared
+system prompt, the earlier turns of a chat) is likely still held: rendezvous hashing of the first PREFIX_CHARS
+characters over the model's replicas (adding or removing one moves only the prefixes it held), with bounded
+loads (a replica takes a prefix's requests up to half its slots, and past that only while its load stays within
+LOAD_BOUND x the model's mean; otherwise the next replica in the prefix's order does), and least-loaded for
+requests without text and models with one replica.
 
 A policy sees plain data: the request (model, pinned hive, API key name, prompt size) and the candidates
 (free workers of that model). A user policy that raises or returns something that is not a candidate falls
@@ -8,11 +15,13 @@ back to least-loaded, with a warning in the log.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import heapq
 import logging
+import math
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -24,9 +33,15 @@ log = logging.getLogger("rbee.queen")
 USER_BUDGET = 0.01
 """Seconds the user's route() may take per decision; past it the request goes least-loaded."""
 DISABLE_AFTER = 20
+PREFIX_CHARS = 512
+"""How much of the beginning of what the model reads decides a request's replica (about 128 tokens)."""
+LOAD_BOUND = 1.25
+"""Past half its slots, a replica takes a prefix's request while its load is at most this times the model's
+mean (consistent hashing with bounded loads)."""
 
 
 class PolicyKind(StrEnum):
+    PREFIX = "prefix"
     LEAST_LOADED = "least-loaded"
     ROUND_ROBIN = "round-robin"
     FILE = "file"
@@ -75,9 +90,23 @@ class Ask:
     hive: str | None = None
     key: str | None = None
     prompt_chars: int = 0
+    prefix: str = ""
+    """The first PREFIX_CHARS characters of what the model reads (the messages' text in order, or the prompt)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "hive": self.hive, "key": self.key, "prompt_chars": self.prompt_chars}
+
+
+def prefix_of(texts: Iterable[str]) -> str:
+    """The beginning that `prefix` routing hashes: the texts in order, up to PREFIX_CHARS characters."""
+    taken: list[str] = []
+    room = PREFIX_CHARS
+    for text in texts:
+        if room <= 0:
+            break
+        taken.append(text[:room])
+        room -= len(taken[-1])
+    return "\x1e".join(taken)
 
 
 @dataclass
@@ -110,7 +139,7 @@ class FreeHeap:
 
 class Policy:
     def __init__(
-        self, kind: PolicyKind = PolicyKind.LEAST_LOADED, source: str | None = None, name: str = "policy.py"
+        self, kind: PolicyKind = PolicyKind.PREFIX, source: str | None = None, name: str = "policy.py"
     ) -> None:
         self.kind = kind
         self.name = name
@@ -129,6 +158,8 @@ class Policy:
         not a decision) round-robin does not advance its turn."""
         if self.kind is PolicyKind.ROUND_ROBIN:
             return self._round_robin(ask, routes, commit)
+        if self.kind is PolicyKind.PREFIX and ask.prefix and len(routes) > 1:
+            return self._by_prefix(ask, free, routes)
         if self.kind is PolicyKind.FILE:
             candidates = [route for route in routes if route.free]
             if not candidates:
@@ -150,6 +181,19 @@ class Policy:
             return None, "every worker is full"
         where = f"; hive {ask.hive} has no free worker" if ask.hive is not None else ""
         return route, f"least loaded ({route.in_flight}/{route.slots} busy){where}"
+
+    def _by_prefix(self, ask: Ask, free: FreeHeap, routes: list[Route]) -> tuple[Route | None, str]:
+        digest = hashlib.blake2b(ask.prefix.encode(), digest_size=8).digest()
+        order = sorted(routes, key=lambda r: hashlib.blake2b(digest + r.key.encode(), digest_size=8).digest())
+        if ask.hive is not None:  # the pinned hive's replicas first, in the prefix's order
+            order.sort(key=lambda route: route.hive != ask.hive)
+        load = (sum(route.in_flight for route in routes) + 1) / sum(route.slots for route in routes)
+        tag = digest.hex()[:8]
+        for rank, route in enumerate(order, 1):
+            if route.free and route.in_flight < max(math.ceil(LOAD_BOUND * load * route.slots), -(-route.slots // 2)):
+                return route, f"prefix {tag}: replica {rank} of its order ({route.in_flight}/{route.slots} busy)"
+        fallback, reason = self._least_loaded(ask, free)
+        return fallback, f"prefix {tag}: its replicas are past their bounded load; {reason}"
 
     def _round_robin(self, ask: Ask, routes: list[Route], commit: bool) -> tuple[Route | None, str]:
         start = self._turn.get(ask.model, 0)
@@ -219,6 +263,8 @@ def make_policy(routing_name: str, source: str | None) -> Policy:
     """The policy hive.yaml's `queen.routing` names; a policy file's source came with the spec."""
     if routing_name == "round-robin":
         return Policy(PolicyKind.ROUND_ROBIN)
+    if routing_name == "least-loaded":
+        return Policy(PolicyKind.LEAST_LOADED)
     if routing_name.endswith(".py"):
         if source is None:
             raise PolicyError(f"the routing policy {routing_name} was not sent with the spec")

@@ -12,7 +12,7 @@ from rbee.api import wire
 from rbee.queen import parts
 from rbee.queen.auth import ADMIN_KEY
 from rbee.queen.errors import ClientError, invalid, read_object
-from rbee.queen.scheduling import Ask
+from rbee.queen.scheduling import Ask, prefix_of
 from rbee.queen.tasks import Task
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -35,8 +35,9 @@ async def create_task(request: Request) -> Response:
         raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
     task = Task(task_id, model, key.name if key else None)
     queen.tasks.add(task)
-    prompt_chars = len(execute.prompt or "") + sum(len(m.content or "") for m in execute.messages or ())
-    ask = Ask(model, hive if isinstance(hive, str) else None, key.name if key else None, prompt_chars)
+    texts = [m.content or "" for m in execute.messages] if execute.messages is not None else [execute.prompt or ""]
+    pinned = hive if isinstance(hive, str) else None
+    ask = Ask(model, pinned, key.name if key else None, sum(map(len, texts)), prefix_of(texts))
     queen.tasks.start(queen.dispatch, task, ask, key, execute)
     return JSONResponse({"task_id": task_id, "events": f"/v2/tasks/{task_id}/events"}, 201)
 

@@ -59,9 +59,14 @@ def _refuse_inline_key(value: Any) -> Any:
     return value
 
 
+ROUTINGS = ("prefix", "least-loaded", "round-robin")
+
+
 def _check_routing(value: Any) -> Any:
-    if isinstance(value, str) and value not in ("least-loaded", "round-robin") and not value.endswith(".py"):
-        raise ValueError(f"'{value}' is not a routing policy; use least-loaded, round-robin or a path to a .py file")
+    if isinstance(value, str) and value not in ROUTINGS and not value.endswith(".py"):
+        raise ValueError(
+            f"'{value}' is not a routing policy; use prefix, least-loaded, round-robin or a path to a .py file"
+        )
     if isinstance(value, str) and value.endswith(".py") and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.py", value):
         raise ValueError(
             f"'{value}': a routing policy file sits beside hive.yaml; write its file name only, like route.py"
@@ -75,9 +80,10 @@ class QueenSpec(Strict):
     heartbeat_interval: Seconds = 30.0
     api_keys: tuple[Annotated[ApiKeyRef, BeforeValidator(_refuse_inline_key)], ...] = ()
     routing: Annotated[str, BeforeValidator(_check_routing)] = Field(
-        default="least-loaded",
-        description="least-loaded, round-robin, or the name of a Python file beside hive.yaml defining "
-        "route(request, candidates) -> candidate.",
+        default="prefix",
+        description="prefix (requests that begin alike go to the replica likely to hold that beginning in its "
+        "cache, within a bounded load), least-loaded, round-robin, or the name of a Python file beside hive.yaml "
+        "defining route(request, candidates) -> candidate.",
     )
     max_queue: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
         default=256, description="Requests that may wait per model; past it the queen answers 503."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ import uvicorn
 from rbee.api.state import WorkerState
 from rbee.worker import backends
 
+ANONYMOUS = "anonymous"
+"""The request id of a request that names none (the queen always names them)."""
 ABANDONED_AFTER = 5.0
 """Seconds a request may hold a slot without its stream starting (its client left first)."""
 
@@ -42,6 +45,10 @@ class WorkerOptions:
     chose it, so nothing else on the machine can take it in the second before the worker listens."""
 
 
+_THREADS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+"""The generation threads, by the slot count they serve (a worker process has one runtime; tests make many)."""
+
+
 @dataclass
 class Active:
     """One request holding a slot."""
@@ -63,7 +70,7 @@ class Runtime:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     loop: asyncio.AbstractEventLoop | None = None
     server: uvicorn.Server | None = None
-    threads: concurrent.futures.ThreadPoolExecutor | None = None
+    _anonymous: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def slots(self) -> int:
@@ -72,11 +79,12 @@ class Runtime:
 
     @property
     def generation_threads(self) -> concurrent.futures.ThreadPoolExecutor:
-        """One long-lived thread per slot: engines keep per-thread state (torch's intra-op pool took ~30 ms to set
-        up in each new thread), so a generation never runs in a fresh thread."""
-        if self.threads is None:
-            self.threads = concurrent.futures.ThreadPoolExecutor(self.slots, thread_name_prefix="generate")
-        return self.threads
+        """One long-lived thread per slot, the same ones for every runtime in the process: engines keep
+        per-thread state (torch's intra-op pool took ~30 ms to set up in each new thread; MLX streams belong to a
+        thread), so a generation never runs in a fresh thread."""
+        if self.slots not in _THREADS:
+            _THREADS[self.slots] = concurrent.futures.ThreadPoolExecutor(self.slots, thread_name_prefix="generate")
+        return _THREADS[self.slots]
 
     def refusal(self) -> str | None:
         """Why a new request cannot have a slot now, or None."""
@@ -89,6 +97,8 @@ class Runtime:
         return f"the worker is {self.state}"
 
     def claim(self, request_id: str) -> Active:
+        if request_id == ANONYMOUS:  # a direct client that named none: each is its own request
+            request_id = f"{ANONYMOUS}-{next(self._anonymous)}"
         request = Active(request_id)
         self.active[request_id] = request
         if self.state is WorkerState.IDLE:

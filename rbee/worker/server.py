@@ -81,6 +81,11 @@ def create_app(runtime: Runtime) -> Starlette:
             options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
         else:
             prompt, options = body.prompt or "", body
+        unconstrained = backends.cannot_constrain(engine, options.constraint)
+        if unconstrained is not None:
+            return JSONResponse(
+                {"error": {"message": unconstrained, "code": "unsupported_parameter", "param": "response_format"}}, 400
+            )
         too_long = backends.room_for(engine, prompt)
         if too_long is not None:
             param = "messages" if body.messages is not None else "prompt"

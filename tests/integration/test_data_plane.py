@@ -31,7 +31,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         "max_queue: 1, queue_timeout: 1s, max_body_bytes: 4096, routing: highest.py, api_keys: ["
         "{env: RBEE_TEST_ONE, max_concurrent: 1}, {env: RBEE_TEST_TWO}, {env: RBEE_TEST_THREE}]"
     )
-    fleet = make_fleet(root, SMOLLM2_SOURCE, replicas=1, queen=queen, env=KEYS)
+    # One worker of one slot: a held request fills it, so the queue and its refusals can be counted exactly.
+    fleet = make_fleet(root, SMOLLM2_SOURCE, replicas=1, queen=queen, env=KEYS, worker_options="slots: 1")
     applied = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     yield fleet

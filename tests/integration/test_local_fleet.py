@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -110,7 +111,7 @@ def test_content_parts_are_joined_and_answer_as_a_string_does(client: openai.Ope
             "tools",
             "tool calls are not served yet",
         ),
-        ({"response_format": {"type": "json_object"}}, "response_format", "structured outputs"),
+        ({"response_format": {"type": "xml"}}, "response_format", "is not one of text, json_object, json_schema"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs", "logprobs are not served yet"),
         ({"presence_penalty": 0.5}, "presence_penalty", "use repeat_penalty"),
         ({"extra_body_typo": 1}, "extra_body_typo", "rbee does not know this field"),
@@ -126,6 +127,38 @@ def test_what_is_not_served_is_refused_by_name_not_ignored(
     assert refused.value.status_code == 400
     body = refused.value.body
     assert isinstance(body, dict) and body.get("param") == param and words in str(body.get("message")), body
+
+
+def test_structured_outputs_follow_the_schema_through_the_openai_client(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green", "blue"]}, "count": {"type": "integer", "minimum": 1}},
+        "required": ["colour", "count"],
+        "additionalProperties": False,
+    }
+    answer = client.chat.completions.create(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Pick a colour and a count, as JSON."}],
+        max_tokens=60,
+        seed=4,
+        response_format={"type": "json_schema", "json_schema": {"name": "pick", "schema": schema, "strict": True}},
+    )
+    chosen = json.loads(answer.choices[0].message.content or "")
+    assert chosen["colour"] in ("red", "green", "blue") and chosen["count"] >= 1
+    assert set(chosen) == {"colour", "count"}
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "Describe yourself."}],
+            max_tokens=80,
+            seed=4,
+            stream=True,
+            response_format={"type": "json_object"},
+        )
+        if chunk.choices
+    )
+    assert isinstance(json.loads(streamed), dict), streamed
 
 
 def test_an_image_part_is_refused_naming_the_part(client: openai.OpenAI) -> None:
@@ -254,7 +287,9 @@ def test_rbee_infer_streams_to_stdout(fleet: Fleet) -> None:
     result = fleet.rbee("infer", "--model", "smollm2", "Name a colour.", "--max-tokens", "6", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
-    assert "6 tokens, length" in result.stderr, (result.stdout, result.stderr)
+    ended = re.search(r"\[(\d+) tokens, (length|stop)\]", result.stderr)
+    assert ended, (result.stdout, result.stderr)
+    assert (int(ended[1]) == 6) == (ended[2] == "length") and int(ended[1]) <= 6, result.stderr
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_worker(fleet: Fleet) -> None:

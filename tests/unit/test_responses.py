@@ -23,7 +23,8 @@ def test_a_string_input_with_instructions_is_a_two_message_chat() -> None:
     [
         ({"input": "Hi", "previous_response_id": "resp_1"}, "previous_response_id"),
         ({"input": "Hi", "tools": [{"type": "function", "name": "f"}]}, "tools"),
-        ({"input": "Hi", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format"),
+        ({"input": "Hi", "text": {"format": {"type": "xml"}}}, "text.format"),
+        ({"input": "Hi", "text": {"format": {"type": "json_schema"}}}, "text.format"),
         ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input.0"),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]},

@@ -9,7 +9,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
+from rbee.api.wire import ChatMessage, Constraint, FinishReason, SamplingOptions
 from rbee.spec import backends as capabilities
 from rbee.worker.text import TextAssembler
 
@@ -61,6 +61,21 @@ def room_for(engine: Backend | Embedder, prompt: str) -> str | None:
     try:
         check(prompt)
     except PromptTooLong as error:
+        return str(error)
+    return None
+
+
+def cannot_constrain(engine: Backend | Embedder, constraint: Constraint | None) -> str | None:
+    """Why `engine` cannot hold its answer to `constraint` (it masks no tokens, or the schema does not compile);
+    None when there is nothing to constrain or it can."""
+    if constraint is None:
+        return None
+    check = getattr(engine, "check_constraint", None)
+    if check is None:
+        return f"the {engine.name} backend cannot constrain its output; serve the model with the gguf backend"
+    try:
+        check(constraint)
+    except BackendError as error:
         return str(error)
     return None
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
+from rbee.api.wire import ChatMessage, Tool, Unsupported, call_in, refuse_unserved
 
 
 class StreamOptions(BaseModel):
@@ -29,10 +29,8 @@ NO_OPS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_
 `metadata` label a request for the caller's own bookkeeping; `store` would keep it, which rbee never does)."""
 
 NOT_YET = {
-    "tools": "tool calls are not served yet",
-    "tool_choice": "tool calls are not served yet",
-    "functions": "function calls are not served yet",
-    "function_call": "function calls are not served yet",
+    "functions": "the legacy functions field is not served; send tools",
+    "function_call": "the legacy function_call field is not served; send tool_choice",
     "logprobs": "logprobs are not served yet",
     "top_logprobs": "logprobs are not served yet",
     "logit_bias": "logit_bias is not served yet",
@@ -54,8 +52,7 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logit_bias": (None, {}),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
+    "functions": (None, []),
     "modalities": (None, ["text"]),
     "echo": (None, False),
     "best_of": (None, 1),
@@ -144,6 +141,28 @@ class Message(BaseModel):
 
 class ChatRequest(CompletionBase):
     messages: Annotated[list[Message], Field(min_length=1)]
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def constraint(self) -> dict[str, Any] | None:
+        """With tools (and tool_choice not `none`): a tool_call constraint, the answer then a call of one of them
+        (`required`, or a function named) or text (`auto`, the default)."""
+        answer_shape = super().constraint()
+        if not self.tools or self.tool_choice == "none":
+            return answer_shape
+        if answer_shape is not None:
+            raise Unsupported("response_format", "response_format and tools cannot be combined; send one of them")
+        tools = [_tool(index, tool) for index, tool in enumerate(self.tools)]
+        choice = self.tool_choice or "auto"
+        if choice in ("auto", "required"):
+            return {"kind": "tool_call", "tools": tools, "required": choice == "required"}
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        chosen = [tool for tool in tools if tool["name"] == named]
+        if not chosen:
+            raise Unsupported(
+                "tool_choice", f"tool_choice must be none, auto, required or one of the tools by name, not {choice!r}"
+            )
+        return {"kind": "tool_call", "tools": chosen, "required": True}
 
     def rbee_messages(self) -> list[ChatMessage]:
         """The messages as rbee's workers take them (text only); Unsupported names the first part that is not."""
@@ -160,8 +179,42 @@ class ChatRequest(CompletionBase):
                         )
                 content = "".join(part.text for part in content if isinstance(part, TextPart))
             extra = {name: value for name, value in (message.model_extra or {}).items() if name == "name"}
+            calls = (message.model_extra or {}).get("tool_calls")
+            if message.role == "assistant" and calls:  # what it called, written as rbee's workers write a call
+                content = "".join(_call_text(index, call) for call in calls)
             converted.append(ChatMessage(role=message.role, content=content, **extra))
         return converted
+
+
+def _tool(index: int, tool: Any) -> dict[str, Any]:
+    function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise Unsupported(f"tools.{index}", f"tools[{index}] must be {{type: function, function: {{name, ...}}}}")
+    parameters = function.get("parameters") or {"type": "object"}
+    if not isinstance(parameters, dict):
+        raise Unsupported(f"tools.{index}", f"tools[{index}].function.parameters must be a JSON Schema object")
+    return {"name": function["name"], "description": str(function.get("description") or ""), "parameters": parameters}
+
+
+def _call_text(index: int, call: Any) -> str:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        raise Unsupported(
+            f"messages.{index}.tool_calls", f"messages[{index}].tool_calls holds a call without a function"
+        )
+    try:
+        arguments = json.loads(function.get("arguments") or "{}")
+    except ValueError:
+        raise Unsupported(
+            f"messages.{index}.tool_calls", f"messages[{index}].tool_calls: arguments must be a JSON string"
+        ) from None
+    return json.dumps({"name": function.get("name"), "arguments": arguments})
+
+
+def tool_calls(request_id: str, name: str, arguments: dict[str, Any]) -> list[dict[str, Any]]:
+    """OpenAI's `tool_calls` for one call (its arguments as a JSON string, as the API has them)."""
+    call_id = f"call_{request_id.rsplit('-', 1)[-1][:24]}"
+    return [{"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}]
 
 
 class CompletionRequest(CompletionBase):
@@ -250,15 +303,25 @@ def chat_chunk(
     }
 
 
-def chat_response(request_id: str, model: str, text: str, finish: str, usage_block: dict[str, int]) -> dict[str, Any]:
+def chat_response(
+    request_id: str,
+    model: str,
+    text: str,
+    finish: str,
+    usage_block: dict[str, int],
+    call: tuple[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The whole answer; with `call` (a tool call it is), as tool_calls with finish_reason tool_calls."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if call is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": tool_calls(request_id, *call)}
+        finish = "tool_calls"
     return {
         "id": request_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": usage_block,
     }
 
@@ -292,7 +355,7 @@ def completion_response(
 
 
 def openai_finish(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"
 
 
 def _dump(value: Any) -> bytes:
@@ -351,6 +414,45 @@ class StreamEncoder:
 
     def error(self, message: str, code: str) -> bytes:
         return frame(error(message, "api_error", code)) + DONE
+
+
+class ToolCallStream:
+    """An OpenAI chat stream whose answer may be a tool call: text streams as it comes once it cannot be a call
+    (it does not begin with "{"); a call is held until it is complete and goes out as one tool_calls delta, with
+    finish_reason tool_calls. A call cut short (max_tokens) goes out as the text it is."""
+
+    def __init__(self, inner: StreamEncoder, tools: Sequence[Tool]) -> None:
+        self.inner, self.tools = inner, tools
+        self.held = ""
+        self.calling: bool | None = None
+        """None until the answer's first character shows whether it is a call."""
+
+    def start(self) -> bytes:
+        return self.inner.start()
+
+    def token(self, text: str) -> bytes:
+        if self.calling is False:
+            return self.inner.token(text)
+        self.held += text
+        begun = self.held.lstrip()
+        if self.calling is None and begun:
+            self.calling = begun.startswith("{")
+            if not self.calling:
+                return self.inner.token(self.held)
+        return b""
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+        call = call_in(self.held, self.tools) if self.calling else None
+        if call is None:
+            out = self.inner.token(self.held) if self.calling and self.held else b""
+            return out + self.inner.finish(reason, prompt_tokens, completion_tokens)
+        inner = self.inner
+        delta = {"tool_calls": [{"index": 0, **tool_calls(inner.request_id, *call)[0]}]}
+        out = frame(chat_chunk(inner.request_id, inner.model, inner.created, delta, None))
+        return out + inner.finish("tool_calls", prompt_tokens, completion_tokens)
+
+    def error(self, message: str, code: str) -> bytes:
+        return self.inner.error(message, code)
 
 
 def _float32(vector: list[float]) -> bytes:

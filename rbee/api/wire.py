@@ -10,7 +10,7 @@ and an error at any point is `event: error` with `data: {"error": "...", "code":
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -48,20 +48,65 @@ def refuse_unserved(
         raise Unsupported(name, f"{name}: {reason}; remove it from the request")
 
 
-class Constraint(BaseModel):
-    """What the answer must be: a JSON object (`json`), or JSON that validates against `json_schema`. The engine
-    masks, at every token, what cannot continue a valid answer (OpenAI's structured outputs)."""
+class Tool(BaseModel):
+    """A function the model may call: its name, what it does, and a JSON Schema of its arguments."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["json", "json_schema"]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    description: Annotated[str, Field(max_length=4096)] = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+
+
+class Constraint(BaseModel):
+    """What the answer must be: a JSON object (`json`), JSON that validates against `json_schema`, or a call of
+    one of `tools` (`tool_call`; with `required` nothing else, without it free text or a call). The engine masks,
+    at every token, what cannot continue a valid answer (OpenAI's structured outputs and tool calls)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["json", "json_schema", "tool_call"]
     json_schema: dict[str, Any] | None = None
+    tools: Annotated[tuple[Tool, ...], Field(max_length=128)] = ()
+    required: bool = False
 
     @model_validator(mode="after")
     def _schema_with_its_kind(self) -> Constraint:
         if (self.kind == "json_schema") != (self.json_schema is not None):
             raise ValueError("a json_schema constraint takes a schema, and only it does")
+        if (self.kind == "tool_call") != bool(self.tools):
+            raise ValueError("a tool_call constraint takes tools, and only it does")
         return self
+
+    def call_schema(self) -> dict[str, Any]:
+        """The JSON Schema of a call: `{"name": one of the tools, "arguments": that tool's parameters}`."""
+        return {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+                for tool in self.tools
+            ]
+        }
+
+
+def call_in(text: str, tools: Sequence[Tool]) -> tuple[str, dict[str, Any]] | None:
+    """The tool call an answer is (the name of one of `tools` and its arguments), or None when it is text or an
+    unfinished call (one cut by max_tokens)."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        call = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(call, dict) or not isinstance(call.get("arguments"), dict):
+        return None
+    if call.get("name") not in {tool.name for tool in tools}:
+        return None
+    return str(call["name"]), call["arguments"]
 
 
 class SamplingOptions(BaseModel):

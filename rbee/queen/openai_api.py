@@ -91,8 +91,13 @@ async def _generate(request: Request, chat: bool) -> Response:
     if isinstance(answer, RelayResponse):
         return answer
     usage = oai.usage(answer.prompt_tokens, answer.completion_tokens)
-    shape = oai.chat_response if chat else oai.completion_response
-    return JSONResponse(shape(request_id, body.model, answer.text, oai.openai_finish(answer.finish_reason), usage))
+    finish = oai.openai_finish(answer.finish_reason)
+    if not chat:
+        return JSONResponse(oai.completion_response(request_id, body.model, answer.text, finish, usage))
+    constraint = fields.get("constraint") or {}
+    tools = [wire.Tool.model_validate(tool) for tool in constraint.get("tools", ())]
+    call = wire.call_in(answer.text, tools) if tools else None
+    return JSONResponse(oai.chat_response(request_id, body.model, answer.text, finish, usage, call))
 
 
 async def embeddings(request: Request) -> Response:

@@ -32,7 +32,7 @@ from rbee.api import wire
 from rbee.api.state import WorkerState
 from rbee.clients import tls
 from rbee.clients.hive import LoadingReports
-from rbee.worker import backends, stream
+from rbee.worker import backends, stream, tools
 from rbee.worker.runtime import Runtime, WorkerOptions, release, release_abandoned
 
 log = logging.getLogger("rbee.worker")
@@ -77,7 +77,10 @@ def create_app(runtime: Runtime) -> Starlette:
         if body.request_id in runtime.active:
             return JSONResponse(wire.error_body(f"request {body.request_id} is already running", "conflict"), 409)
         if body.messages is not None:
-            prompt, template_stops = engine.render_chat(body.messages)
+            chat = body.messages
+            if body.constraint is not None and body.constraint.kind == "tool_call":
+                chat = tools.with_instructions(chat, body.constraint)
+            prompt, template_stops = engine.render_chat(chat)
             options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
         else:
             prompt, options = body.prompt or "", body

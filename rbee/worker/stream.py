@@ -41,7 +41,10 @@ def encoder_for(body: wire.ExecuteRequest, model: str) -> Encoder:
     if body.format is wire.StreamFormat.OPENAI_RESPONSES:
         return responses.StreamEncoder(body.request_id, body.openai_model or model)
     chat = body.format is wire.StreamFormat.OPENAI_CHAT
-    return openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
+    encoder = openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
+    if chat and body.constraint is not None and body.constraint.kind == "tool_call":
+        return openai.ToolCallStream(encoder, body.constraint.tools)
+    return encoder
 
 
 STREAM_PACE = 0.005

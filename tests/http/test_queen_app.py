@@ -52,7 +52,17 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
         ({**CHAT, "max_tokens": 200_000}, 400, "max_tokens"),
         ({**CHAT, "stop": [f"s{i}" for i in range(17)]}, 400, "stop"),
         ({**CHAT, "stop": "x" * 257}, 400, "stop"),
-        ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}]}, 400, "tools[0]"),
+        (
+            {
+                **CHAT,
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "response_format": {"type": "json_object"},
+            },
+            400,
+            "cannot be combined",
+        ),
+        ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400, "json_schema.schema"),
         ({**CHAT, "model": "ghost"}, 404, "the model ghost does not exist"),
         (CHAT, 503, "no worker of model chat is ready"),
     ],

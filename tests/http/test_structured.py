@@ -102,3 +102,58 @@ def test_a_backend_that_cannot_mask_tokens_refuses_by_name() -> None:
     assert reply.status_code == 400
     error = reply.json()["error"]
     assert error["param"] == "response_format" and "synthetic backend cannot constrain" in error["message"]
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city now.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"],
+        "additionalProperties": False,
+    },
+}
+TIME = {"name": "get_time", "description": "The time in a city.", "parameters": {"type": "object"}}
+
+
+def test_a_required_tool_call_is_a_call_of_one_of_the_tools_with_valid_arguments(worker: TestClient) -> None:
+    constraint = {"kind": "tool_call", "tools": [WEATHER, TIME], "required": True}
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for seed in (1, 2):
+        text, reason = text_of(worker, {"messages": ask, "max_tokens": 80, "seed": seed, "constraint": constraint})
+        call = json.loads(text)
+        assert reason == "stop" and call["name"] in ("get_weather", "get_time"), text
+        if call["name"] == "get_weather":
+            jsonschema.validate(call["arguments"], WEATHER["parameters"])
+
+
+def test_the_openai_stream_of_a_call_is_one_tool_calls_delta_and_finish_reason_tool_calls(worker: TestClient) -> None:
+    constraint = {"kind": "tool_call", "tools": [WEATHER], "required": True}
+    body = {
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "max_tokens": 80,
+        "seed": 3,
+        "constraint": constraint,
+        "format": "openai-chat",
+        "request_id": "chatcmpl-abc",
+    }
+    reply = worker.post("/v1/execute", json=body, headers=TOKEN)
+    chunks = [json.loads(line[5:]) for line in reply.text.splitlines() if line.startswith("data: {")]
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk.get("choices")]
+    calls = [delta["tool_calls"] for delta in deltas if "tool_calls" in delta]
+    assert len(calls) == 1 and calls[0][0]["function"]["name"] == "get_weather", deltas
+    jsonschema.validate(json.loads(calls[0][0]["function"]["arguments"]), WEATHER["parameters"])
+    assert not any(delta.get("content") for delta in deltas), "a call is not also streamed as text"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_auto_answers_text_or_a_call_never_broken_json(worker: TestClient) -> None:
+    constraint = {"kind": "tool_call", "tools": [WEATHER], "required": False}
+    for seed, content in enumerate(["Hello! How are you?", "What is the weather in Rome, in celsius?"]):
+        body = {"messages": [{"role": "user", "content": content}], "max_tokens": 60, "seed": seed}
+        text, _ = text_of(worker, {**body, "constraint": constraint})
+        if text.lstrip().startswith("{"):
+            jsonschema.validate(json.loads(text)["arguments"], WEATHER["parameters"])
+        else:
+            assert text.strip(), "a text answer"

@@ -106,10 +106,11 @@ def test_content_parts_are_joined_and_answer_as_a_string_does(client: openai.Ope
 @pytest.mark.parametrize(
     ("extra", "param", "words"),
     [
+        ({"tools": [{"type": "retrieval"}]}, "tools.0", "must be {type: function"),
         (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "required"},
-            "tools",
-            "tool calls are not served yet",
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"function": {"name": "g"}}},
+            "tool_choice",
+            "one of the tools by name",
         ),
         ({"response_format": {"type": "xml"}}, "response_format", "is not one of text, json_object, json_schema"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs", "logprobs are not served yet"),
@@ -159,6 +160,58 @@ def test_structured_outputs_follow_the_schema_through_the_openai_client(client: 
         if chunk.choices
     )
     assert isinstance(json.loads(streamed), dict), streamed
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_tool_calls_through_the_openai_client_whole_streamed_and_answered(client: openai.OpenAI) -> None:
+    """An agent's loop: the model must call the tool (whole, then streamed), the client runs it and sends the
+    result back, and the model answers in text or calls again, never with broken JSON."""
+    asked = [{"role": "user", "content": "What is the weather in Paris?"}]
+    whole = client.chat.completions.create(
+        model="smollm2", messages=asked, tools=[WEATHER_TOOL], tool_choice="required", max_tokens=60, seed=1
+    )
+    choice = whole.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather" and isinstance(json.loads(call.function.arguments)["city"], str)
+    streamed = list(
+        client.chat.completions.create(
+            model="smollm2",
+            messages=asked,
+            tools=[WEATHER_TOOL],
+            tool_choice="required",
+            max_tokens=60,
+            seed=1,
+            stream=True,
+        )
+    )
+    deltas = [chunk.choices[0] for chunk in streamed if chunk.choices]
+    calls = [part for choice in deltas for part in (choice.delta.tool_calls or [])]
+    assert [part.function.name for part in calls] == ["get_weather"] and deltas[-1].finish_reason == "tool_calls"
+    assert json.loads(calls[0].function.arguments or "") == json.loads(call.function.arguments)
+    turn = [
+        *asked,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 18, "sky": "clear"}'},
+    ]
+    answer = client.chat.completions.create(model="smollm2", messages=turn, tools=[WEATHER_TOOL], max_tokens=40, seed=2)
+    reply = answer.choices[0]
+    assert (reply.finish_reason == "tool_calls") == bool(reply.message.tool_calls)
+    assert reply.message.tool_calls or (reply.message.content or "").strip()
 
 
 def test_an_image_part_is_refused_naming_the_part(client: openai.OpenAI) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from rbee.api.wire import ChatMessage, Constraint, FinishReason, SamplingOptions
 from rbee.spec.backends import GGUF_CONTEXT, GGUF_SLOTS
+from rbee.worker import tools
 from rbee.worker.backends import BackendError, Generation, PromptTooLong, hf, text_pieces
 
 DEFAULT_CONTEXT = GGUF_CONTEXT
@@ -194,9 +195,12 @@ class GgufBackend:
         # `json` is OpenAI's json_object: an object, not any JSON value (a bare number can run on forever).
         schema = constraint.json_schema if constraint.json_schema is not None else {"type": "object"}
         try:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(
-                json.dumps(schema), overrides={"whitespace_flexible": False}
-            )
+            if constraint.kind == "tool_call":
+                grammar = tools.grammar(constraint)
+            else:
+                grammar = llguidance.LLMatcher.grammar_from_json_schema(
+                    json.dumps(schema), overrides={"whitespace_flexible": False}
+                )
             matcher = llguidance.LLMatcher(self._grammars, grammar, log_level=0)
         except (ValueError, TypeError) as error:
             raise BackendError(f"the response_format schema cannot be used: {error}") from None

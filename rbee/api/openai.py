@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rbee.api.wire import ChatMessage, Tool, Unsupported, call_in, refuse_unserved
+from rbee.api.wire import ChatMessage, HeldCall, Unsupported, refuse_unserved
 
 
 class StreamOptions(BaseModel):
@@ -416,43 +416,17 @@ class StreamEncoder:
         return frame(error(message, "api_error", code)) + DONE
 
 
-class ToolCallStream:
-    """An OpenAI chat stream whose answer may be a tool call: text streams as it comes once it cannot be a call
-    (it does not begin with "{"); a call is held until it is complete and goes out as one tool_calls delta, with
-    finish_reason tool_calls. A call cut short (max_tokens) goes out as the text it is."""
+class ToolCallStream(HeldCall):
+    """OpenAI's chat stream of an answer that may be a tool call: the call goes out as one tool_calls delta, with
+    finish_reason tool_calls."""
 
-    def __init__(self, inner: StreamEncoder, tools: Sequence[Tool]) -> None:
-        self.inner, self.tools = inner, tools
-        self.held = ""
-        self.calling: bool | None = None
-        """None until the answer's first character shows whether it is a call."""
+    inner: StreamEncoder
 
-    def start(self) -> bytes:
-        return self.inner.start()
-
-    def token(self, text: str) -> bytes:
-        if self.calling is False:
-            return self.inner.token(text)
-        self.held += text
-        begun = self.held.lstrip()
-        if self.calling is None and begun:
-            self.calling = begun.startswith("{")
-            if not self.calling:
-                return self.inner.token(self.held)
-        return b""
-
-    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
-        call = call_in(self.held, self.tools) if self.calling else None
-        if call is None:
-            out = self.inner.token(self.held) if self.calling and self.held else b""
-            return out + self.inner.finish(reason, prompt_tokens, completion_tokens)
+    def call(self, name: str, arguments: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> bytes:
         inner = self.inner
-        delta = {"tool_calls": [{"index": 0, **tool_calls(inner.request_id, *call)[0]}]}
+        delta = {"tool_calls": [{"index": 0, **tool_calls(inner.request_id, name, arguments)[0]}]}
         out = frame(chat_chunk(inner.request_id, inner.model, inner.created, delta, None))
         return out + inner.finish("tool_calls", prompt_tokens, completion_tokens)
-
-    def error(self, message: str, code: str) -> bytes:
-        return self.inner.error(message, code)
 
 
 def _float32(vector: list[float]) -> bytes:

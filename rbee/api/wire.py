@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -107,6 +107,57 @@ def call_in(text: str, tools: Sequence[Tool]) -> tuple[str, dict[str, Any]] | No
     if call.get("name") not in {tool.name for tool in tools}:
         return None
     return str(call["name"]), call["arguments"]
+
+
+class Encoder(Protocol):
+    """A stream's bytes in a client's wire format."""
+
+    def start(self) -> bytes: ...
+
+    def token(self, text: str) -> bytes: ...
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes: ...
+
+    def error(self, message: str, code: str) -> bytes: ...
+
+
+class HeldCall:
+    """A stream whose answer may be a tool call: text streams as it comes once it cannot be a call (it does not
+    begin with "{"); a call is held until it is complete and goes out in the client's shape (`call`). A call cut
+    short (max_tokens) goes out as the text it is."""
+
+    def __init__(self, inner: Encoder, tools: Sequence[Tool]) -> None:
+        self.inner, self.tools = inner, tools
+        self.held = ""
+        self.calling: bool | None = None
+        """None until the answer's first character shows whether it is a call."""
+
+    def call(self, name: str, arguments: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> bytes:
+        raise NotImplementedError
+
+    def start(self) -> bytes:
+        return self.inner.start()
+
+    def token(self, text: str) -> bytes:
+        if self.calling is False:
+            return self.inner.token(text)
+        self.held += text
+        begun = self.held.lstrip()
+        if self.calling is None and begun:
+            self.calling = begun.startswith("{")
+            if not self.calling:
+                return self.inner.token(self.held)
+        return b""
+
+    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+        call = call_in(self.held, self.tools) if self.calling else None
+        if call is None:
+            out = self.inner.token(self.held) if self.calling and self.held else b""
+            return out + self.inner.finish(reason, prompt_tokens, completion_tokens)
+        return self.call(*call, prompt_tokens, completion_tokens)
+
+    def error(self, message: str, code: str) -> bytes:
+        return self.inner.error(message, code)
 
 
 class SamplingOptions(BaseModel):

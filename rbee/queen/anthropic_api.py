@@ -26,19 +26,19 @@ async def messages(request: Request) -> Response:
         body = anthropic.MessagesRequest.model_validate(raw)
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
+    request_id = anthropic.new_id()
     try:
         body.refuse_unserved()
         chat = body.chat()
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            **body.sampling(),
+            "messages": [message.model_dump(exclude_none=True) for message in chat],
+        }
     except wire.Unsupported as unserved:
         raise refused(unserved) from None
     queen.fleet.keys.permit(key, body.model)
     require_text_model(queen, body.model)
-    request_id = anthropic.new_id()
-    fields: dict[str, Any] = {
-        "request_id": request_id,
-        **body.sampling(),
-        "messages": [message.model_dump(exclude_none=True) for message in chat],
-    }
     encoder = None
     if body.stream:
         fields.update(format=wire.StreamFormat.ANTHROPIC, openai_model=body.model)
@@ -46,7 +46,9 @@ async def messages(request: Request) -> Response:
     answer = await generate(request, queen, key, body.model, fields, encoder.error if encoder else None)
     if isinstance(answer, RelayResponse):
         return answer
+    tools = [wire.Tool.model_validate(tool) for tool in (fields.get("constraint") or {}).get("tools", ())]
+    call = wire.call_in(answer.text, tools) if tools else None
     shaped = anthropic.message(
-        request_id, body.model, answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens
+        request_id, body.model, answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens, call
     )
     return JSONResponse(shaped)

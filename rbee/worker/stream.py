@@ -9,7 +9,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 
 from rbee.api import anthropic, openai, responses, wire
 from rbee.api.state import WorkerState
@@ -22,29 +22,22 @@ KEEP_ALIVE = 15.0
 STOPPED = "the worker was stopped (scale-down, idle parking or destroy) before the answer was complete"
 
 
-class Encoder(Protocol):
-    def start(self) -> bytes: ...
-
-    def token(self, text: str) -> bytes: ...
-
-    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes: ...
-
-    def error(self, message: str, code: str) -> bytes: ...
+Encoder = wire.Encoder
 
 
 def encoder_for(body: wire.ExecuteRequest, model: str) -> Encoder:
     """The wire format the request asked for: rbee's events, or OpenAI's chunks (the queen relays them as they are)."""
     if body.format is wire.StreamFormat.RBEE:
         return wire.EventEncoder()
+    tools = body.constraint.tools if body.constraint is not None and body.constraint.kind == "tool_call" else ()
     if body.format is wire.StreamFormat.ANTHROPIC:
-        return anthropic.StreamEncoder(body.request_id, body.openai_model or model)
+        messages = anthropic.StreamEncoder(body.request_id, body.openai_model or model)
+        return anthropic.ToolUseStream(messages, tools) if tools else messages
     if body.format is wire.StreamFormat.OPENAI_RESPONSES:
         return responses.StreamEncoder(body.request_id, body.openai_model or model)
     chat = body.format is wire.StreamFormat.OPENAI_CHAT
     encoder = openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
-    if chat and body.constraint is not None and body.constraint.kind == "tool_call":
-        return openai.ToolCallStream(encoder, body.constraint.tools)
-    return encoder
+    return openai.ToolCallStream(encoder, tools) if chat and tools else encoder
 
 
 STREAM_PACE = 0.005

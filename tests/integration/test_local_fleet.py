@@ -269,6 +269,36 @@ def test_the_anthropic_client_gets_messages_streamed_and_whole(fleet: Fleet) -> 
         assert cut.stop_reason == "max_tokens"
 
 
+def test_the_anthropic_client_uses_tools_whole_streamed_and_with_results(fleet: Fleet) -> None:
+    weather = {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "input_schema": WEATHER_TOOL["function"]["parameters"],  # type: ignore[index]
+    }
+    with anthropic.Anthropic(base_url=fleet.queen_url, api_key=fleet.api_key, max_retries=0) as claude:
+        asked: dict[str, Any] = {
+            "model": "smollm2",
+            "max_tokens": 60,
+            "tools": [weather],
+            "tool_choice": {"type": "any"},
+            "messages": [{"role": "user", "content": "What is the weather in Lisbon?"}],
+        }
+        whole = claude.messages.create(**asked)
+        assert whole.stop_reason == "tool_use" and whole.content[0].type == "tool_use", whole
+        use = whole.content[0]
+        assert use.name == "get_weather" and isinstance(use.input["city"], str)  # type: ignore[index]
+        with claude.messages.stream(**asked) as stream:
+            final = stream.get_final_message()
+        assert final.stop_reason == "tool_use" and any(block.type == "tool_use" for block in final.content)
+        turn = [
+            *asked["messages"],
+            {"role": "assistant", "content": [use.model_dump()]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 C, clear"}]},
+        ]
+        answer = claude.messages.create(**{**asked, "tool_choice": {"type": "auto"}, "messages": turn})
+        assert answer.stop_reason in ("end_turn", "max_tokens", "tool_use") and answer.content
+
+
 def test_the_anthropic_client_gets_errors_in_anthropic_shape(fleet: Fleet) -> None:
     with anthropic.Anthropic(base_url=fleet.queen_url, api_key=fleet.api_key, max_retries=0) as claude:
         with pytest.raises(anthropic.NotFoundError) as missing:
@@ -277,8 +307,8 @@ def test_the_anthropic_client_gets_errors_in_anthropic_shape(fleet: Fleet) -> No
             "type": "error",
             "error": {"type": "not_found_error", "message": "the model nope does not exist"},
         }
-        tool = {"name": "f", "description": "x", "input_schema": {"type": "object"}}
-        with pytest.raises(anthropic.BadRequestError, match="tool use is not served yet"):
+        tool = {"name": "f", "description": "x"}  # no input_schema
+        with pytest.raises(anthropic.BadRequestError, match=r"tools\[0\] needs a name and an input_schema"):
             claude.messages.create(
                 model="smollm2", max_tokens=2, messages=[{"role": "user", "content": "hi"}], tools=[tool]
             )

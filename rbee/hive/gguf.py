@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from rbee.hive.selection import KvCache
+from rbee.spec import backends
+
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 
@@ -198,3 +201,16 @@ def validate(path: Path) -> Header:
     return Header(
         architecture, {key: stated[f"{architecture}.{key}"] for key in KV_KEYS if f"{architecture}.{key}" in stated}
     )
+
+
+def kv_cache(path: Path, shape: tuple[int | None, int | None]) -> KvCache | None:
+    """What a gguf worker of `shape` (slots, context per slot; hive.yaml's or the defaults) will hold in its KV
+    cache and what that costs, from the file's header; None when the header does not tell."""
+    try:
+        per_token = validate(path).kv_bytes_per_token()
+    except (OSError, GgufError):
+        return None
+    if per_token is None:
+        return None
+    slots, context = shape[0] or backends.GGUF_SLOTS, shape[1] or backends.GGUF_CONTEXT
+    return KvCache(slots, context, per_token * slots * context)

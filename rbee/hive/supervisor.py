@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,11 @@ from rbee.api.hive_config import HiveConfig
 from rbee.api.state import HostFacts, WorkerGroup, WorkerInfo, WorkerState
 from rbee.clients.worker import WorkerClient
 from rbee.hive import config as hive_config
-from rbee.hive import detect, gguf, selection
+from rbee.hive import detect, gguf, ports, selection
 from rbee.hive.catalog import Catalog, ModelRecord
 from rbee.spec import backends
 
 log = logging.getLogger("rbee.hive")
-FIRST_WORKER_PORT = 8001
 LOAD_TIMEOUT = 600.0
 STOP_GRACE = 10.0
 PROBE_INTERVAL = 4.0
@@ -122,7 +120,7 @@ class Supervisor:
         try:
             backend = selection.choose_backend(record.name, record.kind, record.format, requested_backend, self.facts)
             place = selection.choose_device(requested_device, backend, detect.refresh_free(self.facts))
-            cache = self._kv_cache(record, backend, shape)
+            cache = gguf.kv_cache(Path(record.path), shape) if backend == str(backends.Backend.GGUF) else None
             need = selection.memory_needed(record.size_bytes) + (cache.bytes if cache else 0)
             selection.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1), cache=cache)
         except selection.Refused as refusal:
@@ -145,7 +143,11 @@ class Supervisor:
         for _ in range(replicas):
             seq = self.catalog.next_worker_seq()
             worker_id = f"w-{seq}"
-            listener = self._reserve_port()
+            taken = {worker.port for worker in self.workers.values()} | {self.config.port}
+            try:
+                listener = ports.reserve(self.config.host or "127.0.0.1", taken)  # the host the worker serves on
+            except ports.NoFreePort as full:
+                raise SupervisorError(str(full)) from None
             port = listener.getsockname()[1]
             log_path = self.config.logs_dir / f"worker-{worker_id}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -375,37 +377,6 @@ class Supervisor:
     def _worker_host(self) -> str:
         host = self.config.host
         return "127.0.0.1" if host in ("", "0.0.0.0") else host
-
-    @staticmethod
-    def _kv_cache(record: ModelRecord, backend: str, shape: tuple[int | None, int | None]) -> selection.KvCache | None:
-        """What a gguf worker's KV cache will hold (slots x context tokens) and cost, from the file's header."""
-        if backend != str(backends.Backend.GGUF):
-            return None
-        try:
-            per_token = gguf.validate(Path(record.path)).kv_bytes_per_token()
-        except (OSError, gguf.GgufError):
-            return None
-        if per_token is None:
-            return None
-        slots, context = shape[0] or backends.GGUF_SLOTS, shape[1] or backends.GGUF_CONTEXT
-        return selection.KvCache(slots, context, per_token * slots * context)
-
-    def _reserve_port(self) -> socket.socket:
-        """A socket bound to the first free port from FIRST_WORKER_PORT, which the worker inherits and listens
-        on: probing a port and letting the worker bind it later lost it to another hive on the same machine."""
-        taken = {worker.port for worker in self.workers.values()}
-        host = self.config.host or "127.0.0.1"  # where the worker serves (`--host`)
-        for port in range(FIRST_WORKER_PORT, FIRST_WORKER_PORT + 1000):
-            if port in taken or port == self.config.port:
-                continue
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                sock.close()
-                continue
-            return sock
-        raise SupervisorError(f"no free port from {FIRST_WORKER_PORT} to {FIRST_WORKER_PORT + 999} on this hive")
 
 
 def _last_line(path: Path) -> str:

@@ -13,6 +13,7 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from rbee.api import embeddings as vectors
 from rbee.api import openai as oai
 from rbee.api import wire
 from rbee.queen import parts
@@ -105,7 +106,7 @@ async def embeddings(request: Request) -> Response:
     key = queen.fleet.keys.authenticate(request)
     raw = await read_object(request, queen.fleet.max_body)
     try:
-        body = oai.EmbeddingRequest.model_validate(raw)
+        body = vectors.EmbeddingRequest.model_validate(raw)
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
     queen.fleet.keys.permit(key, body.model)
@@ -115,5 +116,5 @@ async def embeddings(request: Request) -> Response:
     execute = wire.EmbedRequest(request_id=exchange.id, input=tuple(body.texts), encoding="base64")
     answer = await queen.dispatch.embed(ask, key, execute, exchange)
     return JSONResponse(
-        oai.embedding_response(body.model, answer["embeddings"], int(answer["prompt_tokens"]), body.encoding_format)
+        vectors.embedding_response(body.model, answer["embeddings"], int(answer["prompt_tokens"]), body.encoding_format)
     )

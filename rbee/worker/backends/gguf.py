@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import queue
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rbee.api.wire import ChatMessage, Constraint, FinishReason, SamplingOptions
 from rbee.spec.backends import GGUF_CONTEXT, GGUF_SLOTS
-from rbee.worker import tools
-from rbee.worker.backends import BackendError, Generation, PromptTooLong, hf, text_pieces
+from rbee.worker.backends import BackendError, Generation, PromptTooLong, hf, masks, text_pieces
 
 DEFAULT_CONTEXT = GGUF_CONTEXT
 DEFAULT_SLOTS = GGUF_SLOTS
@@ -95,9 +92,7 @@ class GgufBackend:
         self._wake = threading.Condition()
         self._loop: threading.Thread | None = None
         self._closing = False
-        self._grammars: Any = None
-        """llguidance's view of the vocabulary, made at the first constrained request (about a second)."""
-        self._allowed: Any = None
+        self._masks: masks.Masks | None = None
         self._counted: dict[str, list[int]] = {}
         """Prompts check_prompt tokenized, with their tokens: the generation that follows takes them as they are."""
 
@@ -145,8 +140,8 @@ class GgufBackend:
                 bos_token=model.token_get_text(bos) if bos != -1 else "",
                 stop_token_ids=[eos],
             )
-        with contextlib.suppress(ImportError):  # the vocabulary as llguidance reads it, for constrained answers
-            self._grammars = _grammar_vocabulary(model.vocab)
+        self._masks = masks.Masks(model.vocab, model.n_vocab())
+        self._masks.prepare()
         self._loop = threading.Thread(target=self._run, name="batch-loop", daemon=True)
         self._loop.start()
         progress(1.0)
@@ -182,31 +177,8 @@ class GgufBackend:
 
     def check_constraint(self, constraint: Constraint) -> None:
         """Compile the constraint now, so that a schema llguidance cannot take is a 400 before any generation."""
-        self._matcher(constraint)
-
-    def _matcher(self, constraint: Constraint) -> Any:
-        try:
-            import llguidance
-        except ImportError:
-            raise BackendError("constrained output needs llguidance on this hive (rbee's gguf extra has it)") from None
-        with self._wake:
-            if self._grammars is None:  # at load already, unless llguidance came later
-                self._grammars = _grammar_vocabulary(self._model.vocab)
-        # `json` is OpenAI's json_object: an object, not any JSON value (a bare number can run on forever).
-        schema = constraint.json_schema if constraint.json_schema is not None else {"type": "object"}
-        try:
-            if constraint.kind == "tool_call":
-                grammar = tools.grammar(constraint)
-            else:
-                grammar = llguidance.LLMatcher.grammar_from_json_schema(
-                    json.dumps(schema), overrides={"whitespace_flexible": False}
-                )
-            matcher = llguidance.LLMatcher(self._grammars, grammar, log_level=0)
-        except (ValueError, TypeError) as error:
-            raise BackendError(f"the response_format schema cannot be used: {error}") from None
-        if matcher.is_error():
-            raise BackendError(f"the response_format schema cannot be used: {matcher.get_error()}")
-        return matcher
+        if self._masks is not None:
+            self._masks.matcher(constraint)
 
     # -- one request -----------------------------------------------------------------------------------------
 
@@ -222,7 +194,8 @@ class GgufBackend:
         room = self.context - len(tokens)
         if room < 1:
             raise BackendError(f"the prompt is {len(tokens)} tokens and the context holds {self.context}; shorten it")
-        matcher = self._matcher(options.constraint) if options.constraint is not None else None
+        masking = self._masks
+        matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
         sequence = _Sequence(tokens, min(options.max_tokens, room), self._sampler(options), cancel, result, matcher)
         result.finish_reason = FinishReason.LENGTH
         with self._wake:
@@ -335,8 +308,8 @@ class GgufBackend:
         self._ctx.decode(self._batch)
         vocab = self._model.vocab
         for sequence, at in sampled:
-            if sequence.matcher is not None:
-                self._mask(sequence.matcher, at)
+            if sequence.matcher is not None and self._masks is not None:
+                self._masks.apply(sequence.matcher, llama_cpp.llama_get_logits_ith(self._ctx.ctx, at))
             token = llama_cpp.llama_sampler_sample(sequence.sampler.sampler, self._ctx.ctx, at)
             if sequence.matcher is not None and not sequence.matcher.consume_token(token):
                 self._finish(sequence, BackendError(f"the constraint failed: {sequence.matcher.get_error()}"))
@@ -350,20 +323,6 @@ class GgufBackend:
                 self._finish(sequence, FinishReason.LENGTH)
             else:
                 sequence.next_token = token
-
-    def _mask(self, matcher: Any, at: int) -> None:
-        """Forbid, in the logits of batch row `at`, every token that cannot continue a valid answer: the sampler
-        then draws only from what the grammar allows (the end of text once the answer is complete)."""
-        import llama_cpp
-        import numpy as np
-
-        vocab_size = self._model.n_vocab()
-        if self._allowed is None:
-            self._allowed = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
-        matcher.unsafe_compute_mask_ptr(self._allowed.ctypes.data, self._allowed.nbytes)
-        allowed = np.unpackbits(self._allowed.view(np.uint8), bitorder="little")[:vocab_size].view(bool)
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, at), shape=(vocab_size,))
-        logits[~allowed] = -np.inf
 
     def _finish(self, sequence: _Sequence, ending: FinishReason | BackendError) -> None:
         if sequence in self._active:
@@ -396,15 +355,6 @@ class GgufBackend:
             if self._model is not None:
                 self._model.close()
         self._model = self._ctx = self._batch = None
-
-
-def _grammar_vocabulary(vocab: Any) -> Any:
-    """llguidance's tokenizer over the model's vocabulary (it reads every token's bytes: ~1 s for 50k tokens)."""
-    import llguidance.llamacpp
-
-    with warnings.catch_warnings():  # it calls llama.cpp's token attributes by their old, deprecated name
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return llguidance.llamacpp.lltokenizer_from_vocab(vocab)
 
 
 def _shared(cached: Sequence[int], tokens: Sequence[int]) -> int:

@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rbee.api.wire import ChatMessage, Constraint, SamplingOptions  # noqa: E402
+from rbee.api.calls import Constraint  # noqa: E402
+from rbee.api.wire import ChatMessage, SamplingOptions  # noqa: E402
 from rbee.worker.backends import Generation  # noqa: E402
 from rbee.worker.backends.gguf import GgufBackend  # noqa: E402
 from tests.models import fetch_smollm2  # noqa: E402

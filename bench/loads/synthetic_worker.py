@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from rbee.api import openai, wire
+from rbee.api import openai_stream, wire
 
 
 def make_app(workers: int, slots: int, rate: float, port: int, start_delay: float | None = None) -> Any:
@@ -90,7 +90,7 @@ def make_app(workers: int, slots: int, rate: float, port: int, start_delay: floa
             encode = lambda i: wire.token_event(word, i)  # noqa: E731
             finish = wire.done_event(count, 8, wire.FinishReason.LENGTH)
         else:
-            encoder = openai.StreamEncoder(
+            encoder = openai_stream.StreamEncoder(
                 request.get("request_id", "x"),
                 request.get("openai_model") or "synthetic",
                 fmt == "openai-chat",

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rbee.api.wire import ChatMessage, HeldCall, Unsupported, refuse_unserved
+from rbee.api.calls import HeldCall
+from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
 
 NO_OPS = frozenset({"metadata", "service_tier"})
 NOT_YET = {
@@ -111,6 +113,12 @@ class MessagesRequest(BaseModel):
             "stop": list(self.stop_sequences),
             "constraint": self.constraint(),
         }
+
+
+class CountTokensRequest(MessagesRequest):
+    """`POST /v1/messages/count_tokens`: a Messages request without max_tokens, counted, not answered."""
+
+    max_tokens: Annotated[int, Field(ge=1)] = 1
 
 
 def _text(content: str | list[Block], where: str) -> str:
@@ -217,7 +225,8 @@ class StreamEncoder:
         block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
         return _event("message_start", started) + _event("content_block_start", block)
 
-    def token(self, text: str) -> bytes:
+    def token(self, text: str, logprobs: Sequence[dict[str, Any]] | None = None) -> bytes:
+        # never asked for: the API has no logprobs (refused by name)
         delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
         return _event("content_block_delta", delta)
 

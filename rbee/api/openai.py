@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rbee.api.wire import ChatMessage, HeldCall, Unsupported, refuse_unserved
+from rbee.api import logprobs as lp
+from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
 
 
 class StreamOptions(BaseModel):
@@ -27,11 +29,6 @@ NO_OPS = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_
 NOT_YET = {
     "functions": "the legacy functions field is not served; send tools",
     "function_call": "the legacy function_call field is not served; send tool_choice",
-    "logprobs": "logprobs are not served yet",
-    "top_logprobs": "logprobs are not served yet",
-    "logit_bias": "logit_bias is not served yet",
-    "presence_penalty": "presence_penalty is not served yet; use repeat_penalty",
-    "frequency_penalty": "frequency_penalty is not served yet; use repeat_penalty",
     "audio": "audio output is not served",
     "modalities": "only text output is served",
     "prediction": "predicted outputs are not served",
@@ -43,11 +40,6 @@ NOT_YET = {
 they are accepted), never silently ignored."""
 
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "logprobs": (False, None, 0),
-    "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
     "functions": (None, []),
     "modalities": (None, ["text"]),
     "echo": (None, False),
@@ -74,7 +66,11 @@ class CompletionBase(BaseModel):
     repeat_penalty: Annotated[float, Field(gt=0)] = 1.1
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=8)] = 1
+    """Answers to give (choices), each a generation of its own; at most 8."""
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=300)] | None = None
 
     response_format: dict[str, Any] | None = None
 
@@ -110,7 +106,24 @@ class CompletionBase(BaseModel):
             "repeat_penalty": self.repeat_penalty,
             "stop": stop,
             "seed": self.seed,
+            "presence_penalty": self.presence_penalty or 0.0,
+            "frequency_penalty": self.frequency_penalty or 0.0,
+            "logit_bias": self.token_biases(),
+            "logprobs": self.logprob_count(),
         }
+
+    def logprob_count(self) -> int | None:
+        """How many alternatives to report with each token's log probability; None: no logprobs."""
+        return None
+
+    def token_biases(self) -> list[tuple[int, float]]:
+        """`logit_bias`, whose keys are token ids written as strings, as (id, bias) pairs."""
+        pairs = []
+        for token, bias in (self.logit_bias or {}).items():
+            if not token.isdigit():
+                raise Unsupported("logit_bias", f"logit_bias keys are token ids (digits), not {token!r}")
+            pairs.append((int(token), bias))
+        return pairs
 
 
 class TextPart(BaseModel):
@@ -139,6 +152,13 @@ class ChatRequest(CompletionBase):
     messages: Annotated[list[Message], Field(min_length=1)]
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    def logprob_count(self) -> int | None:
+        if self.top_logprobs and not self.logprobs:
+            raise Unsupported("top_logprobs", "top_logprobs needs logprobs: true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def constraint(self) -> dict[str, Any] | None:
         """With tools (and tool_choice not `none`): a tool_call constraint, the answer then a call of one of them
@@ -215,6 +235,11 @@ def tool_calls(request_id: str, name: str, arguments: dict[str, Any]) -> list[di
 
 class CompletionRequest(CompletionBase):
     prompt: str | list[str]
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    """The legacy API's logprobs: how many alternatives to list with each token (0: only its own)."""
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -253,13 +278,14 @@ def chat_chunk(
     delta: dict[str, Any],
     finish: str | None,
     usage_block: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]
         if usage_block is None
         else [],
         **({"usage": usage_block} if usage_block is not None else {}),
@@ -273,6 +299,7 @@ def chat_response(
     finish: str,
     usage_block: dict[str, int],
     call: tuple[str, dict[str, Any]] | None = None,
+    logprobs: Sequence[lp.Entry] | None = None,
 ) -> dict[str, Any]:
     """The whole answer; with `call` (a tool call it is), as tool_calls with finish_reason tool_calls."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -284,20 +311,33 @@ def chat_response(
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": lp.chat(logprobs) if logprobs is not None else None,
+                "finish_reason": finish,
+            }
+        ],
         "usage": usage_block,
     }
 
 
 def completion_chunk(
-    request_id: str, model: str, created: int, text: str, finish: str | None, usage_block: dict[str, int] | None = None
+    request_id: str,
+    model: str,
+    created: int,
+    text: str,
+    finish: str | None,
+    usage_block: dict[str, int] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]
         if usage_block is None
         else [],
         **({"usage": usage_block} if usage_block is not None else {}),
@@ -305,88 +345,29 @@ def completion_chunk(
 
 
 def completion_response(
-    request_id: str, model: str, text: str, finish: str, usage_block: dict[str, int]
+    request_id: str,
+    model: str,
+    text: str,
+    finish: str,
+    usage_block: dict[str, int],
+    logprobs: Sequence[lp.Entry] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": request_id,
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "choices": [
+            {
+                "index": 0,
+                "text": text,
+                "logprobs": lp.completion(logprobs) if logprobs is not None else None,
+                "finish_reason": finish,
+            }
+        ],
         "usage": usage_block,
     }
 
 
 def openai_finish(reason: str) -> str:
     return reason if reason in ("length", "tool_calls") else "stop"
-
-
-def _dump(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def frame(payload: dict[str, Any]) -> bytes:
-    return b"data: " + _dump(payload) + b"\n\n"
-
-
-DONE = b"data: [DONE]\n\n"
-
-
-class StreamEncoder:
-    """Bytes of an OpenAI stream, one token at a time, with the per-chunk JSON precomputed around the text."""
-
-    def __init__(self, request_id: str, model: str, chat: bool, include_usage: bool, created: int | None = None):
-        self.request_id, self.model, self.chat, self.include_usage = request_id, model, chat, include_usage
-        self.created = created or int(time.time())
-        head = {
-            "id": request_id,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": self.created,
-            "model": model,
-        }
-        prefix = _dump(head)[:-1]
-        if chat:
-            self._before = b"data: " + prefix + b',"choices":[{"index":0,"delta":{"content":'
-            self._after = b'},"logprobs":null,"finish_reason":null}]}\n\n'
-        else:
-            self._before = b"data: " + prefix + b',"choices":[{"index":0,"text":'
-            self._after = b',"logprobs":null,"finish_reason":null}]}\n\n'
-
-    def start(self) -> bytes:
-        if not self.chat:
-            return b""
-        return frame(chat_chunk(self.request_id, self.model, self.created, {"role": "assistant", "content": ""}, None))
-
-    def token(self, text: str) -> bytes:
-        return self._before + _dump(text) + self._after
-
-    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
-        finish = openai_finish(reason)
-        if self.chat:
-            out = frame(chat_chunk(self.request_id, self.model, self.created, {}, finish))
-        else:
-            out = frame(completion_chunk(self.request_id, self.model, self.created, "", finish))
-        if self.include_usage:
-            block = usage(prompt_tokens, completion_tokens)
-            out += frame(
-                chat_chunk(self.request_id, self.model, self.created, {}, None, block)
-                if self.chat
-                else completion_chunk(self.request_id, self.model, self.created, "", None, block)
-            )
-        return out + DONE
-
-    def error(self, message: str, code: str) -> bytes:
-        return frame(error(message, "api_error", code)) + DONE
-
-
-class ToolCallStream(HeldCall):
-    """OpenAI's chat stream of an answer that may be a tool call: the call goes out as one tool_calls delta, with
-    finish_reason tool_calls."""
-
-    inner: StreamEncoder
-
-    def call(self, name: str, arguments: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> bytes:
-        inner = self.inner
-        delta = {"tool_calls": [{"index": 0, **tool_calls(inner.request_id, name, arguments)[0]}]}
-        out = frame(chat_chunk(inner.request_id, inner.model, inner.created, delta, None))
-        return out + inner.finish("tool_calls", prompt_tokens, completion_tokens)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -193,7 +194,8 @@ class StreamEncoder:
             )
         )
 
-    def token(self, text: str) -> bytes:
+    def token(self, text: str, logprobs: Sequence[dict[str, Any]] | None = None) -> bytes:
+        # never asked for: the API has no logprobs (refused by name)
         self.text.append(text)
         where = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
         return self._event("response.output_text.delta", **where, delta=text, logprobs=[])

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rbee.api.calls import Constraint
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -48,116 +50,18 @@ def refuse_unserved(
         raise Unsupported(name, f"{name}: {reason}; remove it from the request")
 
 
-class Tool(BaseModel):
-    """A function the model may call: its name, what it does, and a JSON Schema of its arguments."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-    description: Annotated[str, Field(max_length=4096)] = ""
-    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
-
-
-class Constraint(BaseModel):
-    """What the answer must be: a JSON object (`json`), JSON that validates against `json_schema`, or a call of
-    one of `tools` (`tool_call`; with `required` nothing else, without it free text or a call). The engine masks,
-    at every token, what cannot continue a valid answer (OpenAI's structured outputs and tool calls)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: Literal["json", "json_schema", "tool_call"]
-    json_schema: dict[str, Any] | None = None
-    tools: Annotated[tuple[Tool, ...], Field(max_length=128)] = ()
-    required: bool = False
-
-    @model_validator(mode="after")
-    def _schema_with_its_kind(self) -> Constraint:
-        if (self.kind == "json_schema") != (self.json_schema is not None):
-            raise ValueError("a json_schema constraint takes a schema, and only it does")
-        if (self.kind == "tool_call") != bool(self.tools):
-            raise ValueError("a tool_call constraint takes tools, and only it does")
-        return self
-
-    def call_schema(self) -> dict[str, Any]:
-        """The JSON Schema of a call: `{"name": one of the tools, "arguments": that tool's parameters}`."""
-        return {
-            "anyOf": [
-                {
-                    "type": "object",
-                    "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
-                    "required": ["name", "arguments"],
-                    "additionalProperties": False,
-                }
-                for tool in self.tools
-            ]
-        }
-
-
-def call_in(text: str, tools: Sequence[Tool]) -> tuple[str, dict[str, Any]] | None:
-    """The tool call an answer is (the name of one of `tools` and its arguments), or None when it is text or an
-    unfinished call (one cut by max_tokens)."""
-    if not text.lstrip().startswith("{"):
-        return None
-    try:
-        call = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("arguments"), dict):
-        return None
-    if call.get("name") not in {tool.name for tool in tools}:
-        return None
-    return str(call["name"]), call["arguments"]
-
-
 class Encoder(Protocol):
     """A stream's bytes in a client's wire format."""
 
     def start(self) -> bytes: ...
 
-    def token(self, text: str) -> bytes: ...
+    def token(self, text: str, logprobs: Sequence[dict[str, Any]] | None = None) -> bytes:
+        """`logprobs`: the tokens this text came from, each `{token, logprob, bytes, top_logprobs}`."""
+        ...
 
     def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes: ...
 
     def error(self, message: str, code: str) -> bytes: ...
-
-
-class HeldCall:
-    """A stream whose answer may be a tool call: text streams as it comes once it cannot be a call (it does not
-    begin with "{"); a call is held until it is complete and goes out in the client's shape (`call`). A call cut
-    short (max_tokens) goes out as the text it is."""
-
-    def __init__(self, inner: Encoder, tools: Sequence[Tool]) -> None:
-        self.inner, self.tools = inner, tools
-        self.held = ""
-        self.calling: bool | None = None
-        """None until the answer's first character shows whether it is a call."""
-
-    def call(self, name: str, arguments: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> bytes:
-        raise NotImplementedError
-
-    def start(self) -> bytes:
-        return self.inner.start()
-
-    def token(self, text: str) -> bytes:
-        if self.calling is False:
-            return self.inner.token(text)
-        self.held += text
-        begun = self.held.lstrip()
-        if self.calling is None and begun:
-            self.calling = begun.startswith("{")
-            if not self.calling:
-                return self.inner.token(self.held)
-        return b""
-
-    def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:
-        call = call_in(self.held, self.tools) if self.calling else None
-        if call is None:
-            out = self.inner.token(self.held) if self.calling and self.held else b""
-            return out + self.inner.finish(reason, prompt_tokens, completion_tokens)
-        return self.call(*call, prompt_tokens, completion_tokens)
-
-    def error(self, message: str, code: str) -> bytes:
-        return self.inner.error(message, code)
 
 
 class SamplingOptions(BaseModel):
@@ -171,6 +75,27 @@ class SamplingOptions(BaseModel):
     stop: Annotated[tuple[Annotated[str, Field(min_length=1, max_length=256)], ...], Field(max_length=16)] = ()
     seed: int | None = None
     constraint: Constraint | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    """Subtracted from the logit of every token the answer already holds (OpenAI's presence_penalty)."""
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    """Subtracted once per time a token already occurs in the answer (OpenAI's frequency_penalty)."""
+    logit_bias: Annotated[
+        tuple[tuple[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100, le=100)]], ...],
+        Field(max_length=300),
+    ] = ()
+    """(token id, bias) pairs added to those tokens' logits at every step; -100 bans a token."""
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    """Report each answer token's log probability and this many most likely alternatives; None: do not."""
+
+    def extras(self) -> tuple[str, ...]:
+        """The sampling fields set away from their neutral values, which not every engine serves."""
+        given = {
+            "presence_penalty": self.presence_penalty != 0,
+            "frequency_penalty": self.frequency_penalty != 0,
+            "logit_bias": bool(self.logit_bias),
+            "logprobs": self.logprobs is not None,
+        }
+        return tuple(name for name, on in given.items() if on)
 
 
 class StreamFormat(StrEnum):
@@ -267,8 +192,10 @@ class EventEncoder:
     def start(self) -> bytes:
         return b""
 
-    def token(self, text: str) -> bytes:
+    def token(self, text: str, logprobs: Sequence[dict[str, Any]] | None = None) -> bytes:
         self.index += 1
+        if logprobs is not None:
+            return sse({"token": text, "index": self.index - 1, "logprobs": list(logprobs)})
         return token_event(text, self.index - 1)
 
     def finish(self, reason: str, prompt_tokens: int, completion_tokens: int) -> bytes:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pydantic
 
 from rbee.api import wire
 from rbee.clients import tls
@@ -56,11 +57,17 @@ class WorkerClient:
 
     async def embed(self, url: str, credential: str | None, body: wire.EmbedRequest) -> dict[str, Any]:
         """An embedding request: `{"embeddings", "prompt_tokens"}`."""
+        return await self._post(f"{url}/v1/execute", credential, body)
+
+    async def count(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> int:
+        """How many tokens the request's prompt is, by the worker's tokenizer."""
+        answer = await self._post(f"{url}/v1/count", credential, body)
+        return int(answer["input_tokens"])
+
+    async def _post(self, url: str, credential: str | None, body: pydantic.BaseModel) -> dict[str, Any]:
         headers = _headers(credential)
         try:
-            async with self.session().post(
-                f"{url}/v1/execute", data=body.model_dump_json(), headers=headers
-            ) as response:
+            async with self.session().post(url, data=body.model_dump_json(), headers=headers) as response:
                 text = await response.text()
                 if response.status != 200:
                     raise _refusal(response.status, text)

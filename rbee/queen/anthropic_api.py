@@ -10,22 +10,40 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rbee.api import anthropic, wire
-from rbee.queen import parts
+from rbee.api import anthropic, calls, wire
 from rbee.queen.asgi import RelayResponse
-from rbee.queen.errors import invalid, read_object
-from rbee.queen.generation import generate, refused
+from rbee.queen.errors import invalid
+from rbee.queen.generation import client_body, generate, refused
+from rbee.queen.metrics import Exchange
 from rbee.queen.openai_api import require_text_model
+from rbee.queen.scheduling import Ask, prefix_of
+
+
+async def count_tokens(request: Request) -> Response:
+    """`{"input_tokens": n}`: the conversation, system prompt and tools as the model's tokenizer counts them
+    after its chat template (what a Messages request with the same body would be charged as input)."""
+    queen, key, body = await client_body(request, anthropic.CountTokensRequest)
+    try:
+        body.refuse_unserved()
+        chat = body.chat()
+        execute = wire.ExecuteRequest(
+            request_id=anthropic.new_id(), messages=tuple(chat), constraint=body.constraint(), max_tokens=1
+        )
+    except (wire.Unsupported, pydantic.ValidationError) as unserved:
+        if isinstance(unserved, wire.Unsupported):
+            raise refused(unserved) from None
+        raise invalid(unserved) from None
+    queen.fleet.keys.permit(key, body.model)
+    require_text_model(queen, body.model)
+    name = key.name if key else None
+    texts = [message.content or "" for message in chat]
+    ask = Ask(body.model, request.headers.get("x-rbee-hive"), name, sum(map(len, texts)), prefix_of(texts))
+    tokens = await queen.dispatch.count(ask, key, execute, Exchange(execute.request_id, body.model, ask.key))
+    return JSONResponse({"input_tokens": tokens})
 
 
 async def messages(request: Request) -> Response:
-    queen = parts.of(request)
-    key = queen.fleet.keys.authenticate(request)
-    raw = await read_object(request, queen.fleet.max_body)
-    try:
-        body = anthropic.MessagesRequest.model_validate(raw)
-    except pydantic.ValidationError as failure:
-        raise invalid(failure) from None
+    queen, key, body = await client_body(request, anthropic.MessagesRequest)
     request_id = anthropic.new_id()
     try:
         body.refuse_unserved()
@@ -46,8 +64,8 @@ async def messages(request: Request) -> Response:
     answer = await generate(request, queen, key, body.model, fields, encoder.error if encoder else None)
     if isinstance(answer, RelayResponse):
         return answer
-    tools = [wire.Tool.model_validate(tool) for tool in (fields.get("constraint") or {}).get("tools", ())]
-    call = wire.call_in(answer.text, tools) if tools else None
+    tools = [calls.Tool.model_validate(tool) for tool in (fields.get("constraint") or {}).get("tools", ())]
+    call = calls.call_in(answer.text, tools) if tools else None
     shaped = anthropic.message(
         request_id, body.model, answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens, call
     )

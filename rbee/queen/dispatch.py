@@ -13,9 +13,9 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from rbee.api import sse, wire
 from rbee.clients.worker import WorkerCallError, WorkerClient, WorkerStream
@@ -32,8 +32,11 @@ TAIL = 8
 """Chunks of a relayed stream kept to find its end comment in."""
 BUSY_RETRY = 0.005
 """Seconds before a request a busy worker refused goes back to admission."""
-STALLED = 1.0
-"""Seconds without a byte after which a stream to an unreachable hive is taken for cut off."""
+STALLED = 3.0
+"""Seconds without a byte after which a stream to an unreachable hive is taken for cut off: a live worker sends
+at least a keep-alive a second (worker/stream.py), so only a stream whose bytes stopped is cut."""
+
+Answered = TypeVar("Answered")
 
 OnError = Callable[[str, str], bytes]
 """The last bytes of a stream that failed, in the client's wire format: on_error(message, code)."""
@@ -62,6 +65,8 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    logprobs: list[dict[str, Any]] | None = None
+    """Each answer token's log probability and alternatives, when the request asked for them."""
 
 
 class Dispatcher:
@@ -128,12 +133,23 @@ class Dispatcher:
 
     async def embed(self, ask: Ask, key: Key | None, body: wire.EmbedRequest, exchange: Exchange) -> dict[str, Any]:
         """An embedding request, recorded whatever happens."""
+        return await self._call(ask, key, exchange, lambda route: self.workers.embed(route.url, route.credential, body))
+
+    async def count(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> int:
+        """How many tokens `body`'s prompt is, counted by a worker of its model (held like a request while the
+        model starts)."""
+        return await self._call(ask, key, exchange, lambda route: self.workers.count(route.url, route.credential, body))
+
+    async def _call(
+        self, ask: Ask, key: Key | None, exchange: Exchange, send: Callable[[Route], Awaitable[Answered]]
+    ) -> Answered:
+        """One JSON call to an admitted worker, retried on another while the deadline allows."""
         deadline = time.monotonic() + self.fleet.queue_wait
         try:
             while True:
                 ticket = await self._admit(ask, key, exchange, deadline)
                 try:
-                    answer = await self.workers.embed(ticket.route.url, ticket.route.credential, body)
+                    answer = await send(ticket.route)
                 except WorkerCallError as failure:
                     await self._retry_or_raise(failure, ticket, deadline)
                     continue
@@ -246,6 +262,7 @@ class Dispatcher:
         """The whole generation at once (the worker streams rbee events; they are read to the end here)."""
         opened = await self.open(ask, key, body.model_copy(update={"format": wire.StreamFormat.RBEE}), exchange)
         text: list[str] = []
+        logprobs: list[dict[str, Any]] | None = [] if body.logprobs is not None else None
         end: dict[str, Any] | None = None
         try:
             parts = [opened.first]
@@ -261,6 +278,8 @@ class Dispatcher:
                     data = event.json()
                     if "token" in data:
                         text.append(data["token"])
+                        if logprobs is not None:
+                            logprobs.extend(data.get("logprobs") or ())
             end = wire.parse_end(buffer, stream_start=True)
         except WorkerCallError as failure:
             exchange.failed(502, str(failure))
@@ -274,7 +293,11 @@ class Dispatcher:
         if end is None:
             raise ClientError(502, "the worker ended the stream without finishing", "api_error", "worker_lost")
         return Answer(
-            "".join(text), int(end["prompt_tokens"]), int(end["completion_tokens"]), str(end.get("finish_reason"))
+            "".join(text),
+            int(end["prompt_tokens"]),
+            int(end["completion_tokens"]),
+            str(end.get("finish_reason")),
+            logprobs,
         )
 
     def _lost(self, exchange: Exchange, ticket: Ticket, message: str) -> None:

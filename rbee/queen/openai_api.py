@@ -7,19 +7,22 @@ format and relayed as bytes.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from rbee.api import calls, openai_stream, wire
 from rbee.api import embeddings as vectors
 from rbee.api import openai as oai
-from rbee.api import wire
-from rbee.queen import parts
+from rbee.queen import choices, parts
 from rbee.queen.asgi import RelayResponse
+from rbee.queen.auth import Key
+from rbee.queen.dispatch import Answer
 from rbee.queen.errors import ClientError, invalid, read_object
-from rbee.queen.generation import generate, refused
+from rbee.queen.generation import client_body, generate, refused
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask
 from rbee.spec.backends import ModelKind
@@ -83,32 +86,70 @@ async def _generate(request: Request, chat: bool) -> Response:
             fields["prompt"] = body.text
     except wire.Unsupported as unserved:
         raise refused(unserved) from None
+    tools = [calls.Tool.model_validate(tool) for tool in (fields.get("constraint") or {}).get("tools", ())]
+    if body.n > 1:
+        return await _choices(request, queen, key, body, fields, tools, include_usage)
     encoder = None
     if body.stream:
         fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
         fields.update(format=fmt, openai_model=body.model, include_usage=include_usage)
-        encoder = oai.StreamEncoder(request_id, body.model, chat, include_usage)
+        encoder = openai_stream.StreamEncoder(request_id, body.model, chat, include_usage)
     answer = await generate(request, queen, key, body.model, fields, encoder.error if encoder else None)
     if isinstance(answer, RelayResponse):
         return answer
-    usage = oai.usage(answer.prompt_tokens, answer.completion_tokens)
-    finish = oai.openai_finish(answer.finish_reason)
-    if not chat:
-        return JSONResponse(oai.completion_response(request_id, body.model, answer.text, finish, usage))
-    constraint = fields.get("constraint") or {}
-    tools = [wire.Tool.model_validate(tool) for tool in constraint.get("tools", ())]
-    call = wire.call_in(answer.text, tools) if tools else None
-    return JSONResponse(oai.chat_response(request_id, body.model, answer.text, finish, usage, call))
+    return JSONResponse(_whole(request_id, body.model, chat, [answer], tools))
+
+
+async def _choices(
+    request: Request,
+    queen: parts.Queen,
+    key: Key | None,
+    body: oai.ChatRequest | oai.CompletionRequest,
+    fields: dict[str, Any],
+    tools: list[calls.Tool],
+    include_usage: bool,
+) -> Response:
+    """n > 1: the choices answered side by side (queen/choices.py)."""
+    chat, request_id = isinstance(body, oai.ChatRequest), str(fields["request_id"])
+    if not body.stream:
+        answers = await choices.whole(request, queen, key, body.model, fields, body.n)
+        return JSONResponse(_whole(request_id, body.model, chat, answers, tools))
+    if tools:
+        raise ClientError(
+            400,
+            "n > 1 with tools is not served as a stream; ask without stream",
+            code="unsupported_parameter",
+            param="n",
+        )
+    created = int(time.time())
+    encoders = [
+        openai_stream.StreamEncoder(request_id, body.model, chat, include_usage, created, index)
+        for index in range(body.n)
+    ]
+    return await choices.streamed(request, queen, key, body.model, fields, encoders)
+
+
+def _whole(request_id: str, model: str, chat: bool, answers: list[Answer], tools: list[calls.Tool]) -> dict[str, Any]:
+    """The response body of whole answers, one choice each: the prompt counted once, every answer's tokens."""
+    made = []
+    for index, answer in enumerate(answers):
+        usage = oai.usage(answer.prompt_tokens, answer.completion_tokens)
+        finish = oai.openai_finish(answer.finish_reason)
+        if chat:
+            call = calls.call_in(answer.text, tools) if tools else None
+            one = oai.chat_response(f"{request_id}{index}", model, answer.text, finish, usage, call, answer.logprobs)
+        else:
+            one = oai.completion_response(request_id, model, answer.text, finish, usage, answer.logprobs)
+        made.append(one)
+    response = {**made[0], "id": request_id}
+    response["choices"] = [{**one["choices"][0], "index": index} for index, one in enumerate(made)]
+    completion = sum(answer.completion_tokens for answer in answers)
+    response["usage"] = oai.usage(answers[0].prompt_tokens, completion)
+    return response
 
 
 async def embeddings(request: Request) -> Response:
-    queen = parts.of(request)
-    key = queen.fleet.keys.authenticate(request)
-    raw = await read_object(request, queen.fleet.max_body)
-    try:
-        body = vectors.EmbeddingRequest.model_validate(raw)
-    except pydantic.ValidationError as failure:
-        raise invalid(failure) from None
+    queen, key, body = await client_body(request, vectors.EmbeddingRequest)
     queen.fleet.keys.permit(key, body.model)
     _require_kind(queen, body.model, ModelKind.EMBEDDING)
     exchange = Exchange(oai.new_id("emb"), body.model, key.name if key else None)

@@ -6,26 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rbee.api import responses, wire
-from rbee.queen import parts
 from rbee.queen.asgi import RelayResponse
-from rbee.queen.errors import invalid, read_object
-from rbee.queen.generation import generate, refused
+from rbee.queen.generation import client_body, generate, refused
 from rbee.queen.openai_api import require_text_model
 
 
 async def create(request: Request) -> Response:
-    queen = parts.of(request)
-    key = queen.fleet.keys.authenticate(request)
-    raw = await read_object(request, queen.fleet.max_body)
-    try:
-        body = responses.ResponsesRequest.model_validate(raw)
-    except pydantic.ValidationError as failure:
-        raise invalid(failure) from None
+    queen, key, body = await client_body(request, responses.ResponsesRequest)
     try:
         body.refuse_unserved()
         chat = body.chat()

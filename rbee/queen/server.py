@@ -58,6 +58,7 @@ def create_app(queen: Queen) -> RawSend:
             route("/v1/completions", client(openai_api.completions), "POST"),
             route("/v1/embeddings", client(openai_api.embeddings), "POST"),
             route("/v1/messages", anthropic_client(anthropic_api.messages), "POST"),
+            route("/v1/messages/count_tokens", anthropic_client(anthropic_api.count_tokens), "POST"),
             route("/v1/responses", client(responses_api.create), "POST"),
             route("/v2/tasks", client(task_api.create_task), "POST"),
             route("/v2/tasks/{id}/events", client(task_api.task_events)),

@@ -76,19 +76,16 @@ def create_app(runtime: Runtime) -> Starlette:
             return JSONResponse(wire.error_body(refused, str(runtime.state)), 503)
         if body.request_id in runtime.active:
             return JSONResponse(wire.error_body(f"request {body.request_id} is already running", "conflict"), 409)
-        if body.messages is not None:
-            chat = body.messages
-            if body.constraint is not None and body.constraint.kind == "tool_call":
-                chat = tools.with_instructions(chat, body.constraint)
-            prompt, template_stops = engine.render_chat(chat)
-            options = body.model_copy(update={"stop": (*body.stop, *template_stops)})
-        else:
-            prompt, options = body.prompt or "", body
+        prompt, options = prompt_of(engine, body)
         unconstrained = backends.cannot_constrain(engine, options.constraint)
         if unconstrained is not None:
             return JSONResponse(
                 {"error": {"message": unconstrained, "code": "unsupported_parameter", "param": "response_format"}}, 400
             )
+        unserved = backends.cannot_sample(engine, options)
+        if unserved is not None:
+            param, message = unserved
+            return JSONResponse({"error": {"message": message, "code": "unsupported_parameter", "param": param}}, 400)
         too_long = backends.room_for(engine, prompt)
         if too_long is not None:
             param = "messages" if body.messages is not None else "prompt"
@@ -102,6 +99,25 @@ def create_app(runtime: Runtime) -> Starlette:
             media_type="text/event-stream",
             headers=SSE_HEADERS,
         )
+
+    async def count(request: Request) -> Response:
+        """How many tokens a request's prompt is, counted by the model's tokenizer as generation would see it
+        (chat template and tool instructions included); nothing is generated and no slot is taken."""
+        engine = runtime.engine
+        counter = getattr(engine, "count_tokens", None)
+        if (
+            isinstance(engine, backends.Embedder)
+            or counter is None
+            or runtime.state not in (WorkerState.IDLE, WorkerState.BUSY)
+        ):
+            return JSONResponse(wire.error_body(runtime.refusal() or "this worker counts no tokens", "busy"), 503)
+        try:
+            body = wire.ExecuteRequest.model_validate_json(await request.body())
+        except pydantic.ValidationError as error:
+            return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
+        prompt, _ = prompt_of(engine, body)
+        tokens = await asyncio.get_running_loop().run_in_executor(None, counter, prompt)
+        return JSONResponse({"input_tokens": tokens})
 
     async def embed(request: Request, engine: backends.Embedder) -> Response:
         try:
@@ -147,6 +163,7 @@ def create_app(runtime: Runtime) -> Starlette:
             Route("/v1/ready", guarded(ready)),
             Route("/v1/loading/progress", guarded(loading_progress)),
             Route("/v1/execute", guarded(execute), methods=["POST"]),
+            Route("/v1/count", guarded(count), methods=["POST"]),
             Route("/v1/cancel", guarded(cancel), methods=["POST"]),
             Route("/v1/admin/shutdown", guarded(shutdown), methods=["POST"]),
         ]
@@ -233,6 +250,18 @@ def serve(options: WorkerOptions) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def prompt_of(engine: backends.Backend, body: wire.ExecuteRequest) -> tuple[str, wire.ExecuteRequest]:
+    """The prompt the engine sees (a chat rendered by the model's template, with the tools' instructions when
+    the answer may be a call) and the request's options with the template's stop strings added."""
+    if body.messages is None:
+        return body.prompt or "", body
+    chat = body.messages
+    if body.constraint is not None and body.constraint.kind == "tool_call":
+        chat = tools.with_instructions(chat, body.constraint)
+    prompt, template_stops = engine.render_chat(chat)
+    return prompt, body.model_copy(update={"stop": (*body.stop, *template_stops)})
 
 
 def token_from_file(path: str | None) -> str | None:

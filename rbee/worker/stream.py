@@ -11,14 +11,17 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rbee.api import anthropic, openai, responses, wire
+from rbee.api import anthropic, openai_stream, responses, wire
 from rbee.api.state import WorkerState
 from rbee.worker import backends
 from rbee.worker.runtime import Active, Runtime, release
 
 log = logging.getLogger("rbee.worker")
-KEEP_ALIVE = 15.0
-"""Seconds without a first token after which the worker sends an SSE comment (a long prompt's prefill)."""
+KEEP_ALIVE = 1.0
+"""Seconds without a token after which the worker sends an SSE comment: a long prompt's prefill, or a step of a
+batch busy with other requests' prompts on a loaded machine. The queen takes a stream that sends nothing for its
+idle timeout (60 s by default, as low as the operator sets it) for frozen, and one that stalls while its hive is
+silent for cut off; a live worker must never look like either."""
 STOPPED = "the worker was stopped (scale-down, idle parking or destroy) before the answer was complete"
 
 
@@ -36,8 +39,8 @@ def encoder_for(body: wire.ExecuteRequest, model: str) -> Encoder:
     if body.format is wire.StreamFormat.OPENAI_RESPONSES:
         return responses.StreamEncoder(body.request_id, body.openai_model or model)
     chat = body.format is wire.StreamFormat.OPENAI_CHAT
-    encoder = openai.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
-    return openai.ToolCallStream(encoder, tools) if chat and tools else encoder
+    encoder = openai_stream.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
+    return openai_stream.ToolCallStream(encoder, tools) if chat and tools else encoder
 
 
 STREAM_PACE = 0.005
@@ -70,7 +73,9 @@ class Mailbox:
             self.asleep = False
             self.loop.call_soon_threadsafe(self.ready.set)
 
-    async def take(self) -> list[tuple[str, Any]]:
+    async def take(self, patience: float | None = None) -> list[tuple[str, Any]]:
+        """What came since the last take; [] when nothing came for `patience` seconds (a timer only while the
+        loop would sleep for the next item, which at speed it never does)."""
         if self.hurried and self.last is not None:
             pause = self.last + self.pace - self.loop.time()
             if pause > 0:
@@ -86,7 +91,17 @@ class Mailbox:
             if self.items:  # a put that came before `asleep` was set did not wake us
                 break
             slept = True
-            await self.ready.wait()
+            if patience is None:
+                await self.ready.wait()
+                continue
+            timer = self.loop.call_later(patience, self.ready.set)
+            try:
+                await self.ready.wait()
+            finally:
+                timer.cancel()
+            if not self.items:
+                self.ready.clear()
+                return []
         self.ready.clear()
         now = self.loop.time()
         self.hurried = self.last is None or not slept or now - self.last < self.pace
@@ -112,9 +127,15 @@ async def stream(
     cancel = request.cancel
 
     def produce() -> None:
+        sent = 0  # of result.logprobs: those already sent with the text they made
         try:
             for piece in engine.generate(prompt, options, cancel, result):
-                mailbox.put(("piece", piece))
+                if options.logprobs is None:
+                    mailbox.put(("piece", (piece, None)))
+                    continue
+                upto = min(result.read, len(result.logprobs))
+                mailbox.put(("piece", (piece, result.logprobs[sent:upto])))
+                sent = upto
             mailbox.put(("done", None), final=True)
         except backends.BackendError as error:
             mailbox.put(("error", str(error)), final=True)
@@ -135,19 +156,13 @@ async def stream(
     job = runtime.generation_threads.submit(produce)
     try:
         opening = encoder.start()  # sent with the first token, so a client's first bytes hold text
-        started = False
         while True:
-            if started:
-                items = await mailbox.take()
-            else:  # a long prompt: tell the queen the worker lives, before its idle timeout takes it for frozen
-                try:
-                    items = await asyncio.wait_for(mailbox.take(), KEEP_ALIVE)
-                except TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-                started = True
+            items = await mailbox.take(KEEP_ALIVE)
+            if not items:  # the worker lives: say so before the queen's idle timeout takes it for frozen
+                yield b": keep-alive\n\n"
+                continue
             # Pieces that arrived while the last write went out leave in one write, as separate events.
-            events = [encoder.token(value) for kind, value in items if kind == "piece"]
+            events = [encoder.token(*value) for kind, value in items if kind == "piece"]
             if events:
                 yield opening + b"".join(events)
                 opening = b""

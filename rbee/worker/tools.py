@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 
-from rbee.api.wire import ChatMessage, Constraint
+from rbee.api.calls import Constraint
+from rbee.api.wire import ChatMessage
 
 
 def instructions(constraint: Constraint) -> ChatMessage:
@@ -40,7 +41,9 @@ def with_instructions(messages: tuple[ChatMessage, ...], constraint: Constraint)
 
 def grammar(constraint: Constraint) -> str:
     """llguidance's Lark grammar for a tool-call answer: a call, or (not required) text not starting with "{"."""
-    call = "call: %json " + json.dumps(constraint.call_schema())
+    # No free whitespace inside the call: a small model may otherwise pad it with blanks until max_tokens.
+    schema = {**constraint.call_schema(), "x-guidance": {"whitespace_flexible": False}}
+    call = "call: %json " + json.dumps(schema)
     if constraint.required:
         return f"start: call\n{call}\n"
     return f"start: call | text\n{call}\ntext: /[^{{\\s][\\s\\S]*/\n"

@@ -9,7 +9,9 @@ import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
+import jsonschema
 import pytest
 from starlette.testclient import TestClient
 
@@ -139,3 +141,124 @@ def test_greedy_decoding_gives_the_same_text_on_every_engine(tiny_llama: Path, t
     # up to the first of them, every engine must say the same thing from the same prompt tokens.
     assert len(set(texts.values())) == 1, texts
     assert len(texts["torch"][2]) >= 10, texts
+
+
+SERVES_SAMPLING = {"torch", "mlx", "gguf"}
+GREEDY = {"prompt": "def main():", "max_tokens": 16, "temperature": 0, "repeat_penalty": 1.0}
+
+
+def test_logit_bias_bans_and_forces_tokens(client: tuple[TestClient, Runtime], engine: Backend) -> None:
+    test_client, _ = client
+    if engine.name not in SERVES_SAMPLING:
+        reply = test_client.post("/v1/execute", json={**GREEDY, "logit_bias": [[5, 1.0]]}, headers=TOKEN)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "logit_bias", reply.text
+        return
+    plain = [e for e in stream(test_client, {**GREEDY, "logprobs": 0}) if "token" in e]
+    first = plain[0]["logprobs"][0]["token"]  # type: ignore[index]
+    first_id = _token_id(engine, first)
+    banned = [
+        e for e in stream(test_client, {**GREEDY, "logprobs": 0, "logit_bias": [[first_id, -100]]}) if "token" in e
+    ]
+    assert banned[0]["logprobs"][0]["token"] != first  # type: ignore[index]
+    forced = text_of(stream(test_client, {**GREEDY, "max_tokens": 6, "logit_bias": [[first_id, 100]]}))
+    assert forced == first * 6, (forced, first)
+    size = cast(Any, engine).vocabulary_size()
+    reply = test_client.post("/v1/execute", json={**GREEDY, "logit_bias": [[size, 1.0]]}, headers=TOKEN)
+    assert reply.status_code == 400 and f"0 to {size - 1}" in reply.json()["error"]["message"], reply.text
+
+
+def _token_id(engine: Backend, piece: str) -> int:
+    """The id of the token whose text is `piece` (the first such, as the engine tokenizes it)."""
+    probe: Any = engine
+    for token in range(probe.vocabulary_size()):
+        if probe._piece(token) == piece.encode():
+            return token
+    raise AssertionError(f"no token is {piece!r}")
+
+
+def test_logprobs_come_with_each_token(client: tuple[TestClient, Runtime], engine: Backend) -> None:
+    test_client, _ = client
+    if engine.name not in SERVES_SAMPLING:
+        reply = test_client.post("/v1/execute", json={**GREEDY, "logprobs": 2}, headers=TOKEN)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "logprobs", reply.text
+        return
+    events = stream(test_client, {**GREEDY, "logprobs": 3})
+    entries = [entry for event in events if "token" in event for entry in event["logprobs"]]  # type: ignore[attr-defined]
+    assert len(entries) == events[-1]["total_tokens"] == 16
+    for entry in entries:
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and entry["logprob"] <= 0
+        assert [t["logprob"] for t in top] == sorted((t["logprob"] for t in top), reverse=True)
+        # Greedy, no penalty: the token chosen is the most likely one.
+        assert top[0]["bytes"] == entry["bytes"] and abs(top[0]["logprob"] - entry["logprob"]) < 1e-4
+    joined = bytes(b for entry in entries for b in entry["bytes"]).decode("utf-8", errors="replace")
+    assert joined.split("\ufffd")[0] == text_of(events).split("\ufffd")[0]
+    assert all("logprobs" not in e for e in stream(test_client, GREEDY) if "token" in e)
+
+
+def test_penalties_change_a_repetitive_answer(client: tuple[TestClient, Runtime], engine: Backend) -> None:
+    test_client, _ = client
+    if engine.name not in SERVES_SAMPLING:
+        body = {**GREEDY, "presence_penalty": 1.0}
+        reply = test_client.post("/v1/execute", json=body, headers=TOKEN)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "presence_penalty", reply.text
+        return
+
+    def tokens(**penalty: float) -> list[str]:
+        body = {**GREEDY, "max_tokens": 40, "logprobs": 0, **penalty}
+        return [entry["token"] for e in stream(test_client, body) if "token" in e for entry in e["logprobs"]]  # type: ignore[attr-defined]
+
+    plain = tokens()
+    assert len(set(plain)) < len(plain), "the random model repeats itself when greedy"
+    for penalty in ({"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+        penalized = tokens(**penalty)
+        assert penalized != plain, penalty
+        assert len(set(penalized)) > len(set(plain)), (penalty, penalized, plain)
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+def test_a_json_schema_holds_whatever_the_model(client: tuple[TestClient, Runtime], engine: Backend) -> None:
+    """The random model says noise; held to the schema its answer parses and validates, whatever the seed."""
+    test_client, _ = client
+    constraint = {"kind": "json_schema", "json_schema": PERSON}
+    body = {"prompt": "A person:", "max_tokens": 60, "temperature": 1.0, "constraint": constraint}
+    if engine.name not in SERVES_SAMPLING:
+        reply = test_client.post("/v1/execute", json=body, headers=TOKEN)
+        assert reply.status_code == 400 and reply.json()["error"]["param"] == "response_format", reply.text
+        return
+    for seed in (1, 2, 3):
+        events = stream(test_client, {**body, "seed": seed})
+        assert events[-1].get("finish_reason") == "stop", events[-1]
+        jsonschema.validate(json.loads(text_of(events)), PERSON)
+
+
+def test_a_required_tool_call_is_a_valid_call(client: tuple[TestClient, Runtime], engine: Backend) -> None:
+    if engine.name not in SERVES_SAMPLING:
+        return
+    test_client, _ = client
+    tool = {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 10}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    }
+    constraint = {"kind": "tool_call", "tools": [tool], "required": True}
+    body = {
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "max_tokens": 60,
+        "seed": 4,
+        "temperature": 1.0,
+    }
+    events = stream(test_client, {**body, "constraint": constraint})
+    call = json.loads(text_of(events))
+    assert call["name"] == "get_weather" and isinstance(call["arguments"]["city"], str), call

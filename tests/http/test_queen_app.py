@@ -48,7 +48,7 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
         ({"model": "chat"}, 400, "messages"),
         ({**CHAT, "max_tokens": 0}, 400, "max_tokens"),
         ({**CHAT, "messages": []}, 400, "messages"),
-        ({**CHAT, "n": 2}, 400, "n"),
+        ({**CHAT, "n": 9}, 400, "n"),
         ({**CHAT, "max_tokens": 200_000}, 400, "max_tokens"),
         ({**CHAT, "stop": [f"s{i}" for i in range(17)]}, 400, "stop"),
         ({**CHAT, "stop": "x" * 257}, 400, "stop"),

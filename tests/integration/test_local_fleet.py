@@ -113,8 +113,10 @@ def test_content_parts_are_joined_and_answer_as_a_string_does(client: openai.Ope
             "one of the tools by name",
         ),
         ({"response_format": {"type": "xml"}}, "response_format", "is not one of text, json_object, json_schema"),
-        ({"logprobs": True, "top_logprobs": 2}, "logprobs", "logprobs are not served yet"),
-        ({"presence_penalty": 0.5}, "presence_penalty", "use repeat_penalty"),
+        ({"top_logprobs": 2}, "top_logprobs", "top_logprobs needs logprobs: true"),
+        ({"logit_bias": {"hello": 1}}, "logit_bias", "logit_bias keys are token ids"),
+        ({"logit_bias": {"99999999": 1}}, "logit_bias", "the model's tokens are 0 to 49151"),
+        ({"n": 9}, "n", "less than or equal to 8"),
         ({"extra_body_typo": 1}, "extra_body_typo", "rbee does not know this field"),
     ],
 )
@@ -240,6 +242,95 @@ def test_a_prompt_past_the_context_is_the_clients_mistake(client: openai.OpenAI)
     assert isinstance(refused.value.body, dict) and refused.value.body.get("param") == "messages"
     fine = client.completions.create(model="smollm2", prompt="Hello", max_tokens=2)
     assert fine.choices[0].text is not None
+
+
+def test_logprobs_through_the_openai_client_streamed_and_whole(client: openai.OpenAI) -> None:
+    """Chat and completions, whole and streamed: one entry per answer token with its alternatives, the same
+    at temperature 0 either way, and their bytes make the answer."""
+    asked: dict[str, Any] = {"model": "smollm2", "max_tokens": 8, "temperature": 0, "seed": 1}
+    chat = [{"role": "user", "content": "Name a colour."}]
+    whole = client.chat.completions.create(**asked, messages=chat, logprobs=True, top_logprobs=2)  # type: ignore[call-overload]
+    entries = whole.choices[0].logprobs.content
+    assert len(entries) == whole.usage.completion_tokens and all(len(e.top_logprobs) == 2 for e in entries)
+    assert bytes(b for e in entries for b in e.bytes).decode() == whole.choices[0].message.content
+    streamed = [
+        entry
+        for chunk in client.chat.completions.create(**asked, messages=chat, logprobs=True, top_logprobs=2, stream=True)  # type: ignore[call-overload]
+        if chunk.choices and chunk.choices[0].logprobs
+        for entry in chunk.choices[0].logprobs.content
+    ]
+    assert [(e.token, round(e.logprob, 3)) for e in streamed] == [(e.token, round(e.logprob, 3)) for e in entries]
+    legacy = client.completions.create(**asked, prompt="Colours: red, green,", logprobs=3)
+    block = legacy.choices[0].logprobs
+    assert block is not None and len(block.tokens or []) == legacy.usage.completion_tokens  # type: ignore[union-attr]
+    assert "".join(block.tokens or []) == legacy.choices[0].text
+    assert block.text_offset == [sum(map(len, (block.tokens or [])[:i])) for i in range(len(block.tokens or []))]
+    assert all(len(top) == 3 for top in block.top_logprobs or [])
+
+
+def test_penalties_and_logit_bias_change_the_answer(client: openai.OpenAI, smollm2: Path) -> None:
+    import llama_cpp
+
+    asked: dict[str, Any] = {"model": "smollm2", "prompt": "one one one one one", "max_tokens": 16, "temperature": 0}
+    greedy = {"repeat_penalty": 1.0}
+    plain = client.completions.create(**asked, extra_body=greedy).choices[0].text
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        penalized = client.completions.create(**asked, **penalty, extra_body=greedy).choices[0].text
+        assert penalized != plain, penalty
+    vocab = llama_cpp.Llama(str(smollm2), vocab_only=True, verbose=False)
+    first = vocab.tokenize(plain.encode(), add_bos=False)[0]
+    banned = client.completions.create(**asked, logit_bias={str(first): -100}, extra_body=greedy).choices[0].text
+    assert vocab.tokenize(banned.encode(), add_bos=False)[0] != first, (plain, banned)
+
+
+def test_n_choices_whole_and_streamed_through_the_openai_client(client: openai.OpenAI) -> None:
+    """n=3 seeded: three answers, choice i as the seed plus i would answer alone, the same streamed (each
+    chunk names its choice) as whole; the prompt is counted once and every answer's tokens."""
+    asked: dict[str, Any] = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Write a word."}],
+        "max_tokens": 10,
+        "temperature": 1.0,
+        "seed": 11,
+    }
+    whole = client.chat.completions.create(**asked, n=3)
+    texts = [choice.message.content for choice in sorted(whole.choices, key=lambda c: c.index)]
+    assert [c.index for c in whole.choices] == [0, 1, 2] and len(set(texts)) > 1, texts
+    alone = client.chat.completions.create(**{**asked, "seed": 12})
+    assert alone.choices[0].message.content == texts[1]
+    assert whole.usage.prompt_tokens == alone.usage.prompt_tokens
+    assert whole.usage.completion_tokens == sum(
+        client.chat.completions.create(**{**asked, "seed": 11 + i}).usage.completion_tokens for i in range(3)
+    )
+    streamed = ["", "", ""]
+    finished = [None, None, None]
+    usage = None
+    for chunk in client.chat.completions.create(**asked, n=3, stream=True, stream_options={"include_usage": True}):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.delta.content or ""
+            finished[choice.index] = choice.finish_reason or finished[choice.index]
+    assert streamed == texts and all(finished)
+    assert usage is not None and usage.completion_tokens == whole.usage.completion_tokens
+    legacy = client.completions.create(model="smollm2", prompt="Colours:", max_tokens=6, n=2, seed=3)
+    assert [c.index for c in legacy.choices] == [0, 1]
+
+
+def test_the_anthropic_client_counts_tokens(fleet: Fleet) -> None:
+    with anthropic.Anthropic(base_url=fleet.queen_url, api_key=fleet.api_key, max_retries=0) as claude:
+        short = claude.messages.count_tokens(model="smollm2", messages=[{"role": "user", "content": "Hi"}])
+        longer = claude.messages.count_tokens(
+            model="smollm2", messages=[{"role": "user", "content": "Hi there, how are you today?"}]
+        )
+        # SmolLM2's template writes its own system prompt when none is given, so a short one counts fewer.
+        terse = claude.messages.count_tokens(
+            model="smollm2", system="Be terse.", messages=[{"role": "user", "content": "Hi"}]
+        )
+        assert 0 < terse.input_tokens < short.input_tokens < longer.input_tokens
+        answer = claude.messages.create(model="smollm2", max_tokens=2, messages=[{"role": "user", "content": "Hi"}])
+        assert answer.usage.input_tokens == short.input_tokens
+        with pytest.raises(anthropic.NotFoundError):
+            claude.messages.count_tokens(model="nope", messages=[{"role": "user", "content": "Hi"}])
 
 
 def test_the_anthropic_client_gets_messages_streamed_and_whole(fleet: Fleet) -> None:

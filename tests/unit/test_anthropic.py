@@ -8,7 +8,7 @@ import json
 import pytest
 
 from rbee.api import anthropic
-from rbee.api.wire import Tool
+from rbee.api.calls import Tool
 
 
 def test_system_blocks_and_turns_become_one_chat() -> None:

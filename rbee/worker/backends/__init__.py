@@ -6,10 +6,11 @@ import contextlib
 import importlib
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rbee.api.wire import ChatMessage, Constraint, FinishReason, SamplingOptions
+from rbee.api.calls import Constraint
+from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 from rbee.spec import backends as capabilities
 from rbee.worker.text import TextAssembler
 
@@ -27,6 +28,10 @@ class Generation:
     """Of the prompt's tokens, those already in the engine's cache (a shared prefix): not evaluated again."""
     completion_tokens: int = 0
     finish_reason: FinishReason = FinishReason.STOP
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    """With options.logprobs: one entry per answer token (api/logprobs.py), appended by the engine as it goes."""
+    read: int = 0
+    """How many of the engine's tokens have become text so far: the stream sends their logprobs with it."""
 
 
 class Backend(Protocol):
@@ -72,11 +77,25 @@ def cannot_constrain(engine: Backend | Embedder, constraint: Constraint | None) 
         return None
     check = getattr(engine, "check_constraint", None)
     if check is None:
-        return f"the {engine.name} backend cannot constrain its output; serve the model with the gguf backend"
+        return f"the {engine.name} backend cannot constrain its output; serve the model with gguf, torch or mlx"
     try:
         check(constraint)
     except BackendError as error:
         return str(error)
+    return None
+
+
+def cannot_sample(engine: Backend | Embedder, options: SamplingOptions) -> tuple[str, str] | None:
+    """The field, and why, of a sampling option `engine` does not serve (or a logit_bias token outside its
+    vocabulary); None when it serves them all."""
+    served: frozenset[str] = getattr(engine, "sampling", frozenset())
+    for name in options.extras():
+        if name not in served:
+            return name, f"{name} is not served by the {engine.name} backend; serve the model with gguf, torch or mlx"
+    size: int | None = getattr(engine, "vocabulary_size", lambda: None)()
+    outside = [token for token, _ in options.logit_bias if size is not None and token >= size]
+    if outside and size is not None:
+        return "logit_bias", f"logit_bias names token {outside[0]}; the model's tokens are 0 to {size - 1}"
     return None
 
 
@@ -110,6 +129,7 @@ def text_pieces(stream: Iterable[bytes], stop: Sequence[str], result: Generation
     held back at the end (an unfinished stop string is just text) is released unless the answer was cancelled."""
     assembler = TextAssembler(stop)
     for data in stream:
+        result.read += 1
         piece = assembler.feed(data)
         if piece:
             yield piece

@@ -89,6 +89,9 @@ class CtransformersBackend(OneAtATime):
             if len(generated) >= limit:
                 break
 
+    def count_tokens(self, prompt: str) -> int:
+        return hf.count(self._tokenizer, prompt)
+
     def unload(self) -> None:
         self._llm = self._tokenizer = None
 

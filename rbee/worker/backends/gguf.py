@@ -25,9 +25,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rbee.api.wire import ChatMessage, Constraint, FinishReason, SamplingOptions
+from rbee.api.calls import Constraint
+from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 from rbee.spec.backends import GGUF_CONTEXT, GGUF_SLOTS
-from rbee.worker.backends import BackendError, Generation, PromptTooLong, hf, masks, text_pieces
+from rbee.worker.backends import BackendError, Generation, PromptTooLong, hf, masks, probabilities, text_pieces
 
 DEFAULT_CONTEXT = GGUF_CONTEXT
 DEFAULT_SLOTS = GGUF_SLOTS
@@ -55,6 +56,8 @@ class _Sequence:
     """The token sampled last: it goes into the next batch."""
     left: bool = False
     """Its reader stopped reading (a stop string): it leaves at the next step."""
+    logprobs: int | None = None
+    """Report each token's log probability with this many alternatives (None: do not)."""
 
 
 @dataclass
@@ -67,6 +70,7 @@ class _Slot:
 class GgufBackend:
     name = "gguf"
     batches = True
+    sampling = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "logprobs"})
 
     def __init__(
         self,
@@ -140,7 +144,7 @@ class GgufBackend:
                 bos_token=model.token_get_text(bos) if bos != -1 else "",
                 stop_token_ids=[eos],
             )
-        self._masks = masks.Masks(model.vocab, model.n_vocab())
+        self._masks = masks.Masks(masks.llama_vocabulary(model.vocab), model.n_vocab())
         self._masks.prepare()
         self._loop = threading.Thread(target=self._run, name="batch-loop", daemon=True)
         self._loop.start()
@@ -159,6 +163,9 @@ class GgufBackend:
         if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:
             tokens = tokens[1:]  # the chat template wrote its own BOS
         return tokens
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self._tokens(prompt))
 
     def check_prompt(self, prompt: str) -> None:
         """Count the prompt with the model's own tokenizer before a stream begins: one that cannot fit a slot is
@@ -196,7 +203,9 @@ class GgufBackend:
             raise BackendError(f"the prompt is {len(tokens)} tokens and the context holds {self.context}; shorten it")
         masking = self._masks
         matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
-        sequence = _Sequence(tokens, min(options.max_tokens, room), self._sampler(options), cancel, result, matcher)
+        limit = min(options.max_tokens, room)
+        sequence = _Sequence(tokens, limit, self._sampler(options, limit), cancel, result, matcher)
+        sequence.logprobs = options.logprobs
         result.finish_reason = FinishReason.LENGTH
         with self._wake:
             self._waiting.append(sequence)
@@ -220,13 +229,23 @@ class GgufBackend:
                 raise item
             yield item
 
-    def _sampler(self, options: SamplingOptions) -> Any:
+    def vocabulary_size(self) -> int | None:
+        return self._model.n_vocab() if self._model is not None else None
+
+    def _sampler(self, options: SamplingOptions, limit: int) -> Any:
         import llama_cpp
         from llama_cpp import _internals
 
         sampler = _internals.LlamaSampler()
+        vocabulary = self._model.n_vocab()
+        if options.logit_bias:
+            sampler.add_logit_bias(vocabulary, dict(options.logit_bias))
         if options.repeat_penalty != 1.0:
-            sampler.add_penalties(self._model.n_vocab(), PENALTY_LAST_N, options.repeat_penalty, 0.0, 0.0)
+            sampler.add_penalties(vocabulary, PENALTY_LAST_N, options.repeat_penalty, 0.0, 0.0)
+        if options.presence_penalty or options.frequency_penalty:
+            # OpenAI's penalties count every token of the answer so far, not llama.cpp's last 64: the window is the
+            # whole answer (the sampler sees only the tokens it chose, never the prompt's).
+            sampler.add_penalties(vocabulary, limit, 1.0, options.frequency_penalty, options.presence_penalty)
         if options.temperature == 0:
             sampler.add_greedy()
             return sampler
@@ -276,6 +295,7 @@ class GgufBackend:
 
     def _step(self) -> None:
         import llama_cpp
+        import numpy as np
 
         for sequence in [s for s in self._active if s.left or s.cancel.is_set()]:
             self._finish(sequence, FinishReason.CANCELLED)
@@ -306,7 +326,7 @@ class GgufBackend:
         if batch.n_tokens == 0:
             return
         self._ctx.decode(self._batch)
-        vocab = self._model.vocab
+        vocab, n_vocab = self._model.vocab, self._model.n_vocab()
         for sequence, at in sampled:
             if sequence.matcher is not None and self._masks is not None:
                 self._masks.apply(sequence.matcher, llama_cpp.llama_get_logits_ith(self._ctx.ctx, at))
@@ -317,6 +337,9 @@ class GgufBackend:
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 self._finish(sequence, FinishReason.STOP)
                 continue
+            if sequence.logprobs is not None:
+                row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx.ctx, at), shape=(n_vocab,))
+                sequence.result.logprobs.append(probabilities.report(row, token, sequence.logprobs, self._piece))
             sequence.result.completion_tokens += 1
             sequence.out.put(self._piece(token))
             if sequence.result.completion_tokens >= sequence.limit:

@@ -37,6 +37,11 @@ def encode(tokenizer: Any, prompt: str, context: int) -> list[int]:
     return ids
 
 
+def count(tokenizer: Any, prompt: str) -> int:
+    """How many tokens the prompt is, counted as `encode` would (mlx-lm's wrapper holds the HF tokenizer)."""
+    return len(encode(getattr(tokenizer, "_tokenizer", tokenizer), prompt, 1 << 62))
+
+
 class TokenText:
     """Incremental detokenization over a short window: text is released only once it is complete (a token may
     end inside a UTF-8 character, which decodes to U+FFFD until the next one arrives)."""

@@ -13,12 +13,14 @@ import threading
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+from rbee.api.calls import Constraint
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import Generation, OneAtATime, hf
+from rbee.worker.backends import BackendError, Generation, OneAtATime, hf, masks, probabilities
 
 
 class TorchBackend(OneAtATime):
     name = "torch"
+    sampling = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "logprobs"})
 
     def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
         self.model_path = model_path
@@ -29,6 +31,7 @@ class TorchBackend(OneAtATime):
         self._stop_ids: frozenset[int] = frozenset()
         self._cache_arg = "past_key_values"
         self._lock = threading.Lock()
+        self._masks: masks.Masks | None = None
 
     def load(self, progress: Callable[[float], None]) -> None:
         import torch
@@ -52,7 +55,15 @@ class TorchBackend(OneAtATime):
         self._model, self._tokenizer, self._stop_ids = model, tokenizer, frozenset(stops)
         if "cache" in inspect.signature(model.forward).parameters:
             self._cache_arg = "cache"  # transformers 5 renamed past_key_values
+        size = int(model.config.vocab_size)
+        self._masks = masks.Masks(masks.hf_vocabulary(tokenizer, size), size)
+        self._masks.prepare()
         progress(1.0)
+
+    def check_constraint(self, constraint: Constraint) -> None:
+        """Compile the constraint now, so that a schema llguidance cannot take is a 400 before any generation."""
+        if self._masks is not None:
+            self._masks.matcher(constraint)
 
     def _torch_device(self) -> str:
         return "cuda:0" if self.device == "cuda" else self.device
@@ -82,6 +93,8 @@ class TorchBackend(OneAtATime):
         result.finish_reason = FinishReason.LENGTH
         past: Any = None
         step = torch.tensor([ids], device=device)
+        masking = self._masks
+        matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
         with torch.inference_mode():
             while len(generated) < limit:
                 if cancel.is_set():
@@ -89,14 +102,32 @@ class TorchBackend(OneAtATime):
                     return
                 out = model(input_ids=step, use_cache=True, **{self._cache_arg: past})
                 past = getattr(out, self._cache_arg)
-                token = _sample(out.logits[0, -1, :].float(), options, ids + generated, generator)
+                logits = out.logits[0, -1, :].float()
+                if matcher is not None and masking is not None:
+                    banned = torch.from_numpy(~masking.allowed(matcher)).to(logits.device)
+                    logits = logits.masked_fill(banned, float("-inf"))
+                raw = logits.cpu().numpy().copy() if options.logprobs is not None else None
+                token = _sample(logits, options, (ids, generated), generator)
+                if matcher is not None and not matcher.consume_token(token):
+                    raise BackendError(f"the constraint failed: {matcher.get_error()}")
                 if token in self._stop_ids:
                     result.finish_reason = FinishReason.STOP
                     break
+                if raw is not None:
+                    result.logprobs.append(probabilities.report(raw, token, options.logprobs or 0, self._piece))
                 generated.append(token)
                 result.completion_tokens = len(generated)
                 step = torch.tensor([[token]], device=device)
                 yield text.add(token).encode("utf-8")
+
+    def count_tokens(self, prompt: str) -> int:
+        return hf.count(self._tokenizer, prompt)
+
+    def vocabulary_size(self) -> int | None:
+        return int(self._model.config.vocab_size) if self._model is not None else None
+
+    def _piece(self, token: int) -> bytes:
+        return str(self._tokenizer.decode([token])).encode("utf-8")
 
     def unload(self) -> None:
         self._model = self._tokenizer = None
@@ -109,13 +140,21 @@ class TorchBackend(OneAtATime):
             pass
 
 
-def _sample(logits: Any, options: SamplingOptions, seen: list[int], generator: Any) -> int:
-    """One token from `logits`: repeat penalty over what was seen, then greedy at temperature 0, else
-    temperature, top-k and top-p sampling with the request's generator."""
+def _sample(logits: Any, options: SamplingOptions, seen: tuple[list[int], list[int]], generator: Any) -> int:
+    """One token from `logits`: logit_bias; OpenAI's presence and frequency penalties over the answer so far;
+    the repeat penalty over prompt and answer; then greedy at temperature 0, else temperature, top-k and top-p
+    sampling with the request's generator."""
     import torch
 
-    if options.repeat_penalty != 1.0 and seen:
-        previous = torch.tensor(sorted(set(seen)), device=logits.device)
+    prompt, answer = seen
+    for token, bias in options.logit_bias:
+        logits[token] += bias
+    if answer and (options.presence_penalty or options.frequency_penalty):
+        counts = torch.bincount(torch.tensor(answer, device=logits.device), minlength=logits.shape[-1])
+        counts = counts[: logits.shape[-1]].to(logits.dtype)
+        logits -= options.frequency_penalty * counts + options.presence_penalty * (counts > 0).to(logits.dtype)
+    if options.repeat_penalty != 1.0 and (prompt or answer):
+        previous = torch.tensor(sorted(set(prompt) | set(answer)), device=logits.device)
         values = logits[previous]
         logits[previous] = torch.where(values > 0, values / options.repeat_penalty, values * options.repeat_penalty)
     if options.temperature <= 0:

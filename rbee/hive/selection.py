@@ -1,8 +1,8 @@
 """Which engine and which device a worker gets, and whether its model fits there: decided on the hive from its
 host facts before any process starts, so an impossible worker is refused with a reason instead of crashing.
 
-`backend: auto` follows DESIGN.md: embeddings -> embed; a GGUF file -> gguf (ctransformers where llama.cpp is
-missing); an HF folder -> mlx on Metal, torch on CUDA or CPU; an MLX folder -> mlx.
+`backend: auto` follows DESIGN.md: embeddings -> embed; rerank -> rerank; a GGUF file -> gguf (ctransformers
+where llama.cpp is missing); an HF folder -> mlx on Metal, torch on CUDA or CPU; an MLX folder -> mlx.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ def _cannot_serve(model: str, kind: str, fmt: str, backend: backends.Backend | N
         return f"model {model} is a {fmt} file; the embed backend loads Hugging Face folders"
     if backend is backends.Backend.EMBED:
         return f"model {model} is a text model; the embed backend serves embedding models"
+    if backend is not None and backends.TABLE[backend].kind != kind:
+        return f"model {model} is a {kind} model; the {backend} backend serves {backends.TABLE[backend].kind} models"
+    if kind == "rerank":
+        return f"model {model} is a {fmt} file; the rerank backend loads Hugging Face folders of a cross-encoder"
     allowed = ", ".join(backends.loads(fmt))
     return f"the {backend} backend cannot load model {model} ({fmt}); use one of: {allowed}"
 

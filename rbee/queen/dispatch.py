@@ -135,6 +135,12 @@ class Dispatcher:
         """An embedding request, recorded whatever happens."""
         return await self._call(ask, key, exchange, lambda route: self.workers.embed(route.url, route.credential, body))
 
+    async def rerank(self, ask: Ask, key: Key | None, body: wire.RerankRequest, exchange: Exchange) -> dict[str, Any]:
+        """A rerank request, recorded whatever happens."""
+        return await self._call(
+            ask, key, exchange, lambda route: self.workers.rerank(route.url, route.credential, body)
+        )
+
     async def count(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> int:
         """How many tokens `body`'s prompt is, counted by a worker of its model (held like a request while the
         model starts)."""

@@ -43,24 +43,31 @@ async def completions(request: Request) -> Response:
     return await _generate(request, chat=False)
 
 
+ENDPOINTS = {
+    ModelKind.TEXT: "/v1/chat/completions",
+    ModelKind.EMBEDDING: "/v1/embeddings",
+    ModelKind.RERANK: "/v1/rerank",
+}
+"""Where a model of each kind is asked."""
+
+
 def require_text_model(queen: parts.Queen, model: str) -> None:
-    """404 for a model hive.yaml does not name, 400 for an embedding model."""
-    _require_kind(queen, model, ModelKind.TEXT)
+    """404 for a model hive.yaml does not name, 400 for a model of another kind."""
+    require_kind(queen, model, ModelKind.TEXT)
 
 
-def _require_kind(queen: parts.Queen, model: str, kind: ModelKind) -> None:
+def require_kind(queen: parts.Queen, model: str, kind: ModelKind) -> None:
     found = queen.fleet.model_kind(model)
     if found is None:
         raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
     if found is not kind:
-        advice = "use /v1/embeddings" if found is ModelKind.EMBEDDING else "/v1/embeddings needs an embedding model"
+        article = "an" if found is ModelKind.EMBEDDING else "a"
         raise ClientError(
-            400, f"the model {model} is {_a(found)} model; {advice}", code="wrong_model_kind", param="model"
+            400,
+            f"the model {model} is {article} {found} model; ask it at {ENDPOINTS[found]}",
+            code="wrong_model_kind",
+            param="model",
         )
-
-
-def _a(kind: ModelKind) -> str:
-    return "an embedding" if kind is ModelKind.EMBEDDING else f"a {kind}"
 
 
 async def _generate(request: Request, chat: bool) -> Response:
@@ -74,7 +81,7 @@ async def _generate(request: Request, chat: bool) -> Response:
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
     queen.fleet.keys.permit(key, body.model)
-    _require_kind(queen, body.model, ModelKind.TEXT)
+    require_kind(queen, body.model, ModelKind.TEXT)
     request_id = oai.new_id("chatcmpl" if chat else "cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     try:
@@ -151,7 +158,7 @@ def _whole(request_id: str, model: str, chat: bool, answers: list[Answer], tools
 async def embeddings(request: Request) -> Response:
     queen, key, body = await client_body(request, vectors.EmbeddingRequest)
     queen.fleet.keys.permit(key, body.model)
-    _require_kind(queen, body.model, ModelKind.EMBEDDING)
+    require_kind(queen, body.model, ModelKind.EMBEDDING)
     exchange = Exchange(oai.new_id("emb"), body.model, key.name if key else None)
     ask = Ask(body.model, request.headers.get("x-rbee-hive"), exchange.key, sum(map(len, body.texts)))
     execute = wire.EmbedRequest(request_id=exchange.id, input=tuple(body.texts), encoding="base64")

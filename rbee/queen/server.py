@@ -21,6 +21,7 @@ from rbee.queen import (
     openai_api,
     operator_api,
     origins,
+    rerank_api,
     responses_api,
     task_api,
 )
@@ -60,6 +61,7 @@ def create_app(queen: Queen) -> RawSend:
             route("/v1/messages", anthropic_client(anthropic_api.messages), "POST"),
             route("/v1/messages/count_tokens", anthropic_client(anthropic_api.count_tokens), "POST"),
             route("/v1/responses", client(responses_api.create), "POST"),
+            route("/v1/rerank", client(rerank_api.create), "POST"),
             route("/v2/tasks", client(task_api.create_task), "POST"),
             route("/v2/tasks/{id}/events", client(task_api.task_events)),
             route("/v2/tasks/{id}", client(task_api.cancel_task), "DELETE"),

@@ -21,6 +21,8 @@ class Backend(StrEnum):
     TORCH = "torch"
     MLX = "mlx"
     EMBED = "embed"
+    RERANK = "rerank"
+    """Cross-encoders through sentence-transformers: a query and documents in, relevance scores out."""
     CTRANSFORMERS = "ctransformers"
     SYNTHETIC = "synthetic"
     """A benchmark load (worker/backends/synthetic.py): no weights, tokens at a fixed rate; never chosen by auto."""
@@ -29,6 +31,7 @@ class Backend(StrEnum):
 class ModelKind(StrEnum):
     TEXT = "text"
     EMBEDDING = "embedding"
+    RERANK = "rerank"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,14 @@ TABLE: dict[Backend, Capability] = {
         "sentence_transformers",
         "embed",
     ),
+    Backend.RERANK: Capability(
+        Backend.RERANK,
+        frozenset({ModelFormat.SAFETENSORS}),
+        ModelKind.RERANK,
+        ("cuda", "cpu"),
+        "sentence_transformers",
+        "embed",  # the same packages as embeddings
+    ),
     Backend.CTRANSFORMERS: Capability(
         Backend.CTRANSFORMERS,
         frozenset({ModelFormat.GGUF}),
@@ -86,8 +97,8 @@ TABLE: dict[Backend, Capability] = {
 }
 
 _PREFERENCE = {
-    True: (Backend.GGUF, Backend.MLX, Backend.TORCH, Backend.EMBED, Backend.CTRANSFORMERS),
-    False: (Backend.GGUF, Backend.TORCH, Backend.MLX, Backend.EMBED, Backend.CTRANSFORMERS),
+    True: (Backend.GGUF, Backend.MLX, Backend.TORCH, Backend.EMBED, Backend.RERANK, Backend.CTRANSFORMERS),
+    False: (Backend.GGUF, Backend.TORCH, Backend.MLX, Backend.EMBED, Backend.RERANK, Backend.CTRANSFORMERS),
 }
 """`backend: auto` in order, on a Metal host (True) and elsewhere: llama.cpp for GGUF files everywhere, MLX
 before torch for Hugging Face folders on Metal, ctransformers only where llama.cpp is missing."""

@@ -173,6 +173,14 @@ def _backend_fits(index: int, worker: WorkerSpec, model: ModelSpec) -> Iterator[
             "use auto, or set kind: embedding on the model",
         )
         return
+    served = backends.TABLE[backend].kind
+    if served is not model.kind:
+        yield Problem(
+            ("workers", index, "backend"),
+            f"the {backend} backend serves {served} models, and '{model.name}' is a {model.kind} model; "
+            f"use auto, or set kind: {served} on the model",
+        )
+        return
     fmt = model.resolved_format
     if backend not in backends.loads(fmt):
         allowed = ", ".join(sorted(backends.loads(fmt)))

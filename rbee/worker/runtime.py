@@ -62,7 +62,7 @@ class Active:
 @dataclass
 class Runtime:
     options: WorkerOptions
-    engine: backends.Backend | backends.Embedder
+    engine: backends.Engine
     state: WorkerState = WorkerState.LOADING
     progress: float = 0.0
     error: str | None = None

@@ -18,8 +18,9 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pydantic
 from starlette.applications import Starlette
@@ -67,6 +68,8 @@ def create_app(runtime: Runtime) -> Starlette:
         engine = runtime.engine
         if isinstance(engine, backends.Embedder):
             return await embed(request, engine)
+        if isinstance(engine, backends.Reranker):
+            return await rerank(request, engine)
         try:
             body = wire.ExecuteRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
@@ -106,7 +109,7 @@ def create_app(runtime: Runtime) -> Starlette:
         engine = runtime.engine
         counter = getattr(engine, "count_tokens", None)
         if (
-            isinstance(engine, backends.Embedder)
+            isinstance(engine, (backends.Embedder, backends.Reranker))
             or counter is None
             or runtime.state not in (WorkerState.IDLE, WorkerState.BUSY)
         ):
@@ -124,23 +127,41 @@ def create_app(runtime: Runtime) -> Starlette:
             body = wire.EmbedRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
             return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
-        refused = runtime.refusal()
-        if refused is not None or body.request_id in runtime.active:
-            return JSONResponse(wire.error_body(refused or "the worker is busy", str(runtime.state)), 503)
-        claimed = runtime.claim(body.request_id)
-        claimed.streaming = True
-        try:
-            loop = asyncio.get_running_loop()
-            vectors, tokens = await loop.run_in_executor(runtime.generation_threads, engine.embed, body.input)
-        except Exception as error:
-            log.exception("embedding failed")
-            return JSONResponse(wire.error_body(f"embedding failed: {error}", "generation_failed"), 500)
-        finally:
-            release(runtime, claimed)
+        answer = await whole(body.request_id, "embedding", engine.embed, body.input)
+        if isinstance(answer, Response):
+            return answer
+        vectors, tokens = answer
         if body.encoding == "base64":
             encoded = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in vectors]
             return JSONResponse({"embeddings": encoded, "prompt_tokens": tokens})
         return JSONResponse({"embeddings": vectors.tolist(), "prompt_tokens": tokens})
+
+    async def rerank(request: Request, engine: backends.Reranker) -> Response:
+        try:
+            body = wire.RerankRequest.model_validate_json(await request.body())
+        except pydantic.ValidationError as error:
+            return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
+        answer = await whole(body.request_id, "reranking", engine.rerank, body.query, body.documents)
+        if isinstance(answer, Response):
+            return answer
+        scores, tokens = answer
+        return JSONResponse({"scores": scores, "prompt_tokens": tokens})
+
+    async def whole(request_id: str, what: str, work: Callable[..., Any], *args: Any) -> Any:
+        """A request answered whole (embeddings, scores): it holds a slot while `work` runs in a generation
+        thread; a Response when it was refused or failed."""
+        refused = runtime.refusal()
+        if refused is not None or request_id in runtime.active:
+            return JSONResponse(wire.error_body(refused or "the worker is busy", str(runtime.state)), 503)
+        claimed = runtime.claim(request_id)
+        claimed.streaming = True
+        try:
+            return await asyncio.get_running_loop().run_in_executor(runtime.generation_threads, work, *args)
+        except Exception as error:
+            log.exception("%s failed", what)
+            return JSONResponse(wire.error_body(f"{what} failed: {error}", "generation_failed"), 500)
+        finally:
+            release(runtime, claimed)
 
     async def cancel(request: Request) -> Response:
         try:

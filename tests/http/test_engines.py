@@ -262,3 +262,13 @@ def test_a_required_tool_call_is_a_valid_call(client: tuple[TestClient, Runtime]
     events = stream(test_client, {**body, "constraint": constraint})
     call = json.loads(text_of(events))
     assert call["name"] == "get_weather" and isinstance(call["arguments"]["city"], str), call
+
+
+def test_a_prompt_past_the_context_is_refused_before_the_stream(client: tuple[TestClient, Runtime]) -> None:
+    """The tiny llama's context is 1,024 tokens (2,048 for ctransformers): 3,000 words cannot fit."""
+    test_client, runtime = client
+    reply = test_client.post("/v1/execute", json={"prompt": "def x " * 3000, "max_tokens": 4}, headers=TOKEN)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt", error
+    assert "shorten it" in error["message"] and runtime.state is WorkerState.IDLE

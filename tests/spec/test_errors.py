@@ -101,6 +101,13 @@ CASES = [
         "is an embedding model and runs only on the embed backend",
     ),
     (
+        "rerank-on-embed",
+        BASE.replace("    source: file:///models/smol.gguf", "    source: hf://org/reranker\n    kind: rerank")
+        + "    backend: embed\n",
+        "hive.yaml:10:14: workers[0].backend",
+        "the embed backend serves embedding models, and 'smol' is a rerank model",
+    ),
+    (
         "bad-connection",
         BASE.replace("  - name: box\n", "  - name: box\n    connection: sshh\n", 1),
         "hive.yaml:3:17: hives[0].connection",

@@ -57,7 +57,7 @@ class PromptTooLong(BackendError):
     """The prompt does not fit the model's context: the client's mistake, answered 400 before any generation."""
 
 
-def room_for(engine: Backend | Embedder, prompt: str) -> str | None:
+def room_for(engine: Engine, prompt: str) -> str | None:
     """Why `prompt` cannot be answered by `engine` (too long for its context), if the engine can tell; None
     when it fits or the engine cannot count before it generates."""
     check = getattr(engine, "check_prompt", None)
@@ -70,7 +70,7 @@ def room_for(engine: Backend | Embedder, prompt: str) -> str | None:
     return None
 
 
-def cannot_constrain(engine: Backend | Embedder, constraint: Constraint | None) -> str | None:
+def cannot_constrain(engine: Engine, constraint: Constraint | None) -> str | None:
     """Why `engine` cannot hold its answer to `constraint` (it masks no tokens, or the schema does not compile);
     None when there is nothing to constrain or it can."""
     if constraint is None:
@@ -85,7 +85,7 @@ def cannot_constrain(engine: Backend | Embedder, constraint: Constraint | None) 
     return None
 
 
-def cannot_sample(engine: Backend | Embedder, options: SamplingOptions) -> tuple[str, str] | None:
+def cannot_sample(engine: Engine, options: SamplingOptions) -> tuple[str, str] | None:
     """The field, and why, of a sampling option `engine` does not serve (or a logit_bias token outside its
     vocabulary); None when it serves them all."""
     served: frozenset[str] = getattr(engine, "sampling", frozenset())
@@ -159,13 +159,34 @@ class Embedder(Protocol):
     def unload(self) -> None: ...
 
 
+@runtime_checkable
+class Reranker(Protocol):
+    """A cross-encoder: a query and documents in, one relevance score per document out."""
+
+    name: str
+    device: str
+    kind: str
+
+    def load(self, progress: Callable[[float], None]) -> None: ...
+
+    def rerank(self, query: str, documents: Sequence[str]) -> tuple[list[float], int]:
+        """The documents' scores, in their order, and the token count."""
+        ...
+
+    def unload(self) -> None: ...
+
+
+Engine = Backend | Embedder | Reranker
+"""What a worker process serves: a text generator, an embedder or a reranker."""
+
+
 def create(
     backend: str,
     model_path: str,
     device: str,
     threads: int | None,
     shape: tuple[int | None, int | None] = (None, None),
-) -> Backend | Embedder:
+) -> Engine:
     """The engine of `backend` (spec/backends.py's table), imported only now: each engine's import is heavy.
     `shape` (slots, context per slot) goes to the engines that batch; the others serve one request at a time."""
     try:
@@ -175,5 +196,5 @@ def create(
     module = importlib.import_module(f"rbee.worker.backends.{known}")
     slots, context = shape
     sized = {"slots": slots, "context": context} if getattr(module.ENGINE, "batches", False) else {}
-    engine: Backend | Embedder = module.ENGINE(model_path, device=device, threads=threads, **sized)
+    engine: Engine = module.ENGINE(model_path, device=device, threads=threads, **sized)
     return engine

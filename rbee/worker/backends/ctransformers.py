@@ -89,6 +89,11 @@ class CtransformersBackend(OneAtATime):
             if len(generated) >= limit:
                 break
 
+    def check_prompt(self, prompt: str) -> None:
+        """A prompt that cannot fit the context is the client's 400 before the stream begins."""
+        if self._tokenizer is not None:
+            hf.encode(self._tokenizer, prompt, CONTEXT)
+
     def count_tokens(self, prompt: str) -> int:
         return hf.count(self._tokenizer, prompt)
 

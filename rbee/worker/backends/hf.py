@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage
-from rbee.worker.backends import BackendError
+from rbee.worker.backends import BackendError, PromptTooLong
 
 
 def plain_chat(messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
@@ -33,7 +33,7 @@ def encode(tokenizer: Any, prompt: str, context: int) -> list[int]:
     bos = tokenizer.bos_token or ""
     ids: list[int] = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
     if len(ids) >= context:
-        raise BackendError(f"the prompt is {len(ids)} tokens and the context holds {context}; shorten the prompt")
+        raise PromptTooLong(f"the prompt is {len(ids)} tokens and the model's context holds {context}; shorten it")
     return ids
 
 

@@ -98,6 +98,13 @@ class MlxBackend(OneAtATime):
                     result.logprobs.append(probabilities.report(values, response.token, options.logprobs, self._piece))
             yield response.text.encode("utf-8")
 
+    def check_prompt(self, prompt: str) -> None:
+        """A prompt that cannot fit the context (when the model's config says it) is the client's 400 before the
+        stream begins."""
+        context = getattr(getattr(self._model, "args", None), "max_position_embeddings", None)
+        if self._model is not None and context:
+            hf.encode(getattr(self._tokenizer, "_tokenizer", self._tokenizer), prompt, int(context))
+
     def vocabulary_size(self) -> int | None:
         if self._model is None:
             return None

@@ -81,7 +81,7 @@ class TorchBackend(OneAtATime):
 
         torch.set_num_threads(self.threads)
         model, tokenizer = self._model, self._tokenizer
-        context = int(getattr(model.config, "max_position_embeddings", 2048))
+        context = self._context()
         ids = hf.encode(tokenizer, prompt, context)
         result.prompt_tokens = len(ids)
         limit = min(options.max_tokens, context - len(ids))
@@ -119,6 +119,14 @@ class TorchBackend(OneAtATime):
                 result.completion_tokens = len(generated)
                 step = torch.tensor([[token]], device=device)
                 yield text.add(token).encode("utf-8")
+
+    def _context(self) -> int:
+        return int(getattr(self._model.config, "max_position_embeddings", 2048))
+
+    def check_prompt(self, prompt: str) -> None:
+        """A prompt that cannot fit the context is the client's 400 before the stream begins."""
+        if self._model is not None:
+            hf.encode(self._tokenizer, prompt, self._context())
 
     def count_tokens(self, prompt: str) -> int:
         return hf.count(self._tokenizer, prompt)

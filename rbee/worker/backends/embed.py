@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
-class EmbedBackend:
-    name = "embed"
-    kind = "embedding"
+class SentenceModel:
+    """What the sentence-transformers engines share: a model folder, a device, torch's threads, and a lock that
+    lets one batch run at a time."""
 
     def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
         self.model_path = model_path
@@ -19,6 +19,17 @@ class EmbedBackend:
         self.threads = threads or max(1, os.cpu_count() or 1)
         self._model: Any = None
         self._lock = threading.Lock()
+
+    def unload(self) -> None:
+        self._model = None
+
+
+class EmbedBackend(SentenceModel):
+    name = "embed"
+    kind = "embedding"
+
+    def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
+        super().__init__(model_path, device=device, threads=threads)
         self._tokens = 0
 
     def load(self, progress: Callable[[float], None]) -> None:
@@ -58,9 +69,6 @@ class EmbedBackend:
             self._tokens = 0
             vectors = model.encode(list(texts), convert_to_numpy=True, show_progress_bar=False)
             return vectors, self._tokens
-
-    def unload(self) -> None:
-        self._model = None
 
 
 ENGINE = EmbedBackend

@@ -4,21 +4,14 @@ score per document out (the rerank shape llama.cpp, vLLM and LocalAI serve), not
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+
+from rbee.worker.backends.embed import SentenceModel
 
 
-class RerankBackend:
+class RerankBackend(SentenceModel):
     name = "rerank"
     kind = "rerank"
-
-    def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
-        self.model_path = model_path
-        self.device = "cpu" if device == "auto" else device
-        self.threads = threads or max(1, os.cpu_count() or 1)
-        self._model: Any = None
-        self._lock = threading.Lock()
 
     def load(self, progress: Callable[[float], None]) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a model folder on disk needs no Hub
@@ -52,9 +45,6 @@ class RerankBackend:
                 [(query, document) for document in documents], convert_to_numpy=True, show_progress_bar=False
             )
             return [float(score) for score in scores.reshape(len(documents), -1)[:, -1]], self._count(query, documents)
-
-    def unload(self) -> None:
-        self._model = None
 
 
 ENGINE = RerankBackend

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pyinfra.api.facts import FactBase
 
 from rbee.infra import shell
+from rbee.infra.account import GPU_GROUPS, HIVE_WRITES
 from rbee.infra.systemd import ServiceHost, unit_name
 
 
@@ -155,8 +156,10 @@ def parse_devices(output: list[str]) -> dict[str, object] | None:
 class HiveService(FactBase[ServiceHost]):
     """Whether the host runs systemd, as whom rbee connects, and the state of the hive's unit there."""
 
-    def command(self, data_dir: str, python: str) -> str:
+    def command(self, data_dir: str, python: str, account: str = "rbee") -> str:
         name = shlex.quote(unit_name(data_dir))
+        user, root = shlex.quote(account), data_dir.rstrip("/")
+        writes = " ".join(shell.path(f"{root}/{item}") for item in HIVE_WRITES)
         return (
             "if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then echo systemd=1; fi; "
             'echo uid=$(id -u); echo "home=$HOME"; '
@@ -166,6 +169,10 @@ class HiveService(FactBase[ServiceHost]):
             'else d="$HOME/.config/systemd/user"; c="systemctl --user"; fi; '
             f'if [ -f "$d/"{name} ]; then echo unit-begin; cat "$d/"{name}; echo; echo unit-end; '
             f"echo active=$($c is-active {name} 2>/dev/null); echo enabled=$($c is-enabled {name} 2>/dev/null); fi; "
+            f"if id -u {user} >/dev/null 2>&1; then echo account=1; "
+            f'[ -n "$(find {shell.path(root)} -maxdepth 0 \\! -user {user} 2>/dev/null; '
+            f'find {writes} \\! -user {user} -print -quit 2>/dev/null)" ] && echo strangers=1; fi; '
+            f"echo groups=$(getent group {' '.join(GPU_GROUPS)} | cut -d: -f1); "
             "true"
         )
 
@@ -196,4 +203,7 @@ def parse_service(output: list[str]) -> ServiceHost:
         unit=values.get("unit"),
         active=values.get("active") == "active",
         enabled=values.get("enabled") == "enabled",
+        account=values.get("account") == "1",
+        strangers=values.get("strangers") == "1",
+        gpu_groups=tuple(group for group in values.get("groups", "").split() if group in GPU_GROUPS),
     )

@@ -54,6 +54,8 @@ class HostData(Frozen):
     rbee_token: str
     rbee_python: str
     rbee_service: Literal["auto", "systemd", "process"] = "auto"
+    rbee_service_user: str = "rbee"
+    """Whom a system unit runs the hive as (infra/account.py); `root` keeps it root's."""
     rbee_wheel: str | None = None
     """Set when rbee installs itself into the hive's own virtualenv from this wheel."""
     rbee_workloads: tuple[backends.Workload, ...] = ()
@@ -159,6 +161,7 @@ def job_for(
             rbee_python=python,
             # a local hive runs beside the queen, which is a process too: systemd only when asked
             rbee_service="process" if hive.ssh is None and hive.service == "auto" else hive.service,
+            rbee_service_user=hive.service_user,
             rbee_wheel=str(wheel) if own_venv else None,
             rbee_workloads=workloads(spec, hive.name) if own_venv and spec is not None else (),
             rbee_backends=None if hive.backends == "auto" else tuple(str(b) for b in hive.backends),

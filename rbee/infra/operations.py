@@ -21,7 +21,7 @@ from pyinfra.operations import files
 from rbee import __version__
 from rbee.api import credentials
 from rbee.api.hive_config import HiveConfig
-from rbee.infra import shell
+from rbee.infra import account, shell
 from rbee.infra.facts import (
     MANIFEST,
     DataDirOwner,
@@ -39,6 +39,7 @@ from rbee.infra.systemd import (
     absolute,
     hive_unit,
     needs_shared_tmp,
+    service_account,
     systemctl,
     unit_dir,
     unit_name,
@@ -91,17 +92,37 @@ def hive_installed(
         token = credentials.hive_credential(fleet_key, HiveConfig.model_validate_json(config).name)
     token = str(_data("rbee_token", token))
     current = host.get_fact(HiveConfigFile, data_dir=data_dir)
+    facts, user = _account(data_dir)
+    if user is not None and facts is not None:
+        if not facts.account:
+            yield account.made(user)
+        if current is not None:
+            yield account.untampered(data_dir)
     if current is None:
         yield from _claimed(data_dir)
         yield f"mkdir -p {shell.path(data_dir + '/logs')} {shell.path(data_dir + '/models')}"
     elif current.strip() == config.strip():
         host.noop(f"hive config in {data_dir} is current")
-    yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600")
-    yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/hive.token", mode="600")
-    yield from _tls_files(data_dir, HiveConfig.model_validate_json(config))
+    owner = {"user": user, "group": user} if user is not None else {}
+    yield from files.put._inner(src=io.StringIO(config), dest=f"{data_dir}/hive.json", mode="600", **owner)
+    yield from files.put._inner(src=io.StringIO(token), dest=f"{data_dir}/hive.token", mode="600", **owner)
+    yield from _tls_files(data_dir, HiveConfig.model_validate_json(config), owner)
+    if user is not None and facts is not None and (current is None or not facts.account or facts.strangers):
+        yield account.handed_over(data_dir, user)
 
 
-def _tls_files(data_dir: str, config: HiveConfig) -> Generator[Any, None, None]:
+def _account(data_dir: str) -> tuple[ServiceHost | None, str | None]:
+    """The host's service facts, and the user its hive's system unit runs as (None: the user rbee connects as);
+    the facts are asked only where the hive may run under systemd."""
+    mode: ServiceMode = host.data.get("rbee_service") or "auto"
+    if mode == "process":
+        return None, None
+    wanted = str(host.data.get("rbee_service_user") or "rbee")
+    facts = _service(data_dir, account=wanted)
+    return facts, service_account(mode, facts, wanted)
+
+
+def _tls_files(data_dir: str, config: HiveConfig, owner: dict[str, Any]) -> Generator[Any, None, None]:
     """The hive's certificate, its key (mode 600) and the fleet CA, where hive.json says they are."""
     if config.tls_cert_file is None:
         return
@@ -111,10 +132,10 @@ def _tls_files(data_dir: str, config: HiveConfig) -> Generator[Any, None, None]:
             f"hive {config.name} serves TLS and this install carries no certificate for it; install it with "
             "rbee apply, which issues one from the fleet CA in RBEE_HOME"
         )
-    yield from files.directory._inner(path=f"{data_dir}/tls", mode="700")
-    yield from files.put._inner(src=io.StringIO(str(cert)), dest=config.tls_cert_file, mode="644")
-    yield from files.put._inner(src=io.StringIO(str(key)), dest=str(config.tls_key_file), mode="600")
-    yield from files.put._inner(src=io.StringIO(str(ca)), dest=str(config.ca_file), mode="644")
+    yield from files.directory._inner(path=f"{data_dir}/tls", mode="700", **owner)
+    yield from files.put._inner(src=io.StringIO(str(cert)), dest=config.tls_cert_file, mode="644", **owner)
+    yield from files.put._inner(src=io.StringIO(str(key)), dest=str(config.tls_key_file), mode="600", **owner)
+    yield from files.put._inner(src=io.StringIO(str(ca)), dest=str(config.ca_file), mode="644", **owner)
 
 
 def _claimed(data_dir: str) -> Generator[str, None, None]:
@@ -155,6 +176,8 @@ def rbee_in_venv(
     if host.get_fact(InstalledWheel, data_dir=data_dir) == digest:
         host.noop(f"rbee {__version__} ({Path(wheel).name}, {extras or 'no extras'}) is installed in {data_dir}/venv")
         return
+    if _account(data_dir)[1] is not None:  # root is about to run pip in a folder the hive's user owns
+        yield account.untampered(data_dir)
     yield from _claimed(data_dir)
     venv, remote_wheel = f"{data_dir}/venv", f"{data_dir}/wheels/{Path(wheel).name}"
     python = shell.path(venv + "/bin/python")
@@ -201,9 +224,9 @@ def _normalized(unit: str) -> list[str]:
     return [line.strip() for line in unit.splitlines() if line.strip()]
 
 
-def _service(data_dir: str, python: str | None = None) -> ServiceHost:
+def _service(data_dir: str, python: str | None = None, account: str = "rbee") -> ServiceHost:
     python = python or str(host.data.get("rbee_python") or "python3")
-    return host.get_fact(HiveService, data_dir=data_dir, python=python)
+    return host.get_fact(HiveService, data_dir=data_dir, python=python, account=account)
 
 
 @operation()
@@ -217,9 +240,10 @@ def hive_running(
     mode: ServiceMode = service or host.data.get("rbee_service") or "auto"
     pid = host.get_fact(HiveProcess, data_dir=data_dir)
     if mode != "process":  # one more command on the host, only where systemd may be used
-        facts = _service(data_dir, python)
+        wanted = str(host.data.get("rbee_service_user") or "rbee")
+        facts = _service(data_dir, python, account=wanted)
         if use_systemd(mode, facts):
-            yield from _unit_running(data_dir, python, facts, pid)
+            yield from _unit_running(data_dir, python, facts, pid, service_account(mode, facts, wanted))
             return
     if pid is not None:
         host.noop(f"hive already running (pid {pid})")
@@ -234,7 +258,9 @@ def hive_running(
     )
 
 
-def _unit_running(data_dir: str, python: str, facts: ServiceHost, pid: int | None) -> Generator[Any, None, None]:
+def _unit_running(
+    data_dir: str, python: str, facts: ServiceHost, pid: int | None, user: str | None
+) -> Generator[Any, None, None]:
     found = facts.python or absolute(python, facts.home)
     if not found.startswith("/"):
         raise ServiceError(f"{python} is not on the PATH of that host; give hives[].python in full")
@@ -246,7 +272,14 @@ def _unit_running(data_dir: str, python: str, facts: ServiceHost, pid: int | Non
     shared_tmp = needs_shared_tmp(
         absolute(data_dir, facts.home), found, *(absolute(root, facts.home) for root in roots)
     )
-    text = hive_unit(absolute(data_dir, facts.home), found, user=not facts.root, shared_tmp=shared_tmp)
+    text = hive_unit(
+        absolute(data_dir, facts.home),
+        found,
+        user=not facts.root,
+        shared_tmp=shared_tmp,
+        account=user,
+        groups=facts.gpu_groups,
+    )
     name, ctl = unit_name(data_dir), systemctl(facts)
     written = facts.unit is not None and _normalized(facts.unit) == _normalized(text)
     if not written:
@@ -262,6 +295,8 @@ def _unit_running(data_dir: str, python: str, facts: ServiceHost, pid: int | Non
     elif pid is not None:
         host.noop(f"hive already running (pid {pid}), started before its systemd unit; it moves there when it restarts")
     else:  # reset-failed: a unit that gave up after too many restarts would refuse to start
+        if user is not None:
+            yield account.runnable(found, user)
         yield f"{ctl} reset-failed {shlex.quote(name)} 2>/dev/null; {ctl} start {shlex.quote(name)}"
 
 

@@ -38,6 +38,12 @@ class ServiceHost:
     """The hive's unit file as it is on the host, if any."""
     active: bool
     enabled: bool
+    account: bool = False
+    """The hive's own user (account.py) exists."""
+    strangers: bool = False
+    """Something the hive writes in the data dir is not that user's (made before it ran as that user)."""
+    gpu_groups: tuple[str, ...] = ()
+    """Which of the GPU device groups the host has; the unit joins them."""
 
 
 def unit_name(data_dir: str) -> str:
@@ -61,6 +67,14 @@ def unit_dir(host: ServiceHost) -> str:
 
 def systemctl(host: ServiceHost) -> str:
     return "systemctl" if host.root else "systemctl --user"
+
+
+def service_account(mode: ServiceMode, host: ServiceHost, user: str) -> str | None:
+    """The user a system unit runs the hive as (hive.yaml's `service_user`); None where the hive runs as the user
+    rbee connects as: a process, a user unit, or `service_user: root`."""
+    if user == "root" or not host.root or not use_systemd(mode, host):
+        return None
+    return user
 
 
 def use_systemd(mode: ServiceMode, host: ServiceHost) -> bool:
@@ -131,11 +145,27 @@ def needs_shared_tmp(*paths: str) -> bool:
     return any(path.startswith(TEMPORARY) or path.rstrip("/") in ("/tmp", "/var/tmp") for path in paths)
 
 
-def hive_unit(data_dir: str, python: str, *, user: bool, shared_tmp: bool = False) -> str:
+def _identity(account: str | None, groups: tuple[str, ...]) -> str:
+    if account is None:
+        return ""
+    joined = f"SupplementaryGroups={' '.join(groups)}\n" if groups else ""
+    return f"User={account}\nGroup={account}\n{joined}"
+
+
+def hive_unit(
+    data_dir: str,
+    python: str,
+    *,
+    user: bool,
+    shared_tmp: bool = False,
+    account: str | None = None,
+    groups: tuple[str, ...] = (),
+) -> str:
     """The unit that runs `python -m rbee hive serve` for the hive in `data_dir` (absolute paths).
 
     KillMode=mixed: on stop, SIGTERM reaches the hive alone, which stops its workers itself; whatever is left after
-    the timeout is killed. Restart=on-failure: a hive that dies is started again, one stopped on purpose is not."""
+    the timeout is killed. Restart=on-failure: a hive that dies is started again, one stopped on purpose is not.
+    A system unit runs as `account` (with the GPU `groups`) when given (account.py says why)."""
     for path in (data_dir, python):
         if not path.startswith("/"):
             raise ServiceError(f"a systemd unit needs absolute paths; got {path!r}")
@@ -153,6 +183,7 @@ def hive_unit(data_dir: str, python: str, *, user: bool, shared_tmp: bool = Fals
         "\n"
         "[Service]\n"
         "Type=exec\n"
+        f"{_identity(account, groups)}"
         f"WorkingDirectory={_path_setting(data_dir)}\n"
         f"ExecStart={command}\n"
         f"StandardOutput=append:{_path_setting(log)}\n"

@@ -90,3 +90,12 @@ def check_model_dir(value: Any) -> Any:
     if isinstance(value, str) and (value.rstrip("/") in ("", "~") or any(ord(char) < 32 for char in value)):
         raise ValueError(f"'{value}' would let the hive read any file; name the folder that holds the models")
     return value
+
+
+def check_service_user(value: Any) -> Any:
+    if isinstance(value, str) and re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value) is None:
+        raise ValueError(
+            f"'{value}' is not a user name a host accepts; write lower-case letters, digits, '_' or '-' "
+            "(at most 32), like rbee"
+        )
+    return value

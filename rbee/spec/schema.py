@@ -31,6 +31,7 @@ from rbee.spec.fields import (
     Seconds,
     check_data_dir,
     check_model_dir,
+    check_service_user,
     is_loopback,
 )
 
@@ -206,6 +207,12 @@ class HiveSpec(Strict):
         "user unit otherwise, which needs `loginctl enable-linger`), `process` detached with a pidfile; `auto` "
         "picks systemd on an SSH host that runs it where the hive can outlive the SSH session, and a process for "
         "a local hive (which runs beside the queen).",
+    )
+    service_user: Annotated[str, BeforeValidator(check_service_user)] = Field(
+        default="rbee",
+        description="Whom a system unit (rbee connects as root) runs the hive and its workers as: a user of the "
+        "hive's own, made by rbee apply when missing, who owns what the hive writes but not its code. `root` "
+        "runs it as root (still sandboxed). A user unit or a process runs as the user rbee connects as.",
     )
 
     @property

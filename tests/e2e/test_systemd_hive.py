@@ -4,6 +4,7 @@ it (with --purge, removes it)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -46,8 +47,37 @@ def spec_text(machines: test_hosts.Hosts, model: Path, port: int, service: str =
     )
 
 
+def reachable_for_others(host: test_hosts.Host) -> Iterator[None]:
+    """The hive's Python here is this checkout's venv, whose interpreter may sit under a private home (pyenv in
+    /root): the folders above it are made traversable for other users (o+x, no listing) inside the host. Its
+    root file system is an overlay of its own, so that stays there; /tmp is this machine's, so a folder changed
+    there is changed back afterwards."""
+    folders = {
+        folder
+        for path in (Path(sys.executable), Path(sys.executable).resolve(), Path(__file__).resolve())
+        for folder in path.parents
+    }
+    shared = []
+    for folder in sorted(folders):
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            assert host.run(f"chmod o+x {folder}").returncode == 0
+            if str(folder).startswith(("/tmp/", "/var/tmp/")):
+                shared.append((folder, mode & 0o7777))
+    try:
+        yield
+    finally:
+        for folder, mode in shared:
+            folder.chmod(mode)
+
+
 @pytest.fixture(scope="module")
 def fleet(machines: test_hosts.Hosts, smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with contextlib.contextmanager(reachable_for_others)(machines.hosts[0]):
+        yield from _applied(machines, smollm2, tmp_path_factory)
+
+
+def _applied(machines: test_hosts.Hosts, smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     fleet = make_fleet(tmp_path_factory.mktemp("systemd"), f"file://{smollm2}")
     port = int(fleet.queen_url.rsplit(":", 1)[1])
     # The unit has a private /tmp (PrivateTmp=yes): the model is put where a server keeps its models.
@@ -98,6 +128,23 @@ def test_the_hive_runs_as_an_enabled_systemd_unit_with_its_workers_in_its_cgroup
         json={"model": "smollm2", "prompt": "Hello", "max_tokens": 3},
     )
     assert answer.status_code == 200, answer.text
+
+
+def test_the_hive_and_its_workers_run_as_their_own_user_who_owns_the_state_but_not_the_code(
+    host: test_hosts.Host, fleet: Fleet
+) -> None:
+    users = host.run("ps -eo user=,args= | grep -E 'rbee (hive|worker) serve' | grep -v grep").stdout.splitlines()
+    assert len(users) == 2 and all(line.split()[0] == "rbee" for line in users), users
+    owners = host.run("stat -c '%U %a %n' /srv/rbee /srv/rbee/hive.token /srv/rbee/hive.db /srv/rbee/logs").stdout
+    assert [line.split()[:2] for line in owners.splitlines()] == [
+        ["rbee", "700"],
+        ["rbee", "600"],
+        ["rbee", "600"],
+        ["rbee", "755"],  # inside a data dir no one else may enter
+    ], owners
+    assert host.run("id -u rbee").stdout.strip() != "0"
+    shell = host.run("getent passwd rbee | cut -d: -f7").stdout.strip()
+    assert shell.endswith("nologin"), shell
 
 
 def test_the_unit_is_sandboxed(fleet: Fleet, host: test_hosts.Host) -> None:

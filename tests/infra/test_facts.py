@@ -22,7 +22,8 @@ def test_fact(path: Path) -> None:
     fact = getattr(facts, path.parent.name)()
     assert fact.command(**case["args"]) == case["command"]
     value = fact.process(case["output"])
-    assert (dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value) == case["fact"]
+    found = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    assert json.loads(json.dumps(found)) == case["fact"]  # as JSON: a tuple is a list there
 
 
 def test_every_fact_has_recorded_output() -> None:

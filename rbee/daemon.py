@@ -27,6 +27,7 @@ from rbee.api import wire
 
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("rbee.daemon")
 PR_SET_PDEATHSIG = 1
 
 
@@ -71,14 +72,47 @@ async def start(
     served: uvicorn.Server, on_signal: Callable[[], None] | None = None, sock: socket.socket | None = None
 ) -> asyncio.Task[None]:
     """Start serving (on `sock` when one was bound for it); returns (the task that serves) once the server
-    listens or failed to. SIGTERM and SIGINT then call `on_signal`, by default: stop serving."""
+    listens or failed to. SIGTERM and SIGINT then call `on_signal`, by default: stop serving. A server with TLS
+    follows its certificate file (follow_certificate)."""
     serving = asyncio.create_task(served.serve(sockets=[sock] if sock else None), name="serve")
     while not served.started and not serving.done():
         await asyncio.sleep(0.01)
+    certificate, key = served.config.ssl_certfile, served.config.ssl_keyfile
+    if certificate and key and not serving.done():
+        follower = asyncio.create_task(follow_certificate(served, (str(certificate), str(key))), name="certificate")
+        serving.add_done_callback(lambda _: follower.cancel())
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal or (lambda: setattr(served, "should_exit", True)))
     return serving
+
+
+async def follow_certificate(served: uvicorn.Server, tls: tuple[str, str], interval: float = 1.0) -> None:
+    """Serve the certificate on disk: when the keeper issues a new one (a hive on another network joined the
+    fleet, or the old one neared its end), load it into the running server, so new connections get it and open
+    ones go on. A pair that cannot be loaded (caught half-written) is tried again at the next look."""
+    certificate, key = tls
+
+    def stamp() -> tuple[int, int]:
+        try:
+            return os.stat(certificate).st_mtime_ns, os.stat(key).st_mtime_ns
+        except OSError:
+            return (0, 0)
+
+    seen = stamp()
+    while True:
+        await asyncio.sleep(interval)
+        now = stamp()
+        context = served.config.ssl
+        if now == seen or context is None:
+            continue
+        try:
+            context.load_cert_chain(certificate, key)
+        except (OSError, ssl.SSLError) as error:
+            log.warning("could not load the new certificate %s yet: %s", certificate, error)
+            continue
+        seen = now
+        log.info("serving the new certificate %s", certificate)
 
 
 def token_guard(token: str | None) -> Callable[[Handler], Handler]:

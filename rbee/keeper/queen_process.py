@@ -44,17 +44,11 @@ def queen_names(spec: HiveFile) -> tuple[str, ...]:
 def ensure_running(spec: HiveFile, home: Home, operator: str) -> tuple[QueenClient, bool]:
     """A client of the fleet's queen (as the operator), and whether the queen had to be started."""
     queen = QueenClient(url_for(spec), operator)
-    if queen.is_running():
-        return queen, False
-    if queen.answers():
-        raise QueenError(
-            f"another queen answers at {queen.url} and refuses this RBEE_HOME's credential; "
-            "stop it or change queen.listen"
-        )
     home.ensure()
-    home.queen_dir.mkdir(mode=0o700, exist_ok=True)
     tls_arguments: list[str] = []
     if queen_tls(spec.queen):  # hives' heartbeats cross a network to it: it serves TLS, as they do
+        # Issued (again, when hive.yaml now reaches a hive on another network) before the queen is found
+        # running: a running queen follows its certificate file (daemon.follow_certificate).
         authority = home.authority
         authority.leaf("queen", queen_names(spec))
         tls_arguments = [
@@ -63,6 +57,14 @@ def ensure_running(spec: HiveFile, home: Home, operator: str) -> tuple[QueenClie
             "--tls-key",
             str(authority.folder / "queen.key"),
         ]
+    if queen.is_running():
+        return queen, False
+    if queen.answers():
+        raise QueenError(
+            f"another queen answers at {queen.url} and refuses this RBEE_HOME's credential; "
+            "stop it or change queen.listen"
+        )
+    home.queen_dir.mkdir(mode=0o700, exist_ok=True)
     log_path = home.queen_dir / "queen.log"
     descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(descriptor, "ab") as log:

@@ -3,6 +3,8 @@ issued again when their names change; a client that pins it trusts its leaves an
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 import stat
 import threading
@@ -75,3 +77,47 @@ def test_a_pinned_client_trusts_its_fleet_and_no_other(tmp_path: Path) -> None:
     finally:
         server_a.should_exit = True
         server_b.should_exit = True
+
+
+def test_a_running_server_takes_up_a_certificate_issued_again_for_new_names(tmp_path: Path) -> None:
+    """A hive on another network joins a fleet whose queen already runs: the keeper issues the queen's leaf
+    again with the new address, and the queen (any daemon that serves TLS, started by daemon.start) serves it
+    from its next look at the file, without a restart; open connections go on."""
+    authority = Authority(tmp_path / "tls")
+    authority.leaf("queen", ("127.0.0.1", "localhost"))
+    files = (str(authority.folder / "queen.pem"), str(authority.folder / "queen.key"))
+    port = free_port()
+    app = Starlette(routes=[Route("/health", lambda _: PlainTextResponse("ok"))])
+    server = daemon.server(app, f"127.0.0.1:{port}", graceful=1, tls=files)
+    pinned = ssl.create_default_context(cafile=str(authority.ca_file))
+
+    def served_names() -> set[str]:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            pinned.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped,
+        ):
+            der = wrapped.getpeercert(binary_form=True)
+        assert der is not None
+        names = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        return {str(name.value) for name in names.value}
+
+    def client_side() -> None:
+        assert served_names() == {"127.0.0.1", "localhost"}
+        with httpx.Client(verify=pinned) as kept_open:
+            assert kept_open.get(f"https://127.0.0.1:{port}/health").text == "ok"
+            authority.leaf("queen", ("10.77.0.1", "127.0.0.1", "localhost"))
+            deadline = time.monotonic() + 5
+            while served_names() != {"10.77.0.1", "127.0.0.1", "localhost"}:
+                assert time.monotonic() < deadline, "the server still serves the old certificate"
+                time.sleep(0.05)
+            assert kept_open.get(f"https://127.0.0.1:{port}/health").text == "ok", "an open connection goes on"
+
+    async def main() -> None:
+        serving = await daemon.start(server)
+        try:
+            await asyncio.to_thread(client_side)
+        finally:
+            server.should_exit = True
+            await serving
+
+    asyncio.run(main())

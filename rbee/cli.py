@@ -192,9 +192,14 @@ def inventory_command(
     from rbee.infra.inventory import inventory
 
     spec = fleet.load_desired(file).spec
+    home = Home.default()
+    home.credentials(create=True)  # the fleet key the install derives each hive's credential from
+    authority = home.authority
+    if any(hive.tls for hive in spec.hives):
+        authority.ensure()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{file.name.split('.')[0].replace('-', '_') or 'hive'}.py"
-    target.write_text(inventory(spec.hives, str(Home.default().fleet_key_file), spec))
+    target.write_text(inventory(spec.hives, str(home.fleet_key_file), spec, str(authority.folder)))
     out.print(f"Wrote {target} ({len(spec.hives)} hives). Run: pyinfra {target} deploys/hive.py")
 
 

@@ -67,6 +67,10 @@ class HostData(Frozen):
     """The hive's certificate (PEM), its key and the fleet CA, for a hive that serves TLS."""
     rbee_tls_key: str | None = None
     rbee_ca: str | None = None
+    rbee_authority_dir: str | None = None
+    """For a by-hand inventory: the fleet CA's folder on the operator's machine, to issue the certificate from
+    (for `rbee_tls_names`) when the install runs."""
+    rbee_tls_names: tuple[str, ...] = ()
 
     def pyinfra(self) -> dict[str, Any]:
         return {key: value for key, value in self.model_dump(mode="json").items() if value not in (None, [])}

@@ -21,7 +21,7 @@ from pyinfra.operations import files
 from rbee import __version__
 from rbee.api import credentials
 from rbee.api.hive_config import HiveConfig
-from rbee.infra import account, shell
+from rbee.infra import account, shell, tls
 from rbee.infra.facts import (
     MANIFEST,
     DataDirOwner,
@@ -127,10 +127,15 @@ def _tls_files(data_dir: str, config: HiveConfig, owner: dict[str, Any]) -> Gene
     if config.tls_cert_file is None:
         return
     cert, key, ca = (host.data.get(name) for name in ("rbee_tls_cert", "rbee_tls_key", "rbee_ca"))
+    if not (cert and key and ca) and host.data.get("rbee_authority_dir"):
+        # a by-hand deploy from `rbee inventory`: issued here, on the operator's machine, from the fleet CA
+        authority = tls.Authority(Path(str(host.data.get("rbee_authority_dir"))).expanduser())
+        leaf = authority.leaf(f"hive-{config.name}", tuple(host.data.get("rbee_tls_names") or ()))
+        cert, key, ca = leaf.cert, leaf.key, authority.ca_pem()
     if not (cert and key and ca):
         raise InstallError(
             f"hive {config.name} serves TLS and this install carries no certificate for it; install it with "
-            "rbee apply, which issues one from the fleet CA in RBEE_HOME"
+            "rbee apply, or from an inventory that `rbee inventory` wrote (it names the fleet CA in RBEE_HOME)"
         )
     yield from files.directory._inner(path=f"{data_dir}/tls", mode="700", **owner)
     yield from files.put._inner(src=io.StringIO(str(cert)), dest=config.tls_cert_file, mode="644", **owner)

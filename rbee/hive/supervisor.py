@@ -88,6 +88,7 @@ class Supervisor:
         self.parked: dict[str, WorkerInfo] = {}
         """Workers stopped after their idle timeout, kept as records so they still count toward replicas."""
         self._watch: asyncio.Task[None] | None = None
+        self.guards = ports.Guards()
         self.token = hive_config.token(config)
         self.worker_client = WorkerClient()
 
@@ -143,12 +144,14 @@ class Supervisor:
         for _ in range(replicas):
             seq = self.catalog.next_worker_seq()
             worker_id = f"w-{seq}"
-            taken = {worker.port for worker in self.workers.values()} | {self.config.port}
+            taken = {worker.port for worker in self.workers.values()} | {self.config.port} | self.guards.ports()
             try:
-                listener = ports.reserve(self.config.host or "127.0.0.1", taken)  # the host the worker serves on
+                reserved = ports.reserve(self.config.host or "127.0.0.1", taken)  # the host the worker serves on
             except ports.NoFreePort as full:
                 raise SupervisorError(str(full)) from None
+            listener = reserved.listener
             port = listener.getsockname()[1]
+            self.guards.hold(port, reserved.guard)
             log_path = self.config.logs_dir / f"worker-{worker_id}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             command = [
@@ -285,6 +288,7 @@ class Supervisor:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(worker_id) for worker_id in list(self.workers)))
         await self.worker_client.close()
+        self.guards.close_all()
 
     def unpark(self, worker_id: str) -> bool:
         """Forget a parked worker (it is stopped already); False when `worker_id` is not parked."""
@@ -320,6 +324,7 @@ class Supervisor:
         probing: asyncio.Future[list[None]] | None = None
         while True:
             await asyncio.sleep(0.2)
+            self.guards.sweep({worker.port for worker in self.workers.values()})
             for worker in list(self.workers.values()):
                 code = worker.process.poll()
                 if code is not None and worker.state in (WorkerState.LOADING, WorkerState.IDLE, WorkerState.BUSY):

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -215,9 +216,13 @@ def unresponsive_error(world: World) -> None:
 @then("the hive kills the frozen worker and reports why within 20 seconds")
 def frozen_worker_killed(world: World) -> None:
     def reported() -> str | None:
-        workers = hive_state(world)["workers"]
-        found = [w for w in workers if w.get("pid") == world.signalled_pid or w.get("state") == "failed"]
-        return next((str(w["reason"]) for w in found if w["state"] == "failed"), None)
+        # The hive's own worker table: the queen may replace the failed worker between two looks at /v1/state,
+        # and the hive then lists only the replacement; the table keeps the failed one's reason.
+        with contextlib.closing(sqlite3.connect(world.fleet.root / "hive" / "hive.db", timeout=5)) as db:
+            row = db.execute(
+                "SELECT reason FROM workers WHERE pid = ? AND state = 'failed'", (world.signalled_pid,)
+            ).fetchone()
+        return str(row[0]) if row else None
 
     try:
         reason = wait_for("the frozen worker failed", reported, 20, every=0.5)

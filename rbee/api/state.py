@@ -34,6 +34,19 @@ class WorkerState(StrEnum):
         return self in (WorkerState.LOADING, WorkerState.IDLE, WorkerState.BUSY)
 
 
+class WorkerShape(NamedTuple):
+    """How each worker of a group is sized; None leaves it to the backend: requests served at once from one
+    model load, tokens of context per slot, and the engine's compute threads."""
+
+    slots: int | None = None
+    context: int | None = None
+    threads: int | None = None
+
+
+BACKEND_SHAPE = WorkerShape()
+"""Every size left to the backend."""
+
+
 class WorkerGroup(NamedTuple):
     """The identity of a group of workers: the model and the backend and device hive.yaml asks for (either may be
     `auto`). A worker belongs to the group that asked for it, whatever backend and device it got."""

@@ -321,6 +321,7 @@ class WorkersRequest(BaseModel):
     at_most: Annotated[int, Field(ge=0, le=1024)] | None = None
     slots: Annotated[int, Field(ge=1, le=256)] | None = None
     context: Annotated[int, Field(ge=256, le=1048576)] | None = None
+    threads: Annotated[int, Field(ge=1, le=256)] | None = None
 
 
 class HeartbeatSubscription(BaseModel):

@@ -15,7 +15,7 @@ from typing import Protocol
 import httpx
 
 from rbee.api.credentials import FleetCredentials
-from rbee.api.state import WorkerGroup
+from rbee.api.state import WorkerGroup, WorkerShape
 from rbee.clients.hive import HiveCallError, HiveClient, Progress
 from rbee.infra import job, tls
 from rbee.infra import wheel as rbee_wheel
@@ -192,7 +192,7 @@ class Executor:
                 change.replicas,
                 progress,
                 at_most=sum(w.replicas for w in specs) or None,
-                shape=(specs[0].slots, specs[0].context) if specs else (None, None),
+                shape=specs[0].shape if specs else WorkerShape(),
             )
         elif change.action is Action.STOP_WORKERS:
             await asyncio.gather(*(client.stop_worker(worker_id) for worker_id in change.worker_ids))

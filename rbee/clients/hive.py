@@ -14,7 +14,7 @@ import httpx
 import pydantic
 
 from rbee.api import sse, wire
-from rbee.api.state import HiveState, WorkerState
+from rbee.api.state import BACKEND_SHAPE, HiveState, WorkerShape, WorkerState
 from rbee.clients import tls
 from rbee.spec.schema import HiveSpec, ModelSpec
 
@@ -123,19 +123,19 @@ class HiveClient:
         progress: OnProgress,
         timeout: float = 600.0,
         at_most: int | None = None,
-        shape: tuple[int | None, int | None] = (None, None),
+        shape: WorkerShape = BACKEND_SHAPE,
     ) -> list[str]:
-        """Start workers (with `shape`: slots and context per slot) and wait until they are ready; their ids
-        (none when the group already had `at_most`)."""
-        slots, context = shape
+        """Start workers of `shape` and wait until they are ready; their ids (none when the group already had
+        `at_most`)."""
         body = wire.WorkersRequest(
             model=model,
             backend=backend,
             device=device,
             replicas=replicas,
             at_most=at_most,
-            slots=slots,
-            context=context,
+            slots=shape.slots,
+            context=shape.context,
+            threads=shape.threads,
         )
         response = await self._client.post("/v1/workers", content=body.model_dump_json())
         _raise_for(response)

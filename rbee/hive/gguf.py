@@ -203,7 +203,7 @@ def validate(path: Path) -> Header:
     )
 
 
-def kv_cache(path: Path, shape: tuple[int | None, int | None]) -> KvCache | None:
+def kv_cache(path: Path, shape: tuple[int | None, ...]) -> KvCache | None:
     """What a gguf worker of `shape` (slots, context per slot; hive.yaml's or the defaults) will hold in its KV
     cache and what that costs, from the file's header; None when the header does not tell."""
     try:

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from rbee import __version__, daemon
 from rbee.api import credentials, wire
 from rbee.api.hive_config import PID_NAME, HiveConfig
-from rbee.api.state import HiveState
+from rbee.api.state import HiveState, WorkerShape
 from rbee.clients import tls
 from rbee.hive import config as hive_config
 from rbee.hive import provision
@@ -164,7 +164,12 @@ def create_app(hive: Hive) -> Starlette:
             return error(404, f"model {body.model} is not in this hive's catalog; add it first", "not_found")
         try:
             ids = hive.supervisor.spawn(
-                record, body.backend, body.device, body.replicas, body.at_most, (body.slots, body.context)
+                record,
+                body.backend,
+                body.device,
+                body.replicas,
+                body.at_most,
+                WorkerShape(body.slots, body.context, body.threads),
             )
         except SupervisorError as failure:
             return error(422, str(failure), "unsupported")

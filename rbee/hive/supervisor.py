@@ -17,7 +17,7 @@ from pathlib import Path
 from rbee import daemon
 from rbee.api import credentials
 from rbee.api.hive_config import HiveConfig
-from rbee.api.state import HostFacts, WorkerGroup, WorkerInfo, WorkerState
+from rbee.api.state import BACKEND_SHAPE, HostFacts, WorkerGroup, WorkerInfo, WorkerShape, WorkerState
 from rbee.clients.worker import WorkerClient
 from rbee.hive import config as hive_config
 from rbee.hive import detect, gguf, ports, selection
@@ -110,7 +110,7 @@ class Supervisor:
         requested_device: str,
         replicas: int,
         at_most: int | None = None,
-        shape: tuple[int | None, int | None] = (None, None),
+        shape: WorkerShape = BACKEND_SHAPE,
     ) -> list[str]:
         """Start `replicas` workers, or fewer so that the group has no more than `at_most` loading or serving;
         returns their ids at once (they report ready when loaded), none when the group is full already.
@@ -181,7 +181,7 @@ class Supervisor:
                 "--parent-pid",
                 str(os.getpid()),
             ]
-            for flag, value in zip(("--slots", "--context"), shape, strict=True):
+            for flag, value in zip(("--slots", "--context", "--threads"), shape, strict=True):
                 if value is not None:
                     command += [flag, str(value)]
             if self.token is not None:

@@ -146,7 +146,7 @@ class Autoscaler:
                 progress,
                 COLD_START_TIMEOUT,
                 group.replicas,
-                (group.slots, group.context),
+                group.shape,
             )
             await self.fleet.refresh()
             took = time.monotonic() - start.started

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from rbee.api.state import WorkerGroup
+from rbee.api.state import WorkerGroup, WorkerShape
 from rbee.spec import source as source_mod
 from rbee.spec.backends import Backend, ModelKind
 from rbee.spec.fields import (
@@ -323,6 +323,16 @@ class WorkerSpec(Strict):
         default=None,
         description="Tokens of context per slot (gguf: default 4096); the KV cache holds slots x context tokens.",
     )
+    threads: Annotated[int, Field(ge=1, le=256)] | None = Field(
+        default=None,
+        description="The engine's compute threads per worker (llama.cpp, torch, sentence-transformers; default: "
+        "every core). Fewer leave cores to the worker's serving loop and to other workers on the host. Applies to "
+        "workers started after it changes.",
+    )
+
+    @property
+    def shape(self) -> WorkerShape:
+        return WorkerShape(self.slots, self.context, self.threads)
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self) -> WorkerSpec:

@@ -151,3 +151,27 @@ def test_slots_whose_kv_cache_cannot_fit_are_refused_with_the_numbers(
     assert "KV cache of 256 slots x 1048576 tokens" in message and "6.2 TB for a KV cache" in message, message
     assert "lower workers[].slots or context" in message
     assert client.get("/v1/state").json()["workers"] == []
+
+
+def test_workers_get_the_engine_threads_hive_yaml_gives(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    """workers[].threads reaches each worker (its engine computes on that many threads); 0 is refused."""
+    client, _ = hive
+    assert client.post("/v1/models", json={"name": "smol", "source": f"file://{smollm2}"}).status_code == 200
+    for threads in (1, 2):
+        assert client.post("/v1/workers", json={"model": "smol", "threads": threads}).status_code == 202
+    deadline = time.monotonic() + 60
+    while True:
+        workers = client.get("/v1/state").json()["workers"]
+        if len(workers) == 2 and all(worker["state"] == "idle" for worker in workers):
+            break
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.1)
+    given = set()
+    for worker in workers:
+        command = Path(f"/proc/{worker['pid']}/cmdline").read_bytes().split(b"\0")
+        given.add(int(command[command.index(b"--threads") + 1]))
+    assert given == {1, 2}
+    refused = client.post("/v1/workers", json={"model": "smol", "threads": 0})
+    assert refused.status_code == 400 and "threads" in refused.text, refused.text

@@ -22,6 +22,18 @@ workers:
 CASES = [
     # (id, document, expected "file:line:col: field", expected words in the message)
     (
+        "zero-threads",
+        BASE + "    threads: 0\n",
+        "hive.yaml:9:14: workers[0].threads",
+        "greater than or equal to 1",
+    ),
+    (
+        "service-user-not-a-user-name",
+        BASE.replace("  - name: box\n", "  - name: box\n    service_user: 'Root; rm'\n", 1),
+        "hive.yaml:3:19: hives[0].service_user",
+        "is not a user name a host accepts",
+    ),
+    (
         "typo-in-key",
         BASE + "    replcas: 2\n",
         "hive.yaml:9:5: workers[0].replcas",

@@ -3,7 +3,6 @@ loop runs every 2 seconds."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -12,109 +11,32 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from rbee import __version__
-from rbee.api.state import HiveState
-from tests.fleet import Fleet, alive, make_fleet
-from tests.models import SMOLLM2_SOURCE
-from tests.servers import serve
+from features.faults_world import (
+    BACKGROUND,
+    INTERVAL,
+    LOAD_ALLOWANCE,
+    World,
+    apply_fleet,
+    auth,
+    chat,
+    hive_state,
+    queen_status,
+    running_workers,
+    wait_for,
+    world,
+)
+from tests.fleet import alive
 
 pytestmark = pytest.mark.slow
 scenarios("faults.feature")
-INTERVAL = 2.0
-LOAD_ALLOWANCE = 15.0
-"""Loading SmolLM2 takes ~1.5 s here; a busy CI machine gets this much."""
-
-
-class World:
-    fleet: Fleet
-    pids: dict[str, int]
-    hive_pid: int
-    killed_at: float
-    signalled_pid: int
-    stream_lines: list[tuple[float, str]]
-    generation: int
-    results: list[str]
-    refusals: list[tuple[int, str]]
-    hung: contextlib.ExitStack
-    hung_port: int
-    applied: Any
-    apply_seconds: float
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    state = World()
-    yield state
-    if hasattr(state, "fleet") and state.fleet.ours():
-        state.fleet.rbee("destroy", str(state.fleet.spec), "--yes")
-
-
-def auth(world: World) -> dict[str, str]:
-    """The operator's credential (the queen's operator API)."""
-    return world.fleet.operator
-
-
-def hive_state(world: World) -> dict[str, Any]:
-    return dict(httpx.get(f"{world.fleet.hive_url}/v1/state", headers=world.fleet.hive_auth(), timeout=5).json())
-
-
-def queen_status(world: World) -> dict[str, Any]:
-    return dict(httpx.get(f"{world.fleet.queen_url}/v2/status", headers=auth(world), timeout=5).json())
-
-
-def running_workers(world: World) -> dict[str, int]:
-    try:
-        workers = hive_state(world)["workers"]
-    except httpx.HTTPError:
-        return {}
-    return {w["id"]: w["pid"] for w in workers if w["state"] in ("idle", "busy")}
-
-
-def wait_for(what: str, check: Any, seconds: float, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
-        time.sleep(every)
-
-
-def chat(world: World, max_tokens: int = 6, stream: bool = False, timeout: float = 60) -> httpx.Response:
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens}
-    return httpx.post(
-        f"{world.fleet.queen_url}/v1/chat/completions",
-        json={**body, "stream": stream},
-        headers=world.fleet.keyed,
-        timeout=timeout,
-    )
-
-
-@given(
-    parsers.parse(
-        'a fleet of 1 "smollm2" worker applied with a reconcile interval of {seconds:d} seconds'
-        " and heartbeats every second"
-    )
-)
-def fleet(world: World, tmp_path: Path, seconds: int) -> None:
-    world.fleet = make_fleet(
-        tmp_path, SMOLLM2_SOURCE, replicas=1, reconcile=f"{seconds}s", queen="heartbeat_interval: 1s"
-    )
-    applied = world.fleet.rbee("apply", str(world.fleet.spec), "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    world.pids = wait_for("a running worker", lambda: running_workers(world), 10)
+fleet = given(parsers.parse(BACKGROUND))(apply_fleet)
+__all__ = ["world"]  # the scenarios' fixture
 
 
 # -- a worker killed mid-stream ------------------------------------------------------------------------------
@@ -463,80 +385,3 @@ def back(world: World) -> None:
     routes = wait_for("the route back", lambda: queen_status(world)["routes"], 6, every=0.2)
     assert [route["worker"] for route in routes] == list(world.pids)
     assert chat(world).status_code == 200
-
-
-# -- a hive that answers its state but hangs on every change ---------------------------------------------------
-
-
-def hung_hive() -> Starlette:
-    """Answers /health and /v1/state like a hive of this rbee with nothing in it, and never answers a change."""
-
-    async def health(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "name": "hung", "version": __version__})
-
-    async def state(_: Request) -> Response:
-        return Response(HiveState(name="hung", version=__version__).model_dump_json(), media_type="application/json")
-
-    async def hang(_: Request) -> Response:
-        await asyncio.sleep(3600)
-        return Response(status_code=500)
-
-    return Starlette(
-        routes=[
-            Route("/health", health),
-            Route("/v1/state", state),
-            Route("/v1/{path:path}", hang, methods=["POST", "DELETE"]),
-        ]
-    )
-
-
-@given("a second hive that answers its state but never answers a change")
-def second_hung_hive(world: World) -> None:
-    world.hung = contextlib.ExitStack()
-    world.hung_port = world.hung.enter_context(serve(hung_hive()))
-
-
-@when("hive.yaml puts a worker on each hive and is applied")
-def apply_with_hung(world: World) -> None:
-    text = world.fleet.spec.read_text()
-    hung = f"{{name: hung, listen: '127.0.0.1:{world.hung_port}', data_dir: '{world.fleet.root / 'hung-data'}'}}"
-    text = text.replace("hives:\n", f"hives:\n  - {hung}\n", 1)
-    text += "  - {model: smollm2, hive: hung, replicas: 1}\n"
-    world.fleet.spec.write_text(text)
-    started = time.monotonic()
-    world.applied = world.fleet.rbee("apply", str(world.fleet.spec), "--yes", timeout=300)
-    world.apply_seconds = time.monotonic() - started
-
-
-@then("rbee apply ends within 90 seconds with a sentence about the hung hive")
-def apply_ended(world: World) -> None:
-    said = world.applied.stdout + world.applied.stderr
-    try:
-        assert world.apply_seconds < 90, world.apply_seconds
-        assert world.applied.returncode == 1, said
-        assert "hive hung did not answer in time" in said, said
-        assert "Traceback" not in said
-    except AssertionError:
-        world.fleet.rbee("suspend")
-        world.hung.close()
-        raise
-
-
-@then("the first hive's worker is unchanged and serves requests")
-def first_unchanged(world: World) -> None:
-    assert running_workers(world) == world.pids
-    assert chat(world).status_code == 200
-
-
-@then("a worker killed on the first hive is replaced while the hung hive still hangs")
-def healed_beside_hung(world: World) -> None:
-    try:
-        (pid,) = world.pids.values()
-        os.kill(pid, signal.SIGKILL)
-        replaced = wait_for(
-            "a replacement worker", lambda: {k: v for k, v in running_workers(world).items() if v != pid}, 90, 0.5
-        )
-        assert replaced and chat(world).status_code == 200
-    finally:  # the loop must not go on to install a real hive where the fake one was
-        world.fleet.rbee("suspend")
-        world.hung.close()

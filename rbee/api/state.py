@@ -70,6 +70,8 @@ class CatalogEntry(Frozen):
     sha256: str | None = None
     managed: bool = True
     """False for a model someone put on the hive by hand: rbee never removes what it did not create."""
+    kv_bytes_per_token: int | None = None
+    """What one token of context costs in a gguf worker's KV cache (the file's header says); None when unknown."""
 
 
 class WorkerInfo(Frozen):

@@ -9,9 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from rbee.hive.selection import KvCache
-from rbee.spec import backends
-
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 
@@ -203,14 +200,10 @@ def validate(path: Path) -> Header:
     )
 
 
-def kv_cache(path: Path, shape: tuple[int | None, ...]) -> KvCache | None:
-    """What a gguf worker of `shape` (slots, context per slot; hive.yaml's or the defaults) will hold in its KV
-    cache and what that costs, from the file's header; None when the header does not tell."""
+def kv_bytes_per_token(path: Path) -> int | None:
+    """What one token of context costs in the KV cache of the GGUF at `path`, from its header; None when the
+    header does not tell or the file is not a readable GGUF."""
     try:
-        per_token = validate(path).kv_bytes_per_token()
+        return validate(path).kv_bytes_per_token()
     except (OSError, GgufError):
         return None
-    if per_token is None:
-        return None
-    slots, context = shape[0] or backends.GGUF_SLOTS, shape[1] or backends.GGUF_CONTEXT
-    return KvCache(slots, context, per_token * slots * context)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,22 @@ from starlette.routing import Route
 from rbee import __version__, daemon
 from rbee.api import credentials, wire
 from rbee.api.hive_config import PID_NAME, HiveConfig
-from rbee.api.state import HiveState, WorkerShape
+from rbee.api.state import CatalogEntry, HiveState, WorkerShape
 from rbee.clients import tls
 from rbee.hive import config as hive_config
-from rbee.hive import provision
-from rbee.hive.catalog import Catalog
+from rbee.hive import detect, gguf, provision
+from rbee.hive.catalog import Catalog, ModelRecord
 from rbee.hive.heartbeat import Heartbeat
 from rbee.hive.jobs import ProvisionJob
 from rbee.hive.supervisor import Supervisor, SupervisorError
 from rbee.spec import backends
+from rbee.spec.source import ModelFormat
 
 log = logging.getLogger("rbee.hive")
 """Seconds of silence after which a progress stream gets an SSE comment."""
 Handler = Callable[[Request], Awaitable[Response]]
+MEMORY_FRESH = 5.0
+"""Seconds a reading of the devices' free memory is reused for GET /v1/state (nvidia-smi takes a while)."""
 
 
 class Hive:
@@ -56,6 +60,8 @@ class Hive:
         self.jobs: dict[str, ProvisionJob] = {}
         """The provisioning job running for each model, if any."""
         self._stopping: asyncio.Task[None] | None = None
+        self._memory_read = 0.0
+        self._kv_per_token: dict[tuple[str, int], int | None] = {}
 
     def state(self) -> HiveState:
         return HiveState(
@@ -63,10 +69,28 @@ class Hive:
             version=__version__,
             backends=tuple(b for b in self.supervisor.facts.engines if b in backends.TABLE),
             host=self.supervisor.facts,
-            catalog=tuple(record.entry() for record in self.catalog.models()),
+            catalog=tuple(self._entry(record) for record in self.catalog.models()),
             workers=tuple(self.supervisor.infos()),
             model_dirs=hive_config.model_dirs(self.config),
         )
+
+    def _entry(self, record: ModelRecord) -> CatalogEntry:
+        """The catalog entry with what a worker of it costs per token of KV cache, so that a plan can show each
+        start's memory against the free memory (the header is read once per file)."""
+        entry = record.entry()
+        if record.format != str(ModelFormat.GGUF):
+            return entry
+        key = (record.path, record.size_bytes)
+        if key not in self._kv_per_token:
+            self._kv_per_token[key] = gguf.kv_bytes_per_token(Path(record.path))
+        return entry.model_copy(update={"kv_bytes_per_token": self._kv_per_token[key]})
+
+    async def read_free_memory(self) -> None:
+        """Free memory as it is now, for a caller about to plan; heartbeats reuse the last reading."""
+        if time.monotonic() - self._memory_read < MEMORY_FRESH:
+            return
+        self._memory_read = time.monotonic()
+        self.supervisor.facts = await asyncio.to_thread(detect.refresh_free, self.supervisor.facts)
 
     def model_lock(self, name: str) -> asyncio.Lock:
         """One provisioning of a model at a time: a second request for it waits, then finds it in the catalog."""
@@ -132,6 +156,7 @@ def create_app(hive: Hive) -> Starlette:
         return JSONResponse({"status": "ok", "name": hive.config.name, "version": __version__})
 
     async def get_state(request: Request) -> Response:
+        await hive.read_free_memory()
         return Response(hive.state().model_dump_json(), media_type="application/json")
 
     async def add_model(request: Request) -> Response:

@@ -20,9 +20,9 @@ from rbee.api.hive_config import HiveConfig
 from rbee.api.state import BACKEND_SHAPE, HostFacts, WorkerGroup, WorkerInfo, WorkerShape, WorkerState
 from rbee.clients.worker import WorkerClient
 from rbee.hive import config as hive_config
-from rbee.hive import detect, gguf, ports, selection
+from rbee.hive import detect, gguf, ports
 from rbee.hive.catalog import Catalog, ModelRecord
-from rbee.spec import backends
+from rbee.spec import backends, placement
 
 log = logging.getLogger("rbee.hive")
 LOAD_TIMEOUT = 600.0
@@ -119,12 +119,13 @@ class Supervisor:
         a child ends, so forking from a short-lived thread would kill the worker with it.
         """
         try:
-            backend = selection.choose_backend(record.name, record.kind, record.format, requested_backend, self.facts)
-            place = selection.choose_device(requested_device, backend, detect.refresh_free(self.facts))
-            cache = gguf.kv_cache(Path(record.path), shape) if backend == str(backends.Backend.GGUF) else None
-            need = selection.memory_needed(record.size_bytes) + (cache.bytes if cache else 0)
-            selection.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1), cache=cache)
-        except selection.Refused as refusal:
+            backend = placement.choose_backend(record.name, record.kind, record.format, requested_backend, self.facts)
+            place = placement.choose_device(requested_device, backend, detect.refresh_free(self.facts))
+            per_token = gguf.kv_bytes_per_token(Path(record.path)) if backend == str(backends.Backend.GGUF) else None
+            cache = placement.kv_cache(per_token, shape)
+            need = placement.footprint(record.size_bytes, cache)
+            placement.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1), cache=cache)
+        except placement.Refused as refusal:
             raise SupervisorError(str(refusal)) from None
         device = place.id
         group = WorkerGroup(record.name, requested_backend, requested_device)

@@ -22,6 +22,7 @@ from rbee.api.state import (
 )
 from rbee.api.units import human_size
 from rbee.plan.actions import Action, Change, Plan, Symbol, hive_change, model_change, workers_change
+from rbee.plan.memory import Ledger
 from rbee.spec.schema import HiveFile, HiveSpec, ModelSpec, WorkerSpec, model_dirs
 
 _RUNNING = frozenset(state for state in WorkerState if state.is_running)
@@ -93,6 +94,7 @@ def _plan_hive(
         if live.managed:
             groups[live.group].append(live)
 
+    ledger = Ledger(state.host if state is not None else None)
     stops: list[Change] = []
     starts: list[Change] = []
     for worker in workers:
@@ -107,7 +109,12 @@ def _plan_hive(
             name, worker.group, worker.replicas, floor, group, worker.model in replaced, requires
         )
         stops.extend(group_stops)
-        starts.extend(group_starts)
+        entry = None if worker.model in replaced else catalog_by_name.get(worker.model)
+        for start in group_starts:
+            if start.action is Action.START_WORKERS:
+                note = ledger.start_note(worker, models.get(worker.model), entry, start.replicas)
+                start = start._replace(reason=start.reason + note)
+            starts.append(start)
     for key, group in groups.items():
         running = [live for live in group if live.state.is_running]
         if running:

@@ -1,8 +1,8 @@
 """The one table of backends: which formats and model kind each loads, which devices it runs on, the engine it
 imports, and the pip extra of rbee that installs it; and the one rule for `backend: auto`.
 
-hive.yaml's schema and checks, the hive's selection, the extras that apply installs on a hive, the engine
-detection and the worker's engine factory all read this table, so they cannot disagree. No I/O here.
+hive.yaml's schema and checks, the placement of workers (spec/placement.py), the extras that apply installs on a
+hive, the engine detection and the worker's engine factory all read this table, so they cannot disagree. No I/O here.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rbee.api.state import HiveObservation, HiveState, HiveStatus, ObservedState
+from rbee.plan import planner
+from rbee.plan.actions import Action
+from rbee.spec import load
 from tests.fleet import alive
 from tests.hive_process import hive_daemon
 
@@ -151,6 +155,31 @@ def test_slots_whose_kv_cache_cannot_fit_are_refused_with_the_numbers(
     assert "KV cache of 256 slots x 1048576 tokens" in message and "6.2 TB for a KV cache" in message, message
     assert "lower workers[].slots or context" in message
     assert client.get("/v1/state").json()["workers"] == []
+
+
+def test_a_plan_from_the_hives_state_shows_what_the_preflight_will_check(
+    hive: tuple[httpx.Client, subprocess.Popen[bytes]], smollm2: Path
+) -> None:
+    """The hive reports each gguf's KV cache cost per token (from its header) and its free memory read now; a
+    plan made from that state shows the numbers the preflight above refuses with, before anything starts."""
+    client, _ = hive
+    assert client.post("/v1/models", json={"name": "smol", "source": f"file://{smollm2}"}).status_code == 200
+    state = HiveState.model_validate(client.get("/v1/state").json())
+    assert [entry.kv_bytes_per_token for entry in state.catalog] == [23040]
+    assert state.host is not None and state.host.devices[0].memory_free > 0
+    spec = f"""
+hives: [{{name: solo}}]
+models: [{{name: smol, source: "file://{smollm2}"}}]
+workers:
+  - {{model: smol, hive: solo, slots: 2, context: 1024}}
+  - {{model: smol, hive: solo, device: cpu, slots: 256, context: 1048576}}
+"""
+    observed = ObservedState(hives=(HiveObservation(name="solo", status=HiveStatus.RUNNING, state=state),))
+    plan = planner.make_plan(load.loads(spec, "hive.yaml"), observed)
+    small, huge = [change.reason for change in plan.changes if change.action is Action.START_WORKERS]
+    assert "47.2 MB KV cache of 2 slots x 1024 tokens" in small and "free on cpu" in small, small
+    assert "does not fit" in huge and "6.2 TB KV cache of 256 slots x 1048576 tokens" in huge, huge
+    assert client.get("/v1/state").json()["workers"] == [], "planning started nothing"
 
 
 def test_workers_get_the_engine_threads_hive_yaml_gives(

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from rbee.api.state import HostFacts
-from rbee.hive import detect, selection
+from rbee.hive import detect
+from rbee.spec import placement
 
 PROFILES = Path(__file__).parent / "host_profiles"
 GB = 1_000_000_000
@@ -51,51 +52,51 @@ def test_auto_picks_the_platforms_engine_and_device(
     host: str, fmt: str, expected_backend: str, expected_device: str
 ) -> None:
     facts = profile(host)
-    backend = selection.choose_backend("m", "text", fmt, "auto", facts)
+    backend = placement.choose_backend("m", "text", fmt, "auto", facts)
     assert backend == expected_backend
-    assert selection.choose_device("auto", backend, facts).id == expected_device
+    assert placement.choose_device("auto", backend, facts).id == expected_device
 
 
 def test_hf_folders_go_to_torch_on_cuda_and_to_mlx_on_a_mac() -> None:
     cuda = profile("cuda-4x-a100")
-    backend = selection.choose_backend("m", "text", "safetensors", "auto", cuda)
-    assert backend == "torch" and selection.choose_device("auto", backend, cuda).id == "cuda:0"
-    with pytest.raises(selection.Refused, match="the torch backend's engine is not installed on this hive"):
-        selection.choose_backend("m", "text", "safetensors", "auto", profile("cpu-only"))
+    backend = placement.choose_backend("m", "text", "safetensors", "auto", cuda)
+    assert backend == "torch" and placement.choose_device("auto", backend, cuda).id == "cuda:0"
+    with pytest.raises(placement.Refused, match="the torch backend's engine is not installed on this hive"):
+        placement.choose_backend("m", "text", "safetensors", "auto", profile("cpu-only"))
     mac = profile("mac-m2-pro")
-    backend = selection.choose_backend("m", "text", "safetensors", "auto", mac)
-    assert backend == "mlx" and selection.choose_device("auto", backend, mac).id == "metal"
+    backend = placement.choose_backend("m", "text", "safetensors", "auto", mac)
+    assert backend == "mlx" and placement.choose_device("auto", backend, mac).id == "metal"
 
 
 def test_impossible_combinations_are_refused_with_a_reason() -> None:
     cpu, mac = profile("cpu-only"), profile("mac-m2-pro")
-    with pytest.raises(selection.Refused, match=r"device cuda:0 was asked for .* \(it has: cpu\)"):
-        selection.choose_device("cuda:0", "gguf", cpu)
-    with pytest.raises(selection.Refused, match="the torch backend cannot load model m \\(gguf\\)"):
-        selection.choose_backend("m", "text", "gguf", "torch", cpu)
-    with pytest.raises(selection.Refused, match="only the embed backend"):
-        selection.choose_backend("m", "embedding", "safetensors", "gguf", cpu)
-    with pytest.raises(selection.Refused, match="engine is not installed on this hive"):
-        selection.choose_backend(
+    with pytest.raises(placement.Refused, match=r"device cuda:0 was asked for .* \(it has: cpu\)"):
+        placement.choose_device("cuda:0", "gguf", cpu)
+    with pytest.raises(placement.Refused, match="the torch backend cannot load model m \\(gguf\\)"):
+        placement.choose_backend("m", "text", "gguf", "torch", cpu)
+    with pytest.raises(placement.Refused, match="only the embed backend"):
+        placement.choose_backend("m", "embedding", "safetensors", "gguf", cpu)
+    with pytest.raises(placement.Refused, match="engine is not installed on this hive"):
+        placement.choose_backend(
             "m", "embedding", "safetensors", "auto", profile("cuda-4x-a100").model_copy(update={"engines": ("gguf",)})
         )
-    with pytest.raises(selection.Refused, match="cannot run on metal"):
-        selection.choose_device("metal", "embed", mac)
+    with pytest.raises(placement.Refused, match="cannot run on metal"):
+        placement.choose_device("metal", "embed", mac)
 
 
 def test_preflight_refuses_a_model_that_does_not_fit_with_both_numbers() -> None:
     full_gpu = profile("cuda-4x-a100").device("cuda:3")
     assert full_gpu is not None
-    with pytest.raises(selection.Refused) as refused:
-        selection.preflight("llama-8b", 5 * GB, full_gpu)
+    with pytest.raises(placement.Refused) as refused:
+        placement.preflight("llama-8b", 5 * GB, full_gpu)
     message = str(refused.value)
     assert "model llama-8b needs about 6.1 GB on cuda:3" in message and "1.1 GB of 85.9 GB is free" in message
     roomy = profile("cuda-4x-a100").device("cuda:0")
     assert roomy is not None
-    selection.preflight("llama-8b", 5 * GB, roomy)  # fits
-    selection.preflight("llama-8b", 5 * GB, roomy, reserved=selection.memory_needed(5 * GB) * 13)  # 14 fit
-    with pytest.raises(selection.Refused, match=r"needs about 6\.1 GB on cuda:0 and only 33\.9 MB of 85\.9 GB"):
-        selection.preflight("llama-8b", 5 * GB, roomy, reserved=selection.memory_needed(5 * GB) * 14)  # a 15th not
+    placement.preflight("llama-8b", 5 * GB, roomy)  # fits
+    placement.preflight("llama-8b", 5 * GB, roomy, reserved=placement.memory_needed(5 * GB) * 13)  # 14 fit
+    with pytest.raises(placement.Refused, match=r"needs about 6\.1 GB on cuda:0 and only 33\.9 MB of 85\.9 GB"):
+        placement.preflight("llama-8b", 5 * GB, roomy, reserved=placement.memory_needed(5 * GB) * 14)  # a 15th not
 
 
 def test_this_machine_is_detected_live() -> None:
@@ -130,7 +131,7 @@ def test_the_extras_apply_installs_are_the_engines_the_hive_then_picks(host: str
     from rbee.spec import backends
 
     facts = profile(host).model_copy(update={"engines": tuple(backends.TABLE)})
-    chosen = selection.choose_backend("m", kind, fmt, "auto", facts)
+    chosen = placement.choose_backend("m", kind, fmt, "auto", facts)
     workload = backends.Workload(kind=kind, format=fmt)
     assert backends.extras([workload], None, facts.has("metal")) == (backends.TABLE[backends.Backend(chosen)].extra,)
 

@@ -1,5 +1,6 @@
 """Which engine and which device a worker gets, and whether its model fits there: decided on the hive from its
-host facts before any process starts, so an impossible worker is refused with a reason instead of crashing.
+host facts before any process starts, so an impossible worker is refused with a reason instead of crashing, and
+read by the planner from the facts the hive reports, so `rbee plan` shows what each start will need. No I/O here.
 
 `backend: auto` follows DESIGN.md: embeddings -> embed; rerank -> rerank; a GGUF file -> gguf (ctransformers
 where llama.cpp is missing); an HF folder -> mlx on Metal, torch on CUDA or CPU; an MLX folder -> mlx.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rbee.api.state import Device, HostFacts
+from rbee.api.state import Device, HostFacts, WorkerShape
 from rbee.api.units import human_size
 from rbee.spec import backends
 
@@ -102,10 +103,24 @@ class KvCache:
     bytes: int
 
 
+def kv_cache(per_token: int | None, shape: WorkerShape) -> KvCache | None:
+    """The KV cache a gguf worker of `shape` (hive.yaml's sizes or the backend's defaults) holds, from the bytes
+    one token takes (the model header tells); None when that is unknown."""
+    if per_token is None:
+        return None
+    slots, context = shape.slots or backends.GGUF_SLOTS, shape.context or backends.GGUF_CONTEXT
+    return KvCache(slots, context, per_token * slots * context)
+
+
+def footprint(size_bytes: int, cache: KvCache | None) -> int:
+    """What one worker takes on its device: the weights with runtime buffers, and its KV cache."""
+    return memory_needed(size_bytes) + (cache.bytes if cache else 0)
+
+
 def preflight(model: str, size_bytes: int, device: Device, reserved: int = 0, cache: KvCache | None = None) -> None:
     """Refuse a worker whose model (and KV cache) does not fit in `device`'s free memory (less what workers being
     started right now will take), with the numbers."""
-    need = memory_needed(size_bytes) + (cache.bytes if cache else 0)
+    need = footprint(size_bytes, cache)
     free = device.memory_free - reserved
     if device.memory_free and need > free:
         parts = ""

@@ -1,0 +1,57 @@
+"""What each worker start will take in memory, against what its hive has free: shown in the plan, so that a start
+that cannot fit is seen before anything runs, with the same numbers the hive's preflight will check.
+
+Pure: it reads the hive's reported facts and catalog. A hive's free memory is shared by the groups started on it
+in one plan, so the ledger subtracts each start from what the next one sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rbee.api.state import CatalogEntry, HostFacts
+from rbee.api.units import human_size
+from rbee.spec import backends, placement
+from rbee.spec.schema import ModelSpec, WorkerSpec
+
+
+@dataclass(slots=True)
+class Ledger:
+    """One hive's free memory per device, as the starts of this plan take it."""
+
+    facts: HostFacts | None
+    taken: dict[str, int] = field(default_factory=dict)
+
+    def start_note(self, worker: WorkerSpec, model: ModelSpec | None, entry: CatalogEntry | None, count: int) -> str:
+        """`; needs about …` for starting `count` workers of `worker`'s group, or why that cannot be told yet."""
+        if self.facts is None or model is None:
+            return ""
+        if entry is None:
+            return "; its memory is known once the model is fetched"
+        try:
+            backend = placement.choose_backend(
+                model.name, str(model.kind), entry.format, str(worker.backend), self.facts
+            )
+            device = placement.choose_device(worker.device, backend, self.facts)
+        except placement.Refused as refusal:
+            return f"; the hive will refuse it: {refusal}"
+        per_token = entry.kv_bytes_per_token if backend == str(backends.Backend.GGUF) else None
+        cache = placement.kv_cache(per_token, worker.shape)
+        each = placement.footprint(entry.size_bytes, cache)
+        parts = f"{human_size(placement.memory_needed(entry.size_bytes))} weights"
+        if cache is not None:
+            parts += f" + {human_size(cache.bytes)} KV cache of {cache.slots} slots x {cache.context} tokens"
+        need = each * count
+        sizing = f"{count} x {human_size(each)} ({parts})" if count > 1 else f"{human_size(each)} ({parts})"
+        if not device.memory_free:
+            return f"; needs about {sizing} on {device.id} (its free memory is not known)"
+        free = device.memory_free - self.taken.get(device.id, 0)
+        self.taken[device.id] = self.taken.get(device.id, 0) + need
+        others = " after the starts above" if free < device.memory_free else ""
+        if need > free:
+            fix = "lower workers[].slots or context, " if cache is not None else ""
+            return (
+                f"; does not fit: needs about {sizing} on {device.id} and {human_size(max(free, 0))} of "
+                f"{human_size(device.memory_total)} is free{others}; {fix}lower replicas or choose another device"
+            )
+        return f"; needs about {sizing} of {human_size(free)} free on {device.id}{others}"

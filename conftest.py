@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# A plan asks the Hub for download sizes; no test may reach the real one (tests that need a Hub serve their own).
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:1")
 
 from tests.models import fetch_smollm2
 

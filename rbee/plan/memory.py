@@ -22,12 +22,24 @@ class Ledger:
     facts: HostFacts | None
     taken: dict[str, int] = field(default_factory=dict)
 
-    def start_note(self, worker: WorkerSpec, model: ModelSpec | None, entry: CatalogEntry | None, count: int) -> str:
-        """`; needs about …` for starting `count` workers of `worker`'s group, or why that cannot be told yet."""
+    def start_note(
+        self,
+        worker: WorkerSpec,
+        model: ModelSpec | None,
+        entry: CatalogEntry | None,
+        count: int,
+        download: int | None = None,
+    ) -> str:
+        """`; needs about …` for starting `count` workers of `worker`'s group, or why that cannot be told yet. A
+        model not fetched yet is sized by its download (its KV cache is known once its header is here)."""
         if self.facts is None or model is None:
             return ""
-        if entry is None:
+        if entry is None and download is None:
             return "; its memory is known once the model is fetched"
+        estimated = entry is None
+        if entry is None:
+            fmt = str(model.resolved_format)
+            entry = CatalogEntry(name=model.name, source=model.source, format=fmt, size_bytes=download or 0)
         try:
             backend = placement.choose_backend(
                 model.name, str(model.kind), entry.format, str(worker.backend), self.facts
@@ -41,14 +53,17 @@ class Ledger:
         parts = f"{human_size(placement.memory_needed(entry.size_bytes))} weights"
         if cache is not None:
             parts += f" + {human_size(cache.bytes)} KV cache of {cache.slots} slots x {cache.context} tokens"
+        elif estimated and backend == str(backends.Backend.GGUF):
+            parts += ", its KV cache known once it is fetched"
         need = each * count
         sizing = f"{count} x {human_size(each)} ({parts})" if count > 1 else f"{human_size(each)} ({parts})"
         if not device.memory_free:
             return f"; needs about {sizing} on {device.id} (its free memory is not known)"
         free = device.memory_free - self.taken.get(device.id, 0)
-        self.taken[device.id] = self.taken.get(device.id, 0) + need
         others = " after the starts above" if free < device.memory_free else ""
-        if need > free:
+        if need <= free:
+            self.taken[device.id] = self.taken.get(device.id, 0) + need  # a start that does not fit is refused
+        else:
             fix = "lower workers[].slots or context, " if cache is not None else ""
             return (
                 f"; does not fit: needs about {sizing} on {device.id} and {human_size(max(free, 0))} of "

@@ -55,7 +55,7 @@ def _make_plan(desired: HiveFile, observed: ObservedState, version: str) -> Plan
         observation = observations.pop(hive.name, None) or HiveObservation(
             name=hive.name, status=HiveStatus.DOWN, reason="not observed"
         )
-        changes.extend(_plan_hive(hive, observation, workers_by_hive[hive.name], models, version))
+        changes.extend(_plan_hive(hive, observation, workers_by_hive[hive.name], models, version, observed))
     for name in sorted(observations):
         changes.extend(_plan_removed_hive(observations[name]))
     return Plan(tuple(changes))
@@ -67,8 +67,10 @@ def _plan_hive(
     workers: list[WorkerSpec],
     models: dict[str, ModelSpec],
     version: str,
+    observed: ObservedState,
 ) -> Iterator[Change]:
     name = hive.name
+    downloads = {model.source: size for model in models.values() if (size := observed.download_size(model.source))}
     if observation.status is HiveStatus.UNREACHABLE and observation.seen_before:
         count = len({worker.model for worker in workers})
         reason = (
@@ -84,7 +86,9 @@ def _plan_hive(
 
     needed = list(dict.fromkeys(worker.model for worker in workers))
     catalog_by_name = {entry.name: entry for entry in catalog}
-    model_changes = [_plan_model(name, models[model], catalog_by_name.get(model), hive_steps) for model in needed]
+    model_changes = [
+        _plan_model(name, models[model], catalog_by_name.get(model), hive_steps, downloads) for model in needed
+    ]
     replaced = {change.model for change in model_changes if change.action is Action.REPLACE_MODEL}
     blocked = {change.model for change in model_changes if change.symbol is Symbol.BLOCKED}
     model_steps = {change.model: change.id for change in model_changes if change.is_actionable}
@@ -112,7 +116,9 @@ def _plan_hive(
         entry = None if worker.model in replaced else catalog_by_name.get(worker.model)
         for start in group_starts:
             if start.action is Action.START_WORKERS:
-                note = ledger.start_note(worker, models.get(worker.model), entry, start.replicas)
+                model = models.get(worker.model)
+                size = downloads.get(model.source) if model is not None else None
+                note = ledger.start_note(worker, model, entry, start.replicas, size)
                 start = start._replace(reason=start.reason + note)
             starts.append(start)
     for key, group in groups.items():
@@ -180,12 +186,15 @@ def _listing(folders: tuple[str, ...]) -> str:
     return ", ".join(folders) if folders else "nowhere"
 
 
-def _plan_model(hive: str, spec: ModelSpec, entry: CatalogEntry | None, requires: tuple[str, ...]) -> Change:
+def _plan_model(
+    hive: str, spec: ModelSpec, entry: CatalogEntry | None, requires: tuple[str, ...], downloads: dict[str, int]
+) -> Change:
     name = spec.name
+    size = downloads.get(spec.source)
+    download = f" ({human_size(size)} to download)" if size is not None else ""
     if entry is None:
-        return model_change(
-            hive, name, Action.ADD_MODEL, Symbol.ADD, f"not in the catalog; fetch {spec.source}", requires
-        )
+        reason = f"not in the catalog; fetch {spec.source}{download}"
+        return model_change(hive, name, Action.ADD_MODEL, Symbol.ADD, reason, requires)
     differs = entry.source != spec.source or (spec.sha256 is not None and entry.sha256 != spec.sha256)
     if not differs:
         return model_change(
@@ -199,7 +208,8 @@ def _plan_model(hive: str, spec: ModelSpec, entry: CatalogEntry | None, requires
         return model_change(hive, name, Action.WAIT, Symbol.BLOCKED, reason)
     what = "source" if entry.source != spec.source else "sha256"
     old, new = (entry.source, spec.source) if what == "source" else (entry.sha256, spec.sha256)
-    return model_change(hive, name, Action.REPLACE_MODEL, Symbol.CHANGE, f"{what} changed: {old} -> {new}", requires)
+    reason = f"{what} changed: {old} -> {new}{download}"
+    return model_change(hive, name, Action.REPLACE_MODEL, Symbol.CHANGE, reason, requires)
 
 
 def _plan_group(

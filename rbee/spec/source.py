@@ -33,6 +33,11 @@ _VERSION = re.compile(r"^[A-Za-z0-9.+!-]+$")
 _REVISION = re.compile(r"^[A-Za-z0-9._/-]{1,128}$")
 
 
+CODE_SUFFIXES = (".py", ".pkl", ".pickle", ".bin")
+"""Files a whole-repo fetch leaves behind unless the model opts in (`code_files: fetch`): Python modules and
+pickles (torch.load of a .bin or .pkl runs what the pickle says). Weights come as safetensors or GGUF."""
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSource:
     kind: SourceKind

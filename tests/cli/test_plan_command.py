@@ -16,14 +16,21 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "hive.yaml.example"
 
 
-def rbee(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def rbee(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rbee", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), "NO_COLOR": "1", "RBEE_HOME": "/nonexistent/rbee-home"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(cwd),
+            "NO_COLOR": "1",
+            "RBEE_HOME": "/nonexistent/rbee-home",
+            "HF_ENDPOINT": "http://127.0.0.1:1",  # no test plan asks the real Hub
+            **(env or {}),
+        },
     )
 
 

@@ -2,10 +2,11 @@
 
 `prefix` sends requests that begin alike to the same replica, where the KV cache of that beginning (a shared
 system prompt, the earlier turns of a chat) is likely still held: rendezvous hashing of the first PREFIX_CHARS
-characters over the model's replicas (adding or removing one moves only the prefixes it held), with bounded
-loads (a replica takes a prefix's requests up to half its slots, and past that only while its load stays within
-LOAD_BOUND x the model's mean; otherwise the next replica in the prefix's order does), and least-loaded for
-requests without text and models with one replica.
+characters on a ring of the model's replicas (adding or removing one moves only the prefixes it held), with
+bounded loads (a replica takes a prefix's requests up to half its slots, and past that only while its load stays
+within LOAD_BOUND x the model's mean; otherwise the next replica in the prefix's order does, up to WALK of them),
+and least-loaded for requests without text and models with one replica. The ring is built once per set of
+replicas, so a decision costs one hash and a bisection however many replicas there are.
 
 A policy sees plain data: the request (model, pinned hive, API key name, prompt size) and the candidates
 (free workers of that model). A user policy that raises or returns something that is not a candidate falls
@@ -14,11 +15,14 @@ back to least-loaded, with a warning in the log.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import heapq
+import itertools
 import logging
 import math
+import operator
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +42,12 @@ PREFIX_CHARS = 512
 LOAD_BOUND = 1.25
 """Past half its slots, a replica takes a prefix's request while its load is at most this times the model's
 mean (consistent hashing with bounded loads)."""
+
+
+POINTS = 64
+"""Places each replica has on the ring: with fewer, a few replicas split the prefixes unevenly."""
+WALK = 8
+"""Replicas of a prefix's order tried before the request goes least-loaded (all of them past their bound)."""
 
 
 class PolicyKind(StrEnum):
@@ -113,19 +123,23 @@ def prefix_of(texts: Iterable[str]) -> str:
 class FreeHeap:
     """The free workers of one model, least loaded first, with lazy invalidation: O(log n) per decision."""
 
-    heap: list[tuple[float, float, str, int, Route]] = field(default_factory=list)
+    heap: list[tuple[float, float, str, int, int, Route]] = field(default_factory=list)
+    pushes: Iterator[int] = field(default_factory=itertools.count)
+    """A tie-breaker before the route: a worker replaced under the same key (a new Route, versions from 0) must
+    never make the heap compare two Route objects."""
 
     def push(self, route: Route) -> None:
         if route.free:
             route.version += 1
-            heapq.heappush(self.heap, (route.in_flight / route.slots, route.last_used, route.key, route.version, route))
+            entry = (route.in_flight / route.slots, route.last_used, route.key, route.version, next(self.pushes), route)
+            heapq.heappush(self.heap, entry)
 
     def pop(self, accept: Callable[[Route], bool] | None = None) -> Route | None:
         skipped = []
         found = None
         while self.heap:
             entry = heapq.heappop(self.heap)
-            route = entry[4]
+            route = entry[5]
             if entry[3] != route.version or not route.free:
                 continue
             if accept is None or accept(route):
@@ -137,6 +151,40 @@ class FreeHeap:
         return found
 
 
+_IN_FLIGHT, _SLOTS = operator.attrgetter("in_flight"), operator.attrgetter("slots")
+
+
+def _point(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest())
+
+
+class Ring:
+    """Replicas at POINTS places each on a 64-bit hash ring. A prefix's order is the replicas met walking
+    clockwise from the prefix's hash."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.source = routes
+        """The list it was built from: admission makes a new one whenever the replicas change."""
+        self.routes = list(routes)
+        self.identity = tuple(map(id, routes))
+        self.slots = sum(map(_SLOTS, routes))
+        """Route objects keep their slots for life."""
+        placed = sorted((_point(f"{route.key}#{i}"), n) for n, route in enumerate(routes) for i in range(POINTS))
+        self.points = [point for point, _ in placed]
+        self.owners = [owner for _, owner in placed]
+
+    def order(self, at: int) -> Iterator[Route]:
+        count, seen = len(self.points), set()
+        start = bisect.bisect_left(self.points, at)
+        for step in range(count):
+            owner = self.owners[(start + step) % count]
+            if owner not in seen:
+                seen.add(owner)
+                yield self.routes[owner]
+                if len(seen) == len(self.routes):
+                    return
+
+
 class Policy:
     def __init__(
         self, kind: PolicyKind = PolicyKind.PREFIX, source: str | None = None, name: str = "policy.py"
@@ -145,6 +193,7 @@ class Policy:
         self.name = name
         self._user: UserPolicy | None = None
         self._turn: dict[str, int] = {}
+        self._rings: dict[tuple[str, str | None], Ring] = {}
         self.failures = 0
         """Calls of the user's route() that raised, ran past the budget or returned no candidate, in a row."""
         self.failed_total = 0
@@ -183,17 +232,35 @@ class Policy:
         return route, f"least loaded ({route.in_flight}/{route.slots} busy){where}"
 
     def _by_prefix(self, ask: Ask, free: FreeHeap, routes: list[Route]) -> tuple[Route | None, str]:
-        digest = hashlib.blake2b(ask.prefix.encode(), digest_size=8).digest()
-        order = sorted(routes, key=lambda r: hashlib.blake2b(digest + r.key.encode(), digest_size=8).digest())
-        if ask.hive is not None:  # the pinned hive's replicas first, in the prefix's order
-            order.sort(key=lambda route: route.hive != ask.hive)
-        load = (sum(route.in_flight for route in routes) + 1) / sum(route.slots for route in routes)
-        tag = digest.hex()[:8]
-        for rank, route in enumerate(order, 1):
+        at = _point(ask.prefix)
+        tag = f"{at:016x}"[:8]
+        load = (sum(map(_IN_FLIGHT, routes)) + 1) / self._ring(ask.model, None, routes).slots
+        for rank, route in enumerate(self._order(ask, routes, at), 1):
+            if rank > WALK:
+                break
             if route.free and route.in_flight < max(math.ceil(LOAD_BOUND * load * route.slots), -(-route.slots // 2)):
                 return route, f"prefix {tag}: replica {rank} of its order ({route.in_flight}/{route.slots} busy)"
         fallback, reason = self._least_loaded(ask, free)
         return fallback, f"prefix {tag}: its replicas are past their bounded load; {reason}"
+
+    def _order(self, ask: Ask, routes: list[Route], at: int) -> Iterator[Route]:
+        """The prefix's replicas in order; a pinned hive's first, in the order its own ring gives them."""
+        everywhere = self._ring(ask.model, None, routes)
+        if ask.hive is None:
+            yield from everywhere.order(at)
+            return
+        pinned = [route for route in routes if route.hive == ask.hive]
+        if pinned:
+            yield from self._ring(ask.model, ask.hive, pinned).order(at)
+        yield from (route for route in everywhere.order(at) if route.hive != ask.hive)
+
+    def _ring(self, model: str, hive: str | None, routes: list[Route]) -> Ring:
+        """The ring of these replicas, made again only when they change (Route objects live as long as their
+        workers)."""
+        ring = self._rings.get((model, hive))
+        if ring is None or (ring.source is not routes and ring.identity != tuple(map(id, routes))):
+            ring = self._rings[(model, hive)] = Ring(routes)
+        return ring
 
     def _round_robin(self, ask: Ask, routes: list[Route], commit: bool) -> tuple[Route | None, str]:
         start = self._turn.get(ask.model, 0)

@@ -211,3 +211,15 @@ async def test_a_policy_that_keeps_failing_is_disabled() -> None:
     assert policy.failed_total == 20, "once disabled it is not asked again"
     ticket = await admission.acquire(Ask("m"), 1.0)
     assert "disabled" in ticket.reason and "least loaded" in ticket.reason
+
+
+async def test_workers_replaced_under_the_same_keys_do_not_break_the_free_heap() -> None:
+    """New Route objects for the same workers (a worker that came back on another port) start at version 0 like
+    the entries still in the heap: the heap must order them without comparing two Routes (a TypeError before)."""
+    admission = Admission()
+    admission.sync(routes(3, slots=2))
+    admission.sync(routes(3, slots=2))
+    ticket = await admission.acquire(Ask("m"), 1.0)
+    assert ticket.route in admission.lanes["m"].live
+    ticket.release()
+    settle(admission)

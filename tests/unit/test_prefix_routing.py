@@ -92,3 +92,30 @@ async def test_one_replica_or_no_text_is_least_loaded() -> None:
     admission = Admission()
     admission.sync(routes(2))
     assert "least loaded" in (await admission.acquire(Ask("m"), 1.0)).reason
+
+
+async def test_a_pinned_hive_gets_its_own_replicas_first_and_a_prefix_keeps_its_replica_there() -> None:
+    admission = Admission()
+    fleet = [Route(f"w-{i}", f"h-{i % 3}", "m", f"http://127.0.0.1:{9000 + i}", slots=4) for i in range(9)]
+    admission.sync(fleet)
+    pinned = Ask("m", hive="h-1", prefix=prefix_of(["the same system prompt"]))
+    held = [await admission.acquire(pinned, 1.0) for _ in range(2)]
+    assert {ticket.route.hive for ticket in held} == {"h-1"} and len({t.route.key for t in held}) == 1
+    for ticket in held:
+        ticket.release()
+    settle(admission)
+
+
+async def test_the_ring_is_built_once_per_set_of_replicas() -> None:
+    """A decision costs one hash and a bisection: the ring is made again only when the replicas change."""
+    admission = Admission()
+    admission.sync(routes(5, slots=4))
+    for i in range(3):
+        (await admission.acquire(ask(f"q{i}"), 1.0)).release()
+    ring = admission.policy._rings[("m", None)]
+    (await admission.acquire(ask("again"), 1.0)).release()
+    assert admission.policy._rings[("m", None)] is ring
+    admission.sync(routes(4, slots=4))
+    (await admission.acquire(ask("after a replica left"), 1.0)).release()
+    assert admission.policy._rings[("m", None)] is not ring
+    settle(admission)

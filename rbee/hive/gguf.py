@@ -4,6 +4,7 @@ in full, and every tensor's bytes inside the file. A truncated or non-GGUF file 
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,8 +203,18 @@ def validate(path: Path) -> Header:
 
 def kv_bytes_per_token(path: Path) -> int | None:
     """What one token of context costs in the KV cache of the GGUF at `path`, from its header; None when the
-    header does not tell or the file is not a readable GGUF."""
+    header does not tell or the file is not a readable GGUF. The header is read once per version of the file
+    (GET /v1/state asks on every poll, each worker start asks again)."""
     try:
-        return validate(path).kv_bytes_per_token()
+        stat = path.stat()
+    except OSError:
+        return None
+    return _kv_bytes_per_token(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _kv_bytes_per_token(path: str, size: int, mtime_ns: int) -> int | None:
+    try:
+        return validate(Path(path)).kv_bytes_per_token()
     except (OSError, GgufError):
         return None

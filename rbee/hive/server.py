@@ -61,7 +61,6 @@ class Hive:
         """The provisioning job running for each model, if any."""
         self._stopping: asyncio.Task[None] | None = None
         self._memory_read = 0.0
-        self._kv_per_token: dict[tuple[str, int], int | None] = {}
 
     def state(self) -> HiveState:
         return HiveState(
@@ -76,14 +75,11 @@ class Hive:
 
     def _entry(self, record: ModelRecord) -> CatalogEntry:
         """The catalog entry with what a worker of it costs per token of KV cache, so that a plan can show each
-        start's memory against the free memory (the header is read once per file)."""
+        start's memory against the free memory."""
         entry = record.entry()
         if record.format != str(ModelFormat.GGUF):
             return entry
-        key = (record.path, record.size_bytes)
-        if key not in self._kv_per_token:
-            self._kv_per_token[key] = gguf.kv_bytes_per_token(Path(record.path))
-        return entry.model_copy(update={"kv_bytes_per_token": self._kv_per_token[key]})
+        return entry.model_copy(update={"kv_bytes_per_token": gguf.kv_bytes_per_token(Path(record.path))})
 
     async def read_free_memory(self) -> None:
         """Free memory as it is now, for a caller about to plan; heartbeats reuse the last reading."""

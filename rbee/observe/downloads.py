@@ -1,16 +1,16 @@
 """How much each model a plan would fetch will download, asked of the Hugging Face Hub this machine sees
-(`HF_ENDPOINT`, the user's token if any) before planning, so `rbee plan` can show it.
+(huggingface_hub's own endpoint and token: `HF_ENDPOINT`, `HF_TOKEN` or a login) before planning, so `rbee plan`
+can show it.
 
 Only hf:// sources that some hive lacks are asked, all at once and under one time bound: a plan never waits on a
 slow Hub for long, and a size that cannot be told is left out (the plan then says nothing of it); with
-`HF_HUB_OFFLINE` set nothing is asked. file:// models
-live on their hive and pypi:// wheels are fetched by the hive's pip, so neither is asked here.
+`HF_HUB_OFFLINE` set nothing is asked. file:// models live on their hive and pypi:// wheels are fetched by the
+hive's pip, so neither is asked here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from urllib.parse import quote
 
@@ -28,9 +28,15 @@ _NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
 def sizes(spec: HiveFile, observed: ObservedState, timeout: float) -> ObservedState:
     """`observed` with the download size of every hf:// model that a hive of `spec` still has to fetch."""
     wanted = _to_fetch(spec, observed)
-    if not wanted or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if not wanted:
         return observed
-    found = asyncio.run(_ask_all(wanted, timeout))
+    from huggingface_hub import constants, get_token  # only a plan that fetches from the Hub pays the import
+
+    if constants.HF_HUB_OFFLINE:
+        return observed
+    token = get_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    found = asyncio.run(_ask_all(wanted, constants.ENDPOINT.rstrip("/"), headers, timeout))
     return observed.model_copy(update={"downloads": tuple(found)})
 
 
@@ -51,9 +57,9 @@ def _to_fetch(spec: HiveFile, observed: ObservedState) -> list[ModelSpec]:
     return list(wanted.values())
 
 
-async def _ask_all(models: list[ModelSpec], timeout: float) -> list[DownloadSize]:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    headers = _auth_headers()
+async def _ask_all(
+    models: list[ModelSpec], endpoint: str, headers: dict[str, str], timeout: float
+) -> list[DownloadSize]:
     bound = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(timeout=bound, headers=headers) as session:
         try:
@@ -68,11 +74,6 @@ async def _ask_all(models: list[ModelSpec], timeout: float) -> list[DownloadSize
         for model, answer in zip(models, answers, strict=True)
         if isinstance(answer, int)
     ]
-
-
-def _auth_headers() -> dict[str, str]:
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 async def _size(session: aiohttp.ClientSession, endpoint: str, model: ModelSpec) -> int | None:

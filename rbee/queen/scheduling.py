@@ -258,8 +258,11 @@ class Policy:
         """The ring of these replicas, made again only when they change (Route objects live as long as their
         workers)."""
         ring = self._rings.get((model, hive))
-        if ring is None or (ring.source is not routes and ring.identity != tuple(map(id, routes))):
+        if ring is not None and ring.source is routes:
+            return ring
+        if ring is None or ring.identity != tuple(map(id, routes)):
             ring = self._rings[(model, hive)] = Ring(routes)
+        ring.source = routes  # the same replicas in a new list: compared once, not on every request
         return ring
 
     def _round_robin(self, ask: Ask, routes: list[Route], commit: bool) -> tuple[Route | None, str]:

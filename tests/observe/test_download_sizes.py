@@ -32,6 +32,14 @@ def hub() -> Iterator[tuple[Hub, str]]:
         yield server, f"http://127.0.0.1:{port}"
 
 
+def use_hub(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Point this process's huggingface_hub at `url` (it reads HF_ENDPOINT once, at import; `rbee` reads it fresh)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+
+
 def spec(*sources: str, code_files: str = "skip") -> HiveFile:
     models = "".join(f"  - {{name: m{i}, source: '{s}', code_files: {code_files}}}\n" for i, s in enumerate(sources))
     workers = "".join(f"  - {{model: m{i}, hive: box}}\n" for i in range(len(sources)))
@@ -40,7 +48,7 @@ def spec(*sources: str, code_files: str = "skip") -> HiveFile:
 
 def test_single_files_whole_repos_and_missing_ones(hub: tuple[Hub, str], monkeypatch: pytest.MonkeyPatch) -> None:
     _, url = hub
-    monkeypatch.setenv("HF_ENDPOINT", url)
+    use_hub(monkeypatch, url)
     wanted = spec("hf://lab/one/m.gguf", "hf://lab/lfs/m.gguf", "hf://lab/repo", "hf://lab/gone/m.gguf")
     found = downloads.sizes(wanted, ObservedState(), timeout=5).downloads
     assert {item.source: item.bytes for item in found} == {
@@ -54,7 +62,7 @@ def test_single_files_whole_repos_and_missing_ones(hub: tuple[Hub, str], monkeyp
 
 def test_a_hive_that_has_the_model_does_not_ask(hub: tuple[Hub, str], monkeypatch: pytest.MonkeyPatch) -> None:
     server, url = hub
-    monkeypatch.setenv("HF_ENDPOINT", url)
+    use_hub(monkeypatch, url)
     entry = CatalogEntry(name="m0", source="hf://lab/one/m.gguf", format="gguf", size_bytes=3000)
     state = HiveState(name="box", version="0", catalog=(entry,))
     observed = ObservedState(hives=(HiveObservation(name="box", status=HiveStatus.RUNNING, state=state),))
@@ -65,7 +73,7 @@ def test_a_hive_that_has_the_model_does_not_ask(hub: tuple[Hub, str], monkeypatc
 
 def test_a_hub_that_never_answers_costs_the_bound_and_no_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     with stalling_port() as port:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        use_hub(monkeypatch, f"http://127.0.0.1:{port}")
         started = time.monotonic()
         observed = downloads.sizes(spec("hf://lab/one/m.gguf", "hf://lab/repo"), ObservedState(), timeout=0.5)
         assert time.monotonic() - started < 3 and observed.downloads == ()

@@ -42,6 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check rbee tests features bench deploys conftest.py
 	$(BIN)/mypy rbee
 	$(BIN)/lint-imports
+	$(BIN)/oxlint --deny-warnings -D correctness -D suspicious rbee/queen/ui
 
 test: lint
 	$(BIN)/python -m pytest

@@ -85,9 +85,20 @@ def status_command(
 @app.command()
 def key(
     rotate: Annotated[bool, typer.Option("--rotate", help="Make a new admin key; the old one stops working.")] = False,
+    operator: Annotated[
+        bool, typer.Option("--operator", help="Print the operator's credential instead (the web UI asks for it).")
+    ] = False,
 ) -> None:
     """Print the queen's admin API key (clients send it as Authorization: Bearer KEY)."""
-    status.key(rotate)
+    status.key(rotate, operator)
+
+
+@app.command()
+def ui(
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the address only.")] = False,
+) -> None:
+    """Open the queen's web UI (fleet, models, playground, events, metrics, routing) in the default browser."""
+    status.ui(not no_browser)
 
 
 @app.command()

@@ -92,6 +92,8 @@ class WorkerInfo(Frozen):
     """Requests the worker serves at once (from its backend)."""
     progress: float | None = None
     """While loading: the fraction loaded, as the engine reports it (None when it reports nothing)."""
+    uptime: float | None = None
+    """Seconds since the hive started its process (None from a hive too old to say)."""
 
     @property
     def group(self) -> WorkerGroup:

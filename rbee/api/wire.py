@@ -219,6 +219,12 @@ class EventEncoder:
 END_MARK = b": rbee-end "
 
 
+def route_comment(hive: str, worker: str) -> bytes:
+    """`: rbee-route {...}`: which hive and worker a task's tokens come from (the task stream says it before the
+    first token, and again should a retry move it to another worker before any token)."""
+    return b": rbee-route " + json.dumps({"hive": hive, "worker": worker}, separators=(",", ":")).encode() + b"\n\n"
+
+
 def end_comment(
     prompt_tokens: int, completion_tokens: int, finish_reason: str, error: str | None = None, cached_tokens: int = 0
 ) -> bytes:

@@ -74,6 +74,7 @@ class Worker:
             reason=self.reason,
             progress=self.progress if self.state is WorkerState.LOADING else None,
             slots=self.slots,
+            uptime=round(time.monotonic() - self.started, 1) if self.started else None,
         )
 
 

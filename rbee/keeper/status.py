@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import webbrowser
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,24 @@ def status(file: Path | None, as_json: bool) -> None:
         render.conditions(conditions, reconcile)
 
 
-def key(rotate: bool) -> None:
+def key(rotate: bool, operator: bool = False) -> None:
     """The admin API key on stdout (for `$(rbee key)`), how to use it on stderr; --rotate makes a new one, and
-    the queen stops taking the old one within a second."""
+    the queen stops taking the old one within a second. --operator: the operator's credential instead (what the
+    web UI's fleet pages ask for)."""
     home = Home.default()
+    if operator:
+        if rotate:
+            fail("--rotate makes a new admin key only; the operator's credential is not rotated by rbee key.")
+        credentials = home.credentials(create=False)
+        if credentials is None:
+            fail("No operator credential yet: rbee apply makes one.")
+        sys.stdout.write(credentials.operator + "\n")
+        err.print(
+            Text(
+                "The operator's credential: it opens the queen's operator API; keep it off other machines.", style="dim"
+            )
+        )
+        return
     value = home.rotate_admin_key() if rotate else home.admin_key(create=False)
     if value is None:
         fail("No admin key yet: rbee apply makes one.")
@@ -74,6 +89,24 @@ def key(rotate: bool) -> None:
             style="dim",
         )
     )
+
+
+def ui(open_browser: bool) -> None:
+    """The web UI's address; opened in the default browser when there is one."""
+    url = f"{queen('run rbee apply to start one').url}/ui/"
+    out.print(url)
+    err.print(
+        Text(
+            "Sign in with the operator's credential (rbee key --operator) for the fleet's pages, and an API key "
+            "(rbee key) for the playground.",
+            style="dim",
+        )
+    )
+    if open_browser:
+        try:
+            webbrowser.get().open(url)
+        except webbrowser.Error:
+            err.print(Text("No browser here: open the address above in one.", style="dim"))
 
 
 def set_suspended(suspended: bool) -> None:
@@ -131,9 +164,14 @@ def infer(
     client = QueenClient(url, os.environ.get("RBEE_API_KEY") or home.admin_key(create=False))
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+    answered_by = ""
     try:
         for event in client.run_task(body):
             if event.is_comment:
+                for comment in event.comments:
+                    if comment.startswith("rbee-route "):
+                        route = json.loads(comment.removeprefix("rbee-route "))
+                        answered_by = f", {route['worker']} on hive {route['hive']}"
                 continue
             data = event.json()
             if event.name == "error":
@@ -141,7 +179,8 @@ def infer(
                 fail(f"Inference failed: {data.get('error')}")
             if data.get("done"):
                 sys.stdout.write("\n")
-                err.print(Text(f"[{data.get('total_tokens')} tokens, {data.get('finish_reason')}]", style="dim"))
+                ending = f"[{data.get('total_tokens')} tokens, {data.get('finish_reason')}{answered_by}]"
+                err.print(Text(ending, style="dim"))
                 return
             sys.stdout.write(data["token"])
             sys.stdout.flush()

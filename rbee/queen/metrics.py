@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from rbee.queen.admission import Admission
+from rbee.queen.traffic import Finished, Traffic
 
 request_log = logging.getLogger("rbee.requests")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -77,6 +78,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_Live(admission))
+        self.traffic = Traffic()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -109,11 +111,17 @@ def record(metrics: Metrics, exchange: Exchange) -> None:
     metrics.requests.labels(model, str(exchange.status)).inc()
     if exchange.tokens:
         metrics.tokens.labels(model).inc(exchange.tokens)
-    if exchange.first_byte is not None:
-        metrics.ttft.labels(model).observe(exchange.first_byte - exchange.started)
-        if exchange.tokens > 1:
-            metrics.token_latency.labels(model).observe((now - exchange.first_byte) / (exchange.tokens - 1))
-    ttft = round((exchange.first_byte - exchange.started) * 1000, 2) if exchange.first_byte else None
+    first = exchange.first_byte - exchange.started if exchange.first_byte is not None else None
+    between = (
+        (now - exchange.first_byte) / (exchange.tokens - 1) if exchange.first_byte and exchange.tokens > 1 else None
+    )
+    if first is not None:
+        metrics.ttft.labels(model).observe(first)
+    if between is not None:
+        metrics.token_latency.labels(model).observe(between)
+    ttft = round(first * 1000, 2) if first is not None else None
+    worker = f"{exchange.hive}/{exchange.worker}" if exchange.worker else None
+    metrics.traffic.add(Finished(time.time(), model, worker, exchange.status, exchange.tokens, first, between))
     request_log.info(
         json.dumps(
             {

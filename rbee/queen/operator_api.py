@@ -1,11 +1,14 @@
-"""The operator's API (the keeper, with the operator's credential): PUT /v2/spec, GET /v2/spec, GET /v2/status,
-GET /v2/route, GET /v2/events (+ follow), PUT /v2/reconcile, POST /v2/admin/shutdown; each hive's POST
-/v2/hives/{name}/heartbeat; and the open GET /health, /metrics, /openapi.json. Refusals come in rbee's wire
-error shape."""
+"""The operator's API (the keeper and the web UI, with the operator's credential): PUT /v2/spec, GET /v2/spec,
+GET /v2/status (+ follow), GET /v2/traffic, GET /v2/route, GET /v2/events (+ follow), PUT /v2/reconcile,
+POST /v2/admin/shutdown; each hive's POST /v2/hives/{name}/heartbeat; and the open GET /health, /metrics,
+/openapi.json. Refusals come in rbee's wire error shape."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import AsyncIterator
 
 import pydantic
 from starlette.requests import Request
@@ -17,11 +20,17 @@ from rbee.queen import docs, parts
 from rbee.queen.errors import ClientError, read_json, read_object
 from rbee.queen.fleet import UnknownHive
 from rbee.queen.scheduling import Ask, prefix_of
+from rbee.queen.traffic import BUCKET
 from rbee.spec import checks
 from rbee.spec.policy import PolicyError, PolicyRef
 from rbee.spec.schema import HiveFile
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+WATCH_TICK = 0.5
+"""How often a followed status is looked at: a worker's change reaches the page within half a second of the
+queen learning it (its hive sends a heartbeat at once on every worker change)."""
+KEEP_FRESH = 5.0
+_AGES = ("heartbeats", "observed_at")
 
 
 async def health(request: Request) -> Response:
@@ -80,36 +89,57 @@ async def get_spec(request: Request) -> Response:
 
 
 async def status(request: Request) -> Response:
+    """The fleet as the queen sees it; with `follow=1` an SSE stream of it, sent again whenever it changes (and
+    every KEEP_FRESH seconds, so heartbeat ages stay current): what the web UI's fleet page draws from."""
     queen = parts.of(request)
+    if request.query_params.get("follow") not in ("1", "true"):
+        return JSONResponse(snapshot(queen))
+    return StreamingResponse(_watch(queen), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _watch(queen: parts.Queen) -> AsyncIterator[bytes]:
+    last, sent = "", 0.0
+    while True:
+        now = time.monotonic()
+        current = snapshot(queen)
+        changed = json.dumps({k: v for k, v in current.items() if k not in _AGES}, sort_keys=True, default=str)
+        if changed != last or now - sent >= KEEP_FRESH:
+            yield f"data: {json.dumps(current, default=str)}\n\n".encode()
+            last, sent = changed, now
+        await asyncio.sleep(WATCH_TICK)
+
+
+def snapshot(queen: parts.Queen) -> dict[str, object]:
+    """The queen's view of the fleet, as `rbee status` and the web UI show it."""
     fleet, reconciler = queen.fleet, queen.reconciler
     observed = fleet.registry.observed
-    return JSONResponse(
-        {
-            "generation": fleet.generation,
-            "observed_at": fleet.registry.observed_at,
-            "hives": observed.model_dump(mode="json")["hives"] if observed else [],
-            "routes": [
-                {
-                    "worker": r.worker_id,
-                    "hive": r.hive,
-                    "model": r.model,
-                    "url": r.url,
-                    "in_flight": r.in_flight,
-                    "slots": r.slots,
-                }
-                for r in fleet.registry.routes.values()
-            ],
-            "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
-            "conditions": [condition.to_json() for condition in reconciler.conditions.values()] + _routing(queen),
-            "heartbeats": fleet.heartbeats.ages(time.monotonic()),
-            "reconcile": {
-                "interval": reconciler.interval,
-                "suspended": reconciler.suspended,
-                "passes": reconciler.passes,
-                "last": reconciler.last.to_json() if reconciler.last else None,
-            },
-        }
-    )
+    rates = queen.metrics.traffic.worker_rates()
+    return {
+        "generation": fleet.generation,
+        "observed_at": fleet.registry.observed_at,
+        "hives": observed.model_dump(mode="json")["hives"] if observed else [],
+        "routes": [
+            {
+                "worker": r.worker_id,
+                "hive": r.hive,
+                "model": r.model,
+                "url": r.url,
+                "in_flight": r.in_flight,
+                "slots": r.slots,
+                "tokens_per_s": rates.get(f"{r.hive}/{r.worker_id}", 0.0),
+            }
+            for r in fleet.registry.routes.values()
+        ],
+        "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
+        "conditions": [condition.to_json() for condition in reconciler.conditions.values()] + _routing(queen),
+        "heartbeats": fleet.heartbeats.ages(time.monotonic()),
+        "reconcile": {
+            "interval": reconciler.interval,
+            "suspended": reconciler.suspended,
+            "passes": reconciler.passes,
+            "last": reconciler.last.to_json() if reconciler.last else None,
+        },
+    }
 
 
 def _routing(queen: parts.Queen) -> list[dict[str, object]]:
@@ -142,6 +172,18 @@ async def explain(request: Request) -> Response:
     candidates, pick, reason = queen.admission.explain(Ask(model, query.get("hive"), None, prompt_chars, prefix))
     policy = queen.admission.policy.kind
     return JSONResponse({"model": model, "policy": policy, "candidates": candidates, "pick": pick, "reason": reason})
+
+
+async def traffic(request: Request) -> Response:
+    """The last ten minutes per model, one point per 10 s (queen/traffic.py), and the queues now."""
+    queen = parts.of(request)
+    return JSONResponse(
+        {
+            "bucket": BUCKET,
+            "models": queen.metrics.traffic.series(),
+            "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
+        }
+    )
 
 
 async def events(request: Request) -> Response:

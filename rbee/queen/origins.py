@@ -3,8 +3,8 @@ handler runs (an ASGI wrapper that reads only the request's headers, so relayed 
 
 - the Host header names an IP address, localhost, or a name in `queen.allowed_hosts`: a page on an attacker's
   domain that rebinds to this machine's address (DNS rebinding) is refused;
-- an Origin header, which browsers send and other clients do not, must be in `queen.cors_origins` (none by
-  default);
+- an Origin header, which browsers send and other clients do not, must be the queen's own (its web UI at /ui/,
+  served from the Host just checked) or in `queen.cors_origins` (none by default);
 - a POST or PUT carries JSON (`Content-Type: application/json`): a cross-site form or `text/plain` request, which
   a browser sends without asking, is refused.
 """
@@ -45,12 +45,18 @@ class BrowserGuard:
     def _refusal(self, scope: dict[str, Any]) -> tuple[int, str, str] | None:
         headers = dict(scope.get("headers") or ())
         spec = self.spec()
-        host = _host_name(headers.get(b"host", b"").decode("latin-1").lower())
+        host_header = headers.get(b"host", b"").decode("latin-1").lower()
+        host = _host_name(host_header)
         allowed = spec.queen.allowed_hosts if spec else ()
         if host and not (_is_address(host) or host in LOOPBACK_NAMES or host in allowed):
             return 421, f"this queen does not answer to the name {host}; add it to queen.allowed_hosts", "bad_host"
         origin = headers.get(b"origin")
-        if origin is not None and origin.decode("latin-1") not in (spec.queen.cors_origins if spec else ()):
+        own = f"{scope.get('scheme', 'http')}://{host_header}"
+        if (
+            origin is not None
+            and origin.decode("latin-1").lower() != own
+            and (origin.decode("latin-1") not in (spec.queen.cors_origins if spec else ()))
+        ):
             return 403, "requests from web pages are refused unless their origin is in queen.cors_origins", "origin"
         if scope.get("method") in ("POST", "PUT"):
             kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()

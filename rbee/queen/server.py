@@ -1,9 +1,10 @@
 """The queen's route table: each path, its handler, and the guard chain of its audience. Nothing else.
 
-- open: GET /health, /openapi.json
+- open: GET /health, /openapi.json, and the web UI's files under /ui/ (web_ui.py; they hold no data)
 - clients (an API key, OpenAI's error shape): the OpenAI API under /v1, rbee's task API under /v2/tasks, and
   GET /metrics; Anthropic's Messages API, POST /v1/messages, in Anthropic's error shape
-- the operator (its credential, rbee's wire error shape): /v2/spec, status, route, events, reconcile, shutdown
+- the operator (its credential, rbee's wire error shape): /v2/spec, status, traffic, route, events, reconcile,
+  shutdown
 - each hive (its own credential): POST /v2/hives/{name}/heartbeat
 
 Every request first passes the browser guard (origins.py): Host, Origin and Content-Type.
@@ -24,6 +25,7 @@ from rbee.queen import (
     rerank_api,
     responses_api,
     task_api,
+    web_ui,
 )
 from rbee.queen.asgi import RawSend
 from rbee.queen.errors import Handler
@@ -54,6 +56,9 @@ def create_app(queen: Queen) -> RawSend:
             route("/health", operator_api.health),
             route("/metrics", client(operator_api.metrics)),
             route("/openapi.json", operator_api.openapi),
+            route("/ui", web_ui.to_index),
+            route("/ui/", web_ui.page),
+            route("/ui/{name}", web_ui.page),
             route("/v1/models", client(openai_api.list_models)),
             route("/v1/chat/completions", client(openai_api.chat_completions), "POST"),
             route("/v1/completions", client(openai_api.completions), "POST"),
@@ -68,6 +73,7 @@ def create_app(queen: Queen) -> RawSend:
             route("/v2/spec", operator(operator_api.put_spec), "PUT"),
             route("/v2/spec", operator(operator_api.get_spec), "GET"),
             route("/v2/status", operator(operator_api.status)),
+            route("/v2/traffic", operator(operator_api.traffic)),
             route("/v2/route", operator(operator_api.explain)),
             route("/v2/events", operator(operator_api.events)),
             route("/v2/reconcile", operator(operator_api.reconcile), "PUT"),

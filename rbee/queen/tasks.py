@@ -107,8 +107,12 @@ async def run(dispatch: Dispatcher, task: Task, ask: Ask, key: Key | None, body:
     """Generate into `task`: cold-start comments while it waits for a worker, then the worker's events; a
     refusal or a worker's failure is the task's error event, and cancelling it ends it as cancelled."""
     exchange = Exchange(task.id, task.model, ask.key)
+    told: str | None = None
     try:
         async for chunk in relay_after_opening(dispatch, ask, key, body, exchange, wire.error_event):
+            if exchange.worker != told and exchange.hive is not None and exchange.worker is not None:
+                task.add(wire.route_comment(exchange.hive, exchange.worker))
+                told = exchange.worker
             task.add(chunk)
         task.add(b"", final=True)
     except asyncio.CancelledError:

@@ -101,7 +101,7 @@ def test_rbee_infer_streams_to_stdout(fleet: Fleet) -> None:
     result = fleet.rbee("infer", "--model", "smollm2", "Name a colour.", "--max-tokens", "6", "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
-    ended = re.search(r"\[(\d+) tokens, (length|stop)\]", result.stderr)
+    ended = re.search(r"\[(\d+) tokens, (length|stop), (w-\d+) on hive local\]", result.stderr)
     assert ended, (result.stdout, result.stderr)
     assert (int(ended[1]) == 6) == (ended[2] == "length") and int(ended[1]) <= 6, result.stderr
 

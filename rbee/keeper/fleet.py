@@ -40,7 +40,6 @@ from rbee.spec import checks, load, policy, schema
 
 LOCK_WAIT = 900.0
 """Seconds `rbee apply` and `rbee destroy` wait for the queen's reconcile pass (whose own deadline is shorter)."""
-DOWNLOAD_SIZE_TIMEOUT = 5.0
 """Seconds a plan waits for the Hub to tell the sizes of what it would fetch (it plans without them after)."""
 
 
@@ -97,7 +96,7 @@ def observe(spec: schema.HiveFile, home: Home, timeout: float) -> tuple[Observed
     retired = tuple(hive for hive in (previous.hives if previous else ()) if spec.hive(hive.name) is None)
     everything = spec.model_copy(update={"hives": spec.hives + retired})
     observed = observe_fleet.observe(everything, seen, timeout, credentials=home.credentials(create=False))
-    return observe_downloads.sizes(spec, observed, min(timeout, DOWNLOAD_SIZE_TIMEOUT)), retired
+    return observe_downloads.sizes(spec, observed, min(timeout, observe_downloads.SIZE_TIMEOUT)), retired
 
 
 def plan(

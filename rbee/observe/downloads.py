@@ -20,13 +20,22 @@ from rbee.api.state import DownloadSize, HiveStatus, ObservedState
 from rbee.spec.schema import HiveFile, ModelSpec
 from rbee.spec.source import CODE_SUFFIXES, SourceKind
 
+SIZE_TIMEOUT = 5.0
+"""The most a plan waits for the Hub to tell sizes."""
 MAX_PAGES = 50
 """Tree pages of one repo (the Hub pages its file lists); a bigger repo's size is not told."""
 _NEXT = re.compile(r'<([^>]+)>;\s*rel="next"')
 
 
-def sizes(spec: HiveFile, observed: ObservedState, timeout: float) -> ObservedState:
+def sizes(spec: HiveFile, observed: ObservedState, timeout: float = SIZE_TIMEOUT) -> ObservedState:
     """`observed` with the download size of every hf:// model that a hive of `spec` still has to fetch."""
+    if not _to_fetch(spec, observed):
+        return observed
+    return asyncio.run(sizes_async(spec, observed, timeout))
+
+
+async def sizes_async(spec: HiveFile, observed: ObservedState, timeout: float = SIZE_TIMEOUT) -> ObservedState:
+    """`sizes`, in a running event loop (the queen's plan for the web UI)."""
     wanted = _to_fetch(spec, observed)
     if not wanted:
         return observed
@@ -36,7 +45,7 @@ def sizes(spec: HiveFile, observed: ObservedState, timeout: float) -> ObservedSt
         return observed
     token = get_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    found = asyncio.run(_ask_all(wanted, constants.ENDPOINT.rstrip("/"), headers, timeout))
+    found = await _ask_all(wanted, constants.ENDPOINT.rstrip("/"), headers, timeout)
     return observed.model_copy(update={"downloads": tuple(found)})
 
 

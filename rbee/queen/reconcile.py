@@ -233,6 +233,13 @@ class Reconciler:
         self.fleet.saw(observed)
         return observed
 
+    async def look(self, spec: HiveFile) -> ObservedState:
+        """Observe the hives of `spec` without taking it as the fleet's state (a plan the web UI asks for), on a
+        connection pool of its own that closes with it."""
+        return await observe_fleet.observe_async(
+            spec, self.fleet.seen_hives(), OBSERVE_TIMEOUT, credentials=self.credentials
+        )
+
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:

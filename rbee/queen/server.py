@@ -3,7 +3,7 @@
 - open: GET /health, /openapi.json, and the web UI's files under /ui/ (web_ui.py; they hold no data)
 - clients (an API key, OpenAI's error shape): the OpenAI API under /v1, rbee's task API under /v2/tasks, and
   GET /metrics; Anthropic's Messages API, POST /v1/messages, in Anthropic's error shape
-- the operator (its credential, rbee's wire error shape): /v2/spec, status, traffic, route, events, reconcile,
+- the operator (its credential, rbee's wire error shape): /v2/spec, plan, status, traffic, route, events, reconcile,
   shutdown
 - each hive (its own credential): POST /v2/hives/{name}/heartbeat
 
@@ -22,6 +22,7 @@ from rbee.queen import (
     openai_api,
     operator_api,
     origins,
+    plan_api,
     rerank_api,
     responses_api,
     task_api,
@@ -74,6 +75,8 @@ def create_app(queen: Queen) -> RawSend:
             route("/v2/spec", operator(operator_api.get_spec), "GET"),
             route("/v2/status", operator(operator_api.status)),
             route("/v2/traffic", operator(operator_api.traffic)),
+            route("/v2/plan", operator(plan_api.plan), "POST"),
+            route("/v2/plan", operator(plan_api.current), "GET"),
             route("/v2/route", operator(operator_api.explain)),
             route("/v2/events", operator(operator_api.events)),
             route("/v2/reconcile", operator(operator_api.reconcile), "PUT"),

@@ -75,3 +75,29 @@ def test_the_followed_status_sends_the_fleet_at_once(client: TestClient) -> None
 def test_traffic_is_empty_before_any_request(client: TestClient) -> None:
     answer = client.get("/v2/traffic", headers=OPERATOR).json()
     assert answer["bucket"] == 10 and answer["models"] == {}
+
+
+def test_the_plan_page_plans_with_the_operators_credential_only(client: TestClient) -> None:
+    text = "hives: [{name: local, listen: '127.0.0.1:1'}]\nmodels: [{name: chat, source: 'file:///m/c.gguf'}]\n"
+    assert client.post("/v2/plan", json={"yaml": text}, headers=KEYED).status_code == 401
+    answer = client.post("/v2/plan", json={"yaml": text, "filename": "../../etc/lab.yaml"}, headers=OPERATOR)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["lines"][-1]["text"].startswith("Plan:") and body["spec"]["hives"][0]["name"] == "local"
+    assert any(line["symbol"] == "~" and "nothing listens" in line["text"] for line in body["lines"]), body["lines"]
+    assert body["not_applicable"] is None
+
+
+def test_a_bad_hive_yaml_is_every_problem_with_its_line(client: TestClient) -> None:
+    text = "hives: [{name: local, listen: '127.0.0.1:1'}]\nworkers:\n  - {model: chat, hive: local, replicas: x}\n"
+    answer = client.post("/v2/plan", json={"yaml": text, "filename": "lab.yaml"}, headers=OPERATOR)
+    assert answer.status_code == 400
+    problems = answer.json()["error"]["problems"]
+    assert problems and problems[0].startswith("lab.yaml:3:"), problems
+    assert client.post("/v2/plan", json={"text": text}, headers=OPERATOR).status_code == 400
+
+
+def test_a_routing_policy_file_is_planned_but_not_applied_from_a_page(client: TestClient) -> None:
+    text = "queen: {routing: route.py}\nhives: [{name: local, listen: '127.0.0.1:1'}]\n"
+    answer = client.post("/v2/plan", json={"yaml": text}, headers=OPERATOR).json()
+    assert "rbee apply" in answer["not_applicable"]

@@ -194,3 +194,35 @@ def test_a_killed_worker_turns_not_ready_without_a_reload(fleet: Fleet, page: pl
     print(f"the killed worker's row left Ready after {time.monotonic() - started:.1f} s")
     assert page.evaluate("window.notReloaded === true"), "the page reloaded"
     page.wait_for_selector('tr[data-worker][data-ready="true"]', timeout=120_000)  # the queen starts another
+
+
+def test_the_plan_page_plans_points_at_a_bad_line_and_applies_after_confirming(
+    fleet: Fleet, page: playwright.Page
+) -> None:
+    sign_in(page, f"{fleet.queen_url}/ui/#/plan", fleet.credentials().operator)
+    page.wait_for_function("() => document.querySelector('#spec').value.includes('smollm2')")
+    wrong = fleet.spec.read_text().replace("replicas: 1", "replicas: two")
+    line = next(number for number, text in enumerate(wrong.splitlines(), 1) if "replicas: two" in text)
+    page.fill("#spec", wrong)
+    page.click("#plan")
+    page.wait_for_selector(".problems li[data-line]")
+    problem = page.inner_text(".problems li")
+    assert f"hive.yaml:{line}:" in problem and "replicas" in problem, problem
+    assert page.get_attribute(".problems li", "data-line") == str(line)
+    assert "replicas: two" in page.inner_text(".problems pre.excerpt")
+    screenshot(page, "plan-problem")
+
+    page.fill("#spec", fleet.spec.read_text().replace("replicas: 1", "replicas: 2"))
+    page.click("#plan")
+    page.wait_for_selector("#plan-text")
+    plan = page.inner_text("#plan-text")
+    assert "~ start     workers smollm2 x1" in plan and "Plan: 0 to add, 1 to change, 0 to destroy." in plan, plan
+    screenshot(page, "plan")
+    page.click("#apply")
+    page.click("#apply-now")
+    page.wait_for_selector('#apply-state[data-converged="true"]', timeout=120_000)
+    status = json.loads(fleet.rbee("status", "--json").stdout)
+    running = [w for w in status["hives"][0]["state"]["workers"] if w["state"] in ("idle", "busy")]
+    assert len(running) == 2, status
+    reverted = fleet.rbee("apply", str(fleet.spec), "--yes")  # back to the file's one replica
+    assert reverted.returncode == 0, reverted.stdout + reverted.stderr

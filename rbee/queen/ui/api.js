@@ -38,21 +38,23 @@ export class Unauthorized extends Error {
 }
 
 export class Refused extends Error {
-  constructor(status, message) {
+  constructor(status, message, body) {
     super(message);
     this.status = status;
+    this.body = body;
   }
 }
 
 async function refusal(response) {
   let message = `${response.status} ${response.statusText}`;
+  let body = null;
   try {
-    const body = await response.json();
+    body = await response.json();
     message = body?.error?.message ?? body?.message ?? message;
   } catch {
     // not JSON: the status line says enough
   }
-  return new Refused(response.status, message);
+  return new Refused(response.status, message, body);
 }
 
 export async function call(role, path, { method = "GET", body, signal } = {}) {

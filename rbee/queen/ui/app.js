@@ -7,10 +7,11 @@ import * as events from "./events.js";
 import * as fleet from "./fleet.js";
 import * as metrics from "./metrics.js";
 import * as models from "./models.js";
+import * as plan from "./plan.js";
 import * as playground from "./playground.js";
 import * as routing from "./routing.js";
 
-const VIEWS = { fleet, models, playground, events, metrics, routing };
+const VIEWS = { fleet, models, playground, plan, events, metrics, routing };
 const view = document.getElementById("view");
 let leave = () => {};
 

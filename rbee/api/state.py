@@ -72,6 +72,9 @@ class CatalogEntry(Frozen):
     """False for a model someone put on the hive by hand: rbee never removes what it did not create."""
     kv_bytes_per_token: int | None = None
     """What one token of context costs in a gguf worker's KV cache (the file's header says); None when unknown."""
+    pinned: bool = False
+    """Fetched by the operator by hand (rbee models pull, the web UI's Pull): kept while hive.yaml names the model,
+    even on a hive where no worker uses it (the planner removes other unused models)."""
 
 
 class WorkerInfo(Frozen):

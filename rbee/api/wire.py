@@ -283,6 +283,12 @@ class ModelRequest(BaseModel):
     sha256: str | None = None
     kind: str = "text"
     code_files: Literal["skip", "fetch"] = "skip"
+    pinned: bool = False
+    """The operator asked for it by hand: the entry is kept while hive.yaml names the model (CatalogEntry)."""
+
+    def same_fetch(self, other: ModelRequest) -> bool:
+        """Whether `other` asks for the same bytes (a pin alone does not make another fetch)."""
+        return self.model_copy(update={"pinned": other.pinned}) == other
 
 
 class DownloadProgress(BaseModel):

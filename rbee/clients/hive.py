@@ -81,8 +81,9 @@ class HiveClient:
         _raise_for(response)
         return HiveState.model_validate_json(response.content)
 
-    async def add_model(self, model: ModelSpec, progress: OnProgress) -> dict[str, Any]:
-        """Put `model` in the hive's catalog; returns its catalog entry."""
+    async def add_model(self, model: ModelSpec, progress: OnProgress, pinned: bool = False) -> dict[str, Any]:
+        """Put `model` in the hive's catalog; returns its catalog entry. `pinned`: the operator asked for it by
+        hand, and the entry stays while hive.yaml names the model (CatalogEntry.pinned)."""
         body = wire.ModelRequest(
             name=model.name,
             source=model.source,
@@ -90,10 +91,11 @@ class HiveClient:
             sha256=model.sha256,
             kind=str(model.kind),
             code_files=model.code_files,
+            pinned=pinned,
         )
-        async with self._client.stream(
-            "POST", "/v1/models", content=body.model_dump_json(), timeout=PROGRESS_TIMEOUT
-        ) as response:
+        # A pin only when there is one: a hive of an older rbee refuses fields it does not know.
+        content = body.model_dump_json(exclude={"pinned"} if not pinned else None)
+        async with self._client.stream("POST", "/v1/models", content=content, timeout=PROGRESS_TIMEOUT) as response:
             if response.status_code != 200:
                 await response.aread()
                 _raise_for(response)

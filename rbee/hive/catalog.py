@@ -42,6 +42,8 @@ MIGRATIONS: list[list[str]] = [
             ended_at REAL
         )""",
     ],
+    # pinned: fetched by the operator by hand (rbee models pull, the web UI's Pull); see CatalogEntry.pinned
+    ["ALTER TABLE models ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0"],
 ]
 
 
@@ -56,6 +58,7 @@ class ModelRecord:
     sha256: str | None
     managed: bool
     owns_files: bool
+    pinned: bool = False
 
     def entry(self) -> CatalogEntry:
         return CatalogEntry(
@@ -65,6 +68,7 @@ class ModelRecord:
             size_bytes=self.size_bytes,
             sha256=self.sha256,
             managed=self.managed,
+            pinned=self.pinned,
         )
 
 
@@ -94,7 +98,8 @@ class Catalog:
 
     def models(self) -> list[ModelRecord]:
         rows = self._db.execute(
-            "SELECT name, source, format, kind, path, size_bytes, sha256, managed, owns_files FROM models ORDER BY name"
+            "SELECT name, source, format, kind, path, size_bytes, sha256, managed, owns_files, pinned FROM models"
+            " ORDER BY name"
         ).fetchall()
         return [
             ModelRecord(
@@ -107,6 +112,7 @@ class Catalog:
                 sha256=row[6],
                 managed=bool(row[7]),
                 owns_files=bool(row[8]),
+                pinned=bool(row[9]),
             )
             for row in rows
         ]
@@ -117,7 +123,7 @@ class Catalog:
     def put_model(self, record: ModelRecord) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO models (name, source, format, kind, path, size_bytes, sha256, managed, owns_files,"
-            " added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " pinned, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.name,
                 record.source,
@@ -128,9 +134,13 @@ class Catalog:
                 record.sha256,
                 int(record.managed),
                 int(record.owns_files),
+                int(record.pinned),
                 time.time(),
             ),
         )
+
+    def pin(self, name: str) -> None:
+        self._db.execute("UPDATE models SET pinned = 1 WHERE name = ?", (name,))
 
     def delete_model(self, name: str) -> None:
         self._db.execute("DELETE FROM models WHERE name = ?", (name,))

@@ -19,6 +19,8 @@ KEEP_ALIVE = 15.0
 class ProvisionJob:
     def __init__(self, body: wire.ModelRequest) -> None:
         self.body = body
+        self.pinned = body.pinned
+        """Some request for this fetch came from the operator by hand: the entry is pinned (CatalogEntry)."""
         self.latest: bytes | None = None
         """The newest progress frame (a listener that attaches late needs only that)."""
         self.final: bytes | None = None

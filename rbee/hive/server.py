@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -172,6 +173,7 @@ def create_app(hive: Hive) -> Starlette:
         if users:
             return error(409, f"model {name} is used by workers {', '.join(users)}; stop them first", "in_use")
         hive.catalog.delete_model(name)
+        hive.heartbeat.changed()  # the queen's view of the catalog is its last heartbeat
         hive.supervisor.forget_parked(name)
         if record.owns_files:
             folder = hive.config.models_dir / name
@@ -277,8 +279,10 @@ def _job_for(hive: Hive, body: wire.ModelRequest) -> ProvisionJob | None:
     if job is None or job.finished:
         job = hive.jobs[body.name] = ProvisionJob(body)
         job.task = asyncio.create_task(_run_job(hive, job), name=f"provision {body.name}")
-    elif job.body != body:
+    elif not job.body.same_fetch(body):
         return None
+    if body.pinned:
+        job.pinned = True
     return job
 
 
@@ -301,6 +305,10 @@ async def _fetch(hive: Hive, job: ProvisionJob) -> bytes:
     body = job.body
     existing = hive.catalog.model(body.name)
     if existing and existing.source == body.source and (body.sha256 in (None, existing.sha256)):
+        if job.pinned and not existing.pinned:
+            hive.catalog.pin(body.name)
+            hive.heartbeat.changed()
+            existing = hive.catalog.model(body.name) or existing
         return wire.sse({"done": True, "entry": existing.entry().model_dump(), "already": True})
     loop = asyncio.get_running_loop()
     last_sent = 0.0
@@ -322,7 +330,10 @@ async def _fetch(hive: Hive, job: ProvisionJob) -> bytes:
         return wire.error_event(f"model {body.name}: {failure}", "provision_failed")
     if existing and existing.owns_files and existing.path != record.path:
         await asyncio.to_thread(_remove_tree, Path(existing.path))
+    pinned = job.pinned or bool(existing and existing.pinned)
+    record = dataclasses.replace(record, pinned=pinned)
     hive.catalog.put_model(record)
+    hive.heartbeat.changed()
     return wire.sse({"done": True, "entry": record.entry().model_dump()})
 
 

@@ -58,7 +58,7 @@ def pull(model: str, hive: str, file: Path | None) -> None:
 
             reporter.begin(change)
             try:
-                return await client.add_model(wanted, progress)
+                return await client.add_model(wanted, progress, pinned=True)
             finally:
                 await client.close()
 

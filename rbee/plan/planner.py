@@ -135,6 +135,10 @@ def _plan_hive(
     for entry in catalog:
         if entry.name in needed or not entry.managed:
             continue
+        if entry.pinned and entry.name in models:
+            reason = f"pulled by hand ({human_size(entry.size_bytes)}); kept while hive.yaml names it"
+            yield model_change(name, entry.name, Action.NOTHING, Symbol.NOTHING, reason)
+            continue
         reason = f"not used by any worker in hive.yaml; frees {human_size(entry.size_bytes)}"
         requires = tuple(stops_by_model.get(entry.name, ()))
         yield model_change(name, entry.name, Action.REMOVE_MODEL, Symbol.DESTROY, reason, requires)

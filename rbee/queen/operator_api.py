@@ -131,6 +131,7 @@ def snapshot(queen: parts.Queen) -> dict[str, object]:
             for r in fleet.registry.routes.values()
         ],
         "queues": {model: queen.admission.queue_depth(model) for model in queen.admission.lanes},
+        "fetches": reconciler.fetches.current(),
         "conditions": [condition.to_json() for condition in reconciler.conditions.values()] + _routing(queen),
         "heartbeats": fleet.heartbeats.ages(time.monotonic()),
         "reconcile": {
@@ -172,6 +173,19 @@ async def explain(request: Request) -> Response:
     candidates, pick, reason = queen.admission.explain(Ask(model, query.get("hive"), None, prompt_chars, prefix))
     policy = queen.admission.policy.kind
     return JSONResponse({"model": model, "policy": policy, "candidates": candidates, "pick": pick, "reason": reason})
+
+
+async def policy(request: Request) -> Response:
+    """The routing policy in force: its kind, and for a policy file its name and text."""
+    active = parts.of(request).admission.policy
+    return JSONResponse(
+        {
+            "kind": active.kind,
+            "name": active.name if active.source else None,
+            "source": active.source,
+            "disabled": active.disabled,
+        }
+    )
 
 
 async def traffic(request: Request) -> Response:

@@ -30,9 +30,10 @@ from rbee.observe import fleet as observe_fleet
 from rbee.observe import hives as observe_hives
 from rbee.plan import backoff, planner
 from rbee.plan import conditions as cond
-from rbee.plan.actions import Change, Plan
+from rbee.plan.actions import Action, Change, Plan
 from rbee.queen.autoscale import Autoscaler
 from rbee.queen.events import EventLog
+from rbee.queen.fetches import Fetch, Fetches
 from rbee.queen.fleet import Fleet
 from rbee.spec.schema import HiveFile
 
@@ -72,8 +73,11 @@ class EventReporter:
 
     def __init__(self, reconciler: Reconciler) -> None:
         self.reconciler = reconciler
+        self.fetching: dict[str, Fetch] = {}
 
     def begin(self, change: Change) -> None:
+        if change.action in (Action.ADD_MODEL, Action.REPLACE_MODEL) and change.model:
+            self.fetching[change.id] = self.reconciler.fetches.begin(change.hive, change.model, "reconcile")
         key = cond.change_key(change)
         self.reconciler.conditions[key] = cond.applying(
             self.reconciler.conditions.get(key), change.hive, change.target, change.reason, time.time()
@@ -81,9 +85,14 @@ class EventReporter:
         self.reconciler.events.record("apply", f"{change.hive}/{change.target}", f"{change.action}: {change.reason}")
 
     def progress(self, change: Change, event: Progress) -> None:
-        pass
+        fetch = self.fetching.get(change.id)
+        if fetch is not None:
+            Fetches.progress(fetch, event)
 
     def end(self, change: Change, error: str | None) -> None:
+        fetch = self.fetching.pop(change.id, None)
+        if fetch is not None:
+            Fetches.end(fetch, error)
         outcome = f"{change.action} failed: {error}" if error else f"{change.action} done"
         self.reconciler.events.record("failed" if error else "applied", f"{change.hive}/{change.target}", outcome)
 
@@ -109,6 +118,8 @@ class Reconciler:
         self.wheel_dir = wheel_dir
         self.backoff = backoff.Record({}, {})
         self.conditions: dict[str, cond.Condition] = {}
+        self.fetches = Fetches()
+        """Models being fetched now, by a pass or by the operator: what the web UI's progress bars show."""
         self.last: PassSummary | None = None
         self.passes = 0
         self.generation = 0

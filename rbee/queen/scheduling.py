@@ -191,6 +191,8 @@ class Policy:
     ) -> None:
         self.kind = kind
         self.name = name
+        self.source = source if kind is PolicyKind.FILE else None
+        """A policy file's text, as the operator wrote it (the web UI shows it; it is never run from here)."""
         self._user: UserPolicy | None = None
         self._turn: dict[str, int] = {}
         self._rings: dict[tuple[str, str | None], Ring] = {}

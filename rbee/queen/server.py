@@ -3,8 +3,8 @@
 - open: GET /health, /openapi.json, and the web UI's files under /ui/ (web_ui.py; they hold no data)
 - clients (an API key, OpenAI's error shape): the OpenAI API under /v1, rbee's task API under /v2/tasks, and
   GET /metrics; Anthropic's Messages API, POST /v1/messages, in Anthropic's error shape
-- the operator (its credential, rbee's wire error shape): /v2/spec, plan, status, traffic, route, events, reconcile,
-  shutdown
+- the operator (its credential, rbee's wire error shape): /v2/spec, plan, models, status, traffic, route, events,
+  reconcile, shutdown
 - each hive (its own credential): POST /v2/hives/{name}/heartbeat
 
 Every request first passes the browser guard (origins.py): Host, Origin and Content-Type.
@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from rbee.queen import (
     anthropic_api,
     auth,
+    catalog_api,
     errors,
     openai_api,
     operator_api,
@@ -76,8 +77,11 @@ def create_app(queen: Queen) -> RawSend:
             route("/v2/status", operator(operator_api.status)),
             route("/v2/traffic", operator(operator_api.traffic)),
             route("/v2/plan", operator(plan_api.plan), "POST"),
+            route("/v2/models/{model}/pull", operator(catalog_api.pull), "POST"),
+            route("/v2/models/{model}", operator(catalog_api.remove), "DELETE"),
             route("/v2/plan", operator(plan_api.current), "GET"),
             route("/v2/route", operator(operator_api.explain)),
+            route("/v2/route/policy", operator(operator_api.policy)),
             route("/v2/events", operator(operator_api.events)),
             route("/v2/reconcile", operator(operator_api.reconcile), "PUT"),
             route("/v2/admin/shutdown", operator(operator_api.shutdown), "POST"),

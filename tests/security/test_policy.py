@@ -58,6 +58,8 @@ def test_the_queen_takes_no_policy_code_and_runs_only_its_own_copy(tmp_path: Pat
         applied = client.put("/v2/spec", json={"spec": spec, "source": "x", "policy": named})
         assert applied.status_code == 200, applied.text
         assert client.get("/v2/route", params={"model": "m"}).json()["policy"] == "file"
+        shown = client.get("/v2/route/policy").json()  # the web UI's routing page shows the file it runs
+        assert shown == {"kind": "file", "name": "route.py", "source": POLICY, "disabled": None}
         client.portal.call(daemon.close, queen)  # type: ignore[union-attr]
     stored = daemon.build(tmp_path, CREDENTIALS)
     assert stored.store.policy() == policy.ref(POLICY, "route.py"), "stored with the spec"

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.fleet import Fleet, make_fleet
-from tests.models import SMOLLM2_SOURCE
+from tests.hub import Hub
+from tests.models import SMOLLM2_SOURCE, tiny_gguf
+from tests.servers import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
@@ -42,8 +44,19 @@ FIRST_LOAD_BYTES = 300_000
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    fleet = make_fleet(tmp_path_factory.mktemp("ui"), SMOLLM2_SOURCE)
+def hub() -> Iterator[str]:
+    """A local Hub that serves one 2.4 MB model slowly (64 KiB every 50 ms): a download whose bar can be seen."""
+    slow = Hub(repos={"lab/slow": {"big.gguf": tiny_gguf(600_000)}}, slow={"lab/slow/big.gguf"})
+    with serve(slow.app()) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, hub: str) -> Iterator[Fleet]:
+    fleet = make_fleet(tmp_path_factory.mktemp("ui"), SMOLLM2_SOURCE, env={"HF_ENDPOINT": hub})
+    # A model no worker uses: nothing fetches it until the page pulls it.
+    slowpoke = "  - {name: slowpoke, source: 'hf://lab/slow/big.gguf', idle_timeout: 0}\nworkers:\n"
+    fleet.spec.write_text(fleet.spec.read_text().replace("workers:\n", slowpoke))
     applied = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     yield fleet
@@ -174,12 +187,38 @@ def test_events_metrics_and_routing_draw_the_queens_data(fleet: Fleet, page: pla
     page.wait_for_selector("section.model-metrics[data-model=smollm2] svg.chart")  # the playground's requests
     screenshot(page, "metrics")
     page.goto(f"{fleet.queen_url}/ui/#/routing")
+    page.wait_for_selector("#policy-name")
+    assert page.inner_text("#policy-name") == "prefix", "the default policy for a model with replicas"
     page.fill("#route-model", "smollm2")
     page.fill("#route-prompt", "Hello there")
     page.click("form.explain button[type=submit]")
     page.wait_for_selector("#pick")
     assert page.inner_text("#pick").startswith("local/w-") or "w-" in page.inner_text("#pick")
     screenshot(page, "routing")
+
+
+def test_a_pull_shows_its_progress_and_a_model_in_use_is_not_removed(fleet: Fleet, page: playwright.Page) -> None:
+    sign_in(page, f"{fleet.queen_url}/ui/#/models", fleet.credentials().operator)
+    page.wait_for_selector("#pull-model option[value=slowpoke]", state="attached")
+    page.select_option("#pull-model", "slowpoke")
+    page.click("#pull")
+    bar = 'tr[data-fetch="local/slowpoke"][data-state=fetching] progress[value]'
+    page.wait_for_selector(bar, timeout=10_000)
+    first = float(page.get_attribute(bar, "value") or 0)
+    page.wait_for_function(
+        f"() => Number(document.querySelector('{bar}')?.getAttribute('value') ?? Infinity) > {first}", timeout=10_000
+    )
+    screenshot(page, "models-pulling")
+    page.wait_for_selector('tr[data-fetch="local/slowpoke"][data-state=done]', timeout=30_000)
+    page.wait_for_selector("table.catalog tr[data-model=slowpoke]", timeout=10_000)  # pinned: no pass removes it
+
+    page.click('button[data-remove="local/smollm2"]')
+    page.click('button[data-confirm-remove="local/smollm2"]')
+    page.wait_for_selector(".notice.error")
+    refusal = page.inner_text(".notice.error")
+    cli = fleet.rbee("models", "rm", "smollm2", "--hive", "local", "--file", str(fleet.spec))
+    assert cli.returncode == 1 and refusal in cli.stderr + cli.stdout, (refusal, cli.stdout, cli.stderr)
+    assert page.locator("table.catalog tr[data-model=smollm2]").count() == 1
 
 
 def test_a_killed_worker_turns_not_ready_without_a_reload(fleet: Fleet, page: playwright.Page) -> None:

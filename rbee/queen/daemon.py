@@ -96,9 +96,12 @@ async def poll(queen: Queen, interval: float) -> None:
 
 
 async def watch_streams(queen: Queen) -> None:
+    """Once a second: end streams gone idle, and note queue depths for the web UI's charts."""
     while True:
         await asyncio.sleep(1.0)
         queen.dispatch.watch()
+        admission = queen.admission
+        queen.metrics.traffic.sample_queues({model: admission.queue_depth(model) for model in admission.lanes})
 
 
 async def close(queen: Queen) -> None:

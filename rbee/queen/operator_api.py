@@ -114,8 +114,10 @@ def snapshot(queen: parts.Queen) -> dict[str, object]:
     fleet, reconciler = queen.fleet, queen.reconciler
     observed = fleet.registry.observed
     rates = queen.metrics.traffic.worker_rates()
+    hives = fleet.spec.hives if fleet.spec else ()
     return {
         "generation": fleet.generation,
+        "connections": {hive.name: f"{hive.describe_connection()}, {hive.api_url}" for hive in hives},
         "observed_at": fleet.registry.observed_at,
         "hives": observed.model_dump(mode="json")["hives"] if observed else [],
         "routes": [

@@ -43,7 +43,13 @@ def _percentile(values: list[float], fraction: float) -> float | None:
 class Traffic:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._records: deque[Finished] = deque(maxlen=MAX_RECORDS)
+        self._queues: deque[tuple[float, dict[str, int]]] = deque(maxlen=int(WINDOW) * 2)
+        """Queue depths per model, sampled once a second (only while some queue is not empty)."""
         self._clock = clock
+
+    def sample_queues(self, depths: dict[str, int]) -> None:
+        if any(depths.values()):
+            self._queues.append((self._clock(), depths))
 
     def add(self, finished: Finished) -> None:
         self._records.append(finished)
@@ -67,7 +73,7 @@ class Traffic:
     def series(self) -> dict[str, list[dict[str, float | int | None]]]:
         """Per model, one point per BUCKET seconds over the window, oldest first: requests/s, refusals (429 and
         503: full queues, nothing to serve on), cancels (499: the client went away), errors (other failures),
-        TTFT and inter-token latency percentiles in milliseconds."""
+        TTFT and inter-token latency percentiles in milliseconds, and the deepest its queue was."""
         now = self._clock()
         self._expire(now)
         points = int(WINDOW // BUCKET)
@@ -77,10 +83,19 @@ class Traffic:
             index = int((record.at - start) // BUCKET)
             if 0 <= index < points:
                 grouped.setdefault(record.model, [[] for _ in range(points)])[index].append(record)
-        return {
-            model: [_point(start + i * BUCKET, bucket) for i, bucket in enumerate(buckets)]
-            for model, buckets in grouped.items()
-        }
+        deepest: dict[str, list[int]] = {}
+        for at, depths in self._queues:
+            index = int((at - start) // BUCKET)
+            if 0 <= index < points:
+                for model, depth in depths.items():
+                    column = deepest.setdefault(model, [0] * points)
+                    column[index] = max(column[index], depth)
+        series: dict[str, list[dict[str, float | int | None]]] = {}
+        for model in grouped.keys() | deepest.keys():
+            buckets = grouped.get(model) or [[] for _ in range(points)]
+            queued = deepest.get(model) or [0] * points
+            series[model] = [{**_point(start + i * BUCKET, buckets[i]), "queued_max": queued[i]} for i in range(points)]
+        return series
 
 
 def _point(at: float, records: list[Finished]) -> dict[str, float | int | None]:

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -76,10 +77,14 @@ def page(browser: playwright.Browser) -> Iterator[playwright.Page]:
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     opened = context.new_page()
     errors: list[str] = []
+    asked: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("request", lambda request: asked.append(request.url))
     yield opened
     context.close()
     assert not errors, f"the page threw: {errors}"
+    elsewhere = [url for url in asked if urlsplit(url).hostname != "127.0.0.1"]
+    assert asked and not elsewhere, f"the page asked something other than its queen: {elsewhere}"
 
 
 def sign_in(page: playwright.Page, url: str, secret: str) -> None:
@@ -134,6 +139,7 @@ def test_the_fleet_shows_the_worker_ready_and_a_first_load_is_small(fleet: Fleet
     row = page.inner_text(f'tr[data-worker="{worker["id"]}"]')
     assert "smollm2" in row and "gguf" in row and "Ready" in row
     assert "Ready: Converged" in page.inner_text("section.hive[data-hive=local]")
+    assert page.inner_text("section.hive[data-hive=local] .connection") == f"local, {fleet.hive_url}"
     print(
         f"RESULT ui_first_load shown_ms={shown_ms:.0f} kb={moved / 1000:.1f} "
         f"target_met={'yes' if shown_ms < 1000 and moved < FIRST_LOAD_BYTES else 'no'}"

@@ -60,3 +60,17 @@ def test_the_window_holds_a_bounded_number_of_requests() -> None:
     for _ in range(MAX_RECORDS + 10):
         traffic.add(finished(clock.now))
     assert len(traffic._records) == MAX_RECORDS
+
+
+def test_the_deepest_queue_of_each_bucket_is_kept() -> None:
+    clock = Clock(10_000.0)
+    traffic = Traffic(clock)
+    traffic.sample_queues({"chat": 0})  # nothing queued: nothing kept
+    assert traffic.series() == {}
+    for depth in (3, 7, 2):
+        clock.now += 1
+        traffic.sample_queues({"chat": depth})
+    clock.now += 1
+    points = traffic.series()["chat"]
+    assert points[-1]["queued_max"] == 7 and points[-1]["requests_per_s"] == 0
+    assert all(point["queued_max"] == 0 for point in points[:-1])

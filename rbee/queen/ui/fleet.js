@@ -58,6 +58,7 @@ function hiveSection(hive, snapshot) {
       " ",
       h("span", { class: `badge ${hive.status === "running" ? "good" : "bad"}` }, hive.status),
     ),
+    h("p", { class: "dim connection" }, snapshot.connections?.[hive.name] ?? ""),
     h(
       "p",
       { class: "dim" },

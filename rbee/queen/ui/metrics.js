@@ -54,6 +54,7 @@ export function mount(view, context) {
               chart("Tokens/s", points, ["tokens_per_s"], "/s"),
               chart("TTFT", points, ["ttft_p50_ms", "ttft_p95_ms"], "ms"),
               chart("Inter-token latency", points, ["itl_p50_ms", "itl_p95_ms"], "ms"),
+              chart("Queue depth (deepest)", points, ["queued_max"], "requests"),
               chart("Refused, failed, cancelled", points, ["refused", "errors", "cancelled"], "requests"),
             ),
           ),

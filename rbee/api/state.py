@@ -36,11 +36,13 @@ class WorkerState(StrEnum):
 
 class WorkerShape(NamedTuple):
     """How each worker of a group is sized; None leaves it to the backend: requests served at once from one
-    model load, tokens of context per slot, and the engine's compute threads."""
+    model load, tokens of context per slot, and the engine's compute threads; and how long it may take to load
+    (None: the hive's default, 10 minutes)."""
 
     slots: int | None = None
     context: int | None = None
     threads: int | None = None
+    load_timeout: float | None = None
 
 
 BACKEND_SHAPE = WorkerShape()

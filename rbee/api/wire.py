@@ -334,6 +334,8 @@ class WorkersRequest(BaseModel):
     slots: Annotated[int, Field(ge=1, le=256)] | None = None
     context: Annotated[int, Field(ge=256, le=1048576)] | None = None
     threads: Annotated[int, Field(ge=1, le=256)] | None = None
+    load_timeout: Annotated[float, Field(gt=0, le=86400)] | None = None
+    """Seconds the workers may take to load before they count as failed (None: the hive's default)."""
 
 
 class HeartbeatSubscription(BaseModel):

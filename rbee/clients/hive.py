@@ -138,11 +138,14 @@ class HiveClient:
             slots=shape.slots,
             context=shape.context,
             threads=shape.threads,
+            load_timeout=shape.load_timeout,
         )
-        response = await self._client.post("/v1/workers", content=body.model_dump_json())
+        # Unset fields left out: a hive of an older rbee refuses fields it does not know.
+        response = await self._client.post("/v1/workers", content=body.model_dump_json(exclude_none=True))
         _raise_for(response)
         ids: list[str] = response.json()["workers"]
-        deadline = time.monotonic() + timeout
+        # The hive fails a worker at its load timeout; wait a little past that, to read the hive's own sentence.
+        deadline = time.monotonic() + (shape.load_timeout + 30.0 if shape.load_timeout else timeout)
         while True:
             state = await self.state()
             workers = {worker.id: worker for worker in state.workers}

@@ -4,9 +4,10 @@ command-line program."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -43,6 +44,10 @@ def error_text(response: httpx.Response) -> str:
         return str(error["message"] if isinstance(error, dict) else error)
     except (ValueError, KeyError, TypeError):
         return f"HTTP {response.status_code}"
+
+
+TASK_SILENCE = 60.0
+"""The longest `run_task` waits for a byte: four of the task stream's keep-alives."""
 
 
 class QueenClient:
@@ -147,17 +152,27 @@ class QueenClient:
             return False
         return True
 
-    def run_task(self, body: dict[str, Any]) -> Iterator[sse.Event]:
-        """Create a task (`POST /v2/tasks`, with this client's credential as the API key) and stream its events."""
-        timeout = httpx.Timeout(30.0, read=None)
+    def run_task(
+        self, body: dict[str, Any], created: Callable[[str], None] = lambda task_id: None
+    ) -> Iterator[sse.Event]:
+        """Create a task (`POST /v2/tasks`, with this client's credential as the API key), tell `created` its id
+        and stream its events. The queen says something every 15 s; a minute of silence is an error."""
+        timeout = httpx.Timeout(30.0, read=TASK_SILENCE)
         try:
             with httpx.Client(
                 base_url=self.url, headers=self.headers, timeout=timeout, trust_env=False, verify=tls.context()
             ) as client:
-                created = client.post("/v2/tasks", json=body)
-                if created.status_code != 201:
-                    raise QueenCallError(error_text(created), created.status_code)
-                with client.stream("GET", created.json()["events"]) as events:
+                answer = client.post("/v2/tasks", json=body)
+                if answer.status_code != 201:
+                    raise QueenCallError(error_text(answer), answer.status_code)
+                created(answer.json()["task_id"])
+                with client.stream("GET", answer.json()["events"]) as events:
                     yield from sse.events(events.iter_bytes())
+        except httpx.ReadTimeout:
+            raise QueenCallError(f"the queen sent nothing for {TASK_SILENCE:g} s") from None
         except httpx.HTTPError as error:
             raise QueenCallError(str(error) or type(error).__name__) from None
+
+    def cancel_task(self, task_id: str) -> None:
+        """End a task on the queen (and its generation on the worker)."""
+        self._call("DELETE", f"/v2/tasks/{quote(task_id, safe='')}", timeout=5.0)

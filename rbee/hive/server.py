@@ -192,7 +192,7 @@ def create_app(hive: Hive) -> Starlette:
                 body.device,
                 body.replicas,
                 body.at_most,
-                WorkerShape(body.slots, body.context, body.threads),
+                WorkerShape(body.slots, body.context, body.threads, body.load_timeout),
             )
         except SupervisorError as failure:
             return error(422, str(failure), "unsupported")

@@ -55,6 +55,8 @@ class Worker:
     """Health probes in a row this worker did not answer in time."""
     slots: int = 1
     """Requests it serves at once, as it reported when ready."""
+    load_timeout: float = LOAD_TIMEOUT
+    """How long it may load before it counts as failed (hive.yaml's workers[].load_timeout)."""
 
     @property
     def group(self) -> WorkerGroup:
@@ -183,7 +185,9 @@ class Supervisor:
                 "--parent-pid",
                 str(os.getpid()),
             ]
-            for flag, value in zip(("--slots", "--context", "--threads"), shape, strict=True):
+            for flag, value in zip(
+                ("--slots", "--context", "--threads"), (shape.slots, shape.context, shape.threads), strict=True
+            ):
                 if value is not None:
                     command += [flag, str(value)]
             if self.token is not None:
@@ -212,6 +216,7 @@ class Supervisor:
                 process=process,
                 log_path=log_path,
                 started=time.monotonic(),
+                load_timeout=shape.load_timeout or LOAD_TIMEOUT,
             )
             self.workers[worker_id] = worker
             self.catalog.record_worker(
@@ -331,8 +336,8 @@ class Supervisor:
                 code = worker.process.poll()
                 if code is not None and worker.state in (WorkerState.LOADING, WorkerState.IDLE, WorkerState.BUSY):
                     self._fail(worker, f"the process exited with code {code}{_last_line(worker.log_path)}")
-                elif worker.state is WorkerState.LOADING and time.monotonic() - worker.started > LOAD_TIMEOUT:
-                    self._fail(worker, f"not ready after {LOAD_TIMEOUT:.0f} s")
+                elif worker.state is WorkerState.LOADING and time.monotonic() - worker.started > worker.load_timeout:
+                    self._fail(worker, f"not ready after {worker.load_timeout:g} s (workers[].load_timeout)")
             if time.monotonic() - probed >= PROBE_INTERVAL and (probing is None or probing.done()):
                 # Probes run beside this loop: a frozen worker's probe waits out its timeout while exits of
                 # other workers are still seen within 0.2 s. A frozen worker is failed within about

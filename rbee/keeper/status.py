@@ -8,8 +8,9 @@ import os
 import sys
 import webbrowser
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import typer
 from rich.text import Text
 
 from rbee.clients.queen import QueenCallError, QueenClient
@@ -109,6 +110,18 @@ def ui(open_browser: bool) -> None:
             err.print(Text("No browser here: open the address above in one.", style="dim"))
 
 
+def _cancelled(client: QueenClient, started: list[str]) -> NoReturn:
+    """Ctrl+C during `rbee infer`: end the task on the queen, so its worker stops generating, and exit 130."""
+    sys.stdout.write("\n")
+    if started:
+        try:
+            client.cancel_task(started[0])
+        except QueenCallError as error:
+            fail(f"Interrupted; cancelling the task failed ({error}), it ends at its worker's time limit.", 130)
+    err.print(Text("Interrupted: the task is cancelled.", style="dim"))
+    raise typer.Exit(130)
+
+
 def set_suspended(suspended: bool) -> None:
     client = queen()
     try:
@@ -165,8 +178,9 @@ def infer(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     answered_by = ""
+    started: list[str] = []
     try:
-        for event in client.run_task(body):
+        for event in client.run_task(body, started.append):
             if event.is_comment:
                 for comment in event.comments:
                     if comment.startswith("rbee-route "):
@@ -184,6 +198,8 @@ def infer(
                 return
             sys.stdout.write(data["token"])
             sys.stdout.flush()
+    except KeyboardInterrupt:
+        _cancelled(client, started)
     except QueenCallError as error:
         if error.status is not None:
             fail(f"The queen refused: {error}")

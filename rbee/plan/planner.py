@@ -10,6 +10,8 @@ import gc
 from collections import defaultdict
 from collections.abc import Generator, Iterable, Iterator
 
+from packaging.version import InvalidVersion, Version
+
 from rbee import __version__
 from rbee.api.state import (
     CatalogEntry,
@@ -165,6 +167,14 @@ def _plan_daemon(
         if state.version == version:
             yield hive_change(name, Action.NOTHING, Symbol.NOTHING, f"already running rbee {version}")
             return ()
+        if _newer(state.version, version):
+            # Never a silent downgrade: the hive stays as it is (and serves), the operator upgrades the keeper.
+            reason = (
+                f"runs rbee {state.version}, newer than this rbee {version}; upgrade rbee here "
+                f"(pip install -U 'rbee=={state.version}') rather than downgrade the hive"
+            )
+            yield hive_change(name, Action.WAIT, Symbol.BLOCKED, reason)
+            return ()
         reason = f"runs rbee {state.version}; upgrade to {version} and restart the daemon"
         upgrade = hive_change(name, Action.INSTALL_HIVE, Symbol.CHANGE, reason, step="install")
         yield upgrade
@@ -184,6 +194,14 @@ def _plan_daemon(
     yield install
     yield start
     return (install.id, start.id)
+
+
+def _newer(running: str, ours: str) -> bool:
+    """Whether a hive's rbee is a later release than this one (a version that does not parse is not newer)."""
+    try:
+        return Version(running) > Version(ours)
+    except InvalidVersion:
+        return False
 
 
 def _listing(folders: tuple[str, ...]) -> str:

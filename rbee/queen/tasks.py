@@ -58,7 +58,10 @@ class Task:
                 sent += 1
             if self.finished:
                 return
-            await waiter.wait()
+            try:
+                await asyncio.wait_for(waiter.wait(), KEEP_ALIVE)
+            except TimeoutError:
+                yield b": keep-alive\n\n"  # a reader can bound its wait: silence means the queen is gone
 
     async def cancel(self) -> None:
         if self.runner is not None and not self.finished:
@@ -68,6 +71,10 @@ class Task:
             except asyncio.CancelledError:
                 if not self.runner.done():
                     raise  # the caller was cancelled itself
+
+
+KEEP_ALIVE = 15.0
+"""A task's stream says something at least this often, so a reader can tell a slow answer from a dead queen."""
 
 
 class TaskStore:

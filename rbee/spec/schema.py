@@ -329,10 +329,15 @@ class WorkerSpec(Strict):
         "every core). Fewer leave cores to the worker's serving loop and to other workers on the host. Applies to "
         "workers started after it changes.",
     )
+    load_timeout: Annotated[Seconds, Field(gt=0)] | None = Field(
+        default=None,
+        description="How long a worker may take to load its model before the hive counts it failed and says so "
+        "(default 10 min; a 70B model from a slow disk may need more).",
+    )
 
     @property
     def shape(self) -> WorkerShape:
-        return WorkerShape(self.slots, self.context, self.threads)
+        return WorkerShape(self.slots, self.context, self.threads, self.load_timeout)
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self) -> WorkerSpec:

@@ -204,3 +204,29 @@ def test_workers_get_the_engine_threads_hive_yaml_gives(
     assert given == {1, 2}
     refused = client.post("/v1/workers", json={"model": "smol", "threads": 0})
     assert refused.status_code == 400 and "threads" in refused.text, refused.text
+
+
+def test_a_worker_that_does_not_load_in_its_load_timeout_fails_with_the_setting_named(
+    tmp_path: Path, smollm2: Path
+) -> None:
+    """workers[].load_timeout: a worker still loading when it runs out is failed by its hive, with a sentence
+    that names the setting, and its process ends (the synthetic engine takes 30 s to load here)."""
+    env = {**os.environ, "RBEE_SYNTHETIC_LOAD_SECONDS": "30"}
+    with hive_daemon(tmp_path / "slow", "slow", env=env, model_dirs=(str(smollm2.parent),)) as (client, _):
+        assert client.post("/v1/models", json={"name": "smol", "source": f"file://{smollm2}"}).status_code == 200
+        body = {"model": "smol", "backend": "synthetic", "replicas": 1, "load_timeout": 2}
+        started = client.post("/v1/workers", json=body)
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 20
+        while True:
+            (worker,) = client.get("/v1/state").json()["workers"]
+            if worker["state"] == "failed":
+                break
+            assert worker["state"] == "loading" and time.monotonic() < deadline, worker
+            time.sleep(0.2)
+        assert worker["reason"] == "not ready after 2 s (workers[].load_timeout)", worker
+        pid = int(worker["pid"])
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(pid), "the failed worker's process lives on"

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +192,28 @@ def test_zz_destroy_leaves_no_process(fleet: Fleet) -> None:
     assert "No rbee process remains." in result.stdout
     assert fleet.ours() == []
     assert not (Path(fleet.root) / "hive" / "hive.pid").exists()
+
+
+def test_ctrl_c_in_rbee_infer_cancels_the_task_and_exits_130(fleet: Fleet) -> None:
+    command = [sys.executable, "-m", "rbee", "infer", "-m", "smollm2", "--max-tokens", "2000", "--temperature", "0"]
+    with subprocess.Popen(
+        [*command, "Count from 1 to 1000, separated by commas."],
+        env=fleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    ) as infer:
+        assert infer.stdout is not None
+        first = infer.stdout.read(8)  # tokens are streaming
+        assert first, "no tokens came"
+        infer.send_signal(signal.SIGINT)
+        out, err = infer.communicate(timeout=15)
+    assert infer.returncode == 130, (first + out, err)
+    assert b"Interrupted: the task is cancelled." in err, err
+    deadline = time.monotonic() + 5
+    while any(
+        route["in_flight"]
+        for route in httpx.get(f"{fleet.queen_url}/v2/status", headers=fleet.operator).json()["routes"]
+    ):
+        assert time.monotonic() < deadline, "the cancelled task still holds its worker"
+        time.sleep(0.1)

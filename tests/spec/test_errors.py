@@ -22,6 +22,12 @@ workers:
 CASES = [
     # (id, document, expected "file:line:col: field", expected words in the message)
     (
+        "zero-load-timeout",
+        BASE + "    load_timeout: 0\n",
+        "hive.yaml:9:19: workers[0].load_timeout",
+        "",
+    ),
+    (
         "zero-threads",
         BASE + "    threads: 0\n",
         "hive.yaml:9:14: workers[0].threads",
@@ -272,3 +278,9 @@ def test_durations_accept_units() -> None:
     spec = load.loads("queen: {reconcile_interval: 2m, heartbeat_interval: 500ms}\n" + BASE)
     assert spec.queen.reconcile_interval == 120.0
     assert spec.queen.heartbeat_interval == 0.5
+
+
+def test_a_load_timeout_travels_with_the_workers_shape() -> None:
+    spec = load.loads(BASE + "    load_timeout: 20m\n")
+    assert spec.workers[0].shape.load_timeout == 1200.0
+    assert load.loads(BASE).workers[0].shape.load_timeout is None, "unset: the hive's default (10 minutes)"

@@ -9,7 +9,9 @@ words do); a request ends at max_tokens, at a stop string, or when it is cancell
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from itertools import cycle
 
@@ -18,6 +20,9 @@ from rbee.worker.backends import BackendError, Generation, text_pieces
 
 RATE = 40.0
 """Tokens a second per request: about a 7B model's decode speed on one consumer GPU."""
+LOAD_SECONDS = "RBEE_SYNTHETIC_LOAD_SECONDS"
+"""An environment variable (of the hive, hence its workers): seconds each load takes, to rehearse a big model's
+load (cold starts under load, the hive's load timeout). Unset: the load is instant."""
 SLOTS = 8
 
 
@@ -31,8 +36,12 @@ class SyntheticBackend:
         self._loaded = False
 
     def load(self, progress: Callable[[float], None]) -> None:
+        seconds = float(os.environ.get(LOAD_SECONDS) or 0)
+        steps = max(1, int(seconds * 4))
+        for step in range(1, steps + 1):
+            time.sleep(seconds / steps)
+            progress(step / steps)
         self._loaded = True
-        progress(1.0)
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
         return "\n".join(f"{message.role}: {message.content or ''}" for message in messages), ()

@@ -13,7 +13,7 @@ CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGM
 export CMAKE_ARGS
 endif
 
-.PHONY: demo test lint unit bench clean
+.PHONY: demo test lint unit bench clean system
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "rbee needs Python 3.11 or newer"'
@@ -44,7 +44,11 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/oxlint --deny-warnings -D correctness -D suspicious rbee/queen/ui
 
-test: lint
+# The system packages the tests drive (sshd hosts, systemd, chromium): installed on Debian or Ubuntu as root.
+system:
+	@scripts/system-packages
+
+test: system lint
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -11,7 +11,8 @@ import typer
 
 from rbee import __version__
 from rbee.clients import tls
-from rbee.keeper import fleet, models, status
+from rbee.keeper import fleet, models, render, status
+from rbee.keeper import logs as keeper_logs
 from rbee.keeper.home import Home, SecretError
 from rbee.keeper.render import err, out
 from rbee.observe.hives import DEFAULT_TIMEOUT
@@ -99,6 +100,31 @@ def ui(
 ) -> None:
     """Open the queen's web UI (fleet, models, playground, events, metrics, routing) in the default browser."""
     status.ui(not no_browser)
+
+
+@app.command("logs")
+def logs_command(
+    what: Annotated[str, typer.Argument(help="queen, hive or worker.")],
+    name: Annotated[str | None, typer.Argument(help="The hive's name, or the worker's id (w-3).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl+C.")] = False,
+    since: Annotated[str | None, typer.Option(help="Only lines from this long ago on: 30s, 10m, 2h.")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many of the last lines.")] = 200,
+    hive: Annotated[str | None, typer.Option(help="The worker's hive (asked of the queen when not given).")] = None,
+    file: Annotated[Path | None, typer.Option(help="hive.yaml; defaults to the spec applied last.")] = None,
+) -> None:
+    """Show the queen's, a hive's or a worker's log; a remote hive's through its own API, no SSH session."""
+    if what == "queen":
+        keeper_logs.queen(follow, since, lines)
+    elif what == "hive":
+        if name is None:
+            render.fail("rbee logs hive NAME: name the hive.")
+        keeper_logs.remote(name, None, follow, since, lines, file)
+    elif what == "worker":
+        if name is None:
+            render.fail("rbee logs worker ID: name the worker (rbee status lists them).")
+        keeper_logs.remote(hive, name, follow, since, lines, file)
+    else:
+        render.fail(f"rbee logs {what}: say queen, hive NAME or worker ID.")
 
 
 @app.command()

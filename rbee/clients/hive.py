@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,25 @@ class HiveClient:
                     log.debug("a progress event of an unknown shape from hive %s: %s", self.hive.name, data)
         raise HiveCallError(f"hive {self.hive.name} ended the download of {model.name} without finishing")
 
+    async def logs(self, worker: str | None, lines: int, since: float | None) -> list[str]:
+        """The hive daemon's last log lines, or one of its workers'."""
+        response = await self._client.get("/v1/logs", params=_log_query(worker, lines, since))
+        _raise_for(response)
+        found: list[str] = response.json()["lines"]
+        return found
+
+    async def follow_logs(self, worker: str | None, lines: int, since: float | None) -> AsyncIterator[str]:
+        """The last lines, then each new one as the hive writes it; the hive says keep-alive every 15 s, so a
+        minute of silence is a hive gone."""
+        query = {**_log_query(worker, lines, since), "follow": "1"}
+        async with self._client.stream("GET", "/v1/logs", params=query, timeout=PROGRESS_TIMEOUT) as response:
+            if response.status_code != 200:
+                await response.aread()
+                _raise_for(response)
+            async for event in sse.aevents(response.aiter_bytes()):
+                if not event.is_comment:
+                    yield str(event.json()["line"])
+
     async def remove_model(self, name: str) -> None:
         _raise_for(await self._client.delete(f"/v1/models/{name}"))
 
@@ -187,6 +206,15 @@ class HiveClient:
         response = await self._client.post(f"/v1/workers/{worker_id}/stop", timeout=60.0)
         if response.status_code != 404:  # already gone is what we wanted
             _raise_for(response)
+
+
+def _log_query(worker: str | None, lines: int, since: float | None) -> dict[str, str]:
+    query = {"lines": str(lines)}
+    if worker is not None:
+        query["worker"] = worker
+    if since is not None:
+        query["since"] = str(since)
+    return query
 
 
 def _raise_for(response: httpx.Response) -> None:

@@ -147,6 +147,10 @@ class Catalog:
 
     # workers
 
+    def knows_worker(self, worker_id: str) -> bool:
+        """Whether this hive ever started a worker of that id (its log may outlive it)."""
+        return self._db.execute("SELECT 1 FROM workers WHERE id = ?", (worker_id,)).fetchone() is not None
+
     def next_worker_seq(self) -> int:
         return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM workers").fetchone()[0])
 

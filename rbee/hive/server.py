@@ -30,7 +30,7 @@ from rbee.api.hive_config import PID_NAME, HiveConfig
 from rbee.api.state import CatalogEntry, HiveState, WorkerShape
 from rbee.clients import tls
 from rbee.hive import config as hive_config
-from rbee.hive import detect, gguf, provision
+from rbee.hive import detect, gguf, logs_api, provision
 from rbee.hive.catalog import Catalog, ModelRecord
 from rbee.hive.heartbeat import Heartbeat
 from rbee.hive.jobs import ProvisionJob
@@ -250,6 +250,9 @@ def create_app(hive: Hive) -> Starlette:
         hive.heartbeat.subscribe(body.url, body.interval)
         return JSONResponse({"url": body.url, "interval": body.interval})
 
+    async def get_logs(request: Request) -> Response:
+        return await logs_api.read(request, hive.config.logs_dir, hive.catalog)
+
     async def shutdown(request: Request) -> Response:
         hive.stop_soon()
         return JSONResponse({"state": "stopping"}, 202)
@@ -258,6 +261,7 @@ def create_app(hive: Hive) -> Starlette:
         routes=[
             Route("/health", health),
             Route("/v1/state", guarded(get_state)),
+            Route("/v1/logs", guarded(get_logs)),
             Route("/v1/models", guarded(add_model), methods=["POST"]),
             Route("/v1/models/{name}", guarded(remove_model), methods=["DELETE"]),
             Route("/v1/workers", guarded(start_workers), methods=["POST"]),

@@ -229,6 +229,16 @@ def load(runtime: Runtime) -> None:
             runtime.server.should_exit = True
         return
     runtime.set_state(WorkerState.IDLE)
+    log.info(
+        "%s serves %s on %s (%s, %s, %d slots), loaded in %.1f s",
+        options.worker_id,
+        options.model,
+        options.port,
+        runtime.engine.name,
+        runtime.engine.device,
+        runtime.slots,
+        time.monotonic() - started,
+    )
     hive.ready(
         wire.ReadyReport(
             port=options.port,

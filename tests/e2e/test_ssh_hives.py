@@ -145,6 +145,16 @@ def test_hives_and_workers_off_this_machine_speak_only_tls(fleet: Fleet, machine
             httpx.get(f"https://{node1.address}:{port}/health", timeout=5)  # the system's CAs: not ours
 
 
+def test_rbee_logs_reads_a_remote_hives_and_workers_logs_without_ssh(fleet: Fleet) -> None:
+    hive = fleet.rbee("logs", "hive", "node2", "--file", str(fleet.spec))
+    assert hive.returncode == 0 and "started w-" in hive.stdout, hive.stdout + hive.stderr
+    status = json.loads(fleet.rbee("status", "--json").stdout)
+    (node2,) = [h for h in status["hives"] if h["name"] == "node2"]
+    worker_id = node2["state"]["workers"][0]["id"]
+    worker = fleet.rbee("logs", "worker", worker_id, "--hive", "node2", "--file", str(fleet.spec))
+    assert worker.returncode == 0 and f"{worker_id} serves smollm2" in worker.stdout, worker.stdout + worker.stderr
+
+
 def test_a_second_apply_changes_nothing(fleet: Fleet) -> None:
     result = fleet.rbee("apply", str(fleet.spec), "--yes")
     assert result.returncode == 0 and "No changes. Live state matches hive.yaml." in result.stdout

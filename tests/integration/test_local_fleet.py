@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -217,3 +218,39 @@ def test_ctrl_c_in_rbee_infer_cancels_the_task_and_exits_130(fleet: Fleet) -> No
     ):
         assert time.monotonic() < deadline, "the cancelled task still holds its worker"
         time.sleep(0.1)
+
+
+def test_rbee_logs_shows_the_queens_the_hives_and_a_workers_log(fleet: Fleet) -> None:
+    queen = fleet.rbee("logs", "queen", "-n", "500")
+    assert queen.returncode == 0 and "queen listening on" in queen.stdout, queen.stderr
+    hive = fleet.rbee("logs", "hive", "local", "--file", str(fleet.spec))
+    assert hive.returncode == 0 and re.search(r"started w-\d+ for smollm2", hive.stdout), hive.stdout + hive.stderr
+    worker_id = json.loads(fleet.rbee("status", "--json").stdout)["hives"][0]["state"]["workers"][0]["id"]
+    worker = fleet.rbee("logs", "worker", worker_id, "--file", str(fleet.spec))
+    assert worker.returncode == 0 and f"{worker_id} serves smollm2" in worker.stdout, worker.stdout + worker.stderr
+    recent = fleet.rbee("logs", "hive", "local", "--since", "1s", "--file", str(fleet.spec))
+    assert recent.returncode == 0 and len(recent.stdout) < len(hive.stdout), "--since leaves older lines out"
+    unknown = fleet.rbee("logs", "worker", "w-999", "--hive", "local", "--file", str(fleet.spec))
+    assert unknown.returncode == 1 and "no worker w-999 was ever started on this hive" in unknown.stderr
+
+
+def test_rbee_logs_follows_new_lines_until_interrupted(fleet: Fleet) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "rbee", "logs", "queen", "-f", "-n", "0"],
+        env=fleet.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as following:
+        time.sleep(1.0)  # it has read to the end and follows
+        asked = fleet.rbee("infer", "-m", "smollm2", "--max-tokens", "3", "Hi")
+        assert asked.returncode == 0, asked.stderr
+        assert following.stdout is not None
+        readable, _, _ = select.select([following.stdout], [], [], 15)
+        assert readable, "rbee logs -f printed nothing new within 15 s"
+        line = following.stdout.readline()  # the request's log line, written after the follow began
+        following.send_signal(signal.SIGINT)
+        following.communicate(timeout=10)
+    assert "rbee.requests" in line and '"model": "smollm2"' in line, line
+    assert following.returncode == 0

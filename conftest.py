@@ -34,6 +34,15 @@ def tiny_llama_gguf(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) 
     return convert(tiny_llama, tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf")
 
 
+TEST001_SCENARIOS = 62
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`@test001-N` on a scenario in features/ names the original rbee's test-001 scenario N it covers."""
+    for number in range(1, TEST001_SCENARIOS + 1):
+        config.addinivalue_line("markers", f"test001-{number}: covers scenario {number} of the original test-001")
+
+
 _EXIT_STATUS: list[int] = []
 
 

@@ -12,6 +12,7 @@ import typer
 from rbee import __version__
 from rbee.clients import tls
 from rbee.keeper import fleet, models, render, status
+from rbee.keeper import infer as keeper_infer
 from rbee.keeper import logs as keeper_logs
 from rbee.keeper.home import Home, SecretError
 from rbee.keeper.render import err, out
@@ -158,9 +159,12 @@ def infer(
     seed: Annotated[int | None, typer.Option()] = None,
     system: Annotated[str | None, typer.Option(help="A system message.")] = None,
     queen: Annotated[str | None, typer.Option(help="The queen's URL; defaults to the one rbee apply started.")] = None,
+    retries: Annotated[
+        int, typer.Option(min=0, max=20, help="Ask a busy fleet again this many times (after 1, 2, 4 ... s).")
+    ] = 0,
 ) -> None:
     """Stream an answer from MODEL through the queen (API key from $RBEE_API_KEY when the queen needs one)."""
-    status.infer(prompt, model, max_tokens, temperature, seed, system, queen)
+    keeper_infer.infer(prompt, model, max_tokens, temperature, seed, system, queen, retries)
 
 
 @app.command()

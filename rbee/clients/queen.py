@@ -22,10 +22,12 @@ TIMEOUT = 10.0
 class QueenCallError(Exception):
     """The queen did not answer, or refused; the message is what it said (or why it could not be asked)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         """The HTTP status of a refusal; None when the queen could not be reached."""
+        self.retry_after = retry_after
+        """Seconds the queen said to wait before asking again (429 and 503 say it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,13 @@ def error_text(response: httpx.Response) -> str:
 
 TASK_SILENCE = 60.0
 """The longest `run_task` waits for a byte: four of the task stream's keep-alives."""
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
 
 
 class QueenClient:
@@ -164,7 +173,7 @@ class QueenClient:
             ) as client:
                 answer = client.post("/v2/tasks", json=body)
                 if answer.status_code != 201:
-                    raise QueenCallError(error_text(answer), answer.status_code)
+                    raise QueenCallError(error_text(answer), answer.status_code, _retry_after(answer))
                 created(answer.json()["task_id"])
                 with client.stream("GET", answer.json()["events"]) as events:
                     yield from sse.events(events.iter_bytes())

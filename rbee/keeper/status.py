@@ -4,13 +4,11 @@ reconcile loop, and answers (`rbee infer`)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import webbrowser
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import typer
 from rich.text import Text
 
 from rbee.clients.queen import QueenCallError, QueenClient
@@ -110,18 +108,6 @@ def ui(open_browser: bool) -> None:
             err.print(Text("No browser here: open the address above in one.", style="dim"))
 
 
-def _cancelled(client: QueenClient, started: list[str]) -> NoReturn:
-    """Ctrl+C during `rbee infer`: end the task on the queen, so its worker stops generating, and exit 130."""
-    sys.stdout.write("\n")
-    if started:
-        try:
-            client.cancel_task(started[0])
-        except QueenCallError as error:
-            fail(f"Interrupted; cancelling the task failed ({error}), it ends at its worker's time limit.", 130)
-    err.print(Text("Interrupted: the task is cancelled.", style="dim"))
-    raise typer.Exit(130)
-
-
 def set_suspended(suspended: bool) -> None:
     client = queen()
     try:
@@ -160,47 +146,3 @@ def route(model: str, explain: bool, hive: str | None, prompt_chars: int, prompt
     except QueenCallError as error:
         fail(unreachable(client, error))
     render.route(answer, explain)
-
-
-def infer(
-    prompt: str,
-    model: str,
-    max_tokens: int,
-    temperature: float,
-    seed: int | None,
-    system: str | None,
-    url: str | None,
-) -> None:
-    """Stream an answer through the queen's task API, with the API key from $RBEE_API_KEY, else the admin key."""
-    home = Home.default()
-    url = url or str((home.queen() or {}).get("url") or DEFAULT_QUEEN)
-    client = QueenClient(url, os.environ.get("RBEE_API_KEY") or home.admin_key(create=False))
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
-    answered_by = ""
-    started: list[str] = []
-    try:
-        for event in client.run_task(body, started.append):
-            if event.is_comment:
-                for comment in event.comments:
-                    if comment.startswith("rbee-route "):
-                        route = json.loads(comment.removeprefix("rbee-route "))
-                        answered_by = f", {route['worker']} on hive {route['hive']}"
-                continue
-            data = event.json()
-            if event.name == "error":
-                sys.stdout.write("\n")
-                fail(f"Inference failed: {data.get('error')}")
-            if data.get("done"):
-                sys.stdout.write("\n")
-                ending = f"[{data.get('total_tokens')} tokens, {data.get('finish_reason')}{answered_by}]"
-                err.print(Text(ending, style="dim"))
-                return
-            sys.stdout.write(data["token"])
-            sys.stdout.flush()
-    except KeyboardInterrupt:
-        _cancelled(client, started)
-    except QueenCallError as error:
-        if error.status is not None:
-            fail(f"The queen refused: {error}")
-        fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")

@@ -56,10 +56,17 @@ def require_text_model(queen: parts.Queen, model: str) -> None:
     require_kind(queen, model, ModelKind.TEXT)
 
 
+def unknown_model(queen: parts.Queen, model: str) -> ClientError:
+    """The 404 for a model hive.yaml does not name, with those it serves (what GET /v1/models lists)."""
+    served = queen.fleet.served_models()
+    offer = f"; this fleet serves {', '.join(served)}" if served else "; this fleet serves no model yet"
+    return ClientError(404, f"the model {model} does not exist{offer}", code="model_not_found", param="model")
+
+
 def require_kind(queen: parts.Queen, model: str, kind: ModelKind) -> None:
     found = queen.fleet.model_kind(model)
     if found is None:
-        raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
+        raise unknown_model(queen, model)
     if found is not kind:
         article = "an" if found is ModelKind.EMBEDDING else "a"
         raise ClientError(

@@ -12,6 +12,7 @@ from rbee.api import wire
 from rbee.queen import parts
 from rbee.queen.auth import ADMIN_KEY
 from rbee.queen.errors import ClientError, invalid, read_object
+from rbee.queen.openai_api import unknown_model
 from rbee.queen.scheduling import Ask, prefix_of
 from rbee.queen.tasks import Task
 
@@ -32,7 +33,7 @@ async def create_task(request: Request) -> Response:
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
     if queen.fleet.model_kind(model) is None:
-        raise ClientError(404, f"the model {model} does not exist", code="model_not_found", param="model")
+        raise unknown_model(queen, model)
     task = Task(task_id, model, key.name if key else None)
     queen.tasks.add(task)
     texts = [m.content or "" for m in execute.messages] if execute.messages is not None else [execute.prompt or ""]

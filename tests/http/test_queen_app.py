@@ -63,7 +63,7 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
             "cannot be combined",
         ),
         ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, 400, "json_schema.schema"),
-        ({**CHAT, "model": "ghost"}, 404, "the model ghost does not exist"),
+        ({**CHAT, "model": "ghost"}, 404, "the model ghost does not exist; this fleet serves chat, other"),
         (CHAT, 503, "no worker of model chat is ready"),
     ],
 )

@@ -341,7 +341,7 @@ def test_the_anthropic_client_gets_errors_in_anthropic_shape(fleet: Fleet) -> No
             claude.messages.create(model="nope", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
         assert missing.value.body == {
             "type": "error",
-            "error": {"type": "not_found_error", "message": "the model nope does not exist"},
+            "error": {"type": "not_found_error", "message": "the model nope does not exist; this fleet serves smollm2"},
         }
         tool = {"name": "f", "description": "x"}  # no input_schema
         with pytest.raises(anthropic.BadRequestError, match=r"tools\[0\] needs a name and an input_schema"):

@@ -155,7 +155,7 @@ def test_the_fleet_shows_the_worker_ready_and_a_first_load_is_small(fleet: Fleet
 def test_the_playground_streams_an_answer_and_cancel_stops_it(fleet: Fleet, page: playwright.Page) -> None:
     sign_in(page, f"{fleet.queen_url}/ui/#/playground", fleet.api_key)
     page.wait_for_selector("#model option[value=smollm2]", state="attached")
-    page.fill("#prompt", "Count from 1 to 500, separated by commas.")
+    page.fill("#prompt", "Write a very long story about a bee named Beatrice.")
     page.fill("#temperature", "0")
     page.fill("#max-tokens", "1500")
     page.fill("#seed", "7")

@@ -1,5 +1,6 @@
 Feature: Cold start: from an empty machine to tokens streamed through the queen
 
+  @test001-7 @test001-51
   Scenario: rbee apply brings up a worker and the queen streams its answer
     Given no workers are registered
     And a hive.yaml that asks for 1 worker of "smollm2" on the local hive

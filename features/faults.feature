@@ -3,6 +3,7 @@ Feature: The queen keeps the fleet converged while processes fail
   Background:
     Given a fleet of 1 "smollm2" worker applied with a reconcile interval of 2 seconds and heartbeats every second
 
+  @test001-39
   Scenario: A worker killed mid-stream ends its stream with an error and is replaced
     When a client streams a long answer and the worker is killed mid-stream
     Then the client gets an error event within 2 seconds
@@ -16,6 +17,7 @@ Feature: The queen keeps the fleet converged while processes fail
     And the hive kills the frozen worker and reports why within 20 seconds
     And a new worker serves requests within one reconcile interval of its load time
 
+  @test001-29
   Scenario: A killed hive takes its workers with it and the queen brings both back
     When the hive daemon is killed with SIGKILL
     Then its workers exit within 5 seconds
@@ -32,16 +34,19 @@ Feature: The queen keeps the fleet converged while processes fail
     Then both are refused with a reason
     And the spec generation and the worker are unchanged
 
+  @test001-26
   Scenario: A target that keeps failing backs off and shows Degraded with its error
     When hive.yaml asks for a worker the hive cannot start
     Then rbee status shows that target Degraded with the hive's error
     And the queen retries it with growing gaps
 
+  @test001-45 @test001-48
   Scenario: An idle worker is parked and the next request starts it again
     Given the model's idle timeout is 3 seconds
     Then the worker is parked and its process gone within 10 seconds
     And a streaming request cold-starts a worker, showing its progress, and succeeds
 
+  @test001-46
   Scenario: A hive that misses 3 heartbeats is taken out of routing and comes back by itself
     Given the hive sends heartbeats to the queen
     When the hive daemon is frozen with SIGSTOP

@@ -54,10 +54,10 @@ def nothing_runs(world: World, hive: str) -> None:
 
 
 @given(parsers.parse('hive "{hive}" runs model "{model}" with {count:d} idle workers'))
-def hive_runs(world: World, hive: str, model: str, count: int) -> None:
+def hive_runs(world: World, hive: str, model: str, count: int, version: str = __version__) -> None:
     state: dict[str, Any] = {
         "name": hive,
-        "version": __version__,
+        "version": version,
         "catalog": [{"name": model, "source": f"file:///models/{model}.gguf", "format": "gguf"}],
         "workers": [
             {"id": f"w-{i}", "model": model, "backend": "gguf", "state": "idle", "port": 8001 + i} for i in range(count)
@@ -68,6 +68,11 @@ def hive_runs(world: World, hive: str, model: str, count: int) -> None:
         return JSONResponse(state)
 
     world.stack.enter_context(serve(Starlette(routes=[Route("/v1/state", get_state)]), world.port))
+
+
+@given(parsers.parse('hive "{hive}" runs rbee {version} with model "{model}" and {count:d} idle workers'))
+def hive_runs_version(world: World, hive: str, version: str, model: str, count: int) -> None:
+    hive_runs(world, hive, model, count, version)
 
 
 @when("I run rbee plan with --detailed-exitcode")
@@ -113,3 +118,12 @@ def ends_with(world: World, line: str) -> None:
 def exits_with(world: World, code: int) -> None:
     assert world.result is not None
     assert world.result.returncode == code, world.result.stderr
+
+
+@then(parsers.parse('the plan waits on hive "{hive}", naming rbee {theirs} and this rbee\'s version'))
+def waits_naming_versions(world: World, hive: str, theirs: str) -> None:
+    line = next(
+        line for line in output(world).splitlines() if f"hive {hive} " in line and line.lstrip().startswith("!")
+    )
+    assert f"runs rbee {theirs}, newer than this rbee {__version__}" in line, line
+    assert "upgrade rbee here" in line and "rather than downgrade the hive" in line, line

@@ -42,7 +42,7 @@ Feature: rbee's CLI fails with one clear sentence and the right exit code, and c
     And stderr says authentication failed and names RBEE_API_KEY
     And the queen's request log shows no task answered with that key
 
-  @test001-35 @test001-41
+  @test001-11 @test001-35 @test001-41
   Scenario: rbee infer retries a busy fleet, then gives up clearly
     Given a long streaming request holds the only smollm2 worker
     When I run rbee infer -m "smollm2" "Hello" with --retries 2

@@ -10,6 +10,7 @@ Feature: The queen keeps the fleet converged while processes fail
     And a new worker serves requests within one reconcile interval of its load time
     And rbee status shows the workers Ready
 
+  @test001-47
   Scenario: A worker frozen mid-stream ends its stream with an error and is killed and replaced
     Given the queen's stream idle timeout is 3 seconds
     When a client streams a long answer and the worker is frozen mid-stream

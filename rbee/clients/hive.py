@@ -171,14 +171,16 @@ class HiveClient:
             failed = [workers[i] for i in ids if i in workers and workers[i].state is WorkerState.FAILED]
             if failed:
                 reasons = "; ".join(f"{worker.id}: {worker.reason}" for worker in failed)
-                raise HiveCallError(f"worker failed to start ({reasons})")
+                logs = f"rbee logs worker {failed[0].id} --hive {self.hive.name}"
+                raise HiveCallError(f"worker failed to start ({reasons}); its log: {logs}")
             ready = [i for i in ids if i in workers and workers[i].state in (WorkerState.IDLE, WorkerState.BUSY)]
             loading = [p for i in ids if i in workers and (p := workers[i].progress) is not None]
             progress(Readiness(len(ready), len(ids), min(loading) if loading else None))
             if len(ready) == len(ids):
                 return ids
             if time.monotonic() > deadline:
-                raise HiveCallError(f"workers {', '.join(ids)} were not ready after {timeout:.0f} s")
+                waited = shape.load_timeout + 30.0 if shape.load_timeout else timeout
+                raise HiveCallError(f"workers {', '.join(ids)} were not ready after {waited:.0f} s")
             await asyncio.sleep(0.2)
 
     async def shutdown(self, seconds: float = 20.0) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bars
 from rich.text import Text
 
 from rbee.api import wire
+from rbee.api.units import human_size
 from rbee.clients.hive import Progress, Readiness
 from rbee.plan.actions import Change
 from rbee.plan.render import VERBS
@@ -33,6 +36,7 @@ class ConsoleReporter:
         )
         self.tasks: dict[str, TaskID] = {}
         self.shown: dict[str, float] = {}
+        self.started: dict[str, float] = {}
         self.failed = 0
         self.done = 0
 
@@ -60,6 +64,8 @@ class ConsoleReporter:
         if isinstance(event, wire.DownloadProgress):
             if task is not None:
                 self.bars.update(task, completed=event.bytes, total=event.total or None)
+            else:
+                self._download_line(change, event)
         elif isinstance(event, Readiness):
             loading = f", loading {event.loading:.0%}" if event.loading is not None else ""
             if task is not None:
@@ -69,6 +75,18 @@ class ConsoleReporter:
                 self.progress_line(change, f"{event.ready}/{event.of} ready{loading}")
         else:
             self.progress_line(change, event.describe())
+
+    def _download_line(self, change: Change, event: wire.DownloadProgress) -> None:
+        """Without a terminal: a line at each quarter of a download of known size (each 50 MB otherwise), with the
+        bytes so far and the speed since it began."""
+        started = self.started.setdefault(change.id, time.monotonic())
+        step = int(4 * event.bytes / event.total) if event.total else event.bytes // 50_000_000
+        if step <= self.shown.get(change.id, 0):
+            return
+        self.shown[change.id] = step
+        speed = event.bytes / max(time.monotonic() - started, 1e-3)
+        of = f" of {human_size(event.total)} ({event.bytes / event.total:.0%})" if event.total else ""
+        self.progress_line(change, f"downloaded {human_size(event.bytes)}{of}, {human_size(int(speed))}/s")
 
     def end(self, change: Change, error: str | None) -> None:
         task = self.tasks.pop(change.id, None)

@@ -36,11 +36,12 @@ Feature: a running fleet serves, reports and stays up, as test-001 describes its
     Then it answers 200 with ready true and state "idle"
     And without its credential it answers 401
 
-  @test001-15 @test001-18 @test001-19 @test001-22
+  @test001-15 @test001-18 @test001-19 @test001-20 @test001-22
   Scenario: the model is in the hive's catalog, a gguf of its size, and pulling it again fetches nothing
     When I run "rbee models ls"
     Then rbee exits with 0
     And stdout shows smollm2 as gguf of 98.4 MB
+    And stdout shows what its header says: "llama", "Q4_1", "135M" and "8,192"
     When I run "rbee models pull smollm2 --hive local"
     Then rbee exits with 0
     And stdout says smollm2 is in local's catalog

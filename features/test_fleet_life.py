@@ -200,6 +200,13 @@ def listed(world: World) -> None:
     assert "gguf" in line and "98.4 MB" in line, line
 
 
+@then(parsers.parse('stdout shows what its header says: "{a}", "{b}", "{c}" and "{d}"'))
+def header_facts(world: World, a: str, b: str, c: str, d: str) -> None:
+    words = " ".join(finished(world).stdout.split())  # the table wraps a long cell over lines
+    for word in (a, b, c, d):
+        assert word in words, words
+
+
 @then("stdout says smollm2 is in local's catalog")
 def pulled(world: World) -> None:
     assert "smollm2 is in local's catalog (98.4 MB)" in finished(world).stdout, finished(world).stdout

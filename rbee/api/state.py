@@ -74,6 +74,12 @@ class CatalogEntry(Frozen):
     """False for a model someone put on the hive by hand: rbee never removes what it did not create."""
     kv_bytes_per_token: int | None = None
     """What one token of context costs in a gguf worker's KV cache (the file's header says); None when unknown."""
+    architecture: str | None = None
+    """What the model file says of itself (gguf headers; None when unknown): its architecture (`llama`), how its
+    weights are quantized (`Q4_K_M`), how many weights it has, and the context it was trained for."""
+    quantization: str | None = None
+    parameters: int | None = None
+    context_length: int | None = None
     pinned: bool = False
     """Fetched by the operator by hand (rbee models pull, the web UI's Pull): kept while hive.yaml names the model,
     even on a hive where no worker uses it (the planner removes other unused models)."""

@@ -118,6 +118,19 @@ class _Reader:
             raise GgufError(f"{self.name} has an unknown value type {kind} in its header")
 
 
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K", 11: "Q3_K_S",
+    12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M", 18: "Q6_K",
+    19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL",
+    26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
+}  # fmt: skip
+"""llama.cpp's `general.file_type` (llama_ftype): how the file's weights are quantized, as people name it."""
+TENSOR_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K",
+    13: "Q5_K", 14: "Q6_K", 30: "BF16",
+}  # fmt: skip
+"""ggml tensor types, for a file that states no file_type: it is named by the type most of its bytes have."""
+
 KV_KEYS = (
     "block_count",
     "embedding_length",
@@ -134,7 +147,16 @@ INTEGERS = {4: "I", 5: "i", 10: "Q", 11: "q"}
 class Header:
     architecture: str
     numbers: dict[str, int]
-    """The KV_KEYS the file states as single integers, without the architecture's prefix."""
+    """The KV_KEYS (and context_length) the file states as single integers, without the architecture's prefix."""
+    parameters: int = 0
+    """Weights in all its tensors."""
+    quantization: str | None = None
+    """`Q4_K_M`, `Q8_0`, `F16` ...: the file's stated type, else the type most of its bytes have."""
+
+    @property
+    def context_length(self) -> int | None:
+        """The context the model was trained for."""
+        return self.numbers.get("context_length")
 
     def kv_bytes_per_token(self) -> int | None:
         """What one token of context costs in llama.cpp's default f16 cache (keys and values of every layer);
@@ -163,13 +185,15 @@ def validate(path: Path) -> Header:
         tensor_count, kv_count = int(reader.unpack("Q")), int(reader.unpack("Q"))
         if not 0 < tensor_count <= MAX_TENSORS or kv_count > MAX_KEYS:
             raise GgufError(f"{path.name} has an implausible header ({tensor_count} tensors, {kv_count} keys)")
-        alignment, architecture = DEFAULT_ALIGNMENT, None
+        alignment, architecture, file_type = DEFAULT_ALIGNMENT, None, None
         stated: dict[str, int] = {}
         for _ in range(kv_count):
             key = reader.string(MAX_KEY_BYTES, "key")
             kind = int(reader.unpack("I"))
-            if key.partition(".")[2] in KV_KEYS and kind in INTEGERS:
+            if key.partition(".")[2] in (*KV_KEYS, "context_length") and kind in INTEGERS:
                 stated[key] = int(reader.unpack(INTEGERS[kind]))
+            elif key == "general.file_type" and kind in INTEGERS:
+                file_type = int(reader.unpack(INTEGERS[kind]))
             elif key == "general.alignment" and kind == 4:  # uint32
                 alignment = int(reader.unpack("I"))
                 if alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
@@ -180,7 +204,8 @@ def validate(path: Path) -> Header:
                 reader.skip_value(kind)
         if not architecture:
             raise GgufError(f"{path.name} names no model architecture ({ARCHITECTURE_KEY}); it is not a model file")
-        end = 0
+        end, parameters = 0, 0
+        bytes_by_type: dict[int, int] = {}
         for _ in range(tensor_count):
             name = reader.string(MAX_NAME_BYTES, "tensor name")
             dims = int(reader.unpack("I"))
@@ -193,28 +218,41 @@ def validate(path: Path) -> Header:
             block = TYPE_SIZES.get(kind)
             nbytes = (elements // block[0]) * block[1] if block else 0
             end = max(end, offset + nbytes)
+            parameters += elements
+            bytes_by_type[kind] = bytes_by_type.get(kind, 0) + nbytes
         data_start = -(-handle.tell() // alignment) * alignment
     if data_start + end > size:
         raise GgufError(f"{path.name} is truncated: its tensors need {data_start + end} bytes and the file has {size}")
+    names = (*KV_KEYS, "context_length")
+    most = max(bytes_by_type, key=bytes_by_type.__getitem__) if bytes_by_type else None
+    quantization = FILE_TYPES.get(file_type) if file_type is not None else None
     return Header(
-        architecture, {key: stated[f"{architecture}.{key}"] for key in KV_KEYS if f"{architecture}.{key}" in stated}
+        architecture,
+        {key: stated[f"{architecture}.{key}"] for key in names if f"{architecture}.{key}" in stated},
+        parameters,
+        quantization or (TENSOR_TYPES.get(most) if most is not None else None),
     )
 
 
-def kv_bytes_per_token(path: Path) -> int | None:
-    """What one token of context costs in the KV cache of the GGUF at `path`, from its header; None when the
-    header does not tell or the file is not a readable GGUF. The header is read once per version of the file
+def header(path: Path) -> Header | None:
+    """The header of the GGUF at `path`, or None when it is not a readable GGUF. Read once per version of the file
     (GET /v1/state asks on every poll, each worker start asks again)."""
     try:
         stat = path.stat()
     except OSError:
         return None
-    return _kv_bytes_per_token(str(path), stat.st_size, stat.st_mtime_ns)
+    return _header(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def kv_bytes_per_token(path: Path) -> int | None:
+    """What one token of context costs in the KV cache of the GGUF at `path`; None when its header does not tell."""
+    found = header(path)
+    return found.kv_bytes_per_token() if found is not None else None
 
 
 @functools.lru_cache(maxsize=256)
-def _kv_bytes_per_token(path: str, size: int, mtime_ns: int) -> int | None:
+def _header(path: str, size: int, mtime_ns: int) -> Header | None:
     try:
-        return validate(Path(path)).kv_bytes_per_token()
+        return validate(Path(path))
     except (OSError, GgufError):
         return None

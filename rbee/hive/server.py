@@ -75,12 +75,21 @@ class Hive:
         )
 
     def _entry(self, record: ModelRecord) -> CatalogEntry:
-        """The catalog entry with what a worker of it costs per token of KV cache, so that a plan can show each
-        start's memory against the free memory."""
+        """The catalog entry with what its gguf header says: what a worker of it costs per token of KV cache (so a
+        plan can show each start's memory against the free memory), and the model's architecture, quantization,
+        size in weights and trained context (`rbee models ls` and the web UI show them)."""
         entry = record.entry()
-        if record.format != str(ModelFormat.GGUF):
+        found = gguf.header(Path(record.path)) if record.format == str(ModelFormat.GGUF) else None
+        if found is None:
             return entry
-        return entry.model_copy(update={"kv_bytes_per_token": gguf.kv_bytes_per_token(Path(record.path))})
+        facts = {
+            "kv_bytes_per_token": found.kv_bytes_per_token(),
+            "architecture": found.architecture,
+            "quantization": found.quantization,
+            "parameters": found.parameters or None,
+            "context_length": found.context_length,
+        }
+        return entry.model_copy(update=facts)
 
     async def read_free_memory(self) -> None:
         """Free memory as it is now, for a caller about to plan; heartbeats reuse the last reading."""

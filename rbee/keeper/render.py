@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rbee.api.state import HiveObservation
+from rbee.api.state import CatalogEntry, HiveObservation
 from rbee.api.units import human_size
 from rbee.plan import render
 from rbee.plan.actions import Plan, Symbol
@@ -138,12 +138,26 @@ def route(answer: dict[str, Any], explain: bool) -> None:
     out.print(f"pick: {answer['pick'] or 'none'} — {answer['reason']}" if explain else f"pick: {answer['pick']}")
 
 
+def model_facts(entry: CatalogEntry) -> str:
+    """What a model file says of itself, as people say it: `llama, Q4_1, 135M weights, 8,192 context`."""
+    parts = [entry.architecture or "", entry.quantization or ""]
+    if entry.parameters:
+        parts.append(
+            f"{entry.parameters / 1e9:.1f}B weights"
+            if entry.parameters >= 1e9
+            else f"{entry.parameters / 1e6:.0f}M weights"
+        )
+    if entry.context_length:
+        parts.append(f"{entry.context_length:,} context")
+    return ", ".join(part for part in parts if part)
+
+
 def catalogs(hives: Iterable[HiveObservation]) -> None:
-    table = Table("hive", "model", "format", "size", "managed", "source", box=None)
+    table = Table("hive", "model", "format", "size", "model file", "managed", "source", box=None)
     total = 0
     for hive in hives:
         if hive.state is None:
-            table.add_row(hive.name, Text(f"({hive.status}: {hive.reason})", style="dim"), "", "", "", "")
+            table.add_row(hive.name, Text(f"({hive.status}: {hive.reason})", style="dim"), "", "", "", "", "")
             continue
         for entry in hive.state.catalog:
             total += entry.size_bytes
@@ -152,6 +166,7 @@ def catalogs(hives: Iterable[HiveObservation]) -> None:
                 entry.name,
                 entry.format,
                 human_size(entry.size_bytes),
+                model_facts(entry),
                 "yes" if entry.managed else "no",
                 entry.source,
             )

@@ -8,6 +8,14 @@ import { bytes, h, notice, replace, table } from "./dom.js";
 export const role = OPERATOR;
 export const title = "Models";
 
+// What a model file says of itself (gguf headers): `llama, Q4_1, 135M weights, 8,192 context`.
+function facts(entry) {
+  const parts = [entry.architecture, entry.quantization];
+  if (entry.parameters) parts.push(entry.parameters >= 1e9 ? `${(entry.parameters / 1e9).toFixed(1)}B weights` : `${Math.round(entry.parameters / 1e6)}M weights`);
+  if (entry.context_length) parts.push(`${entry.context_length.toLocaleString("en")} context`);
+  return parts.filter(Boolean).join(", ") || "–";
+}
+
 function fetchRow(fetch) {
   const known = fetch.total > 0;
   return h(
@@ -97,6 +105,7 @@ export function mount(view, context) {
       h("th", { scope: "row" }, entry.name),
       h("td", { class: "num" }, bytes(entry.size_bytes)),
       h("td", {}, entry.format),
+      h("td", { class: "facts" }, facts(entry)),
       h("td", { class: "source" }, entry.source),
       h("td", { class: "digest" }, entry.sha256 ? entry.sha256.slice(0, 12) : "–"),
       h("td", {}, entry.managed ? "rbee" : "by hand"),
@@ -136,7 +145,7 @@ export function mount(view, context) {
         hives.map((hive) =>
           table(
             `Catalog of ${hive.name}`,
-            ["Model", "Size", "Format", "Source", "sha256", "Managed by", "Workers", ""],
+            ["Model", "Size", "Format", "Model file", "Source", "sha256", "Managed by", "Workers", ""],
             hive.state.catalog.map((entry) => catalogRow(hive.name, entry, hive.state.workers)),
             { class: "catalog", dataset: { hive: hive.name } },
           ),

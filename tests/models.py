@@ -289,3 +289,25 @@ def tiny_llama_gguf(folder: Path, target: Path) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return target
+
+
+def requantized(source: Path, quantization: str, out: Path) -> Path:
+    """`source` (a gguf) quantized again by llama.cpp's own quantizer (`Q8_0`, `Q5_K_M`, `Q4_K_M` ...), in a
+    process of its own (llama.cpp prints every tensor); tensors whose rows do not fit a k-quant's 256-wide
+    blocks fall back to a nearby type, as llama.cpp does for any such model."""
+    script = (
+        "import ctypes, sys, llama_cpp\n"
+        "params = llama_cpp.llama_model_quantize_default_params()\n"
+        "params.ftype = getattr(llama_cpp, 'LLAMA_FTYPE_MOSTLY_' + sys.argv[3])\n"
+        "params.allow_requantize = True\n"
+        "params.nthread = 2\n"
+        "sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(source), str(out), quantization],
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return out

@@ -18,6 +18,16 @@ Feature: Nodes over SSH: hives on machines rbee reaches with real sshd and check
     Then node2 runs a hive daemon and 1 worker
     And node1's worker kept its process
 
+  @test001-2
+  Scenario: add a node that cannot be reached
+    Given a hive.yaml with node1 serving "smollm2"
+    And rbee apply has run
+    And node2 is cut off from the network
+    When I add node2 serving "smollm2" to hive.yaml and run rbee apply, which fails
+    Then rbee exits with 1 within 120 seconds, naming node2 and that it could not connect over SSH
+    And node1's worker kept its process
+    And node2 holds no rbee files
+
   @test001-4 @test001-59
   Scenario: list nodes
     Given a hive.yaml with node1 and node2 serving "smollm2"

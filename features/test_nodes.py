@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,8 @@ class World:
         self.nodes: list[str] = []
         self.pids: dict[str, list[str]] = {}
         self.output = ""
+        self.result: subprocess.CompletedProcess[str] | None = None
+        self.seconds = 0.0
 
     def host(self, name: str) -> test_hosts.Host:
         return next(host for host in self.machines.hosts if host.name == name)
@@ -63,6 +67,8 @@ class World:
 def world(machines: test_hosts.Hosts, smollm2: Path, tmp_path: Path) -> Iterator[World]:
     state = World(make_fleet(tmp_path, f"file://{smollm2}"), machines, smollm2)
     yield state
+    for host in machines.hosts:
+        host.heal()  # a scenario may have cut one off
     state.write(["node1", "node2"])
     state.fleet.rbee("destroy", str(state.fleet.spec), "--yes", "--purge")
 
@@ -86,14 +92,12 @@ def both(world: World, model: str) -> None:
 @when("I run rbee apply with --yes")
 def apply(world: World) -> None:
     world.apply()
-    world.pids = {
-        name: sorted(
-            line.split()[0]
-            for line in world.host(name).run("ps -eo pid=,args=").stdout.splitlines()
-            if "rbee worker serve" in line
-        )
-        for name in world.nodes
-    }
+    world.pids = {name: worker_pids(world, name) for name in world.nodes}
+
+
+def worker_pids(world: World, name: str) -> list[str]:
+    listing = world.host(name).run("ps -eo pid=,args=").stdout.splitlines()
+    return sorted(line.split()[0] for line in listing if "rbee worker serve" in line)
 
 
 @when(parsers.parse('I add node2 serving "{model}" to hive.yaml and run rbee apply with --yes'))
@@ -102,6 +106,36 @@ def add_node2(world: World, model: str) -> None:
     world.write(["node1", "node2"])
     apply(world)
     world.pids = {**world.pids, "before-node1": before["node1"]}
+
+
+@given("node2 is cut off from the network")
+def cut_off(world: World) -> None:
+    world.host("node2").cut()
+
+
+@when(parsers.parse('I add node2 serving "{model}" to hive.yaml and run rbee apply, which fails'))
+def add_unreachable(world: World, model: str) -> None:
+    before = world.pids["node1"]
+    world.write(["node1", "node2"])
+    started = time.monotonic()
+    world.result = world.fleet.rbee("apply", str(world.fleet.spec), "--yes")
+    world.seconds = time.monotonic() - started
+    world.pids = {"node1": worker_pids(world, "node1"), "before-node1": before}
+
+
+@then(
+    parsers.parse("rbee exits with 1 within {seconds:d} seconds, naming node2 and that it could not connect over SSH")
+)
+def unreachable_refused(world: World, seconds: int) -> None:
+    result = world.result
+    assert result is not None and result.returncode == 1, result
+    assert world.seconds < seconds, f"took {world.seconds:.0f} s"
+    assert "hive node2" in result.stdout and "could not connect over SSH" in result.stdout, result.stdout
+
+
+@then("node2 holds no rbee files")
+def node2_empty(world: World) -> None:
+    assert list((Path(world.host("node2").root) / "srv-rbee").iterdir()) == []
 
 
 @when("I remove node2 from hive.yaml and run rbee apply with --yes")

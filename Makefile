@@ -48,8 +48,9 @@ lint: $(STAMP)
 system:
 	@scripts/system-packages
 
+# Every test leaves its proof bundle (tests/proof/): its transcript, seeds, versions and hardware, and outcome.
 test: system lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --proof-bundle build/proof
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

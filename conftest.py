@@ -12,6 +12,8 @@ os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:1")
 
 from tests.models import fetch_smollm2
 
+pytest_plugins = ["tests.proof.plugin"]
+
 
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -4,6 +4,7 @@ command-line program."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from urllib.parse import quote
 import httpx
 
 from rbee.api import sse, wire
-from rbee.clients import tls
+from rbee.clients import tls, transcript
 from rbee.spec.policy import PolicyRef
 from rbee.spec.schema import HiveFile
 
@@ -67,12 +68,15 @@ class QueenClient:
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         kwargs.setdefault("timeout", self.timeout)
+        started = time.time()
         try:
             response = httpx.request(
                 method, f"{self.url}{path}", headers=self.headers, trust_env=False, verify=tls.context(), **kwargs
             )
         except httpx.HTTPError as error:
+            transcript.keeper_call(method, path, None, started)
             raise QueenCallError(str(error) or type(error).__name__) from None
+        transcript.keeper_call(method, path, response.status_code, started)
         if response.status_code >= 400:
             raise QueenCallError(error_text(response), response.status_code)
         return response

@@ -84,6 +84,11 @@ def with_huge_cache(world: World, slots: int, context: int) -> None:
     apply_with(world, "replicas: 1", f"  - {{model: gguf, hive: local, slots: {slots}, context: {context}}}\n")
 
 
+@when(parsers.parse("I apply the hive.yaml with a gguf group on device {device}"))
+def with_device(world: World, device: str) -> None:
+    apply_with(world, "replicas: 1", f"  - {{model: gguf, hive: local, device: '{device}'}}\n")
+
+
 @when(parsers.parse("I apply the hive.yaml with {count:d} replicas"))
 def with_replicas(world: World, count: int) -> None:
     apply_with(world, f"replicas: {count}")

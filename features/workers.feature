@@ -24,6 +24,13 @@ Feature: workers start, load, fail to load and stop as hive.yaml says, through r
     And stderr says it needs more memory than the hive has free, with both numbers
     And no worker process started for it
 
+  @test001-26
+  Scenario: a group asking for a device the hive does not have is refused before any process starts
+    When I apply the hive.yaml with a gguf group on device cuda:0
+    Then rbee exits with 1
+    And stderr says "device cuda:0 was asked for and this hive has no such device"
+    And no worker process started for it
+
   @test001-61
   Scenario: lowering replicas to 0 stops the worker
     When I apply the hive.yaml with 0 replicas

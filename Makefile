@@ -35,6 +35,7 @@ demo: $(STAMP)
 	@echo "    c = OpenAI(base_url=\"http://127.0.0.1:8080/v1\", api_key=os.environ[\"RBEE_KEY\"]); \\"
 	@echo "    print(c.chat.completions.create(model=\"smollm2\", messages=[{\"role\": \"user\", \"content\": \"Hi!\"}]).choices[0].message.content)'"
 	@echo "  $(BIN)/rbee status"
+	@echo "  $(BIN)/rbee ui     # the web UI: fleet, models, playground, plan, events, metrics"
 	@echo "Tear it down (no process is left): $(BIN)/rbee destroy examples/local.yaml --yes"
 
 lint: $(STAMP)

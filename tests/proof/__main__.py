@@ -90,7 +90,7 @@ def replay(bundle: Path, queen: str, key: str | None) -> int:
             print(f"{record['path']} (seed {record['request']['seed']}): the answer differs (HTTP {status})")
             diff = difflib.unified_diff([before or ""], [after or ""], "recorded", "replayed", lineterm="")
             print("\n".join(diff))
-    print(f"replayed {len(candidates)} answers: {same} the same")
+    print(f"replayed {len(candidates)} answer{'s' if len(candidates) != 1 else ''}: {same} the same")
     return 0 if same == len(candidates) else 1
 
 

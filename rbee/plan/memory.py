@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rbee.api.state import CatalogEntry, HostFacts
+from rbee.api.state import CatalogEntry, HostFacts, WorkerInfo, WorkerShape
 from rbee.api.units import human_size
 from rbee.spec import backends, placement
 from rbee.spec.schema import ModelSpec, WorkerSpec
@@ -21,6 +21,18 @@ class Ledger:
 
     facts: HostFacts | None
     taken: dict[str, int] = field(default_factory=dict)
+    """Per device: what this plan's starts take, less what its stops free (negative: more free than reported)."""
+
+    def release(self, stopped: list[WorkerInfo], entry: CatalogEntry | None, shape: WorkerShape) -> None:
+        """Credit what stopping `stopped` frees, for the starts that wait for those stops (their own group's: a
+        start requires only its group's stops). A worker's context is hive.yaml's, as the backend would size it."""
+        if entry is None:
+            return
+        for worker in stopped:
+            per_token = entry.kv_bytes_per_token if worker.backend == str(backends.Backend.GGUF) else None
+            cache = placement.kv_cache(per_token, WorkerShape(worker.slots, shape.context))
+            freed = placement.footprint(entry.size_bytes, cache)
+            self.taken[worker.device] = self.taken.get(worker.device, 0) - freed
 
     def start_note(
         self,
@@ -61,6 +73,8 @@ class Ledger:
             return f"; needs about {sizing} on {device.id} (its free memory is not known)"
         free = device.memory_free - self.taken.get(device.id, 0)
         others = " after the starts above" if free < device.memory_free else ""
+        if free > device.memory_free:
+            others = " once the stops it waits for free theirs"
         if need <= free:
             self.taken[device.id] = self.taken.get(device.id, 0) + need  # a start that does not fit is refused
         else:

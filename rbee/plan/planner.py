@@ -115,6 +115,9 @@ def _plan_hive(
             name, worker.group, worker.replicas, floor, group, worker.model in replaced, requires
         )
         stops.extend(group_stops)
+        for stop in group_stops:  # this group's starts wait for these stops: their memory is theirs to use
+            stopped = [live for live in group if live.id in stop.worker_ids]
+            ledger.release(stopped, catalog_by_name.get(worker.model), worker.shape)
         entry = None if worker.model in replaced else catalog_by_name.get(worker.model)
         for start in group_starts:
             if start.action is Action.START_WORKERS:

@@ -160,14 +160,14 @@ def test_the_playground_streams_an_answer_and_cancel_stops_it(fleet: Fleet, page
     page.fill("#max-tokens", "1500")
     page.fill("#seed", "7")
     page.click("#send")
-    page.wait_for_function("() => document.querySelector('#answer').textContent.length > 0")
+    page.wait_for_function("() => (document.querySelector('#answer')?.textContent.length ?? 0) > 0")
     early = page.inner_text("#answer")
     time.sleep(0.5)
     later = page.inner_text("#answer")
     assert len(later) > len(early) and later.startswith(early), (early, later)
     assert "finished" not in page.inner_text("#stats")
     page.click("#cancel")
-    cancelled = "() => document.querySelector('#stats').textContent.includes('finished: cancelled')"
+    cancelled = "() => (document.querySelector('#stats')?.textContent ?? '').includes('finished: cancelled')"
     page.wait_for_function(cancelled, timeout=5000)
     ended = page.inner_text("#answer")
     time.sleep(0.5)
@@ -245,7 +245,7 @@ def test_the_plan_page_plans_points_at_a_bad_line_and_applies_after_confirming(
     fleet: Fleet, page: playwright.Page
 ) -> None:
     sign_in(page, f"{fleet.queen_url}/ui/#/plan", fleet.credentials().operator)
-    page.wait_for_function("() => document.querySelector('#spec').value.includes('smollm2')")
+    page.wait_for_function("() => document.querySelector('#spec')?.value.includes('smollm2')")
     wrong = fleet.spec.read_text().replace("replicas: 1", "replicas: two")
     line = next(number for number, text in enumerate(wrong.splitlines(), 1) if "replicas: two" in text)
     page.fill("#spec", wrong)

@@ -99,3 +99,24 @@ def check_service_user(value: Any) -> Any:
             "(at most 32), like rbee"
         )
     return value
+
+
+def refuse_inline_key(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError("API keys are never written inline; write {env: VARIABLE_NAME} and export the key there")
+    return value
+
+
+ROUTINGS = ("prefix", "least-loaded", "round-robin")
+
+
+def check_routing(value: Any) -> Any:
+    if isinstance(value, str) and value not in ROUTINGS and not value.endswith(".py"):
+        raise ValueError(
+            f"'{value}' is not a routing policy; use prefix, least-loaded, round-robin or a path to a .py file"
+        )
+    if isinstance(value, str) and value.endswith(".py") and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.py", value):
+        raise ValueError(
+            f"'{value}': a routing policy file sits beside hive.yaml; write its file name only, like route.py"
+        )
+    return value

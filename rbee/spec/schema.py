@@ -5,7 +5,6 @@ Field-level rules live here; rules that span sections (a worker naming a model) 
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -31,8 +30,10 @@ from rbee.spec.fields import (
     Seconds,
     check_data_dir,
     check_model_dir,
+    check_routing,
     check_service_user,
     is_loopback,
+    refuse_inline_key,
 )
 
 
@@ -54,33 +55,12 @@ class ApiKeyRef(Strict):
     )
 
 
-def _refuse_inline_key(value: Any) -> Any:
-    if isinstance(value, str):
-        raise ValueError("API keys are never written inline; write {env: VARIABLE_NAME} and export the key there")
-    return value
-
-
-ROUTINGS = ("prefix", "least-loaded", "round-robin")
-
-
-def _check_routing(value: Any) -> Any:
-    if isinstance(value, str) and value not in ROUTINGS and not value.endswith(".py"):
-        raise ValueError(
-            f"'{value}' is not a routing policy; use prefix, least-loaded, round-robin or a path to a .py file"
-        )
-    if isinstance(value, str) and value.endswith(".py") and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.py", value):
-        raise ValueError(
-            f"'{value}': a routing policy file sits beside hive.yaml; write its file name only, like route.py"
-        )
-    return value
-
-
 class QueenSpec(Strict):
     listen: Address = "127.0.0.1:8080"
     reconcile_interval: Seconds = 30.0
     heartbeat_interval: Seconds = 30.0
-    api_keys: tuple[Annotated[ApiKeyRef, BeforeValidator(_refuse_inline_key)], ...] = ()
-    routing: Annotated[str, BeforeValidator(_check_routing)] = Field(
+    api_keys: tuple[Annotated[ApiKeyRef, BeforeValidator(refuse_inline_key)], ...] = ()
+    routing: Annotated[str, BeforeValidator(check_routing)] = Field(
         default="prefix",
         description="prefix (requests that begin alike go to the replica likely to hold that beginning in its "
         "cache, within a bounded load), least-loaded, round-robin, or the name of a Python file beside hive.yaml "

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from tests.fleet import Fleet, make_fleet
+from tests.fleet import Fleet, applied_fleet, make_fleet
 from tests.models import SMOLLM2_SOURCE
 from tests.servers import free_port
 
@@ -29,10 +29,8 @@ STORY = "Write a very long story about a bee named Beatrice."  # ~850 tokens fro
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     fleet = make_fleet(tmp_path_factory.mktemp("cli"), SMOLLM2_SOURCE, queen="max_queue: 0", worker_options="slots: 1")
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    yield fleet
-    fleet.rbee("destroy", str(fleet.spec), "--yes")
+    with applied_fleet(fleet):
+        yield fleet
 
 
 class World:

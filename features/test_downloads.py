@@ -11,7 +11,7 @@ import httpx
 import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
-from tests.fleet import Fleet, make_fleet
+from tests.fleet import Fleet, applied_fleet, make_fleet
 from tests.hub import Hub
 from tests.models import SMOLLM2_SOURCE, tiny_gguf
 from tests.servers import serve
@@ -41,10 +41,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, hub: str) -> Iterator[Fleet]
         "  - {name: broken, source: 'hf://lab/broken/big.gguf', idle_timeout: 0}\nworkers:\n"
     )
     fleet.spec.write_text(fleet.spec.read_text().replace("workers:\n", more))
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    yield fleet
-    fleet.rbee("destroy", str(fleet.spec), "--yes")
+    with applied_fleet(fleet):
+        yield fleet
 
 
 class World:

@@ -16,7 +16,7 @@ import pytest
 from pytest_bdd import given, parsers, scenarios, then, when
 
 from rbee import __version__
-from tests.fleet import Fleet, make_fleet
+from tests.fleet import Fleet, applied_fleet, make_fleet
 from tests.models import SMOLLM2_SOURCE
 
 pytestmark = pytest.mark.slow
@@ -26,10 +26,8 @@ scenarios("fleet_life.feature")
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     fleet = make_fleet(tmp_path_factory.mktemp("life"), SMOLLM2_SOURCE)
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    yield fleet
-    fleet.rbee("destroy", str(fleet.spec), "--yes")
+    with applied_fleet(fleet):
+        yield fleet
 
 
 class World:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +120,15 @@ def alive(pid: int) -> bool:
             return ") Z " not in stat.read()
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def applied_fleet(fleet: Fleet) -> Iterator[Fleet]:
+    """The fleet applied by the real `rbee apply` (its output kept in `fleet.applied`), destroyed after."""
+    result = fleet.rbee("apply", str(fleet.spec), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    fleet.applied = result.stdout
+    try:
+        yield fleet
+    finally:
+        fleet.rbee("destroy", str(fleet.spec), "--yes")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fleet import Fleet, make_fleet
+from tests.fleet import Fleet, applied_fleet, make_fleet
 from tests.models import SMOLLM2_SOURCE
 from tests.proof import bundle
 
@@ -25,10 +25,8 @@ CHAT = {"model": "smollm2", "messages": [{"role": "user", "content": "Name a col
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("proof")
     fleet = make_fleet(root, SMOLLM2_SOURCE, env={"RBEE_TRANSCRIPT": str(root / "session.ndjson")})
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    yield fleet
-    fleet.rbee("destroy", str(fleet.spec), "--yes")
+    with applied_fleet(fleet):
+        yield fleet
 
 
 def replay(folder: Path, fleet: Fleet) -> subprocess.CompletedProcess[str]:

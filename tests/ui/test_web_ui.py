@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.fleet import Fleet, make_fleet
+from tests.fleet import Fleet, applied_fleet, make_fleet
 from tests.hub import Hub
 from tests.models import SMOLLM2_SOURCE, tiny_gguf
 from tests.servers import serve
@@ -58,10 +58,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, hub: str) -> Iterator[Fleet]
     # A model no worker uses: nothing fetches it until the page pulls it.
     slowpoke = "  - {name: slowpoke, source: 'hf://lab/slow/big.gguf', idle_timeout: 0}\nworkers:\n"
     fleet.spec.write_text(fleet.spec.read_text().replace("workers:\n", slowpoke))
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    yield fleet
-    fleet.rbee("destroy", str(fleet.spec), "--yes")
+    with applied_fleet(fleet):
+        yield fleet
 
 
 @pytest.fixture(scope="module")

@@ -326,6 +326,7 @@ def worker_serve(
     tls_cert: Annotated[str | None, typer.Option()] = None,
     tls_key: Annotated[str | None, typer.Option()] = None,
     ca_file: Annotated[str | None, typer.Option()] = None,
+    mmproj_path: Annotated[str | None, typer.Option(help="A GGUF model's multimodal projector file.")] = None,
 ) -> None:
     """Run one worker in the foreground."""
     from rbee.worker import server
@@ -347,6 +348,7 @@ def worker_serve(
         context=context,
         tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         ca_file=ca_file,
+        mmproj_path=mmproj_path,
     )
     server.serve(options)
 

@@ -4,8 +4,9 @@ sampling options, rbee's answer to a Message, and a worker's tokens to Anthropic
 
 Served: system (a string or text blocks), multi-turn user/assistant messages with text, tool_use and tool_result
 blocks, max_tokens, stop_sequences, temperature, top_p, top_k, stream, tools with tool_choice (auto, any, tool,
-none; on backends that hold answers to a grammar, see worker/tools.py); metadata is a documented no-op. Refused
-by name (400): thinking, and any other content block (image, document).
+none; on backends that hold answers to a grammar, see worker/tools.py); image blocks with a base64 source for a
+model with a projector (api/images.py); metadata is a documented no-op. Refused by name (400): thinking, image
+blocks for a model that sees none or by URL, and any other content block (document).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rbee.api import images
 from rbee.api.calls import HeldCall
-from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
+from rbee.api.wire import ChatImage, ChatMessage, Unsupported, refuse_unserved
 
 NO_OPS = frozenset({"metadata", "service_tier"})
 NOT_YET = {
@@ -90,10 +92,11 @@ class MessagesRequest(BaseModel):
             raise Unsupported("tool_choice", "tool_choice must be auto, any, none, or {type: tool, name} of a tool")
         return {"kind": "tool_call", "tools": chosen, "required": True}
 
-    def chat(self) -> list[ChatMessage]:
+    def chat(self, sees: bool = False) -> list[ChatMessage]:
         """The conversation as rbee's workers take it: the system prompt first; a tool_use block as the call
-        rbee's workers write, a tool_result block as a `tool` message."""
-        converted = []
+        rbee's workers write, a tool_result block as a `tool` message, image blocks as images among the text when
+        the model sees (`sees`: it has a projector)."""
+        converted, seen = [], 0
         if self.system:
             converted.append(ChatMessage(role="system", content=_text(self.system, "system")))
         for index, message in enumerate(self.messages):
@@ -101,7 +104,14 @@ class MessagesRequest(BaseModel):
             if isinstance(message.content, list) and any(b.type == "tool_result" for b in message.content):
                 converted.extend(_results(message.content, where))
                 continue
-            converted.append(ChatMessage(role=message.role, content=_text(message.content, where)))
+            pictures = _images(message.content, where, sees, self.model)
+            seen += len(pictures)
+            images.within_limit(seen, "messages")
+            blocks = message.content
+            text = _text(
+                [b for b in blocks if b.type != "image"] if pictures and isinstance(blocks, list) else blocks, where
+            )
+            converted.append(ChatMessage(role=message.role, content=text, images=tuple(pictures) or None))
         return converted
 
     def sampling(self) -> dict[str, Any]:
@@ -119,6 +129,30 @@ class CountTokensRequest(MessagesRequest):
     """`POST /v1/messages/count_tokens`: a Messages request without max_tokens, counted, not answered."""
 
     max_tokens: Annotated[int, Field(ge=1)] = 1
+
+
+def _images(content: str | list[Block], where: str, sees: bool, model: str) -> list[ChatImage]:
+    """A message's image blocks (base64 sources), each where it stands among the text blocks."""
+    if isinstance(content, str):
+        return []
+    found, before = [], 0
+    for number, block in enumerate(content):
+        if block.type == "text" and block.text is not None:
+            before += len(block.text)
+        if block.type != "image":
+            continue
+        param = f"{where}.{number}"
+        if not sees:
+            raise Unsupported(
+                param,
+                f"{param} is an image and the model {model} sees no images; give the model an mmproj (a multimodal "
+                "projector) in hive.yaml, or send text only",
+            )
+        source = (block.model_extra or {}).get("source")
+        if not isinstance(source, dict) or source.get("type") != "base64":
+            raise Unsupported(param, f"{param} must have a base64 source; rbee fetches no URL for a client")
+        found.append(images.from_base64(str(source.get("media_type")), str(source.get("data")), before, param))
+    return found
 
 
 def _text(content: str | list[Block], where: str) -> str:

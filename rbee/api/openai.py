@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rbee.api import images
 from rbee.api import logprobs as lp
-from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
+from rbee.api.wire import ChatImage, ChatMessage, Unsupported, refuse_unserved
 
 
 class StreamOptions(BaseModel):
@@ -180,26 +181,46 @@ class ChatRequest(CompletionBase):
             )
         return {"kind": "tool_call", "tools": chosen, "required": True}
 
-    def rbee_messages(self) -> list[ChatMessage]:
-        """The messages as rbee's workers take them (text only); Unsupported names the first part that is not."""
-        converted = []
+    def rbee_messages(self, sees: bool = False) -> list[ChatMessage]:
+        """The messages as rbee's workers take them: text parts joined in order, and `image_url` parts as images
+        among them when the model sees (`sees`: it has a projector); Unsupported names the first part it cannot
+        take."""
+        converted, seen = [], 0
         for index, message in enumerate(self.messages):
-            content = message.content
+            content, pictures = message.content, []
             if isinstance(content, list):
+                texts: list[str] = []
                 for number, part in enumerate(content):
-                    if not isinstance(part, TextPart):
-                        raise Unsupported(
-                            f"messages.{index}.content.{number}",
-                            f"messages[{index}].content[{number}] is a part of type {part.type}; "
-                            f"the model {self.model} takes text parts only",
-                        )
-                content = "".join(part.text for part in content if isinstance(part, TextPart))
-            extra = {name: value for name, value in (message.model_extra or {}).items() if name == "name"}
+                    if isinstance(part, TextPart):
+                        texts.append(part.text)
+                        continue
+                    pictures.append(self._image(part, sees, len("".join(texts)), f"messages.{index}.content.{number}"))
+                content = "".join(texts)
+            seen += len(pictures)
+            images.within_limit(seen, "messages")
+            extra: dict[str, Any] = {"images": tuple(pictures)} if pictures else {}
+            extra |= {name: value for name, value in (message.model_extra or {}).items() if name == "name"}
             calls = (message.model_extra or {}).get("tool_calls")
             if message.role == "assistant" and calls:  # what it called, written as rbee's workers write a call
                 content = "".join(_call_text(index, call) for call in calls)
             converted.append(ChatMessage(role=message.role, content=content, **extra))
         return converted
+
+    def _image(self, part: OtherPart, sees: bool, at: int, param: str) -> ChatImage:
+        where = images.written(param)
+        if part.type != "image_url":
+            raise Unsupported(param, f"{where} is a part of type {part.type}; rbee takes text and image_url parts")
+        if not sees:
+            raise Unsupported(
+                param,
+                f"{where} is an image and the model {self.model} sees no images; give the model an mmproj (a "
+                "multimodal projector) in hive.yaml, or send text only",
+            )
+        url = (part.model_extra or {}).get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if not isinstance(url, str):
+            raise Unsupported(param, f"{where} must be {{type: image_url, image_url: {{url: ...}}}}")
+        return images.from_url(url, at, param)
 
 
 def _tool(index: int, tool: Any) -> dict[str, Any]:

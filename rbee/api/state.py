@@ -83,6 +83,8 @@ class CatalogEntry(Frozen):
     pinned: bool = False
     """Fetched by the operator by hand (rbee models pull, the web UI's Pull): kept while hive.yaml names the model,
     even on a hive where no worker uses it (the planner removes other unused models)."""
+    mmproj: str | None = None
+    """The multimodal projector fetched with a gguf model (hive.yaml's `mmproj`): the model sees images."""
 
 
 class WorkerInfo(Frozen):

@@ -19,11 +19,24 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rbee.api.calls import Constraint
 
 
+class ChatImage(BaseModel):
+    """An image in a chat message: its bytes (base64) and where in the message's text it stands."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Annotated[str, Field(min_length=1)]
+    at: Annotated[int, Field(ge=0)]
+    """How many characters of the message's content come before it."""
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | None = ""
+    images: tuple[ChatImage, ...] | None = None
+    """Images among the text (OpenAI's image_url parts, Anthropic's image blocks): a model with a projector sees
+    them, any other refuses them in the queen."""
 
 
 class Unsupported(ValueError):
@@ -285,6 +298,8 @@ class ModelRequest(BaseModel):
     code_files: Literal["skip", "fetch"] = "skip"
     pinned: bool = False
     """The operator asked for it by hand: the entry is kept while hive.yaml names the model (CatalogEntry)."""
+    mmproj: str | None = None
+    """A gguf model's multimodal projector, fetched beside it (one .gguf file, any source scheme)."""
 
     def same_fetch(self, other: ModelRequest) -> bool:
         """Whether `other` asks for the same bytes (a pin alone does not make another fetch)."""

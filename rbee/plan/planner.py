@@ -220,10 +220,15 @@ def _plan_model(
     if entry is None:
         reason = f"not in the catalog; fetch {spec.source}{download}"
         return model_change(hive, name, Action.ADD_MODEL, Symbol.ADD, reason, requires)
-    differs = entry.source != spec.source or (spec.sha256 is not None and entry.sha256 != spec.sha256)
+    differs = (
+        entry.source != spec.source
+        or (spec.sha256 is not None and entry.sha256 != spec.sha256)
+        or entry.mmproj != spec.mmproj
+    )
     if not differs:
+        sees = ", with its mmproj: sees images" if entry.mmproj else ""
         return model_change(
-            hive, name, Action.NOTHING, Symbol.NOTHING, f"in the catalog ({human_size(entry.size_bytes)})"
+            hive, name, Action.NOTHING, Symbol.NOTHING, f"in the catalog ({human_size(entry.size_bytes)}{sees})"
         )
     if not entry.managed:
         reason = (
@@ -231,8 +236,12 @@ def _plan_model(
             "rename the model in hive.yaml or remove it from the hive"
         )
         return model_change(hive, name, Action.WAIT, Symbol.BLOCKED, reason)
-    what = "source" if entry.source != spec.source else "sha256"
-    old, new = (entry.source, spec.source) if what == "source" else (entry.sha256, spec.sha256)
+    what = "source" if entry.source != spec.source else "mmproj" if entry.mmproj != spec.mmproj else "sha256"
+    old, new = {
+        "source": (entry.source, spec.source),
+        "mmproj": (entry.mmproj, spec.mmproj),
+        "sha256": (entry.sha256, spec.sha256),
+    }[what]
     reason = f"{what} changed: {old} -> {new}{download}"
     return model_change(hive, name, Action.REPLACE_MODEL, Symbol.CHANGE, reason, requires)
 

@@ -25,7 +25,7 @@ async def count_tokens(request: Request) -> Response:
     queen, key, body = await client_body(request, anthropic.CountTokensRequest)
     try:
         body.refuse_unserved()
-        chat = body.chat()
+        chat = body.chat(queen.fleet.sees(body.model))
         execute = wire.ExecuteRequest(
             request_id=anthropic.new_id(), messages=tuple(chat), constraint=body.constraint(), max_tokens=1
         )
@@ -47,7 +47,7 @@ async def messages(request: Request) -> Response:
     request_id = anthropic.new_id()
     try:
         body.refuse_unserved()
-        chat = body.chat()
+        chat = body.chat(queen.fleet.sees(body.model))
         fields: dict[str, Any] = {
             "request_id": request_id,
             **body.sampling(),

@@ -148,6 +148,11 @@ class Fleet:
         limit = found.request_timeout if found is not None else 600.0
         return limit or None
 
+    def sees(self, model: str) -> bool:
+        """Whether a model takes images: hive.yaml gives it a multimodal projector (`mmproj`)."""
+        found = self.spec.model(model) if self.spec else None
+        return found is not None and found.mmproj is not None
+
     def model_kind(self, model: str) -> ModelKind | None:
         """The kind of a model hive.yaml names; None for a model it does not."""
         found = self.spec.model(model) if self.spec else None

@@ -95,7 +95,8 @@ async def _generate(request: Request, chat: bool) -> Response:
         fields: dict[str, Any] = {"request_id": request_id, **body.sampling()}
         body.refuse_unserved()
         if isinstance(body, oai.ChatRequest):
-            fields["messages"] = [message.model_dump(exclude_none=True) for message in body.rbee_messages()]
+            messages = body.rbee_messages(queen.fleet.sees(body.model))
+            fields["messages"] = [message.model_dump(exclude_none=True) for message in messages]
         else:
             fields["prompt"] = body.text
     except wire.Unsupported as unserved:

@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from rbee.spec import backends
 from rbee.spec.backends import Backend, ModelKind
 from rbee.spec.schema import HiveFile, HiveSpec, ModelSpec, WorkerSpec
-from rbee.spec.source import SourceKind
+from rbee.spec.source import ModelFormat, SourceKind, parse_source
 
 Location = tuple[str | int, ...]
 
@@ -39,8 +39,22 @@ def check(spec: HiveFile) -> list[Problem]:
         *_unique_addresses(spec),
         *_api_key_scopes(spec),
         *_open_queen(spec),
+        *_projectors(spec),
         *_workers(spec),
     ]
+
+
+def _projectors(spec: HiveFile) -> Iterator[Problem]:
+    """A multimodal projector belongs to a GGUF text model: llama.cpp is the engine that reads one."""
+    for index, model in enumerate(spec.models):
+        if model.mmproj is None:
+            continue
+        if model.kind is not ModelKind.TEXT or model.resolved_format is not ModelFormat.GGUF:
+            yield Problem(
+                ("models", index, "mmproj"),
+                f"model '{model.name}' is a {model.resolved_format} {model.kind} model; mmproj (a multimodal "
+                "projector) goes with a GGUF text model only, so remove it or point source at a .gguf file",
+            )
 
 
 def _unique_names(section: str, names: list[str]) -> Iterator[Problem]:
@@ -139,15 +153,16 @@ def _workers(spec: HiveFile) -> Iterator[Problem]:
 
 
 def _model_dir_fits(index: int, hive: HiveSpec, model: ModelSpec, spec: HiveFile) -> Iterator[Problem]:
-    source = model.parsed_source
-    if source.kind is not SourceKind.FILE or under_any(source.location, spec.model_dirs(hive)):
-        return
-    folders = ", ".join(spec.model_dirs(hive)) or "none"
-    yield Problem(
-        ("workers", index, "hive"),
-        f"model '{model.name}' is {source.location}, outside hive '{hive.name}''s model_dirs ({folders}); add its "
-        "folder to that hive's model_dirs or move the model",
-    )
+    for text in (model.source, model.mmproj):
+        source = parse_source(text) if text is not None else None
+        if source is None or source.kind is not SourceKind.FILE or under_any(source.location, spec.model_dirs(hive)):
+            continue
+        folders = ", ".join(spec.model_dirs(hive)) or "none"
+        yield Problem(
+            ("workers", index, "hive"),
+            f"model '{model.name}' is {source.location}, outside hive '{hive.name}''s model_dirs ({folders}); add "
+            "its folder to that hive's model_dirs or move the file",
+        )
 
 
 def under_any(path: str, roots: Iterable[str]) -> bool:

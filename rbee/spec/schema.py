@@ -250,6 +250,11 @@ class ModelSpec(Strict):
     format: Literal["auto"] | source_mod.ModelFormat = "auto"
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
     kind: ModelKind = ModelKind.TEXT
+    mmproj: str | None = Field(
+        default=None,
+        description="A GGUF model's multimodal projector (one .gguf file, any source scheme): the model then "
+        "takes image parts in chat messages. Without it, an image is refused with a 400 naming the model.",
+    )
     code_files: Literal["skip", "fetch"] = Field(
         default="skip",
         description="A whole Hugging Face repo is fetched without its *.py, *.pkl and *.bin files (code, and "
@@ -269,6 +274,13 @@ class ModelSpec(Strict):
     @classmethod
     def _valid_source(cls, value: str) -> str:
         source_mod.parse_source(value)
+        return value
+
+    @field_validator("mmproj")
+    @classmethod
+    def _valid_projector(cls, value: str | None) -> str | None:
+        if value is not None and not (source_mod.parse_source(value).file_name or "").lower().endswith(".gguf"):
+            raise ValueError(f"mmproj must name one .gguf file (a multimodal projector), not {value}")
         return value
 
     @property

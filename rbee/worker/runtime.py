@@ -40,6 +40,8 @@ class WorkerOptions:
     tls: tuple[str, str] | None = None
     """Certificate and key files: the worker then serves only TLS (its hive's certificate, same machine)."""
     ca_file: str | None = None
+    mmproj_path: str | None = None
+    """A gguf model's multimodal projector: the model then sees the images in chat messages."""
     listen_fd: int | None = None
     """The socket its hive bound to host:port and passed down: the port was the worker's from the moment the hive
     chose it, so nothing else on the machine can take it in the second before the worker listens."""

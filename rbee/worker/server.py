@@ -79,7 +79,10 @@ def create_app(runtime: Runtime) -> Starlette:
             return JSONResponse(wire.error_body(refused, str(runtime.state)), 503)
         if body.request_id in runtime.active:
             return JSONResponse(wire.error_body(f"request {body.request_id} is already running", "conflict"), 409)
-        prompt, options = prompt_of(engine, body)
+        try:
+            prompt, options = prompt_of(engine, body)
+        except backends.PromptTooLong as refusal:
+            return JSONResponse({"error": {"message": str(refusal), "code": refusal.code, "param": "messages"}}, 400)
         unconstrained = backends.cannot_constrain(engine, options.constraint)
         if unconstrained is not None:
             return JSONResponse(
@@ -92,9 +95,7 @@ def create_app(runtime: Runtime) -> Starlette:
         too_long = backends.room_for(engine, prompt)
         if too_long is not None:
             param = "messages" if body.messages is not None else "prompt"
-            return JSONResponse(
-                {"error": {"message": too_long, "code": "context_length_exceeded", "param": param}}, 400
-            )
+            return JSONResponse({"error": {"message": str(too_long), "code": too_long.code, "param": param}}, 400)
         encoder = stream.encoder_for(body, runtime.options.model)
         claimed = runtime.claim(body.request_id)
         return StreamingResponse(
@@ -118,7 +119,10 @@ def create_app(runtime: Runtime) -> Starlette:
             body = wire.ExecuteRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
             return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
-        prompt, _ = prompt_of(engine, body)
+        try:
+            prompt, _ = prompt_of(engine, body)
+        except backends.PromptTooLong as refusal:
+            return JSONResponse({"error": {"message": str(refusal), "code": refusal.code, "param": "messages"}}, 400)
         tokens = await asyncio.get_running_loop().run_in_executor(None, counter, prompt)
         return JSONResponse({"input_tokens": tokens})
 
@@ -254,7 +258,12 @@ def serve(options: WorkerOptions) -> None:
     daemon.configure_logging("%(asctime)s worker %(levelname)s %(message)s")
     daemon.die_with_parent(options.parent_pid)
     engine = backends.create(
-        options.backend, options.model_path, options.device, options.threads, (options.slots, options.context)
+        options.backend,
+        options.model_path,
+        options.device,
+        options.threads,
+        (options.slots, options.context),
+        options.mmproj_path,
     )
     runtime = Runtime(options=options, engine=engine)
     tls.pin(options.ca_file)  # its reports go to its hive over TLS when the hive serves TLS
@@ -289,6 +298,8 @@ def prompt_of(engine: backends.Backend, body: wire.ExecuteRequest) -> tuple[str,
     if body.messages is None:
         return body.prompt or "", body
     chat = body.messages
+    if any(message.images for message in chat) and not getattr(engine, "sees", False):
+        raise backends.ImageRefused(f"the {engine.name} backend sees no images; serve the model with gguf and mmproj")
     if body.constraint is not None and body.constraint.kind == "tool_call":
         chat = tools.with_instructions(chat, body.constraint)
     prompt, template_stops = engine.render_chat(chat)

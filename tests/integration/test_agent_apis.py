@@ -167,7 +167,7 @@ def test_an_image_part_is_refused_naming_the_part(client: openai.OpenAI) -> None
         client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": content}], max_tokens=2)
     body = refused.value.body
     assert isinstance(body, dict) and body.get("param") == "messages.0.content.1", body
-    assert "is a part of type image_url; the model smollm2 takes text parts only" in str(body.get("message"))
+    assert "is an image and the model smollm2 sees no images; give the model an mmproj" in str(body.get("message"))
 
 
 def test_a_prompt_past_the_context_is_the_clients_mistake(client: openai.OpenAI) -> None:
@@ -349,7 +349,9 @@ def test_the_anthropic_client_gets_errors_in_anthropic_shape(fleet: Fleet) -> No
                 model="smollm2", max_tokens=2, messages=[{"role": "user", "content": "hi"}], tools=[tool]
             )
         image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}}
-        with pytest.raises(anthropic.BadRequestError, match=r"messages\.0\.content\.0 is a block of type image"):
+        with pytest.raises(
+            anthropic.BadRequestError, match=r"messages\.0\.content\.0 is an image and the model smollm2 sees no images"
+        ):
             claude.messages.create(model="smollm2", max_tokens=2, messages=[{"role": "user", "content": [image]}])
     with (
         anthropic.Anthropic(base_url=fleet.queen_url, api_key="wrong", max_retries=0) as stranger,

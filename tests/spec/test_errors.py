@@ -214,6 +214,24 @@ CASES = [
         "is a home directory",
     ),
     (
+        "mmproj-not-gguf",
+        BASE.replace(
+            "    source: file:///models/smol.gguf\n",
+            "    source: file:///models/smol.gguf\n    mmproj: hf://o/r/eyes.bin\n",
+            1,
+        ),
+        "hive.yaml:6:13: models[0].mmproj",
+        "mmproj must name one .gguf file (a multimodal projector)",
+    ),
+    (
+        "mmproj-on-safetensors",
+        BASE.replace(
+            "    source: file:///models/smol.gguf\n", "    source: hf://o/smol\n    mmproj: hf://o/r/eyes.gguf\n", 1
+        ),
+        "hive.yaml:6:13: models[0].mmproj",
+        "mmproj (a multimodal projector) goes with a GGUF text model only",
+    ),
+    (
         "model-outside-model-dirs",
         BASE.replace("  - name: box\n", "  - name: box\n    model_dirs: [/srv/models]\n", 1),
         "hive.yaml:9:11: workers[0].hive",

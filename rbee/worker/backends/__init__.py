@@ -56,17 +56,25 @@ class Backend(Protocol):
 class PromptTooLong(BackendError):
     """The prompt does not fit the model's context: the client's mistake, answered 400 before any generation."""
 
+    code = "context_length_exceeded"
 
-def room_for(engine: Engine, prompt: str) -> str | None:
-    """Why `prompt` cannot be answered by `engine` (too long for its context), if the engine can tell; None
-    when it fits or the engine cannot count before it generates."""
+
+class ImageRefused(PromptTooLong):
+    """An image the engine cannot take (it sees none, or cannot read it): the client's 400, before generating."""
+
+    code = "invalid_image"
+
+
+def room_for(engine: Engine, prompt: str) -> PromptTooLong | None:
+    """Why `prompt` cannot be answered by `engine` (too long for its context, an image it cannot read), if the
+    engine can tell; None when it fits or the engine cannot count before it generates."""
     check = getattr(engine, "check_prompt", None)
     if check is None:
         return None
     try:
         check(prompt)
     except PromptTooLong as error:
-        return str(error)
+        return error
     return None
 
 
@@ -186,9 +194,11 @@ def create(
     device: str,
     threads: int | None,
     shape: tuple[int | None, int | None] = (None, None),
+    mmproj_path: str | None = None,
 ) -> Engine:
     """The engine of `backend` (spec/backends.py's table), imported only now: each engine's import is heavy.
-    `shape` (slots, context per slot) goes to the engines that batch; the others serve one request at a time."""
+    `shape` (slots, context per slot) goes to the engines that batch; the others serve one request at a time.
+    `mmproj_path`, a multimodal projector, only to the engines that see (`sees`)."""
     try:
         known = capabilities.Backend(backend)
     except ValueError:
@@ -196,5 +206,8 @@ def create(
     module = importlib.import_module(f"rbee.worker.backends.{known}")
     slots, context = shape
     sized = {"slots": slots, "context": context} if getattr(module.ENGINE, "batches", False) else {}
-    engine: Engine = module.ENGINE(model_path, device=device, threads=threads, **sized)
+    if mmproj_path is not None and not getattr(module.ENGINE, "sees", False):
+        raise BackendError(f"the {backend} backend takes no multimodal projector; serve the model with gguf")
+    seeing = {"mmproj_path": mmproj_path} if mmproj_path is not None else {}
+    engine: Engine = module.ENGINE(model_path, device=device, threads=threads, **sized, **seeing)
     return engine

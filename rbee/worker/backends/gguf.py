@@ -28,7 +28,16 @@ from typing import Any
 from rbee.api.calls import Constraint
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 from rbee.spec.backends import GGUF_CONTEXT, GGUF_SLOTS
-from rbee.worker.backends import BackendError, Generation, PromptTooLong, hf, masks, probabilities, text_pieces
+from rbee.worker.backends import (
+    BackendError,
+    Generation,
+    PromptTooLong,
+    gguf_prompts,
+    masks,
+    probabilities,
+    text_pieces,
+    vision,
+)
 
 DEFAULT_CONTEXT = GGUF_CONTEXT
 DEFAULT_SLOTS = GGUF_SLOTS
@@ -41,7 +50,7 @@ PENALTY_LAST_N = 64
 class _Sequence:
     """One request in the batch loop: its prompt, its sampler and where its output goes."""
 
-    tokens: list[int]
+    prompt: vision.Tokenized
     limit: int
     sampler: Any
     cancel: threading.Event
@@ -51,7 +60,7 @@ class _Sequence:
     out: queue.SimpleQueue[bytes | FinishReason | BackendError] = field(default_factory=queue.SimpleQueue)
     slot: int = -1
     done: int = 0
-    """How many of `tokens` are in the cache."""
+    """How many of the prompt's tokens are in the cache."""
     next_token: int | None = None
     """The token sampled last: it goes into the next batch."""
     left: bool = False
@@ -70,6 +79,8 @@ class _Slot:
 class GgufBackend:
     name = "gguf"
     batches = True
+    sees = True
+    """With a multimodal projector (hive.yaml's `mmproj`), chat messages may hold images."""
     sampling = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "logprobs"})
 
     def __init__(
@@ -80,6 +91,7 @@ class GgufBackend:
         threads: int | None = None,
         slots: int | None = None,
         context: int | None = None,
+        mmproj_path: str | None = None,
     ) -> None:
         self.model_path = model_path
         self.device = "cpu" if device == "auto" else device
@@ -89,7 +101,7 @@ class GgufBackend:
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Any = None
-        self._chat: Any = None
+        self._prompts: gguf_prompts.Prompts | None = None
         self._slots = [_Slot() for _ in range(self.slots)]
         self._waiting: list[_Sequence] = []
         self._active: list[_Sequence] = []
@@ -97,14 +109,13 @@ class GgufBackend:
         self._loop: threading.Thread | None = None
         self._closing = False
         self._masks: masks.Masks | None = None
-        self._counted: dict[str, list[int]] = {}
-        """Prompts check_prompt tokenized, with their tokens: the generation that follows takes them as they are."""
+        self._projector = vision.Projector(mmproj_path) if mmproj_path else None
 
     # -- loading ---------------------------------------------------------------------------------------------
 
     def load(self, progress: Callable[[float], None]) -> None:
         import llama_cpp
-        from llama_cpp import _internals, _logger, llama_chat_format
+        from llama_cpp import _internals, _logger
 
         _logger.set_verbose(False)  # llama.cpp's errors only, in the worker's log
         # llama-cpp-python reports no loading progress (its callback is not exposed): the hive sees loading -> idle.
@@ -134,16 +145,13 @@ class GgufBackend:
             ) from None
         self._batch = _internals.LlamaBatch(n_tokens=BATCH, embd=0, n_seq_max=1, verbose=False)
         self._model = model
-        metadata = model.metadata()
-        template = metadata.get("tokenizer.chat_template")
-        if template:
-            eos, bos = model.token_eos(), model.token_bos()
-            self._chat = llama_chat_format.Jinja2ChatFormatter(
-                template=template,
-                eos_token=model.token_get_text(eos) if eos != -1 else "",
-                bos_token=model.token_get_text(bos) if bos != -1 else "",
-                stop_token_ids=[eos],
-            )
+        try:
+            if self._projector is not None:
+                self._projector.load(model.model, self.threads, use_gpu=self.device != "cpu")
+        except BackendError:
+            self.unload()
+            raise
+        self._prompts = gguf_prompts.Prompts(model, self._projector, keep=4 * self.slots)
         self._masks = masks.Masks(masks.llama_vocabulary(model.vocab), model.n_vocab())
         self._masks.prepare()
         self._loop = threading.Thread(target=self._run, name="batch-loop", daemon=True)
@@ -151,35 +159,22 @@ class GgufBackend:
         progress(1.0)
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
-        if self._chat is None:
-            return hf.plain_chat(messages)
-        rendered = self._chat(messages=[message.model_dump(exclude_none=True) for message in messages])
-        stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        return rendered.prompt, tuple(stop)
-
-    def _tokens(self, prompt: str) -> list[int]:
-        tokens = list(self._model.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
-        bos = self._model.token_bos()
-        if len(tokens) > 1 and tokens[0] == bos and tokens[1] == bos:
-            tokens = tokens[1:]  # the chat template wrote its own BOS
-        return tokens
+        assert self._prompts is not None
+        return self._prompts.render(messages)
 
     def count_tokens(self, prompt: str) -> int:
-        return len(self._tokens(prompt))
+        assert self._prompts is not None
+        return self._prompts.count(prompt)
 
     def check_prompt(self, prompt: str) -> None:
         """Count the prompt with the model's own tokenizer before a stream begins: one that cannot fit a slot is
         the client's mistake (400), not a generation that fails after it has started (502)."""
-        if self._model is None:
+        if self._prompts is None:
             return
-        tokens = self._tokens(prompt)
-        with self._wake:
-            self._counted[prompt] = tokens
-            while len(self._counted) > 4 * self.slots:  # requests that were refused after their count
-                self._counted.pop(next(iter(self._counted)))
-        if len(tokens) >= self.context:
+        tokens = len(self._prompts.counted(prompt).tokens)
+        if tokens >= self.context:
             raise PromptTooLong(
-                f"the prompt is {len(tokens)} tokens and the model's context holds {self.context}; shorten it"
+                f"the prompt is {tokens} tokens and the model's context holds {self.context}; shorten it"
             )
 
     def check_constraint(self, constraint: Constraint) -> None:
@@ -194,17 +189,18 @@ class GgufBackend:
     ) -> Iterator[str]:
         if self._model is None or self._loop is None:
             raise BackendError("the model is not loaded")
-        with self._wake:
-            tokens = self._counted.pop(prompt, None)
-        tokens = tokens if tokens is not None else self._tokens(prompt)
+        assert self._prompts is not None
+        made = self._prompts.take(prompt)
+        tokens = made.tokens
         result.prompt_tokens = len(tokens)
         room = self.context - len(tokens)
         if room < 1:
+            made.close()
             raise BackendError(f"the prompt is {len(tokens)} tokens and the context holds {self.context}; shorten it")
         masking = self._masks
         matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
         limit = min(options.max_tokens, room)
-        sequence = _Sequence(tokens, limit, self._sampler(options, limit), cancel, result, matcher)
+        sequence = _Sequence(made, limit, self._sampler(options, limit), cancel, result, matcher)
         sequence.logprobs = options.logprobs
         result.finish_reason = FinishReason.LENGTH
         with self._wake:
@@ -282,12 +278,15 @@ class GgufBackend:
             if not free:
                 return
             sequence = self._waiting.pop(0)
-            index = max(free, key=lambda i: _shared(self._slots[i].cached, sequence.tokens))
+            tokens = sequence.prompt.tokens
+            index = max(free, key=lambda i: gguf_prompts.shared(self._slots[i].cached, tokens))
             slot = self._slots[index]
             # At least the prompt's last token is evaluated again: its logits pick the first token of the answer.
-            keep = min(_shared(slot.cached, sequence.tokens), len(sequence.tokens) - 1)
+            keep = min(gguf_prompts.shared(slot.cached, tokens), len(tokens) - 1)
+            cut = sequence.prompt.image_at(keep)
+            keep = cut[0] if cut is not None else keep  # an image is evaluated whole or not at all
             self._ctx.kv_cache_seq_rm(index, keep, -1)
-            slot.cached = sequence.tokens[:keep]
+            slot.cached = tokens[:keep]
             slot.busy = True
             sequence.slot, sequence.done = index, keep
             sequence.result.cached_tokens = keep
@@ -320,9 +319,16 @@ class GgufBackend:
                 add(sequence, sequence.next_token, True)
                 sequence.next_token = None
         for sequence in self._active:  # then prompts, as far as the batch has room
-            while sequence.done < len(sequence.tokens) and batch.n_tokens < BATCH:
+            tokens, images, added = sequence.prompt.tokens, sequence.prompt.images, batch.n_tokens
+            while sequence.done < len(tokens) and batch.n_tokens < BATCH:
+                image = images.get(sequence.done)
+                if image is not None:
+                    if any(batch.seq_id[at][0] == sequence.slot for at in range(added, batch.n_tokens)):
+                        break  # the text before the image goes into the cache first: the image at the next step
+                    self._see(sequence, image)
+                    continue
                 sequence.done += 1
-                add(sequence, sequence.tokens[sequence.done - 1], sequence.done == len(sequence.tokens))
+                add(sequence, tokens[sequence.done - 1], sequence.done == len(tokens))
         if batch.n_tokens == 0:
             return
         self._ctx.decode(self._batch)
@@ -347,12 +353,20 @@ class GgufBackend:
             else:
                 sequence.next_token = token
 
+    def _see(self, sequence: _Sequence, image: vision.Image) -> None:
+        """An image of a prompt into its sequence's cache, at once (mtmd decodes it in calls of its own)."""
+        cached = self._slots[sequence.slot].cached
+        self._projector.evaluate(self._ctx.ctx, image, len(cached), sequence.slot, BATCH)  # type: ignore[union-attr]
+        cached += sequence.prompt.tokens[sequence.done : sequence.done + image.positions]
+        sequence.done += image.positions
+
     def _finish(self, sequence: _Sequence, ending: FinishReason | BackendError) -> None:
         if sequence in self._active:
             self._active.remove(sequence)
             self._slots[sequence.slot].busy = False
         sequence.out.put(ending)
         sequence.sampler.close()
+        sequence.prompt.close()
 
     def _piece(self, token: int) -> bytes:
         import llama_cpp
@@ -371,6 +385,8 @@ class GgufBackend:
         if self._loop is not None:
             self._loop.join(timeout=10)
         with contextlib.suppress(Exception):
+            if self._projector is not None:
+                self._projector.close()
             if self._batch is not None:
                 self._batch.close()
             if self._ctx is not None:
@@ -378,16 +394,6 @@ class GgufBackend:
             if self._model is not None:
                 self._model.close()
         self._model = self._ctx = self._batch = None
-
-
-def _shared(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """How many tokens the two start with in common."""
-    count = 0
-    for left, right in zip(cached, tokens, strict=False):
-        if left != right:
-            break
-        count += 1
-    return count
 
 
 ENGINE = GgufBackend

@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rbee.api.wire import ChatMessage, Unsupported, refuse_unserved
+from rbee.api import images
+from rbee.api.wire import ChatImage, ChatMessage, Unsupported, refuse_unserved
 
 NO_OPS = frozenset({"store", "metadata", "user", "service_tier", "parallel_tool_calls", "truncation"})
 NOT_YET = {
@@ -79,8 +80,10 @@ class ResponsesRequest(BaseModel):
             "text.format", f"text.format {kind!r} needs to be text, json_object or json_schema with a schema"
         )
 
-    def chat(self) -> list[ChatMessage]:
-        converted = []
+    def chat(self, sees: bool = False) -> list[ChatMessage]:
+        """The input as rbee's chat: instructions first, then the messages; `input_image` parts (a base64 data:
+        URL in `image_url`) as images among the text when the model sees (`sees`: it has a projector)."""
+        converted, seen = [], 0
         if self.instructions:
             converted.append(ChatMessage(role="system", content=self.instructions))
         if isinstance(self.input, str):
@@ -88,7 +91,15 @@ class ResponsesRequest(BaseModel):
         for index, item in enumerate(self.input):
             if item.type != "message" or item.role is None:
                 raise Unsupported(f"input.{index}", f"input[{index}] is a {item.type} item; only messages are served")
-            converted.append(ChatMessage(role=item.role, content=_text(item.content, f"input.{index}.content")))
+            where = f"input.{index}.content"
+            content = item.content if isinstance(item.content, list) else None
+            pictures = [_image(part, number, where, sees, self.model, content) for number, part in _images(content)]
+            seen += len(pictures)
+            images.within_limit(seen, "input")
+            text = _text(
+                [p for p in content if p.type != "input_image"] if content and pictures else item.content, where
+            )
+            converted.append(ChatMessage(role=item.role, content=text, images=tuple(pictures) or None))
         return converted
 
     def sampling(self) -> dict[str, Any]:
@@ -98,6 +109,25 @@ class ResponsesRequest(BaseModel):
             "top_p": self.top_p,
             "constraint": self.constraint(),
         }
+
+
+def _images(content: list[Part] | None) -> list[tuple[int, Part]]:
+    return [(number, part) for number, part in enumerate(content or ()) if part.type == "input_image"]
+
+
+def _image(part: Part, number: int, where: str, sees: bool, model: str, content: list[Part] | None) -> ChatImage:
+    param = f"{where}.{number}"
+    if not sees:
+        raise Unsupported(
+            param,
+            f"{param} is an image and the model {model} sees no images; give the model an mmproj (a multimodal "
+            "projector) in hive.yaml, or send text only",
+        )
+    before = sum(len(p.text or "") for p in (content or [])[:number] if p.type in TEXT_PARTS)
+    url = (part.model_extra or {}).get("image_url")
+    if not isinstance(url, str):
+        raise Unsupported(param, f"{param} needs image_url, a base64 data: URL (file_id is not served)")
+    return images.from_url(url, before, param)
 
 
 def _text(content: str | list[Part] | None, where: str) -> str:

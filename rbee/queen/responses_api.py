@@ -19,7 +19,7 @@ async def create(request: Request) -> Response:
     queen, key, body = await client_body(request, responses.ResponsesRequest)
     try:
         body.refuse_unserved()
-        chat = body.chat()
+        chat = body.chat(queen.fleet.sees(body.model))
     except wire.Unsupported as unserved:
         raise refused(unserved) from None
     queen.fleet.keys.permit(key, body.model)

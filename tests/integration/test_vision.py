@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import httpx
@@ -65,6 +66,32 @@ def test_a_streamed_answer_about_an_image_equals_the_whole_one(client: openai.Op
     chunks = client.chat.completions.create(messages=_ask(BLUE), stream=True, **asked)  # type: ignore[call-overload]
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert streamed == whole.choices[0].message.content
+
+
+def test_images_and_text_in_one_batch_answer_as_each_does_alone(client: openai.OpenAI) -> None:
+    """The worker's four slots share one batch loop: an image is evaluated into its own sequence while the
+    others generate, and nobody's answer changes for it."""
+    asked = {"model": "smollm2", "max_tokens": 12, "temperature": 0, "seed": 9}
+    questions = [_ask(RED), _ask(None), _ask(BLUE), [{"role": "user", "content": "Name a fruit."}]]
+
+    def answer(messages: list[dict[str, object]]) -> str:
+        made = client.chat.completions.create(messages=messages, **asked)  # type: ignore[call-overload]
+        return str(made.choices[0].message.content)
+
+    alone = [answer(question) for question in questions]
+    with ThreadPoolExecutor(len(questions)) as pool:
+        together = list(pool.map(answer, questions))
+    assert together == alone
+
+
+def test_the_responses_api_takes_an_input_image(client: openai.OpenAI) -> None:
+    content = [{"type": "input_text", "text": "Describe "}, {"type": "input_image", "image_url": data_url(RED)}]
+    made = client.responses.create(model="smollm2", input=[{"role": "user", "content": content}], max_output_tokens=6)  # type: ignore[list-item,typeddict-item]
+    plain = client.responses.create(
+        model="smollm2", input=[{"role": "user", "content": "Describe "}], max_output_tokens=6
+    )
+    assert made.usage is not None and plain.usage is not None
+    assert made.usage.input_tokens == plain.usage.input_tokens + IMAGE_POSITIONS
 
 
 def test_the_anthropic_client_sends_an_image_block(fleet: Fleet) -> None:

@@ -97,3 +97,26 @@ def test_the_catalog_keeps_a_models_projector(tmp_path: Path) -> None:
     again = Catalog(tmp_path / "hive.db")
     assert again.model("eyes") == record and again.models()[0].entry().mmproj == "hf://o/r/mmproj.gguf"
     again.close()
+
+
+def test_a_responses_input_image_stands_where_it_was() -> None:
+    from rbee.api import responses
+
+    content = [
+        {"type": "input_text", "text": "Say "},
+        {"type": "input_image", "image_url": URL},
+        {"type": "input_text", "text": "it"},
+    ]
+    request = responses.ResponsesRequest.model_validate(
+        {"model": "eyes", "input": [{"role": "user", "content": content}]}
+    )
+    [message] = request.chat(sees=True)
+    assert message.content == "Say it" and message.images is not None and message.images[0].at == 4
+    with pytest.raises(Unsupported, match="sees no images") as refused:
+        request.chat(sees=False)
+    assert refused.value.param == "input.0.content.1"
+    content[1] = {"type": "input_image", "file_id": "file-1"}
+    with pytest.raises(Unsupported, match="file_id is not served"):
+        responses.ResponsesRequest.model_validate(
+            {"model": "eyes", "input": [{"role": "user", "content": content}]}
+        ).chat(sees=True)

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from rbee.api import responses, wire
+from rbee.api import calls, responses, wire
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.generation import client_body, generate, refused
 from rbee.queen.openai_api import require_text_model
@@ -37,8 +37,16 @@ async def create(request: Request) -> Response:
     answer = await generate(request, queen, key, body.model, fields, encoder.error if encoder else None)
     if isinstance(answer, RelayResponse):
         return answer
+    tools = [calls.Tool.model_validate(tool) for tool in (fields.get("constraint") or {}).get("tools", ())]
+    call = calls.call_in(answer.text, tools) if tools else None
     return JSONResponse(
         responses.response(
-            request_id, body.model, answer.text, answer.finish_reason, answer.prompt_tokens, answer.completion_tokens
+            request_id,
+            body.model,
+            answer.text,
+            answer.finish_reason,
+            answer.prompt_tokens,
+            answer.completion_tokens,
+            call=call,
         )
     )

@@ -37,7 +37,8 @@ def encoder_for(body: wire.ExecuteRequest, model: str) -> Encoder:
         messages = anthropic.StreamEncoder(body.request_id, body.openai_model or model)
         return anthropic.ToolUseStream(messages, tools) if tools else messages
     if body.format is wire.StreamFormat.OPENAI_RESPONSES:
-        return responses.StreamEncoder(body.request_id, body.openai_model or model)
+        answers = responses.StreamEncoder(body.request_id, body.openai_model or model)
+        return responses.ToolCallStream(answers, tools) if tools else answers
     chat = body.format is wire.StreamFormat.OPENAI_CHAT
     encoder = openai_stream.StreamEncoder(body.request_id, body.openai_model or model, chat, body.include_usage)
     return openai_stream.ToolCallStream(encoder, tools) if chat and tools else encoder

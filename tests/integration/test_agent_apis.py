@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import jsonschema
 import openai
 import pytest
 
@@ -358,6 +359,40 @@ def test_the_anthropic_client_gets_errors_in_anthropic_shape(fleet: Fleet) -> No
         pytest.raises(anthropic.AuthenticationError),
     ):
         stranger.messages.create(model="smollm2", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_responses_function_tools_whole_streamed_and_answered(client: openai.OpenAI) -> None:
+    """The Responses API's function tools: a required call is a function_call item with arguments that validate,
+    the same streamed (its arguments events and final response), and the call's output sent back is answered."""
+    function = WEATHER_TOOL["function"]
+    assert isinstance(function, dict)
+    tool = {"type": "function", **function}
+    asked: dict[str, Any] = {
+        "model": "smollm2",
+        "input": [{"role": "user", "content": "What is the weather in Oslo?"}],
+        "tools": [tool],
+        "tool_choice": "required",
+        "max_output_tokens": 40,
+        "temperature": 0,
+    }
+    whole = client.responses.create(**asked)
+    [call] = whole.output
+    assert call.type == "function_call" and call.name == "get_weather" and whole.status == "completed"
+    jsonschema.validate(json.loads(call.arguments), function["parameters"])
+    arguments, final = None, None
+    for event in client.responses.create(**asked, stream=True):
+        if event.type == "response.function_call_arguments.done":
+            arguments = event.arguments
+        elif event.type == "response.completed":
+            final = event.response
+    assert arguments == call.arguments and final is not None and final.output[0].type == "function_call"
+    turn = [
+        *asked["input"],
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"temperature_c": 18}'},
+    ]
+    answered = client.responses.create(**{**asked, "input": turn, "tool_choice": "none"})
+    assert answered.output[0].type == "message" and answered.output_text
 
 
 def test_the_responses_api_answers_whole_and_streamed(client: openai.OpenAI) -> None:

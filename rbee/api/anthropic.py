@@ -143,11 +143,7 @@ def _images(content: str | list[Block], where: str, sees: bool, model: str) -> l
             continue
         param = f"{where}.{number}"
         if not sees:
-            raise Unsupported(
-                param,
-                f"{param} is an image and the model {model} sees no images; give the model an mmproj (a multimodal "
-                "projector) in hive.yaml, or send text only",
-            )
+            raise images.unseen(param, model)
         source = (block.model_extra or {}).get("source")
         if not isinstance(source, dict) or source.get("type") != "base64":
             raise Unsupported(param, f"{param} must have a base64 source; rbee fetches no URL for a client")

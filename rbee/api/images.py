@@ -44,6 +44,16 @@ def from_base64(media_type: str, data: str, at: int, param: str) -> ChatImage:
     return ChatImage(data=data, at=at)
 
 
+def unseen(param: str, model: str, where: str | None = None) -> Unsupported:
+    """The refusal of an image for a model without a projector; `where` is the part as the client's API writes
+    it (`param` itself unless given)."""
+    return Unsupported(
+        param,
+        f"{where or param} is an image and the model {model} sees no images; give the model an mmproj (a "
+        "multimodal projector) in hive.yaml, or send text only",
+    )
+
+
 def within_limit(count: int, param: str) -> None:
     if count > MAX_IMAGES:
         raise Unsupported(param, f"the request holds {count} images; send at most {MAX_IMAGES}")

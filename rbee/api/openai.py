@@ -211,11 +211,7 @@ class ChatRequest(CompletionBase):
         if part.type != "image_url":
             raise Unsupported(param, f"{where} is a part of type {part.type}; rbee takes text and image_url parts")
         if not sees:
-            raise Unsupported(
-                param,
-                f"{where} is an image and the model {self.model} sees no images; give the model an mmproj (a "
-                "multimodal projector) in hive.yaml, or send text only",
-            )
+            raise images.unseen(param, self.model, where)
         url = (part.model_extra or {}).get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         if not isinstance(url, str):

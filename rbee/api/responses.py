@@ -180,11 +180,7 @@ def _images(content: list[Part] | None) -> list[tuple[int, Part]]:
 def _image(part: Part, number: int, where: str, sees: bool, model: str, content: list[Part] | None) -> ChatImage:
     param = f"{where}.{number}"
     if not sees:
-        raise Unsupported(
-            param,
-            f"{param} is an image and the model {model} sees no images; give the model an mmproj (a multimodal "
-            "projector) in hive.yaml, or send text only",
-        )
+        raise images.unseen(param, model)
     before = sum(len(p.text or "") for p in (content or [])[:number] if p.type in TEXT_PARTS)
     url = (part.model_extra or {}).get("image_url")
     if not isinstance(url, str):

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from rbee.clients.worker import WorkerClient
 from rbee.hive import config as hive_config
 from rbee.hive import detect, gguf, ports
 from rbee.hive.catalog import Catalog, ModelRecord
+from rbee.hive.launch import Launch, worker_command
 from rbee.spec import backends, placement
 
 log = logging.getLogger("rbee.hive")
@@ -158,46 +158,9 @@ class Supervisor:
             self.guards.hold(port, reserved.guard)
             log_path = self.config.logs_dir / f"worker-{worker_id}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            command = [
-                sys.executable,
-                "-m",
-                "rbee",
-                "worker",
-                "serve",
-                "--id",
-                worker_id,
-                "--model",
-                record.name,
-                "--model-path",
-                record.path,
-                "--backend",
-                backend,
-                "--device",
-                device,
-                "--host",
-                self.config.host or "127.0.0.1",
-                "--port",
-                str(port),
-                "--listen-fd",
-                str(listener.fileno()),
-                "--hive-url",
-                self.config.url,
-                "--parent-pid",
-                str(os.getpid()),
-            ]
-            for flag, value in zip(
-                ("--slots", "--context", "--threads"), (shape.slots, shape.context, shape.threads), strict=True
-            ):
-                if value is not None:
-                    command += [flag, str(value)]
-            if self.token is not None:
-                command += ["--token-file", str(self._write_credential(worker_id))]
-            if self.config.tls is not None:  # paths, not secrets: the key file is the hive's own, mode 0600
-                command += ["--tls-cert", self.config.tls[0], "--tls-key", self.config.tls[1]]
-            if self.config.ca_file:
-                command += ["--ca-file", str(Path(self.config.ca_file).expanduser())]
-            if record.mmproj_path is not None:
-                command += ["--mmproj-path", record.mmproj_path]
+            token_file = self._write_credential(worker_id) if self.token is not None else None
+            launch = Launch(worker_id, record, backend, device, port, listener.fileno(), shape, token_file)
+            command = worker_command(self.config, launch)
             with log_path.open("ab") as log_file, listener:  # the worker has its own copy of the socket
                 process = subprocess.Popen(
                     command,

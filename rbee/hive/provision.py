@@ -51,8 +51,7 @@ def provision(request: ModelRequest, models_dir: Path, report: Report, file_root
         record = _from_file(request, source, fmt, report, file_roots)
         if projector is None:
             return record
-        path = _in_roots(Path(projector.location), file_roots)
-        check_gguf(path)
+        path = _fetch_projector(projector, models_dir, report, file_roots)  # a file too: used where it lies
         return replace(record, mmproj=request.mmproj, mmproj_path=str(path), size_bytes=record.size_bytes + _size(path))
     models_dir.mkdir(parents=True, exist_ok=True)
     # One staging dir per model name (downloads of one model are serialized by the hive): a download cut

@@ -120,3 +120,19 @@ def test_a_responses_input_image_stands_where_it_was() -> None:
         responses.ResponsesRequest.model_validate(
             {"model": "eyes", "input": [{"role": "user", "content": content}]}
         ).chat(sees=True)
+
+
+def test_a_file_model_takes_a_file_projector_where_it_lies_and_refuses_a_download(tmp_path: Path) -> None:
+    from rbee.api.wire import ModelRequest
+    from rbee.hive import provision
+    from tests.models import tiny_gguf
+
+    (tmp_path / "m.gguf").write_bytes(tiny_gguf())
+    (tmp_path / "eyes.gguf").write_bytes(tiny_gguf(32))
+    request = ModelRequest(name="m", source=f"file://{tmp_path}/m.gguf", mmproj=f"file://{tmp_path}/eyes.gguf")
+    record = provision.provision(request, tmp_path / "models", lambda event: None, (str(tmp_path),))
+    assert record.mmproj_path == str(tmp_path / "eyes.gguf") and record.mmproj == request.mmproj
+    assert record.size_bytes == (tmp_path / "m.gguf").stat().st_size + (tmp_path / "eyes.gguf").stat().st_size
+    fetched = request.model_copy(update={"mmproj": "hf://o/r/eyes.gguf"})
+    with pytest.raises(provision.ProvisionError, match="is a file on this hive and its mmproj is not"):
+        provision.provision(fetched, tmp_path / "models", lambda event: None, (str(tmp_path),))

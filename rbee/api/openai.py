@@ -7,8 +7,8 @@ passes them through without parsing each event. No I/O here.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -271,7 +271,7 @@ class CompletionRequest(CompletionBase):
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    return f"{prefix}-{os.urandom(12).hex()}"
 
 
 def error(

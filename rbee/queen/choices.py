@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from starlette.requests import Request
 
 from rbee.api import openai_stream, sse, wire
 from rbee.queen import parts
-from rbee.queen.asgi import RelayResponse
+from rbee.queen.asgi import Deliver, Produce, RelayResponse
 from rbee.queen.auth import Key
 from rbee.queen.dispatch import Answer
 from rbee.queen.generation import generate
@@ -63,34 +63,43 @@ async def streamed(
     """The choices' streams as one OpenAI stream. Each is opened now (a refusal is the client's HTTP status,
     and closes those already open)."""
     rbee_fields = {**fields, "format": wire.StreamFormat.RBEE}
-    opened: list[AsyncIterator[bytes]] = []
+    opened: list[RelayResponse] = []
     try:
         for one in each(rbee_fields, len(encoders)):
             relay = await generate(request, queen, key, model, one, wire.error_event)
             assert isinstance(relay, RelayResponse)
-            opened.append(relay.chunks)
+            opened.append(relay)
     except BaseException:
-        for chunks in opened:
-            await _close(chunks)
+        for relay in opened:
+            relay.abandon()
         raise
-    return RelayResponse(_merged(opened, encoders))
+
+    async def produce(deliver: Deliver) -> None:
+        async with contextlib.aclosing(_merged([relay.produce for relay in opened], encoders)) as chunks:
+            async for chunk in chunks:
+                await deliver(chunk)
+
+    return RelayResponse(produce)
 
 
 async def _merged(
-    streams: Sequence[AsyncIterator[bytes]], encoders: Sequence[openai_stream.StreamEncoder]
-) -> AsyncIterator[bytes]:
+    streams: Sequence[Produce], encoders: Sequence[openai_stream.StreamEncoder]
+) -> AsyncGenerator[bytes, None]:
     events: asyncio.Queue[tuple[int, sse.Event | None]] = asyncio.Queue()
 
-    async def pump(index: int, chunks: AsyncIterator[bytes]) -> None:
+    async def pump(index: int, produce: Produce) -> None:
         parser = sse.Parser()
+
+        async def parse(chunk: bytes) -> None:
+            for event in parser.feed(chunk):
+                await events.put((index, event))
+
         try:
-            async for chunk in chunks:
-                for event in parser.feed(chunk):
-                    await events.put((index, event))
+            await produce(parse)
         finally:
             await events.put((index, None))
 
-    pumps = [asyncio.ensure_future(pump(index, chunks)) for index, chunks in enumerate(streams)]
+    pumps = [asyncio.ensure_future(pump(index, produce)) for index, produce in enumerate(streams)]
     try:
         yield b"".join(encoder.start() for encoder in encoders)
         running, prompt_tokens, completion_tokens = len(streams), 0, 0
@@ -126,8 +135,3 @@ async def _merged(
             task.cancel()  # each relay's own cleanup (its ticket, its worker's cancel) runs as it unwinds
         with contextlib.suppress(BaseException):
             await asyncio.gather(*pumps, return_exceptions=True)
-
-
-async def _close(chunks: AsyncIterator[bytes]) -> None:
-    with contextlib.suppress(Exception):
-        await chunks.aclose()  # type: ignore[attr-defined]

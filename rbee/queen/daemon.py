@@ -4,6 +4,7 @@ serve the API until told to stop, then stop everything in order."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from pathlib import Path
@@ -146,6 +147,10 @@ def serve(
         poller = asyncio.create_task(poll(queen, poll_interval), name="poll")
         watcher = asyncio.create_task(watch_streams(queen), name="watch streams")
         queen.reconciler.start(spec.queen.reconcile_interval if spec else DEFAULT_RECONCILE_INTERVAL)
+        # What is built by now lives as long as the queen: out of the collector's sight, so that its collections
+        # (triggered by every request's allocations) walk only what requests made.
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)  # a request allocates thousands: the default 700 collected for each one
         serving = await daemon.start(uvicorn_server)
         log.info("queen listening on %s (pid %d)", listen, os.getpid())
         await serving

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import json
 import time
-from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from rbee.api import sse, wire
-from rbee.clients.worker import WorkerCallError, WorkerClient, WorkerStream
+from rbee.clients.worker import TAIL, WorkerCallError, WorkerClient, WorkerStream
 from rbee.queen import metrics
 from rbee.queen.admission import Admission, Refusal, Ticket
 from rbee.queen.auth import Key
@@ -28,8 +27,6 @@ from rbee.queen.fleet import Fleet
 from rbee.queen.metrics import Exchange, Metrics
 from rbee.queen.scheduling import Ask, Route
 
-TAIL = 8
-"""Chunks of a relayed stream kept to find its end comment in."""
 BUSY_RETRY = 0.005
 """Seconds before a request a busy worker refused goes back to admission."""
 STALLED = 3.0
@@ -40,21 +37,30 @@ Answered = TypeVar("Answered")
 
 OnError = Callable[[str, str], bytes]
 """The last bytes of a stream that failed, in the client's wire format: on_error(message, code)."""
+Deliver = Callable[[bytes], Awaitable[None]]
+"""Where a relay hands each chunk: the client's connection, a task's buffer."""
 
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A worker's stream, open: the admission ticket it holds, its first bytes and the rest."""
+    """A worker's stream, accepted by its worker: the admission ticket it holds and its bytes to come."""
 
     ticket: Ticket
-    first: bytes
     chunks: WorkerStream
 
     def abandon(self, dispatch: Dispatcher) -> None:
         """The client left before the relay began: give the worker back and close its stream."""
         dispatch.streams.pop(self.chunks, None)
         self.ticket.release()
-        asyncio.get_running_loop().create_task(_close(self.chunks))
+        self.chunks.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """A stream for one client: `run` it once with where its chunks go, or `abandon` it unrun."""
+
+    run: Callable[[Deliver], Awaitable[None]]
+    abandon: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +176,8 @@ class Dispatcher:
             self.record(exchange)
 
     async def open(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> Opened:
-        """Admit the request, open its worker's stream and read the first bytes. A refusal is recorded like any
+        """Admit the request and open its worker's stream, until the worker accepts it (the headers of its answer:
+        the client's answer starts then, while the worker makes its first token). A refusal is recorded like any
         finished request."""
         deadline = time.monotonic() + self.fleet.queue_wait
         limit = self.fleet.time_limit(ask.model)  # the worker ends an answer that runs past it
@@ -183,10 +190,10 @@ class Dispatcher:
                 idle = self.fleet.stream_idle(ask.model)
                 try:
                     async with asyncio.timeout(idle):
-                        first = await anext(chunks)
+                        await chunks.accept()
                 except TimeoutError:
                     ticket.release()
-                    asyncio.get_running_loop().create_task(_close(chunks))
+                    chunks.close()
                     message = f"the worker sent nothing for {idle:g} s"
                     await self._retry_or_raise(WorkerCallError(message, "worker_unresponsive"), ticket, deadline)
                     continue
@@ -194,15 +201,12 @@ class Dispatcher:
                     ticket.release()
                     await self._retry_or_raise(failure, ticket, deadline)
                     continue
-                except StopAsyncIteration:
-                    ticket.release()
-                    raise ClientError(502, "the worker sent nothing", "api_error", "worker_lost") from None
                 except BaseException:
                     ticket.release()
+                    chunks.close()
                     raise
-                exchange.first_byte = time.monotonic()
                 self.streams[chunks] = (ticket.route, idle)
-                return Opened(ticket, first, chunks)
+                return Opened(ticket, chunks)
         except ClientError as refusal:
             exchange.failed(refusal.status, str(refusal))
             self.record(exchange)
@@ -231,38 +235,42 @@ class Dispatcher:
             elif not handed and not opening.cancelled() and opening.exception() is None:
                 opening.result().abandon(self)
 
-    async def relay(self, exchange: Exchange, opened: Opened, on_error: OnError) -> AsyncIterator[bytes]:
-        """Pass the worker's bytes through; end with an error in the client's format if the worker fails."""
-        ticket, chunks = opened.ticket, opened.chunks
-        last: deque[bytes] = deque([opened.first], maxlen=TAIL)  # references only: the end comment is in the tail
-        seen = 1
+    async def relay(self, exchange: Exchange, opened: Opened, on_error: OnError, deliver: Deliver) -> None:
+        """Pass the worker's bytes through to `deliver`; end with an error in the client's format if the worker
+        fails."""
+        ticket, stream = opened.ticket, opened.chunks
         finished = False
         try:
-            yield opened.first
-            async for chunk in chunks:
-                yield chunk
-                last.append(chunk)
-                seen += 1
+            try:
+                await stream.pump(deliver)
+            except WorkerCallError as failure:
+                finished = True
+                self._lost(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
+                await deliver(on_error(str(exchange.error), failure.code))
+                return
             finished = True
-            end = wire.parse_end(b"".join(last), stream_start=seen <= TAIL)
+            end = wire.parse_end(b"".join(stream.tail), stream_start=stream.count <= TAIL)
             if end is None:
                 self._lost(exchange, ticket, "the worker ended the stream without finishing")
-                yield on_error(str(exchange.error), "worker_lost")
+                await deliver(on_error(str(exchange.error), "worker_lost"))
             else:
                 exchange.tokens = int(end.get("completion_tokens", 0))
                 if end.get("error"):
                     exchange.failed(502, str(end["error"]))
-        except WorkerCallError as failure:
-            finished = True
-            self._lost(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
-            yield on_error(str(exchange.error), failure.code)
         finally:
-            self.streams.pop(chunks, None)
+            exchange.first_byte = stream.first
+            self.streams.pop(stream, None)
             if not finished:
                 exchange.failed(499, "the client went away")
-                asyncio.get_running_loop().create_task(_close(chunks))
+                stream.close()
             ticket.release()
             self.record(exchange)
+
+    def abandon(self, exchange: Exchange, opened: Opened) -> None:
+        """A relay that will not run (another choice of its request was refused): its worker given back."""
+        opened.abandon(self)
+        exchange.failed(499, "the request was given up before its answer began")
+        self.record(exchange)
 
     async def answer(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> Answer:
         """The whole generation at once (the worker streams rbee events; they are read to the end here)."""
@@ -270,10 +278,13 @@ class Dispatcher:
         text: list[str] = []
         logprobs: list[dict[str, Any]] | None = [] if body.logprobs is not None else None
         end: dict[str, Any] | None = None
+        parts: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            parts.append(chunk)
+
         try:
-            parts = [opened.first]
-            async for chunk in opened.chunks:
-                parts.append(chunk)
+            await opened.chunks.pump(keep)
             buffer = b"".join(parts)  # joined once: adding chunk by chunk was quadratic in the answer's length
             for event in sse.Parser().feed(buffer):
                 if event.name == "error":
@@ -291,7 +302,9 @@ class Dispatcher:
             exchange.failed(502, str(failure))
             raise ClientError(502, str(failure), "api_error", failure.code) from None
         finally:
+            exchange.first_byte = opened.chunks.first
             self.streams.pop(opened.chunks, None)
+            opened.chunks.close()
             opened.ticket.release()
             if end is not None:
                 exchange.tokens = int(end.get("completion_tokens", 0))
@@ -311,34 +324,39 @@ class Dispatcher:
         self.fleet.lost(ticket.route)
 
 
-async def _close(chunks: AsyncIterator[bytes]) -> None:
-    with contextlib.suppress(Exception):
-        await chunks.aclose()  # type: ignore[attr-defined]
-
-
 async def streamed(
     dispatch: Dispatcher, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange, on_error: OnError
-) -> AsyncIterator[bytes]:
+) -> Relay:
     """A streamed answer in whichever wire format `body` asks of its worker (OpenAI's, Anthropic's): opened now
     when a worker is there (a refusal is then the client's HTTP status), or at once with cold-start comments."""
     if not dispatch.admission.has_workers(ask.model):
-        return relay_after_opening(dispatch, ask, key, body, exchange, on_error)
+        return Relay(
+            lambda deliver: relay_after_opening(dispatch, ask, key, body, exchange, on_error, deliver), lambda: None
+        )
     opened = await dispatch.open(ask, key, body, exchange)
-    return dispatch.relay(exchange, opened, on_error)
+    return Relay(
+        lambda deliver: dispatch.relay(exchange, opened, on_error, deliver),
+        lambda: dispatch.abandon(exchange, opened),
+    )
 
 
 async def relay_after_opening(
-    dispatch: Dispatcher, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange, on_error: OnError
-) -> AsyncIterator[bytes]:
+    dispatch: Dispatcher,
+    ask: Ask,
+    key: Key | None,
+    body: wire.ExecuteRequest,
+    exchange: Exchange,
+    on_error: OnError,
+    deliver: Deliver,
+) -> None:
     """A stream that starts at once: cold-start comments while the request waits for its worker, then the relay;
     a refusal becomes the stream's error."""
     try:
         async with contextlib.aclosing(dispatch.opening(ask, key, body, exchange)) as items:
             async for item in items:
                 if isinstance(item, Opened):
-                    async for chunk in dispatch.relay(exchange, item, on_error):
-                        yield chunk
+                    await dispatch.relay(exchange, item, on_error, deliver)
                 else:
-                    yield item
+                    await deliver(item)
     except ClientError as refusal:
-        yield on_error(str(refusal), refusal.code or "refused")
+        await deliver(on_error(str(refusal), refusal.code or "refused"))

@@ -48,6 +48,9 @@ async def generate(
     stream_error: OnError | None,
 ) -> RelayResponse | Answer:
     """The stream (when `stream_error`, the shape's error frame, is given) or the whole answer."""
+    limit = queen.fleet.time_limit(model)
+    if limit is not None and fields.get("time_limit") is None:  # bounded in this one validation, not copied after
+        fields = {**fields, "time_limit": limit}
     try:
         execute = wire.ExecuteRequest.model_validate(fields)
     except pydantic.ValidationError as failure:
@@ -57,5 +60,6 @@ async def generate(
     ask = Ask(model, pinned, name, sum(map(len, texts)), prefix_of(texts))
     exchange = Exchange(execute.request_id, model, ask.key)
     if stream_error is not None:
-        return RelayResponse(await streamed(queen.dispatch, ask, key, execute, exchange, stream_error))
+        relay = await streamed(queen.dispatch, ask, key, execute, exchange, stream_error)
+        return RelayResponse(relay.run, relay.abandon)
     return await queen.dispatch.answer(ask, key, execute, exchange)

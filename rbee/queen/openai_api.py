@@ -104,12 +104,16 @@ async def _generate(request: Request, chat: bool) -> Response:
     tools = [calls.Tool.model_validate(tool) for tool in (fields.get("constraint") or {}).get("tools", ())]
     if body.n > 1:
         return await _choices(request, queen, key, body, fields, tools, include_usage)
-    encoder = None
+    on_error = None
     if body.stream:
         fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
         fields.update(format=fmt, openai_model=body.model, include_usage=include_usage)
-        encoder = openai_stream.StreamEncoder(request_id, body.model, chat, include_usage)
-    answer = await generate(request, queen, key, body.model, fields, encoder.error if encoder else None)
+        model = body.model
+
+        def on_error(message: str, code: str) -> bytes:  # an encoder only for a stream that fails
+            return openai_stream.StreamEncoder(request_id, model, chat, include_usage).error(message, code)
+
+    answer = await generate(request, queen, key, body.model, fields, on_error)
     if isinstance(answer, RelayResponse):
         return answer
     return JSONResponse(_whole(request_id, body.model, chat, [answer], tools))

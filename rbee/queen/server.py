@@ -29,7 +29,7 @@ from rbee.queen import (
     task_api,
     web_ui,
 )
-from rbee.queen.asgi import RawSend
+from rbee.queen.asgi import DirectRoutes, RawSend
 from rbee.queen.errors import Handler
 from rbee.queen.parts import Queen
 
@@ -53,6 +53,12 @@ def create_app(queen: Queen) -> RawSend:
     def route(path: str, handler: Handler, *methods: str) -> routing.Route:
         return routing.Route(path, handler, methods=list(methods) or None)
 
+    generation = {  # also served past Starlette (asgi.DirectRoutes): the hot path
+        "/v1/chat/completions": client(openai_api.chat_completions),
+        "/v1/completions": client(openai_api.completions),
+        "/v1/messages": anthropic_client(anthropic_api.messages),
+        "/v1/responses": client(responses_api.create),
+    }
     app = Starlette(
         routes=[
             route("/health", operator_api.health),
@@ -62,12 +68,12 @@ def create_app(queen: Queen) -> RawSend:
             route("/ui/", web_ui.page),
             route("/ui/{name}", web_ui.page),
             route("/v1/models", client(openai_api.list_models)),
-            route("/v1/chat/completions", client(openai_api.chat_completions), "POST"),
-            route("/v1/completions", client(openai_api.completions), "POST"),
+            route("/v1/chat/completions", generation["/v1/chat/completions"], "POST"),
+            route("/v1/completions", generation["/v1/completions"], "POST"),
             route("/v1/embeddings", client(openai_api.embeddings), "POST"),
-            route("/v1/messages", anthropic_client(anthropic_api.messages), "POST"),
+            route("/v1/messages", generation["/v1/messages"], "POST"),
             route("/v1/messages/count_tokens", anthropic_client(anthropic_api.count_tokens), "POST"),
-            route("/v1/responses", client(responses_api.create), "POST"),
+            route("/v1/responses", generation["/v1/responses"], "POST"),
             route("/v1/rerank", client(rerank_api.create), "POST"),
             route("/v2/tasks", client(task_api.create_task), "POST"),
             route("/v2/tasks/{id}/events", client(task_api.task_events)),
@@ -89,4 +95,4 @@ def create_app(queen: Queen) -> RawSend:
         ]
     )
     app.state.queen = queen
-    return RawSend(origins.BrowserGuard(app, lambda: queen.fleet.spec))
+    return RawSend(origins.BrowserGuard(DirectRoutes(app, generation), lambda: queen.fleet.spec))

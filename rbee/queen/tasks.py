@@ -115,12 +115,16 @@ async def run(dispatch: Dispatcher, task: Task, ask: Ask, key: Key | None, body:
     refusal or a worker's failure is the task's error event, and cancelling it ends it as cancelled."""
     exchange = Exchange(task.id, task.model, ask.key)
     told: str | None = None
+
+    async def deliver(chunk: bytes) -> None:
+        nonlocal told
+        if exchange.worker != told and exchange.hive is not None and exchange.worker is not None:
+            task.add(wire.route_comment(exchange.hive, exchange.worker))
+            told = exchange.worker
+        task.add(chunk)
+
     try:
-        async for chunk in relay_after_opening(dispatch, ask, key, body, exchange, wire.error_event):
-            if exchange.worker != told and exchange.hive is not None and exchange.worker is not None:
-                task.add(wire.route_comment(exchange.hive, exchange.worker))
-                told = exchange.worker
-            task.add(chunk)
+        await relay_after_opening(dispatch, ask, key, body, exchange, wire.error_event, deliver)
         task.add(b"", final=True)
     except asyncio.CancelledError:
         task.add(wire.done_event(0, 0, wire.FinishReason.CANCELLED), final=True)

@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ def serve(
             app = Transcript(app, recording)
         uvicorn_server = daemon.server(app, listen, graceful=3, tls=tls_files)
         queen.server = uvicorn_server
+        queen.metrics.log_stream = sys.stderr  # the queen's log file (queen_process starts it so)
         spec = queen.fleet.spec
         poller = asyncio.create_task(poll(queen, poll_interval), name="poll")
         watcher = asyncio.create_task(watch_streams(queen), name="watch streams")

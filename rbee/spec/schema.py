@@ -367,7 +367,13 @@ class HiveFile(Strict):
         return next((hive for hive in self.hives if hive.name == name), None)
 
     def model(self, name: str) -> ModelSpec | None:
-        return next((model for model in self.models if model.name == name), None)
+        # The queen looks each request's model up several times: a dict, made again for a copy with other models.
+        models, by_name = self.__dict__.get("_models_by_name", ((), {}))
+        if models is not self.models:
+            models, by_name = self.models, {model.name: model for model in self.models}
+            self.__dict__["_models_by_name"] = models, by_name
+        found: ModelSpec | None = by_name.get(name)
+        return found
 
     def model_dirs(self, hive: HiveSpec) -> tuple[str, ...]:
         models = {model.name: model for model in self.models}

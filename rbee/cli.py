@@ -162,9 +162,16 @@ def infer(
     retries: Annotated[
         int, typer.Option(min=0, max=20, help="Ask a busy fleet again this many times (after 1, 2, 4 ... s).")
     ] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="A speech model: write its speech of PROMPT here (.wav, .mp3 or .pcm).")
+    ] = None,
+    voice: Annotated[str, typer.Option(help="With --out: the voice (OpenAI's names, or the engine's own).")] = "alloy",
+    speed: Annotated[float, typer.Option(min=0.25, max=4.0, help="With --out: how fast it speaks.")] = 1.0,
 ) -> None:
-    """Stream an answer from MODEL through the queen (API key from $RBEE_API_KEY when the queen needs one)."""
-    keeper_infer.infer(prompt, model, max_tokens, temperature, seed, system, queen, retries)
+    """Stream an answer from MODEL through the queen, or with --out write a speech model's speech (API key from
+    $RBEE_API_KEY when the queen needs one)."""
+    speech = (out, voice, speed) if out is not None else None
+    keeper_infer.infer(prompt, model, max_tokens, temperature, seed, system, queen, retries, speech)
 
 
 @app.command()

@@ -186,6 +186,28 @@ class QueenClient:
         except httpx.HTTPError as error:
             raise QueenCallError(str(error) or type(error).__name__) from None
 
+    def speak(self, body: dict[str, Any]) -> Iterator[bytes]:
+        """Speech from `POST /v1/audio/speech`, its bytes as they come; a minute of silence is an error."""
+        timeout = httpx.Timeout(30.0, read=TASK_SILENCE)
+        try:
+            with httpx.stream(
+                "POST",
+                f"{self.url}/v1/audio/speech",
+                json=body,
+                headers=self.headers,
+                timeout=timeout,
+                trust_env=False,
+                verify=tls.context(),
+            ) as answer:
+                if answer.status_code != 200:
+                    answer.read()
+                    raise QueenCallError(error_text(answer), answer.status_code, _retry_after(answer))
+                yield from answer.iter_bytes()
+        except httpx.ReadTimeout:
+            raise QueenCallError(f"the queen sent nothing for {TASK_SILENCE:g} s") from None
+        except httpx.HTTPError as error:
+            raise QueenCallError(str(error) or type(error).__name__) from None
+
     def cancel_task(self, task_id: str) -> None:
         """End a task on the queen (and its generation on the worker)."""
         self._call("DELETE", f"/v2/tasks/{quote(task_id, safe='')}", timeout=5.0)

@@ -55,8 +55,8 @@ class WorkerClient:
             session, self._session = self._session, None
             await session.close()
 
-    def stream(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> WorkerStream:
-        """The worker's response bytes as they arrive."""
+    def stream(self, url: str, credential: str | None, body: wire.ExecuteRequest | wire.SpeakRequest) -> WorkerStream:
+        """The worker's response bytes as they arrive (a generation's events, or speech's audio)."""
         return WorkerStream(self.session(), url, credential, body)
 
     async def embed(self, url: str, credential: str | None, body: wire.EmbedRequest) -> dict[str, Any]:
@@ -109,7 +109,13 @@ class WorkerStream:
     there), and a way to end it from outside (a worker that stopped sending, a hive that went away): the pump
     then raises WorkerCallError with the reason."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, credential: str | None, body: wire.ExecuteRequest):
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        credential: str | None,
+        body: wire.ExecuteRequest | wire.SpeakRequest,
+    ) -> None:
         self.last = time.monotonic()
         """When the last bytes came (or the request went)."""
         self.first: float | None = None
@@ -154,6 +160,10 @@ class WorkerStream:
             raise self.aborted or _lost(error) from None
         if self.aborted is not None:
             raise self.aborted
+
+    def header(self, name: str) -> str | None:
+        """A header of the worker's answer, once it accepted."""
+        return self._response.headers.get(name) if self._response is not None else None
 
     def close(self) -> None:
         """Let the stream go: a finished one's connection is back in the pool already; an unfinished one's closes,

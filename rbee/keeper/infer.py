@@ -10,12 +10,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 from rich.text import Text
 
 from rbee.clients.queen import QueenCallError, QueenClient
+from rbee.keeper import speak as speaking
 from rbee.keeper.home import Home
 from rbee.keeper.render import err, fail
 
@@ -41,7 +43,9 @@ def infer(
     system: str | None,
     url: str | None,
     retries: int = 0,
+    speech: tuple[Path, str, float] | None = None,
 ) -> None:
+    """Stream an answer, or with `speech` (the file, the voice, the speed) write MODEL's speech of `prompt`."""
     home = Home.default()
     recorded = home.queen()
     if url is None and recorded is None:
@@ -49,6 +53,10 @@ def infer(
     url = url or str((recorded or {})["url"])
     given = os.environ.get("RBEE_API_KEY")
     client = QueenClient(url, given or home.admin_key(create=False))
+    if speech is not None:
+        out, voice, speed = speech
+        speaking.speak(client, url, prompt, model, voice, speed, out)
+        return
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
     for attempt in range(1, retries + 2):
@@ -66,6 +74,8 @@ def infer(
             if error.status == 401:
                 whose = "the API key in RBEE_API_KEY" if given else "this RBEE_HOME's admin key (RBEE_API_KEY is unset)"
                 fail(f"Authentication failed: the queen at {url} refused {whose}; rbee key shows the admin key.")
+            if error.status == 400 and "/v1/audio/speech" in str(error):
+                fail(f"{model} is a speech model: write its speech to a file, rbee infer -m {model} --out speech.wav")
             if error.status is not None:
                 fail(f"The queen refused: {error}")
             fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")

@@ -13,6 +13,7 @@ from starlette.responses import PlainTextResponse, Response
 
 log = logging.getLogger("rbee.queen")
 
+SSE = "text/event-stream; charset=utf-8"
 Deliver = Callable[[bytes], Awaitable[None]]
 Produce = Callable[[Deliver], Awaitable[None]]
 """A stream's source: called once with where each chunk goes, it returns when the stream has ended."""
@@ -23,13 +24,16 @@ class RelayResponse(Response):
     cancels the relay the moment the client disconnects, so its worker stops within a token. `abandon` gives its
     source up unrun (a response that will not be sent)."""
 
-    def __init__(self, produce: Produce, abandon: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, produce: Produce, abandon: Callable[[], None] = lambda: None, media_type: str = SSE, **headers: str
+    ) -> None:
         self.status_code = 200
         self.background = None
         self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"content-type", media_type.encode()),
             (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no"),
+            *((name.lower().replace("_", "-").encode(), value.encode()) for name, value in headers.items()),
         ]
         self.produce, self.abandon = produce, abandon
 

@@ -175,13 +175,15 @@ class Dispatcher:
         finally:
             self.record(exchange)
 
-    async def open(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> Opened:
+    async def open(
+        self, ask: Ask, key: Key | None, body: wire.ExecuteRequest | wire.SpeakRequest, exchange: Exchange
+    ) -> Opened:
         """Admit the request and open its worker's stream, until the worker accepts it (the headers of its answer:
         the client's answer starts then, while the worker makes its first token). A refusal is recorded like any
         finished request."""
         deadline = time.monotonic() + self.fleet.queue_wait
         limit = self.fleet.time_limit(ask.model)  # the worker ends an answer that runs past it
-        if limit is not None and (body.time_limit is None or body.time_limit > limit):
+        if isinstance(body, wire.ExecuteRequest) and limit is not None and (body.time_limit or limit + 1) > limit:
             body = body.model_copy(update={"time_limit": limit})
         try:
             while True:
@@ -257,6 +259,28 @@ class Dispatcher:
                 exchange.tokens = int(end.get("completion_tokens", 0))
                 if end.get("error"):
                     exchange.failed(502, str(end["error"]))
+        finally:
+            exchange.first_byte = stream.first
+            self.streams.pop(stream, None)
+            if not finished:
+                exchange.failed(499, "the client went away")
+                stream.close()
+            ticket.release()
+            self.record(exchange)
+
+    async def relay_bytes(self, exchange: Exchange, opened: Opened, deliver: Deliver) -> None:
+        """Pass a worker's bytes through that carry no end marker (audio): its answer ending whole is their end. A
+        worker lost mid-answer raises, so the client's answer is cut off too: a truncated file never looks whole."""
+        ticket, stream = opened.ticket, opened.chunks
+        finished = False
+        try:
+            try:
+                await stream.pump(deliver)
+            except WorkerCallError as failure:
+                finished = True
+                self._lost(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
+                raise
+            finished = True
         finally:
             exchange.first_byte = stream.first
             self.streams.pop(stream, None)

@@ -47,6 +47,7 @@ ENDPOINTS = {
     ModelKind.TEXT: "/v1/chat/completions",
     ModelKind.EMBEDDING: "/v1/embeddings",
     ModelKind.RERANK: "/v1/rerank",
+    ModelKind.SPEECH: "/v1/audio/speech",
 }
 """Where a model of each kind is asked."""
 

@@ -12,7 +12,7 @@ from rbee.api import wire
 from rbee.queen import parts
 from rbee.queen.auth import ADMIN_KEY
 from rbee.queen.errors import ClientError, invalid, read_object
-from rbee.queen.openai_api import unknown_model
+from rbee.queen.openai_api import require_text_model
 from rbee.queen.scheduling import Ask, prefix_of
 from rbee.queen.tasks import Task
 
@@ -32,8 +32,7 @@ async def create_task(request: Request) -> Response:
         execute = wire.ExecuteRequest.model_validate({**raw, "request_id": task_id, "format": wire.StreamFormat.RBEE})
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
-    if queen.fleet.model_kind(model) is None:
-        raise unknown_model(queen, model)
+    require_text_model(queen, model)  # 404 for a model hive.yaml does not name; an embedding or speech model's 400
     task = Task(task_id, model, key.name if key else None)
     queen.tasks.add(task)
     texts = [m.content or "" for m in execute.messages] if execute.messages is not None else [execute.prompt or ""]

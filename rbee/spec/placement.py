@@ -63,6 +63,12 @@ def _cannot_serve(model: str, kind: str, fmt: str, backend: backends.Backend | N
 
 
 def _usable(model: str, backend: backends.Backend, facts: HostFacts) -> str:
+    program = backends.TABLE[backend].engine if backends.TABLE[backend].program else None
+    if facts.engines and backend not in facts.engines and program is not None:
+        raise Refused(
+            f"{program} is not installed on this hive (model {model}, the {backend} backend); install it "
+            f"(Debian or Ubuntu: apt-get install {program}) and apply again"
+        )
     if facts.engines and backend not in facts.engines:
         raise Refused(
             f"the {backend} backend's engine is not installed on this hive (model {model}); "

@@ -38,7 +38,7 @@ WORDS_PER_MINUTE = 175
 PACE = (80, 450)
 """The words a minute it speaks at: speed is 175 x speed, held within these."""
 WAV_HEADER = 44
-READ = 16384
+READ = 65536
 STOP_WAIT = 5.0
 """Seconds a finished or killed espeak-ng process has to exit."""
 
@@ -132,15 +132,21 @@ class Espeak:
             await process.stdin.drain()
             process.stdin.close()
             await process.stdout.readexactly(WAV_HEADER)  # its own, sized for no length: rbee writes one
-            while chunk := await process.stdout.read(READ):
-                yield chunk
+            yield await process.stdout.read(READ)  # the first sound at once; then whole 64 KiB pieces (1.5 s of
+            while True:  # speech, made in ~2 ms): a tenth of the writes that espeak-ng's own 4 KiB ones would take
+                try:
+                    yield await process.stdout.readexactly(READ)
+                except asyncio.IncompleteReadError as end:
+                    if end.partial:
+                        yield end.partial
+                    break
             async with asyncio.timeout(STOP_WAIT):
                 code = await process.wait()
             finished = True
             if code != 0:
                 why = (await process.stderr.read()).decode(errors="replace").strip()
                 raise BackendError(f"espeak-ng failed (exit {code}): {why or 'no reason given'}")
-        except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):
+        except (asyncio.IncompleteReadError, BrokenPipeError, ConnectionResetError):  # before its header
             why = (await process.stderr.read()).decode(errors="replace").strip()
             raise BackendError(f"espeak-ng stopped before its audio: {why or 'no reason given'}") from None
         finally:

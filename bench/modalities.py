@@ -1,0 +1,110 @@
+"""Modalities beyond text, each against its engine called in process in the same run (target >= 0.9x, as for
+text). Speech: a real fleet (queen, hive, espeak worker) speaks a paragraph through POST /v1/audio/speech; the
+same paragraph is spoken by the espeak backend in this process; and the time to the first audio byte through the
+queen and the real-time factor (seconds of work per second of audio) are printed.
+
+    python bench/modalities.py [--runs 15]
+
+RESULT modalities speech_ratio=... speech_ttfb_ms=... speech_rtf=... target_met=yes|no
+Image generation and transcription are not built yet (#21): they are not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rbee.worker.backends.espeak import Espeak  # noqa: E402
+from tests.fleet import make_fleet  # noqa: E402
+
+PARAGRAPH = (
+    "Declarative inference across the machines you own. A user writes one file: the machines, the models, and how "
+    "many workers of each model run where. The plan prints what would change, and apply makes it so. "
+) * 16
+RATE = 22050
+
+
+def alternating(program: str, url: str, headers: dict[str, str], runs: int) -> dict[str, float]:
+    """The engine in process and the fleet, one run of each in turn (so a busy moment of the machine falls on
+    both), after one warm-up of each: the medians, the fleet's first byte, and the bytes each made."""
+    engine = Espeak(program)
+    engine.load(lambda _: None)
+
+    async def alone() -> int:
+        return sum([len(chunk) async for chunk in engine.speak(PARAGRAPH, "en-us", 1.0)])
+
+    body = {"model": "voice", "voice": "en-us", "input": PARAGRAPH, "response_format": "pcm"}
+    inside, through, firsts = [], [], []
+    sizes = {"alone": 0, "fleet": 0}
+    with httpx.Client(timeout=60, trust_env=False) as client:
+        for _ in range(runs + 1):
+            began = time.perf_counter()
+            sizes["alone"] = asyncio.run(alone())
+            inside.append(time.perf_counter() - began)
+            began, first, size = time.perf_counter(), None, 0
+            with client.stream("POST", f"{url}/v1/audio/speech", json=body, headers=headers) as reply:
+                if reply.status_code != 200:
+                    reply.read()
+                    raise SystemExit(f"the queen answered {reply.status_code}: {reply.text}")
+                for chunk in reply.iter_raw():
+                    first = first or time.perf_counter() - began
+                    size += len(chunk)
+            through.append(time.perf_counter() - began)
+            firsts.append(first or 0.0)
+            sizes["fleet"] = size
+    return {
+        "alone": statistics.median(inside[1:]),
+        "fleet": statistics.median(through[1:]),
+        "ttfb": statistics.median(firsts[1:]),
+        "alone_bytes": sizes["alone"],
+        "fleet_bytes": sizes["fleet"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    program = shutil.which("espeak-ng")
+    if program is None:
+        raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
+    root = Path(tempfile.mkdtemp(prefix="rbee-modalities-"))
+    fleet = make_fleet(root, "system://espeak-ng", model="voice", model_options="kind: speech, idle_timeout: 0")
+    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+    if applied.returncode != 0:
+        raise SystemExit(applied.stdout + applied.stderr)
+    try:
+        measured = alternating(program, fleet.queen_url, fleet.keyed, args.runs)
+    finally:
+        fleet.rbee("destroy", str(fleet.spec), "--yes")
+        shutil.rmtree(root, ignore_errors=True)
+    fleet_seconds, ttfb, alone_seconds = measured["fleet"], measured["ttfb"], measured["alone"]
+    alone_size, fleet_size = int(measured["alone_bytes"]), int(measured["fleet_bytes"])
+    audio_seconds = alone_size / 2 / RATE
+    ratio = alone_seconds / fleet_seconds
+    rtf = fleet_seconds / audio_seconds
+    print(
+        f"speech: {audio_seconds:.1f} s of audio; through the queen {fleet_seconds * 1000:.0f} ms ({fleet_size} bytes, "
+        f"first byte after {ttfb * 1000:.1f} ms), the engine in process {alone_seconds * 1000:.0f} ms ({alone_size} "
+        f"bytes); real-time factor {rtf:.4f}"
+    )
+    met = ratio >= 0.9 and fleet_size == alone_size
+    print(
+        f"RESULT modalities speech_ratio={ratio:.2f} speech_ttfb_ms={ttfb * 1000:.1f} speech_rtf={rtf:.4f} "
+        f"target_met={'yes' if met else 'no'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

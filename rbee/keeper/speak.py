@@ -1,0 +1,52 @@
+"""`rbee infer -m VOICE --out speech.wav TEXT`: speech from a speech model through the queen, the format from the
+file's suffix (.wav, .mp3, .pcm), written as it comes to a partial file that becomes FILE only once the answer
+is whole: a failed or interrupted request leaves no file that looks like a recording."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import typer
+from rich.text import Text
+
+from rbee.api.wire import AudioFormat
+from rbee.clients.queen import QueenCallError, QueenClient
+from rbee.keeper.render import err, fail
+
+SUFFIXES = {f".{fmt}": fmt for fmt in AudioFormat}
+
+
+def audio_format(out: Path) -> AudioFormat:
+    """The format `out`'s suffix names; one sentence and exit 1 for any other."""
+    fmt = SUFFIXES.get(out.suffix.lower())
+    if fmt is None:
+        fail(f"--out {out}: rbee writes speech as {', '.join(SUFFIXES)}; name the file with one of them.")
+    return fmt
+
+
+def speak(client: QueenClient, url: str, text: str, model: str, voice: str, speed: float, out: Path) -> None:
+    fmt = audio_format(out)
+    partial = out.with_name(f".{out.name}.partial")
+    body = {"model": model, "input": text, "voice": voice, "response_format": str(fmt), "speed": speed}
+    started = time.monotonic()
+    written = 0
+    try:
+        with partial.open("wb") as sink:
+            for chunk in client.speak(body):
+                sink.write(chunk)
+                written += len(chunk)
+        os.replace(partial, out)
+    except QueenCallError as error:
+        if error.status is not None:
+            fail(f"The queen refused: {error}")
+        fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")
+    except KeyboardInterrupt:
+        err.print(Text(f"Interrupted: {out} was not written.", style="dim"))
+        raise typer.Exit(130) from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+    err.print(Text(f"[{out}: {written} bytes of {fmt} in {time.monotonic() - started:.1f} s]", style="dim"))

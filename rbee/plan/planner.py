@@ -26,6 +26,7 @@ from rbee.api.units import human_size
 from rbee.plan.actions import Action, Change, Plan, Symbol, hive_change, model_change, workers_change
 from rbee.plan.memory import Ledger
 from rbee.spec.schema import HiveFile, HiveSpec, ModelSpec, WorkerSpec, model_dirs
+from rbee.spec.source import SourceKind
 
 _RUNNING = frozenset(state for state in WorkerState if state.is_running)
 
@@ -217,6 +218,9 @@ def _plan_model(
     name = spec.name
     size = downloads.get(spec.source)
     download = f" ({human_size(size)} to download)" if size is not None else ""
+    if entry is None and spec.parsed_source.kind is SourceKind.SYSTEM:
+        reason = f"not in the catalog; {spec.source} is the hive's own program: nothing to download"
+        return model_change(hive, name, Action.ADD_MODEL, Symbol.ADD, reason, requires)
     if entry is None:
         reason = f"not in the catalog; fetch {spec.source}{download}"
         return model_change(hive, name, Action.ADD_MODEL, Symbol.ADD, reason, requires)

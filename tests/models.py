@@ -3,6 +3,7 @@ GGUF files written by hand for catalog checks."""
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -311,3 +312,72 @@ def requantized(source: Path, quantization: str, out: Path) -> Path:
         stderr=subprocess.DEVNULL,
     )
     return out
+
+
+WHISPER_LANGUAGES = ("en", "de", "fr")
+
+
+def make_tiny_whisper(folder: Path) -> Path:
+    """A random Whisper as a Hugging Face folder (safetensors, tokenizer, feature extractor): one encoder and one
+    decoder layer of width 64 over a byte-level vocabulary with Whisper's special tokens, languages en, de and fr.
+    It hears real audio through the real code path (80 mel bins, 30-second windows) and says nothing sensible: a
+    real Whisper is needed for accuracy, and the Hub is not reachable here."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {char: index for index, char in enumerate(bytes_to_unicode().values())}
+    merges = ["t h", "th e", "i n", "in g", "e r", "a n", "Ġ t", "Ġ a", "h e"]
+    for merge in merges:
+        vocab.setdefault(merge.replace(" ", ""), len(vocab))
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    end = "<|endoftext|>"
+    tokenizer = WhisperTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=end, bos_token=end, eos_token=end
+    )
+    languages = [f"<|{code}|>" for code in WHISPER_LANGUAGES]
+    specials = ["<|startoftranscript|>", *languages, "<|translate|>", "<|transcribe|>", "<|startofprev|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": [*specials, "<|nocaptions|>", "<|notimestamps|>"]})
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in [end, *specials, "<|notimestamps|>"]}
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_mel_bins=80,
+        max_source_positions=1500,
+        max_target_positions=64,
+        pad_token_id=ids[end],
+        bos_token_id=ids[end],
+        eos_token_id=ids[end],
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"],
+        eos_token_id=ids[end],
+        pad_token_id=ids[end],
+        no_timestamps_token_id=ids["<|notimestamps|>"],
+        lang_to_id={token: ids[token] for token in languages},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        is_multilingual=True,
+        suppress_tokens=[],
+        begin_suppress_tokens=[],
+    )
+    model.save_pretrained(folder)
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer).save_pretrained(folder)
+    return folder

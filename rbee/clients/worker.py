@@ -67,6 +67,10 @@ class WorkerClient:
         """A rerank request: `{"scores", "prompt_tokens"}`, a score per document in their order."""
         return await self._post(f"{url}/v1/execute", credential, body)
 
+    async def transcribe(self, url: str, credential: str | None, body: wire.TranscribeRequest) -> dict[str, Any]:
+        """A transcription: `{"text", "language", "duration", "segments"}`."""
+        return await self._post(f"{url}/v1/execute", credential, body)
+
     async def count(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> int:
         """How many tokens the request's prompt is, by the worker's tokenizer."""
         answer = await self._post(f"{url}/v1/count", credential, body)

@@ -147,6 +147,14 @@ class Dispatcher:
             ask, key, exchange, lambda route: self.workers.rerank(route.url, route.credential, body)
         )
 
+    async def transcribe(
+        self, ask: Ask, key: Key | None, body: wire.TranscribeRequest, exchange: Exchange
+    ) -> dict[str, Any]:
+        """A recording heard whole: `{"text", "language", "duration", "segments"}`, recorded whatever happens."""
+        return await self._call(
+            ask, key, exchange, lambda route: self.workers.transcribe(route.url, route.credential, body)
+        )
+
     async def count(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> int:
         """How many tokens `body`'s prompt is, counted by a worker of its model (held like a request while the
         model starts)."""

@@ -74,8 +74,8 @@ wire_errors = _answering(ClientError.wire)
 """The operator and hive APIs' guard: refusals in rbee's wire error shape."""
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, read no further than `limit` bytes (413 past it)."""
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The body, read no further than `limit` bytes (413 past it); kept on the request for its form parser."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
@@ -84,6 +84,13 @@ async def read_json(request: Request, limit: int) -> Any:
         raw += part
         if len(raw) > limit:
             raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
+    request._body = raw  # what Request.stream() and .form() then read
+    return raw
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, read no further than `limit` bytes (413 past it)."""
+    raw = await read_bounded(request, limit)
     try:
         value = json.loads(raw)
     except ValueError:

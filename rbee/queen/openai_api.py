@@ -48,6 +48,7 @@ ENDPOINTS = {
     ModelKind.EMBEDDING: "/v1/embeddings",
     ModelKind.RERANK: "/v1/rerank",
     ModelKind.SPEECH: "/v1/audio/speech",
+    ModelKind.TRANSCRIPTION: "/v1/audio/transcriptions",
 }
 """Where a model of each kind is asked."""
 

@@ -6,7 +6,9 @@ handler runs (an ASGI wrapper that reads only the request's headers, so relayed 
 - an Origin header, which browsers send and other clients do not, must be the queen's own (its web UI at /ui/,
   served from the Host just checked) or in `queen.cors_origins` (none by default);
 - a POST or PUT carries JSON (`Content-Type: application/json`): a cross-site form or `text/plain` request, which
-  a browser sends without asking, is refused.
+  a browser sends without asking, is refused. The one exception is an upload to transcribe (OpenAI's shape is
+  a multipart form): it still needs an API key, which no cross-site form can send, and its answer is not
+  readable from another origin.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rbee.api import wire
 from rbee.spec.schema import HiveFile
 
 LOOPBACK_NAMES = frozenset({"localhost"})
+UPLOADS = frozenset({"/v1/audio/transcriptions", "/v1/audio/translations"})
 
 
 def _host_name(host: str) -> str:
@@ -63,7 +66,8 @@ class BrowserGuard:
         if scope.get("method") in ("POST", "PUT"):
             kind = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
             has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
-            if kind != b"application/json" and has_body:
+            upload = kind == b"multipart/form-data" and scope.get("path") in UPLOADS
+            if kind != b"application/json" and has_body and not upload:
                 return 415, "the body must be JSON, sent with Content-Type: application/json", "unsupported_media_type"
         return None
 

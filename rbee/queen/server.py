@@ -1,8 +1,9 @@
 """The queen's route table: each path, its handler, and the guard chain of its audience. Nothing else.
 
 - open: GET /health, /openapi.json, and the web UI's files under /ui/ (web_ui.py; they hold no data)
-- clients (an API key, OpenAI's error shape): the OpenAI API under /v1 (text, embeddings, rerank, speech), rbee's
-  task API under /v2/tasks, and GET /metrics; Anthropic's Messages API, POST /v1/messages, in Anthropic's error shape
+- clients (an API key, OpenAI's error shape): the OpenAI API under /v1 (text, embeddings, rerank, speech,
+  transcription), rbee's task API under /v2/tasks, and GET /metrics; Anthropic's Messages API, POST /v1/messages,
+  in Anthropic's error shape
 - the operator (its credential, rbee's wire error shape): /v2/spec, plan, models, status, traffic, route, events,
   reconcile, shutdown
 - each hive (its own credential): POST /v2/hives/{name}/heartbeat
@@ -28,6 +29,7 @@ from rbee.queen import (
     responses_api,
     speech_api,
     task_api,
+    transcription_api,
     web_ui,
 )
 from rbee.queen.asgi import DirectRoutes, RawSend
@@ -77,6 +79,8 @@ def create_app(queen: Queen) -> RawSend:
             route("/v1/responses", generation["/v1/responses"], "POST"),
             route("/v1/rerank", client(rerank_api.create), "POST"),
             route("/v1/audio/speech", client(speech_api.create), "POST"),
+            route("/v1/audio/transcriptions", client(transcription_api.transcriptions), "POST"),
+            route("/v1/audio/translations", client(transcription_api.translations), "POST"),
             route("/v2/tasks", client(task_api.create_task), "POST"),
             route("/v2/tasks/{id}/events", client(task_api.task_events)),
             route("/v2/tasks/{id}", client(task_api.cancel_task), "DELETE"),

@@ -24,6 +24,8 @@ class Backend(StrEnum):
     RERANK = "rerank"
     """Cross-encoders through sentence-transformers: a query and documents in, relevance scores out."""
     CTRANSFORMERS = "ctransformers"
+    WHISPER = "whisper"
+    """Transcription and translation by Whisper models (Hugging Face folders) on transformers."""
     ESPEAK = "espeak"
     """Speech from eSpeak NG, the program (Debian's espeak-ng): formant synthesis, no model file, every language."""
     SYNTHETIC = "synthetic"
@@ -36,6 +38,8 @@ class ModelKind(StrEnum):
     RERANK = "rerank"
     SPEECH = "speech"
     """Text in, audio out (OpenAI's /v1/audio/speech)."""
+    TRANSCRIPTION = "transcription"
+    """Audio in, text out (OpenAI's /v1/audio/transcriptions and /translations)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,14 @@ TABLE: dict[Backend, Capability] = {
         "ctransformers",
         "ctransformers",
     ),
+    Backend.WHISPER: Capability(
+        Backend.WHISPER,
+        frozenset({ModelFormat.SAFETENSORS}),
+        ModelKind.TRANSCRIPTION,
+        ("cuda", "cpu"),
+        "transformers",
+        "transcription",
+    ),
     Backend.ESPEAK: Capability(
         Backend.ESPEAK,
         frozenset({ModelFormat.ESPEAK}),
@@ -119,6 +131,7 @@ _PREFERENCE = {
         Backend.EMBED,
         Backend.RERANK,
         Backend.CTRANSFORMERS,
+        Backend.WHISPER,
         Backend.ESPEAK,
     ),
     False: (
@@ -128,6 +141,7 @@ _PREFERENCE = {
         Backend.EMBED,
         Backend.RERANK,
         Backend.CTRANSFORMERS,
+        Backend.WHISPER,
         Backend.ESPEAK,
     ),
 }

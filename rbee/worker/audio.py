@@ -1,11 +1,15 @@
-"""Audio as a speech worker sends it: 16-bit mono samples from its engine, written as they come in the format the
-request asked for (WAV, bare PCM, MP3), so the first sound leaves before the last is made."""
+"""Audio in and out of workers: a speech worker's 16-bit mono samples written as they come in the format the
+request asked for (WAV, bare PCM, MP3), so the first sound leaves before the last is made; and an upload to a
+transcription worker read into samples at the rate its model hears."""
 
 from __future__ import annotations
 
 import importlib.util
+import io
 import struct
+import wave
 from collections.abc import AsyncIterator
+from typing import Any
 
 from rbee.api.wire import AudioFormat
 
@@ -57,3 +61,49 @@ async def encoded(fmt: AudioFormat, rate: int, samples: AsyncIterator[bytes]) ->
         odd = chunk[cut:]
         if cut:
             yield chunk[:cut]
+
+
+class Undecodable(ValueError):
+    """Uploaded bytes that are no audio this worker reads; the message says what it reads."""
+
+
+def decode(data: bytes) -> tuple[Any, int]:
+    """An uploaded file as mono float32 samples in [-1, 1] and their rate: WAV (8, 16 or 32-bit PCM) always;
+    FLAC, OGG and MP3 where the `soundfile` package is installed."""
+    import numpy as np
+
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            with wave.open(io.BytesIO(data)) as audio:
+                width, channels, rate = audio.getsampwidth(), audio.getnchannels(), audio.getframerate()
+                frames = audio.readframes(audio.getnframes())
+        except (wave.Error, EOFError) as error:
+            raise Undecodable(f"the WAV file cannot be read: {error}") from None
+        kinds = {1: ("u1", 128.0, 128.0), 2: ("<i2", 0.0, 32768.0), 4: ("<i4", 0.0, 2147483648.0)}
+        if width not in kinds:
+            raise Undecodable(f"the WAV file has {8 * width}-bit samples; send 8, 16 or 32-bit PCM")
+        kind, offset, scale = kinds[width]
+        usable = len(frames) - len(frames) % (width * channels)
+        samples = (np.frombuffer(frames[:usable], dtype=kind).astype(np.float32) - offset) / scale
+        return samples.reshape(-1, channels).mean(axis=1), rate
+    if importlib.util.find_spec("soundfile") is None:
+        raise Undecodable("the file is not WAV; send WAV, or install soundfile on the hive for FLAC, OGG and MP3")
+    import soundfile
+
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as error:
+        raise Undecodable(f"the file is no audio soundfile reads: {error}") from None
+    return samples.mean(axis=1), int(rate)
+
+
+def resampled(samples: Any, rate: int, wanted: int) -> Any:
+    """`samples` at `wanted` samples a second (polyphase filtering, as Whisper's own loader does with ffmpeg)."""
+    if rate == wanted:
+        return samples
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    common = gcd(rate, wanted)
+    return resample_poly(samples, wanted // common, rate // common).astype("float32")

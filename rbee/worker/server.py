@@ -72,6 +72,8 @@ def create_app(runtime: Runtime) -> Starlette:
             return await rerank(request, engine)
         if isinstance(engine, backends.Speaker):
             return await speak(request, engine)
+        if isinstance(engine, backends.Transcriber):
+            return await transcribe(request, engine)
         try:
             body = wire.ExecuteRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
@@ -112,7 +114,7 @@ def create_app(runtime: Runtime) -> Starlette:
         engine = runtime.engine
         counter = getattr(engine, "count_tokens", None)
         if (
-            isinstance(engine, (backends.Embedder, backends.Reranker, backends.Speaker))
+            isinstance(engine, (backends.Embedder, backends.Reranker, backends.Speaker, backends.Transcriber))
             or counter is None
             or runtime.state not in (WorkerState.IDLE, WorkerState.BUSY)
         ):
@@ -184,6 +186,24 @@ def create_app(runtime: Runtime) -> Starlette:
 
         headers = {"X-Sample-Rate": str(engine.rate), "Cache-Control": "no-cache"}
         return StreamingResponse(spoken(), media_type=wire.AUDIO_TYPES[body.format], headers=headers)
+
+    async def transcribe(request: Request, engine: backends.Transcriber) -> Response:
+        try:
+            body = wire.TranscribeRequest.model_validate_json(await request.body())
+            data = base64.b64decode(body.audio, validate=True)
+        except pydantic.ValidationError as error:
+            return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
+        except ValueError:
+            return JSONResponse(wire.error_body("audio is not base64", "invalid_request"), 400)
+        try:
+            samples, rate = audio.decode(data)
+            engine.check_language(body.language)
+        except (audio.Undecodable, backends.BackendError) as refusal:
+            param = "file" if isinstance(refusal, audio.Undecodable) else "language"
+            return JSONResponse({"error": {"message": str(refusal), "code": "invalid_value", "param": param}}, 400)
+        work = (samples, rate, body.language, body.task, body.prompt, body.temperature)
+        answer = await whole(body.request_id, "transcription", engine.transcribe, *work)
+        return answer if isinstance(answer, Response) else JSONResponse(answer)
 
     async def whole(request_id: str, what: str, work: Callable[..., Any], *args: Any) -> Any:
         """A request answered whole (embeddings, scores): it holds a slot while `work` runs in a generation

@@ -208,8 +208,31 @@ class Speaker(Protocol):
     def unload(self) -> None: ...
 
 
-Engine = Backend | Embedder | Reranker | Speaker
-"""What a worker process serves: a text generator, an embedder, a reranker or a speaker."""
+@runtime_checkable
+class Transcriber(Protocol):
+    """Audio in, text out."""
+
+    name: str
+    device: str
+    kind: str
+
+    def load(self, progress: Callable[[float], None]) -> None: ...
+
+    def check_language(self, language: str | None) -> None:
+        """BackendError naming the languages it knows, for one it does not."""
+        ...
+
+    def transcribe(
+        self, samples: Any, rate: int, language: str | None, task: str, prompt: str | None, temperature: float
+    ) -> dict[str, Any]:
+        """`{"text", "language", "duration", "segments"}` of mono float32 `samples` at `rate`."""
+        ...
+
+    def unload(self) -> None: ...
+
+
+Engine = Backend | Embedder | Reranker | Speaker | Transcriber
+"""What a worker process serves: a text generator, an embedder, a reranker, a speaker or a transcriber."""
 
 
 def create(

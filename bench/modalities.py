@@ -5,8 +5,11 @@ queen and the real-time factor (seconds of work per second of audio) are printed
 
     python bench/modalities.py [--runs 15]
 
-RESULT modalities speech_ratio=... speech_ttfb_ms=... speech_rtf=... target_met=yes|no
-Image generation and transcription are not built yet (#21): they are not measured here.
+Transcription: a tiny random Whisper (made here) hears eSpeak NG's reading of the paragraph through a fleet
+(multipart upload, queen, whisper worker) and in process.
+
+RESULT modalities speech_ratio=... speech_ttfb_ms=... speech_rtf=... transcription_ratio=... target_met=yes|no
+Image generation is not built yet (#21): it is not measured here.
 """
 
 from __future__ import annotations
@@ -72,6 +75,53 @@ def alternating(program: str, url: str, headers: dict[str, str], runs: int) -> d
     }
 
 
+def transcription(recording: bytes, runs: int) -> dict[str, float]:
+    """A tiny random Whisper (tests/models.py: its cost is the real code path's, not a real model's) hearing the
+    same recording through a fleet (multipart upload, queen, worker) and in process, in turn."""
+    from rbee.worker import audio
+    from rbee.worker.backends.whisper import Whisper
+    from tests.models import make_tiny_whisper
+
+    root = Path(tempfile.mkdtemp(prefix="rbee-modalities-stt-"))
+    folder = make_tiny_whisper(root / "whisper")
+    engine = Whisper(str(folder))
+    engine.load(lambda _: None)
+    samples, rate = audio.decode(recording)
+    fleet = make_fleet(root, f"file://{folder}", model="whisper", model_options="kind: transcription, idle_timeout: 0")
+    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+    if applied.returncode != 0:
+        raise SystemExit(applied.stdout + applied.stderr)
+    inside, through = [], []
+    try:
+        with httpx.Client(timeout=120, trust_env=False) as client:
+            for _ in range(runs + 1):
+                began = time.perf_counter()
+                engine.transcribe(samples, rate, "en", "transcribe", None, 0.0)
+                inside.append(time.perf_counter() - began)
+                began = time.perf_counter()
+                reply = client.post(
+                    f"{fleet.queen_url}/v1/audio/transcriptions",
+                    files={"file": ("speech.wav", recording, "audio/wav")},
+                    data={"model": "whisper", "language": "en"},
+                    headers=fleet.keyed,
+                )
+                if reply.status_code != 200:
+                    raise SystemExit(f"the queen answered {reply.status_code}: {reply.text}")
+                through.append(time.perf_counter() - began)
+    finally:
+        fleet.rbee("destroy", str(fleet.spec), "--yes")
+        shutil.rmtree(root, ignore_errors=True)
+    return {"alone": statistics.median(inside[1:]), "fleet": statistics.median(through[1:])}
+
+
+def recorded(program: str) -> bytes:
+    """eSpeak NG's reading of the paragraph's first 60 seconds or so, as WAV: the recording to transcribe."""
+    import subprocess
+
+    done = subprocess.run([program, "--stdout", PARAGRAPH[:900]], capture_output=True, check=True, timeout=60)
+    return done.stdout
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
@@ -99,10 +149,18 @@ def main() -> None:
         f"first byte after {ttfb * 1000:.1f} ms), the engine in process {alone_seconds * 1000:.0f} ms ({alone_size} "
         f"bytes); real-time factor {rtf:.4f}"
     )
-    met = ratio >= 0.9 and fleet_size == alone_size
+    recording = recorded(program)
+    heard = transcription(recording, max(3, args.runs // 3))
+    stt_ratio = heard["alone"] / heard["fleet"]
+    stt_seconds = (len(recording) - 44) / 2 / RATE
+    print(
+        f"transcription: {stt_seconds:.1f} s of speech; through the queen {heard['fleet'] * 1000:.0f} ms, the engine "
+        f"in process {heard['alone'] * 1000:.0f} ms (a tiny random Whisper: the code path's cost, not a real model's)"
+    )
+    met = ratio >= 0.9 and fleet_size == alone_size and stt_ratio >= 0.9
     print(
         f"RESULT modalities speech_ratio={ratio:.2f} speech_ttfb_ms={ttfb * 1000:.1f} speech_rtf={rtf:.4f} "
-        f"target_met={'yes' if met else 'no'}"
+        f"transcription_ratio={stt_ratio:.2f} target_met={'yes' if met else 'no'}"
     )
 
 

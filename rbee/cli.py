@@ -152,7 +152,7 @@ def events(
 
 @app.command()
 def infer(
-    prompt: Annotated[str, typer.Argument(help="What to ask.")],
+    prompt: Annotated[str, typer.Argument(help="What to ask (with --file: the recording's language, or '').")],
     model: Annotated[str, typer.Option("--model", "-m", help="A model name from hive.yaml.")],
     max_tokens: Annotated[int, typer.Option(help="At most this many tokens.")] = 256,
     temperature: Annotated[float, typer.Option()] = 0.7,
@@ -167,11 +167,14 @@ def infer(
     ] = None,
     voice: Annotated[str, typer.Option(help="With --out: the voice (OpenAI's names, or the engine's own).")] = "alloy",
     speed: Annotated[float, typer.Option(min=0.25, max=4.0, help="With --out: how fast it speaks.")] = 1.0,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="A transcription model: print its transcript of this recording.")
+    ] = None,
 ) -> None:
-    """Stream an answer from MODEL through the queen, or with --out write a speech model's speech (API key from
-    $RBEE_API_KEY when the queen needs one)."""
+    """Stream an answer from MODEL through the queen; with --out write a speech model's speech, with --file print a
+    transcription model's transcript (API key from $RBEE_API_KEY when the queen needs one)."""
     speech = (out, voice, speed) if out is not None else None
-    keeper_infer.infer(prompt, model, max_tokens, temperature, seed, system, queen, retries, speech)
+    keeper_infer.infer(prompt, model, max_tokens, temperature, seed, system, queen, retries, speech, file)
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -207,6 +208,26 @@ class QueenClient:
             raise QueenCallError(f"the queen sent nothing for {TASK_SILENCE:g} s") from None
         except httpx.HTTPError as error:
             raise QueenCallError(str(error) or type(error).__name__) from None
+
+    def transcribe(self, model: str, recording: Path, language: str | None) -> str:
+        """The text of a recording (`POST /v1/audio/transcriptions`, its file uploaded as a form)."""
+        fields = {"model": model, "response_format": "text", **({"language": language} if language else {})}
+        try:
+            with recording.open("rb") as audio:
+                answer = httpx.post(
+                    f"{self.url}/v1/audio/transcriptions",
+                    files={"file": (recording.name, audio)},
+                    data=fields,
+                    headers=self.headers,
+                    timeout=httpx.Timeout(30.0, read=TASK_SILENCE * 10),  # a long recording is heard whole
+                    trust_env=False,
+                    verify=tls.context(),
+                )
+        except httpx.HTTPError as error:
+            raise QueenCallError(str(error) or type(error).__name__) from None
+        if answer.status_code != 200:
+            raise QueenCallError(error_text(answer), answer.status_code, _retry_after(answer))
+        return answer.text
 
     def cancel_task(self, task_id: str) -> None:
         """End a task on the queen (and its generation on the worker)."""

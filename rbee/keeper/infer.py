@@ -44,8 +44,10 @@ def infer(
     url: str | None,
     retries: int = 0,
     speech: tuple[Path, str, float] | None = None,
+    heard: Path | None = None,
 ) -> None:
-    """Stream an answer, or with `speech` (the file, the voice, the speed) write MODEL's speech of `prompt`."""
+    """Stream an answer; with `speech` (the file, the voice, the speed) write MODEL's speech of `prompt`; with
+    `heard` (a recording) print MODEL's transcript of it (`prompt`, if given, is its language)."""
     home = Home.default()
     recorded = home.queen()
     if url is None and recorded is None:
@@ -56,6 +58,9 @@ def infer(
     if speech is not None:
         out, voice, speed = speech
         speaking.speak(client, url, prompt, model, voice, speed, out)
+        return
+    if heard is not None:
+        speaking.transcribe(client, url, model, heard, prompt or None)
         return
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "seed": seed}
@@ -76,6 +81,8 @@ def infer(
                 fail(f"Authentication failed: the queen at {url} refused {whose}; rbee key shows the admin key.")
             if error.status == 400 and "/v1/audio/speech" in str(error):
                 fail(f"{model} is a speech model: write its speech to a file, rbee infer -m {model} --out speech.wav")
+            if error.status == 400 and "/v1/audio/transcriptions" in str(error):
+                fail(f"{model} is a transcription model: give it a recording, rbee infer -m {model} --file speech.wav")
             if error.status is not None:
                 fail(f"The queen refused: {error}")
             fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")

@@ -1,11 +1,13 @@
-"""`rbee infer -m VOICE --out speech.wav TEXT`: speech from a speech model through the queen, the format from the
-file's suffix (.wav, .mp3, .pcm), written as it comes to a partial file that becomes FILE only once the answer
-is whole: a failed or interrupted request leaves no file that looks like a recording."""
+"""`rbee infer` for audio models: `-m VOICE --out speech.wav TEXT` writes a speech model's speech, the format from
+the file's suffix (.wav, .mp3, .pcm), as it comes to a partial file that becomes FILE only once the answer is
+whole (a failed or interrupted request leaves no file that looks like a recording); `-m WHISPER --file
+recording.wav [LANGUAGE]` prints a transcription model's transcript."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -50,3 +52,19 @@ def speak(client: QueenClient, url: str, text: str, model: str, voice: str, spee
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     err.print(Text(f"[{out}: {written} bytes of {fmt} in {time.monotonic() - started:.1f} s]", style="dim"))
+
+
+def transcribe(client: QueenClient, url: str, model: str, recording: Path, language: str | None) -> None:
+    if not recording.is_file():
+        fail(f"--file {recording}: no such file; name the recording to transcribe.")
+    started = time.monotonic()
+    try:
+        text = client.transcribe(model, recording, language)
+    except QueenCallError as error:
+        if error.status is not None:
+            fail(f"The queen refused: {error}")
+        fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    err.print(Text(f"[{recording.name} heard in {time.monotonic() - started:.1f} s]", style="dim"))

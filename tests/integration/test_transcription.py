@@ -172,3 +172,18 @@ def test_a_parked_transcription_model_starts_on_its_first_upload(
 def running(fleet: Fleet) -> list[object]:
     state = httpx.get(f"{fleet.hive_url}/v1/state", headers=fleet.hive_auth()).json()
     return [worker for worker in state["workers"] if worker["state"] in ("idle", "busy", "loading")]
+
+
+def test_rbee_infer_prints_a_transcript(fleet: Fleet, recording: bytes, tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "fox.wav"
+    path.write_bytes(recording)
+    heard = fleet.rbee("infer", "-m", "whisper", "--file", str(path), "en")
+    assert heard.returncode == 0 and "heard in" in heard.stderr, heard.stderr
+    missing = fleet.rbee("infer", "-m", "whisper", "--file", str(path.with_name("none.wav")), "")
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+    wrong = fleet.rbee("infer", "-m", "whisper", "--file", str(path), "xx")
+    assert wrong.returncode == 1 and "no language xx" in wrong.stderr
+    as_text = fleet.rbee("infer", "-m", "whisper", "hello")
+    assert as_text.returncode == 1 and "--file" in as_text.stderr, as_text.stderr

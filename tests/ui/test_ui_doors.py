@@ -77,14 +77,16 @@ def test_traffic_is_empty_before_any_request(client: TestClient) -> None:
     assert answer["bucket"] == 10 and answer["models"] == {}
 
 
-def test_the_plan_page_plans_with_the_operators_credential_only(client: TestClient) -> None:
-    text = "hives: [{name: local, listen: '127.0.0.1:1'}]\nmodels: [{name: chat, source: 'file:///m/c.gguf'}]\n"
+def test_the_plan_page_plans_with_the_operators_credential_only(client: TestClient, tmp_path: Path) -> None:
+    # its own data_dir, with no rbee in it: the plan does not depend on what this machine's ~/.local/share holds
+    hive = f"{{name: local, listen: '127.0.0.1:1', data_dir: '{tmp_path / 'hive'}'}}"
+    text = f"hives: [{hive}]\nmodels: [{{name: chat, source: 'file:///m/c.gguf'}}]\n"
     assert client.post("/v2/plan", json={"yaml": text}, headers=KEYED).status_code == 401
     answer = client.post("/v2/plan", json={"yaml": text, "filename": "../../etc/lab.yaml"}, headers=OPERATOR)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["lines"][-1]["text"].startswith("Plan:") and body["spec"]["hives"][0]["name"] == "local"
-    assert any(line["symbol"] == "~" and "nothing listens" in line["text"] for line in body["lines"]), body["lines"]
+    assert any(line["symbol"] == "+" and "is not installed" in line["text"] for line in body["lines"]), body["lines"]
     assert body["not_applicable"] is None
 
 

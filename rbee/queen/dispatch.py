@@ -163,13 +163,25 @@ class Dispatcher:
     async def _call(
         self, ask: Ask, key: Key | None, exchange: Exchange, send: Callable[[Route], Awaitable[Answered]]
     ) -> Answered:
-        """One JSON call to an admitted worker, retried on another while the deadline allows."""
+        """One JSON call to an admitted worker, retried on another while the deadline allows, and bounded by the
+        model's request_timeout (a worker that took the request and went silent is not waited for forever)."""
         deadline = time.monotonic() + self.fleet.queue_wait
+        limit = self.fleet.time_limit(ask.model)
         try:
             while True:
                 ticket = await self._admit(ask, key, exchange, deadline)
                 try:
-                    answer = await send(ticket.route)
+                    async with asyncio.timeout(limit):
+                        answer = await send(ticket.route)
+                except TimeoutError:
+                    route = ticket.route
+                    raise ClientError(
+                        504,
+                        f"worker {route.worker_id} on hive {route.hive} did not answer within {limit:g} s (the model's "
+                        "request_timeout)",
+                        "timeout",
+                        "worker_timeout",
+                    ) from None
                 except WorkerCallError as failure:
                     await self._retry_or_raise(failure, ticket, deadline)
                     continue

@@ -35,8 +35,20 @@ workers: [{{model: synthetic, hive: synthetic}}]
 """
 
 
+EMBEDDING_SPEC = """
+queen: {{queue_timeout: 4s}}
+hives: [{{name: synthetic, listen: '127.0.0.1:{port}'}}]
+models: [{{name: synthetic, source: 'file:///m/synthetic.gguf', kind: embedding, idle_timeout: 0, request_timeout: 1s}}]
+workers: [{{model: synthetic, hive: synthetic}}]
+"""
+"""The same worker, taken for an embedding model: its calls are answered whole (JSON), not streamed."""
+
+
 @pytest.fixture
-def frozen_worker(tmp_path: Path) -> Iterator[tuple[Queen, TestClient, subprocess.Popen[bytes], int]]:
+def frozen_worker(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Queen, TestClient, subprocess.Popen[bytes], int]]:
+    spec = getattr(request, "param", SPEC)
     port = free_port()
     worker = subprocess.Popen(
         [sys.executable, str(ROOT / "bench/loads/synthetic_worker.py"), "--port", str(port), *SYNTHETIC],
@@ -52,7 +64,7 @@ def frozen_worker(tmp_path: Path) -> Iterator[tuple[Queen, TestClient, subproces
             assert time.monotonic() < deadline, "the synthetic worker did not start"
             time.sleep(0.05)
     queen = daemon.build(tmp_path, CREDENTIALS, admin_key_file=admin_key_file(tmp_path))
-    queen.fleet.apply(load.loads(SPEC.format(port=port)), "hive.yaml")
+    queen.fleet.apply(load.loads(spec.format(port=port)), "hive.yaml")
     client = TestClient(create_app(queen), base_url=BASE_URL, headers=KEYED)
     with client:
         watcher = client.portal.start_task_soon(daemon.watch_streams, queen)  # type: ignore[union-attr]
@@ -108,3 +120,18 @@ def test_a_worker_frozen_before_its_first_byte_is_not_waited_for_forever(
     assert time.monotonic() - started < 4 + 2
     assert reply.status_code in (502, 503, 504), reply.text
     assert "nothing for 1 s" in reply.text or reply.status_code != 502
+
+
+@pytest.mark.parametrize("frozen_worker", [EMBEDDING_SPEC], indirect=True)
+def test_a_worker_frozen_during_a_whole_answer_is_waited_for_no_longer_than_the_request_timeout(
+    frozen_worker: tuple[Queen, TestClient, subprocess.Popen[bytes], int],
+) -> None:
+    queen, client, worker, _ = frozen_worker
+    os.kill(worker.pid, signal.SIGSTOP)  # it took the connection (the kernel did) and will never answer
+    started = time.monotonic()
+    reply = client.post("/v1/embeddings", json={"model": "synthetic", "input": "hello"})
+    assert time.monotonic() - started < 1 + 2
+    assert reply.status_code == 504, reply.text
+    assert "did not answer within 1 s" in reply.json()["error"]["message"]
+    route = queen.admission.lanes["synthetic"].routes
+    assert all(r.in_flight == 0 for r in route.values()), "the slot was given back"

@@ -7,7 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rbee.api.wire import AudioFormat, SpeakRequest, Unsupported, refuse_unserved
+from rbee.api.audio import AudioFormat, SpeakRequest
+from rbee.api.wire import Unsupported, refuse_unserved
 
 NOT_YET = {
     "instructions": "speaking instructions (gpt-4o-mini-tts) are not served by eSpeak NG",

@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rbee.api.wire import MAX_AUDIO, TranscribeRequest, Unsupported
+from rbee.api.audio import MAX_AUDIO, TranscribeRequest
+from rbee.api.wire import Unsupported
 
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 FIELDS = frozenset({"file", "model", "language", "prompt", "response_format", "temperature"})

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pydantic
 
+from rbee.api import audio as audio_wire
 from rbee.api import wire
 from rbee.clients import tls
 
@@ -55,7 +56,9 @@ class WorkerClient:
             session, self._session = self._session, None
             await session.close()
 
-    def stream(self, url: str, credential: str | None, body: wire.ExecuteRequest | wire.SpeakRequest) -> WorkerStream:
+    def stream(
+        self, url: str, credential: str | None, body: wire.ExecuteRequest | audio_wire.SpeakRequest
+    ) -> WorkerStream:
         """The worker's response bytes as they arrive (a generation's events, or speech's audio)."""
         return WorkerStream(self.session(), url, credential, body)
 
@@ -67,7 +70,7 @@ class WorkerClient:
         """A rerank request: `{"scores", "prompt_tokens"}`, a score per document in their order."""
         return await self._post(f"{url}/v1/execute", credential, body)
 
-    async def transcribe(self, url: str, credential: str | None, body: wire.TranscribeRequest) -> dict[str, Any]:
+    async def transcribe(self, url: str, credential: str | None, body: audio_wire.TranscribeRequest) -> dict[str, Any]:
         """A transcription: `{"text", "language", "duration", "segments"}`."""
         return await self._post(f"{url}/v1/execute", credential, body)
 
@@ -118,7 +121,7 @@ class WorkerStream:
         session: aiohttp.ClientSession,
         url: str,
         credential: str | None,
-        body: wire.ExecuteRequest | wire.SpeakRequest,
+        body: wire.ExecuteRequest | audio_wire.SpeakRequest,
     ) -> None:
         self.last = time.monotonic()
         """When the last bytes came (or the request went)."""

@@ -23,7 +23,8 @@ from rbee.api.hive_config import HiveConfig
 from rbee.api.state import HostFacts
 from rbee.infra import tls
 from rbee.spec import backends
-from rbee.spec.schema import HiveFile, HiveSpec, SshConnection
+from rbee.spec.connection import SshConnection
+from rbee.spec.schema import HiveFile, HiveSpec
 
 INSTALL_DEADLINE = 1800.0
 STEP_DEADLINE = 300.0

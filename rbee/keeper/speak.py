@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.text import Text
 
-from rbee.api.wire import AudioFormat
+from rbee.api.audio import AudioFormat
 from rbee.clients.queen import QueenCallError, QueenClient
 from rbee.keeper.render import err, fail
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from rbee.api import audio as audio_wire
 from rbee.api import sse, wire
 from rbee.clients.worker import TAIL, WorkerCallError, WorkerClient, WorkerStream
 from rbee.queen import metrics
@@ -148,7 +149,7 @@ class Dispatcher:
         )
 
     async def transcribe(
-        self, ask: Ask, key: Key | None, body: wire.TranscribeRequest, exchange: Exchange
+        self, ask: Ask, key: Key | None, body: audio_wire.TranscribeRequest, exchange: Exchange
     ) -> dict[str, Any]:
         """A recording heard whole: `{"text", "language", "duration", "segments"}`, recorded whatever happens."""
         return await self._call(
@@ -196,7 +197,7 @@ class Dispatcher:
             self.record(exchange)
 
     async def open(
-        self, ask: Ask, key: Key | None, body: wire.ExecuteRequest | wire.SpeakRequest, exchange: Exchange
+        self, ask: Ask, key: Key | None, body: wire.ExecuteRequest | audio_wire.SpeakRequest, exchange: Exchange
     ) -> Opened:
         """Admit the request and open its worker's stream, until the worker accepts it (the headers of its answer:
         the client's answer starts then, while the worker makes its first token). A refusal is recorded like any
@@ -257,9 +258,13 @@ class Dispatcher:
             elif not handed and not opening.cancelled() and opening.exception() is None:
                 opening.result().abandon(self)
 
-    async def relay(self, exchange: Exchange, opened: Opened, on_error: OnError, deliver: Deliver) -> None:
-        """Pass the worker's bytes through to `deliver`; end with an error in the client's format if the worker
-        fails."""
+    async def relay(
+        self, exchange: Exchange, opened: Opened, deliver: Deliver, on_error: OnError | None = None
+    ) -> None:
+        """Pass the worker's bytes through to `deliver`. A stream in a client's wire format (`on_error` given) ends
+        with its worker's end comment, or with an error in that format when the worker fails. Bytes with no end
+        marker (audio) end when the worker's answer ends whole; a worker lost mid-answer raises, so the client's
+        answer is cut off too: a truncated file never looks whole."""
         ticket, stream = opened.ticket, opened.chunks
         finished = False
         try:
@@ -268,9 +273,13 @@ class Dispatcher:
             except WorkerCallError as failure:
                 finished = True
                 self._lost(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
+                if on_error is None:
+                    raise
                 await deliver(on_error(str(exchange.error), failure.code))
                 return
             finished = True
+            if on_error is None:
+                return
             end = wire.parse_end(b"".join(stream.tail), stream_start=stream.count <= TAIL)
             if end is None:
                 self._lost(exchange, ticket, "the worker ended the stream without finishing")
@@ -279,28 +288,6 @@ class Dispatcher:
                 exchange.tokens = int(end.get("completion_tokens", 0))
                 if end.get("error"):
                     exchange.failed(502, str(end["error"]))
-        finally:
-            exchange.first_byte = stream.first
-            self.streams.pop(stream, None)
-            if not finished:
-                exchange.failed(499, "the client went away")
-                stream.close()
-            ticket.release()
-            self.record(exchange)
-
-    async def relay_bytes(self, exchange: Exchange, opened: Opened, deliver: Deliver) -> None:
-        """Pass a worker's bytes through that carry no end marker (audio): its answer ending whole is their end. A
-        worker lost mid-answer raises, so the client's answer is cut off too: a truncated file never looks whole."""
-        ticket, stream = opened.ticket, opened.chunks
-        finished = False
-        try:
-            try:
-                await stream.pump(deliver)
-            except WorkerCallError as failure:
-                finished = True
-                self._lost(exchange, ticket, f"worker {ticket.route.worker_id} on hive {ticket.route.hive}: {failure}")
-                raise
-            finished = True
         finally:
             exchange.first_byte = stream.first
             self.streams.pop(stream, None)
@@ -379,7 +366,7 @@ async def streamed(
         )
     opened = await dispatch.open(ask, key, body, exchange)
     return Relay(
-        lambda deliver: dispatch.relay(exchange, opened, on_error, deliver),
+        lambda deliver: dispatch.relay(exchange, opened, deliver, on_error),
         lambda: dispatch.abandon(exchange, opened),
     )
 
@@ -399,7 +386,7 @@ async def relay_after_opening(
         async with contextlib.aclosing(dispatch.opening(ask, key, body, exchange)) as items:
             async for item in items:
                 if isinstance(item, Opened):
-                    await dispatch.relay(exchange, item, on_error, deliver)
+                    await dispatch.relay(exchange, item, deliver, on_error)
                 else:
                     await deliver(item)
     except ClientError as refusal:

@@ -9,6 +9,7 @@ import pydantic
 from starlette.requests import Request
 from starlette.responses import Response
 
+from rbee.api import audio as audio_wire
 from rbee.api import openai as oai
 from rbee.api import speech, wire
 from rbee.queen.asgi import RelayResponse
@@ -36,8 +37,8 @@ async def create(request: Request) -> Response:
     opened = await dispatch.open(ask, key, speak, exchange)
     rate = opened.chunks.header("x-sample-rate")
     return RelayResponse(
-        lambda deliver: dispatch.relay_bytes(exchange, opened, deliver),
+        lambda deliver: dispatch.relay(exchange, opened, deliver),
         lambda: dispatch.abandon(exchange, opened),
-        wire.AUDIO_TYPES[speak.format],
+        audio_wire.AUDIO_TYPES[speak.format],
         **({"x_sample_rate": rate} if rate else {}),
     )

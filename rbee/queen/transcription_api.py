@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from rbee.api import audio as audio_wire
 from rbee.api import openai as oai
 from rbee.api import transcription, wire
 from rbee.queen import parts
@@ -36,7 +37,7 @@ async def _heard(request: Request, task: transcription.Task) -> Response:
     key = queen.fleet.keys.authenticate(request)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ClientError(400, "send the audio as a multipart form (file, model, ...), as OpenAI's clients do")
-    await read_bounded(request, wire.MAX_AUDIO + FORM_ROOM)
+    await read_bounded(request, audio_wire.MAX_AUDIO + FORM_ROOM)
     try:
         async with request.form(max_files=1, max_fields=16) as form:
             upload = form.get("file")

@@ -5,13 +5,10 @@ Field-level rules live here; rules that span sections (a worker naming a model) 
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     StringConstraints,
@@ -23,6 +20,7 @@ from pydantic import (
 from rbee.api.state import WorkerGroup, WorkerShape
 from rbee.spec import source as source_mod
 from rbee.spec.backends import Backend, ModelKind
+from rbee.spec.connection import LOCAL, Connection, SshBlock, SshConnection, Strict
 from rbee.spec.fields import (
     ENV_NAME,
     Address,
@@ -35,10 +33,6 @@ from rbee.spec.fields import (
     is_loopback,
     refuse_inline_key,
 )
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ApiKeyRef(Strict):
@@ -95,42 +89,6 @@ def queen_tls(queen: QueenSpec) -> bool:
     """The queen serves TLS when it listens off loopback: hives' heartbeats then cross a network."""
     return not is_loopback(queen.listen.rpartition(":")[0])
 
-
-class HostKeyPolicy(StrEnum):
-    STRICT = "strict"
-    ACCEPT_NEW = "accept-new"
-
-
-class SshConnection(Strict):
-    host: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]+$", max_length=253)]
-    port: Annotated[int, Field(ge=1, le=65535)] = 22
-    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] | None = None
-    key: str | None = Field(default=None, description="Private key path; omitted means the SSH agent.")
-    host_key_policy: HostKeyPolicy = HostKeyPolicy.STRICT
-    known_hosts: str | None = Field(default=None, description="known_hosts file; defaults to ~/.ssh/known_hosts.")
-
-
-class SshBlock(Strict):
-    ssh: SshConnection
-
-
-LOCAL: Literal["local"] = "local"
-
-
-def _connection_tag(value: Any) -> str | None:
-    if value == LOCAL:
-        return "local"
-    return "ssh-connection" if isinstance(value, dict | SshBlock) else None
-
-
-Connection = Annotated[
-    Annotated[Literal["local"], Tag("local")] | Annotated[SshBlock, Tag("ssh-connection")],
-    Discriminator(
-        _connection_tag,
-        custom_error_type="connection",
-        custom_error_message="connection is 'local' or a mapping 'ssh: {host: ...}'",
-    ),
-]
 
 UNION_TAGS = frozenset({"local", "ssh-connection", "auto", "pinned"})
 """Tags of hive.yaml's tagged unions; they appear in validation locations and are not field names."""

@@ -11,7 +11,7 @@ import wave
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rbee.api.wire import AudioFormat
+from rbee.api.audio import AudioFormat
 
 STREAMED = 0xFFFFFFFF
 """A WAV size field that says "to the end of the stream": the length is not known when the header goes out."""

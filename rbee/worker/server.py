@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from rbee import daemon
+from rbee.api import audio as audio_wire
 from rbee.api import wire
 from rbee.api.state import WorkerState
 from rbee.clients import tls
@@ -157,7 +158,7 @@ def create_app(runtime: Runtime) -> Starlette:
 
     async def speak(request: Request, engine: backends.Speaker) -> Response:
         try:
-            body = wire.SpeakRequest.model_validate_json(await request.body())
+            body = audio_wire.SpeakRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
             return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
         voice = engine.voice(body.voice)
@@ -185,11 +186,11 @@ def create_app(runtime: Runtime) -> Starlette:
                 release(runtime, claimed)
 
         headers = {"X-Sample-Rate": str(engine.rate), "Cache-Control": "no-cache"}
-        return StreamingResponse(spoken(), media_type=wire.AUDIO_TYPES[body.format], headers=headers)
+        return StreamingResponse(spoken(), media_type=audio_wire.AUDIO_TYPES[body.format], headers=headers)
 
     async def transcribe(request: Request, engine: backends.Transcriber) -> Response:
         try:
-            body = wire.TranscribeRequest.model_validate_json(await request.body())
+            body = audio_wire.TranscribeRequest.model_validate_json(await request.body())
             data = base64.b64decode(body.audio, validate=True)
         except pydantic.ValidationError as error:
             return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)

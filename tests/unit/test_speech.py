@@ -5,6 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from rbee.api import audio as audio_wire
 from rbee.api import speech, wire
 from rbee.spec.source import ModelFormat, SourceError, SourceKind, parse_source
 
@@ -12,7 +13,7 @@ from rbee.spec.source import ModelFormat, SourceError, SourceKind, parse_source
 def test_openais_defaults_become_the_workers_request() -> None:
     body = speech.SpeechRequest.model_validate({"model": "voice", "input": "hi", "voice": "alloy"})
     asked = body.to_worker("speech-1")
-    assert asked == wire.SpeakRequest(request_id="speech-1", input="hi", voice="alloy", format="mp3", speed=1.0)
+    assert asked == audio_wire.SpeakRequest(request_id="speech-1", input="hi", voice="alloy", format="mp3", speed=1.0)
 
 
 @pytest.mark.parametrize(

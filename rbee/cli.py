@@ -163,18 +163,26 @@ def infer(
         int, typer.Option(min=0, max=20, help="Ask a busy fleet again this many times (after 1, 2, 4 ... s).")
     ] = 0,
     out: Annotated[
-        Path | None, typer.Option(help="A speech model: write its speech of PROMPT here (.wav, .mp3 or .pcm).")
+        Path | None,
+        typer.Option(
+            help="A speech model: write its speech of PROMPT here (.wav, .mp3 or .pcm); an image model: its picture "
+            "(.png, .jpg or .webp)."
+        ),
     ] = None,
     voice: Annotated[str, typer.Option(help="With --out: the voice (OpenAI's names, or the engine's own).")] = "alloy",
     speed: Annotated[float, typer.Option(min=0.25, max=4.0, help="With --out: how fast it speaks.")] = 1.0,
     file: Annotated[
         Path | None, typer.Option("--file", help="A transcription model: print its transcript of this recording.")
     ] = None,
+    size: Annotated[str, typer.Option(help="With --out a picture: WIDTHxHEIGHT, or auto (the model's own).")] = "auto",
+    steps: Annotated[int | None, typer.Option(min=1, max=200, help="With --out a picture: denoising steps.")] = None,
 ) -> None:
-    """Stream an answer from MODEL through the queen; with --out write a speech model's speech, with --file print a
-    transcription model's transcript (API key from $RBEE_API_KEY when the queen needs one)."""
+    """Stream an answer from MODEL through the queen; with --out write a speech model's speech or an image model's
+    picture, with --file print a transcription model's transcript (API key from $RBEE_API_KEY when the queen needs
+    one)."""
     speech = (out, voice, speed) if out is not None else None
-    keeper_infer.infer(prompt, model, max_tokens, temperature, seed, system, queen, retries, speech, file)
+    picture = (size, steps)
+    keeper_infer.infer(prompt, model, max_tokens, temperature, seed, system, queen, retries, speech, file, picture)
 
 
 @app.command()

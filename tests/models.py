@@ -381,3 +381,81 @@ def make_tiny_whisper(folder: Path) -> Path:
     model.save_pretrained(folder)
     WhisperProcessor(feature_extractor=WhisperFeatureExtractor(), tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def make_tiny_diffusion(folder: Path) -> Path:
+    """A random Stable Diffusion pipeline as a diffusers folder (model_index.json, safetensors): a UNet of two
+    blocks (32 and 64 channels), an autoencoder that shrinks by 2, a two-layer CLIP text encoder over a byte-level
+    vocabulary, DDIM. 6.5 MB; 64x64 pictures in tenths of a second on a CPU. Its pictures are noise: a real model
+    is needed for pictures of anything, and the Hub is not reachable here. What runs is the real pipeline code."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        attention_head_dim=(2, 4),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    words = folder.parent / f"{folder.name}-tokenizer"
+    words.mkdir(parents=True, exist_ok=True)
+    characters = list(bytes_to_unicode().values())
+    vocab = {token: index for index, token in enumerate([*characters, *(c + "</w>" for c in characters)])}
+    start, end = "<|startoftext|>", "<|endoftext|>"
+    vocab[start], vocab[end] = len(vocab), len(vocab) + 1
+    (words / "vocab.json").write_text(json.dumps(vocab))
+    (words / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=77)
+    text = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        bos_token_id=vocab[start],
+        eos_token_id=vocab[end],
+        pad_token_id=vocab[end],
+        projection_dim=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=CLIPTextModel(text),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -189,11 +189,19 @@ class QueenClient:
 
     def speak(self, body: dict[str, Any]) -> Iterator[bytes]:
         """Speech from `POST /v1/audio/speech`, its bytes as they come; a minute of silence is an error."""
+        return self._streamed("/v1/audio/speech", body)
+
+    def paint(self, body: dict[str, Any]) -> Iterator[sse.Event]:
+        """The events of `POST /v1/images/generations` with stream: true (progress, then the pictures)."""
+        return sse.events(self._streamed("/v1/images/generations", {**body, "stream": True}))
+
+    def _streamed(self, path: str, body: dict[str, Any]) -> Iterator[bytes]:
+        """A POST's answer, its bytes as they come; a refusal, or a minute of silence, is a QueenCallError."""
         timeout = httpx.Timeout(30.0, read=TASK_SILENCE)
         try:
             with httpx.stream(
                 "POST",
-                f"{self.url}/v1/audio/speech",
+                f"{self.url}{path}",
                 json=body,
                 headers=self.headers,
                 timeout=timeout,

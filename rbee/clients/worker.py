@@ -17,9 +17,12 @@ import aiohttp
 import pydantic
 
 from rbee.api import audio as audio_wire
+from rbee.api import image_generation as images
 from rbee.api import wire
 from rbee.clients import tls
 
+Streamed = wire.ExecuteRequest | audio_wire.SpeakRequest | images.ImageRequest
+"""The requests a worker answers as a stream."""
 TAIL = 8
 """Chunks of a stream kept to find its end comment in."""
 
@@ -56,10 +59,9 @@ class WorkerClient:
             session, self._session = self._session, None
             await session.close()
 
-    def stream(
-        self, url: str, credential: str | None, body: wire.ExecuteRequest | audio_wire.SpeakRequest
-    ) -> WorkerStream:
-        """The worker's response bytes as they arrive (a generation's events, or speech's audio)."""
+    def stream(self, url: str, credential: str | None, body: Streamed) -> WorkerStream:
+        """The worker's response bytes as they arrive (a generation's events, speech's audio, a painting's
+        progress and pictures)."""
         return WorkerStream(self.session(), url, credential, body)
 
     async def embed(self, url: str, credential: str | None, body: wire.EmbedRequest) -> dict[str, Any]:
@@ -121,7 +123,7 @@ class WorkerStream:
         session: aiohttp.ClientSession,
         url: str,
         credential: str | None,
-        body: wire.ExecuteRequest | audio_wire.SpeakRequest,
+        body: Streamed,
     ) -> None:
         self.last = time.monotonic()
         """When the last bytes came (or the request went)."""

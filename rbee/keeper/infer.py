@@ -17,6 +17,7 @@ import typer
 from rich.text import Text
 
 from rbee.clients.queen import QueenCallError, QueenClient
+from rbee.keeper import paint as painting
 from rbee.keeper import speak as speaking
 from rbee.keeper.home import Home
 from rbee.keeper.render import err, fail
@@ -45,9 +46,11 @@ def infer(
     retries: int = 0,
     speech: tuple[Path, str, float] | None = None,
     heard: Path | None = None,
+    picture: tuple[str, int | None] = ("auto", None),
 ) -> None:
-    """Stream an answer; with `speech` (the file, the voice, the speed) write MODEL's speech of `prompt`; with
-    `heard` (a recording) print MODEL's transcript of it (`prompt`, if given, is its language)."""
+    """Stream an answer; with `speech` (the file, the voice, the speed) write MODEL's speech of `prompt`, or its
+    picture when the file is a picture's (`picture`: its size and steps); with `heard` (a recording) print MODEL's
+    transcript of it (`prompt`, if given, is its language)."""
     home = Home.default()
     recorded = home.queen()
     if url is None and recorded is None:
@@ -57,6 +60,9 @@ def infer(
     client = QueenClient(url, given or home.admin_key(create=False))
     if speech is not None:
         out, voice, speed = speech
+        if painting.image_format(out) is not None:
+            painting.paint(client, url, prompt, model, out, picture[0], picture[1], seed)
+            return
         speaking.speak(client, url, prompt, model, voice, speed, out)
         return
     if heard is not None:
@@ -81,6 +87,8 @@ def infer(
                 fail(f"Authentication failed: the queen at {url} refused {whose}; rbee key shows the admin key.")
             if error.status == 400 and "/v1/audio/speech" in str(error):
                 fail(f"{model} is a speech model: write its speech to a file, rbee infer -m {model} --out speech.wav")
+            if error.status == 400 and "/v1/images/generations" in str(error):
+                fail(f"{model} is an image model: write its picture to a file, rbee infer -m {model} --out picture.png")
             if error.status == 400 and "/v1/audio/transcriptions" in str(error):
                 fail(f"{model} is a transcription model: give it a recording, rbee infer -m {model} --file speech.wav")
             if error.status is not None:

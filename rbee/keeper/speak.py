@@ -5,8 +5,6 @@ recording.wav [LANGUAGE]` prints a transcription model's transcript."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from rich.text import Text
 
 from rbee.api.audio import AudioFormat
 from rbee.clients.queen import QueenCallError, QueenClient
+from rbee.keeper import outfile
 from rbee.keeper.render import err, fail
 
 SUFFIXES = {f".{fmt}": fmt for fmt in AudioFormat}
@@ -31,26 +30,13 @@ def audio_format(out: Path) -> AudioFormat:
 
 def speak(client: QueenClient, url: str, text: str, model: str, voice: str, speed: float, out: Path) -> None:
     fmt = audio_format(out)
-    partial = out.with_name(f".{out.name}.partial")
     body = {"model": model, "input": text, "voice": voice, "response_format": str(fmt), "speed": speed}
     started = time.monotonic()
     written = 0
-    try:
-        with partial.open("wb") as sink:
-            for chunk in client.speak(body):
-                sink.write(chunk)
-                written += len(chunk)
-        os.replace(partial, out)
-    except QueenCallError as error:
-        if error.status is not None:
-            fail(f"The queen refused: {error}")
-        fail(f"Cannot reach the queen at {url} ({error}); is the fleet applied? Run rbee apply.")
-    except KeyboardInterrupt:
-        err.print(Text(f"Interrupted: {out} was not written.", style="dim"))
-        raise typer.Exit(130) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+    with outfile.written_whole(out, url) as partial, partial.open("wb") as sink:
+        for chunk in client.speak(body):
+            sink.write(chunk)
+            written += len(chunk)
     err.print(Text(f"[{out}: {written} bytes of {fmt} in {time.monotonic() - started:.1f} s]", style="dim"))
 
 

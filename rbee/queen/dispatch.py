@@ -9,7 +9,6 @@ one record (metrics and the request log) and releases its admission ticket exact
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -18,7 +17,7 @@ from typing import Any, TypeVar
 
 from rbee.api import audio as audio_wire
 from rbee.api import sse, wire
-from rbee.clients.worker import TAIL, WorkerCallError, WorkerClient, WorkerStream
+from rbee.clients.worker import TAIL, Streamed, WorkerCallError, WorkerClient, WorkerStream
 from rbee.queen import metrics
 from rbee.queen.admission import Admission, Refusal, Ticket
 from rbee.queen.auth import Key
@@ -54,14 +53,6 @@ class Opened:
         dispatch.streams.pop(self.chunks, None)
         self.ticket.release()
         self.chunks.close()
-
-
-@dataclass(frozen=True, slots=True)
-class Relay:
-    """A stream for one client: `run` it once with where its chunks go, or `abandon` it unrun."""
-
-    run: Callable[[Deliver], Awaitable[None]]
-    abandon: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +187,7 @@ class Dispatcher:
         finally:
             self.record(exchange)
 
-    async def open(
-        self, ask: Ask, key: Key | None, body: wire.ExecuteRequest | audio_wire.SpeakRequest, exchange: Exchange
-    ) -> Opened:
+    async def open(self, ask: Ask, key: Key | None, body: Streamed, exchange: Exchange) -> Opened:
         """Admit the request and open its worker's stream, until the worker accepts it (the headers of its answer:
         the client's answer starts then, while the worker makes its first token). A refusal is recorded like any
         finished request."""
@@ -236,7 +225,7 @@ class Dispatcher:
             raise
 
     async def opening(
-        self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange
+        self, ask: Ask, key: Key | None, body: Streamed, exchange: Exchange
     ) -> AsyncGenerator[bytes | Opened, None]:
         """`open`, for a client that is already being answered: while a cold start runs, its progress as an SSE
         comment every second, then the opened stream (a refusal raises ClientError). Use it in `aclosing`."""
@@ -303,32 +292,27 @@ class Dispatcher:
         exchange.failed(499, "the request was given up before its answer began")
         self.record(exchange)
 
-    async def answer(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> Answer:
-        """The whole generation at once (the worker streams rbee events; they are read to the end here)."""
-        opened = await self.open(ask, key, body.model_copy(update={"format": wire.StreamFormat.RBEE}), exchange)
-        text: list[str] = []
-        logprobs: list[dict[str, Any]] | None = [] if body.logprobs is not None else None
-        end: dict[str, Any] | None = None
+    async def gather(self, ask: Ask, key: Key | None, body: Streamed, exchange: Exchange) -> bytes:
+        """A worker's stream read to its end, for a client that wants its answer at once; recorded (a stream
+        that ended without its end comment, or with an error in it, as failed). A broken stream is the client's
+        502; an error event in it is left for the caller to read."""
+        opened = await self.open(ask, key, body, exchange)
         parts: list[bytes] = []
 
         async def keep(chunk: bytes) -> None:
             parts.append(chunk)
 
+        end: dict[str, Any] | None = None
         try:
             await opened.chunks.pump(keep)
             buffer = b"".join(parts)  # joined once: adding chunk by chunk was quadratic in the answer's length
-            for event in sse.Parser().feed(buffer):
-                if event.name == "error":
-                    message = str(json.loads(event.data)["error"])
-                    exchange.failed(502, message)
-                    raise ClientError(502, message, "api_error", "generation_failed")
-                if event.data:
-                    data = event.json()
-                    if "token" in data:
-                        text.append(data["token"])
-                        if logprobs is not None:
-                            logprobs.extend(data.get("logprobs") or ())
             end = wire.parse_end(buffer, stream_start=True)
+            if end is None:
+                exchange.failed(502, "the worker ended the stream without finishing")
+            elif end.get("error"):
+                exchange.failed(502, str(end["error"]))
+            else:
+                exchange.tokens = int(end.get("completion_tokens", 0))
         except WorkerCallError as failure:
             exchange.failed(502, str(failure))
             raise ClientError(502, str(failure), "api_error", failure.code) from None
@@ -337,11 +321,26 @@ class Dispatcher:
             self.streams.pop(opened.chunks, None)
             opened.chunks.close()
             opened.ticket.release()
-            if end is not None:
-                exchange.tokens = int(end.get("completion_tokens", 0))
             self.record(exchange)
         if end is None:
             raise ClientError(502, "the worker ended the stream without finishing", "api_error", "worker_lost")
+        return buffer
+
+    async def answer(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> Answer:
+        """The whole generation at once (the worker streams rbee events; they are read to the end here)."""
+        buffer = await self.gather(ask, key, body.model_copy(update={"format": wire.StreamFormat.RBEE}), exchange)
+        text: list[str] = []
+        logprobs: list[dict[str, Any]] | None = [] if body.logprobs is not None else None
+        for event in sse.Parser().feed(buffer):
+            if event.name == "error":
+                raise ClientError(502, str(json.loads(event.data)["error"]), "api_error", "generation_failed")
+            if event.data:
+                data = event.json()
+                if "token" in data:
+                    text.append(data["token"])
+                    if logprobs is not None:
+                        logprobs.extend(data.get("logprobs") or ())
+        end = wire.parse_end(buffer, stream_start=True) or {}
         return Answer(
             "".join(text),
             int(end["prompt_tokens"]),
@@ -353,41 +352,3 @@ class Dispatcher:
     def _lost(self, exchange: Exchange, ticket: Ticket, message: str) -> None:
         exchange.failed(502, message)
         self.fleet.lost(ticket.route)
-
-
-async def streamed(
-    dispatch: Dispatcher, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange, on_error: OnError
-) -> Relay:
-    """A streamed answer in whichever wire format `body` asks of its worker (OpenAI's, Anthropic's): opened now
-    when a worker is there (a refusal is then the client's HTTP status), or at once with cold-start comments."""
-    if not dispatch.admission.has_workers(ask.model):
-        return Relay(
-            lambda deliver: relay_after_opening(dispatch, ask, key, body, exchange, on_error, deliver), lambda: None
-        )
-    opened = await dispatch.open(ask, key, body, exchange)
-    return Relay(
-        lambda deliver: dispatch.relay(exchange, opened, deliver, on_error),
-        lambda: dispatch.abandon(exchange, opened),
-    )
-
-
-async def relay_after_opening(
-    dispatch: Dispatcher,
-    ask: Ask,
-    key: Key | None,
-    body: wire.ExecuteRequest,
-    exchange: Exchange,
-    on_error: OnError,
-    deliver: Deliver,
-) -> None:
-    """A stream that starts at once: cold-start comments while the request waits for its worker, then the relay;
-    a refusal becomes the stream's error."""
-    try:
-        async with contextlib.aclosing(dispatch.opening(ask, key, body, exchange)) as items:
-            async for item in items:
-                if isinstance(item, Opened):
-                    await dispatch.relay(exchange, item, deliver, on_error)
-                else:
-                    await deliver(item)
-    except ClientError as refusal:
-        await deliver(on_error(str(refusal), refusal.code or "refused"))

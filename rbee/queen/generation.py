@@ -14,10 +14,11 @@ from rbee.api import wire
 from rbee.queen import parts
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.auth import Key
-from rbee.queen.dispatch import Answer, OnError, streamed
+from rbee.queen.dispatch import Answer, OnError
 from rbee.queen.errors import ClientError, invalid, read_object
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask, prefix_of
+from rbee.queen.streaming import streamed
 
 Shape = TypeVar("Shape", bound=pydantic.BaseModel)
 

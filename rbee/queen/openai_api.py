@@ -49,6 +49,7 @@ ENDPOINTS = {
     ModelKind.RERANK: "/v1/rerank",
     ModelKind.SPEECH: "/v1/audio/speech",
     ModelKind.TRANSCRIPTION: "/v1/audio/transcriptions",
+    ModelKind.IMAGE: "/v1/images/generations",
 }
 """Where a model of each kind is asked."""
 

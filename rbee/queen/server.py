@@ -2,8 +2,8 @@
 
 - open: GET /health, /openapi.json, and the web UI's files under /ui/ (web_ui.py; they hold no data)
 - clients (an API key, OpenAI's error shape): the OpenAI API under /v1 (text, embeddings, rerank, speech,
-  transcription), rbee's task API under /v2/tasks, and GET /metrics; Anthropic's Messages API, POST /v1/messages,
-  in Anthropic's error shape
+  transcription, image generation), rbee's task API under /v2/tasks, and GET /metrics; Anthropic's Messages API,
+  POST /v1/messages, in Anthropic's error shape
 - the operator (its credential, rbee's wire error shape): /v2/spec, plan, models, status, traffic, route, events,
   reconcile, shutdown
 - each hive (its own credential): POST /v2/hives/{name}/heartbeat
@@ -21,6 +21,7 @@ from rbee.queen import (
     auth,
     catalog_api,
     errors,
+    image_api,
     openai_api,
     operator_api,
     origins,
@@ -81,6 +82,7 @@ def create_app(queen: Queen) -> RawSend:
             route("/v1/audio/speech", client(speech_api.create), "POST"),
             route("/v1/audio/transcriptions", client(transcription_api.transcriptions), "POST"),
             route("/v1/audio/translations", client(transcription_api.translations), "POST"),
+            route("/v1/images/generations", client(image_api.generations), "POST"),
             route("/v2/tasks", client(task_api.create_task), "POST"),
             route("/v2/tasks/{id}/events", client(task_api.task_events)),
             route("/v2/tasks/{id}", client(task_api.cancel_task), "DELETE"),

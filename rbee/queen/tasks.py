@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 
 from rbee.api import wire
 from rbee.queen.auth import Key
-from rbee.queen.dispatch import Dispatcher, relay_after_opening
+from rbee.queen.dispatch import Dispatcher
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask
+from rbee.queen.streaming import relay_after_opening
 
 log = logging.getLogger("rbee.queen")
 MAX_TASKS = 1000

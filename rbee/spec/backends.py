@@ -26,6 +26,8 @@ class Backend(StrEnum):
     CTRANSFORMERS = "ctransformers"
     WHISPER = "whisper"
     """Transcription and translation by Whisper models (Hugging Face folders) on transformers."""
+    DIFFUSERS = "diffusers"
+    """Images from text by diffusion pipelines (Hugging Face diffusers folders: Stable Diffusion and kin)."""
     ESPEAK = "espeak"
     """Speech from eSpeak NG, the program (Debian's espeak-ng): formant synthesis, no model file, every language."""
     SYNTHETIC = "synthetic"
@@ -40,6 +42,8 @@ class ModelKind(StrEnum):
     """Text in, audio out (OpenAI's /v1/audio/speech)."""
     TRANSCRIPTION = "transcription"
     """Audio in, text out (OpenAI's /v1/audio/transcriptions and /translations)."""
+    IMAGE = "image"
+    """Text in, pictures out (OpenAI's /v1/images/generations)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,14 @@ TABLE: dict[Backend, Capability] = {
         "transformers",
         "transcription",
     ),
+    Backend.DIFFUSERS: Capability(
+        Backend.DIFFUSERS,
+        frozenset({ModelFormat.SAFETENSORS}),
+        ModelKind.IMAGE,
+        ("cuda", "metal", "cpu"),  # Metal through torch's MPS device
+        "diffusers",
+        "image",
+    ),
     Backend.ESPEAK: Capability(
         Backend.ESPEAK,
         frozenset({ModelFormat.ESPEAK}),
@@ -132,6 +144,7 @@ _PREFERENCE = {
         Backend.RERANK,
         Backend.CTRANSFORMERS,
         Backend.WHISPER,
+        Backend.DIFFUSERS,
         Backend.ESPEAK,
     ),
     False: (
@@ -142,6 +155,7 @@ _PREFERENCE = {
         Backend.RERANK,
         Backend.CTRANSFORMERS,
         Backend.WHISPER,
+        Backend.DIFFUSERS,
         Backend.ESPEAK,
     ),
 }

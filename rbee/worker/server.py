@@ -34,11 +34,12 @@ from rbee.api import wire
 from rbee.api.state import WorkerState
 from rbee.clients import tls
 from rbee.clients.hive import LoadingReports
-from rbee.worker import audio, backends, stream, tools
+from rbee.worker import audio, backends, images, stream, tools
 from rbee.worker.runtime import Runtime, WorkerOptions, release, release_abandoned
 
 log = logging.getLogger("rbee.worker")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_HEADERS = stream.SSE_HEADERS
+NOT_TEXT = (backends.Embedder, backends.Reranker, backends.Speaker, backends.Transcriber, backends.Painter)
 __all__ = ["Runtime", "WorkerOptions", "create_app", "serve"]
 
 
@@ -75,6 +76,8 @@ def create_app(runtime: Runtime) -> Starlette:
             return await speak(request, engine)
         if isinstance(engine, backends.Transcriber):
             return await transcribe(request, engine)
+        if isinstance(engine, backends.Painter):
+            return await images.paint(request, runtime, engine)
         try:
             body = wire.ExecuteRequest.model_validate_json(await request.body())
         except pydantic.ValidationError as error:
@@ -115,7 +118,9 @@ def create_app(runtime: Runtime) -> Starlette:
         engine = runtime.engine
         counter = getattr(engine, "count_tokens", None)
         if (
-            isinstance(engine, (backends.Embedder, backends.Reranker, backends.Speaker, backends.Transcriber))
+            isinstance(
+                engine, (backends.Embedder, backends.Reranker, backends.Speaker, backends.Transcriber, backends.Painter)
+            )
             or counter is None
             or runtime.state not in (WorkerState.IDLE, WorkerState.BUSY)
         ):

@@ -17,6 +17,7 @@ from rbee.worker import backends
 from rbee.worker.runtime import Active, Runtime, release
 
 log = logging.getLogger("rbee.worker")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 KEEP_ALIVE = 1.0
 """Seconds without a token after which the worker sends an SSE comment: a long prompt's prefill, or a step of a
 batch busy with other requests' prompts on a loaded machine. The queen takes a stream that sends nothing for its

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from rbee.api.calls import Constraint
+from rbee.api.image_generation import ImageRequest, Picture
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
 from rbee.spec import backends as capabilities
 from rbee.worker.text import TextAssembler
@@ -231,8 +232,32 @@ class Transcriber(Protocol):
     def unload(self) -> None: ...
 
 
-Engine = Backend | Embedder | Reranker | Speaker | Transcriber
-"""What a worker process serves: a text generator, an embedder, a reranker, a speaker or a transcriber."""
+@runtime_checkable
+class Painter(Protocol):
+    """Text in, pictures out: a diffusion pipeline, one request at a time, a step at a time."""
+
+    name: str
+    device: str
+    kind: str
+    size: tuple[int, int]
+    """Its own width and height."""
+
+    def load(self, progress: Callable[[float], None]) -> None: ...
+
+    def check(self, request: ImageRequest) -> None:
+        """Raise for a field of `request` this pipeline does not take (with `param` naming it)."""
+        ...
+
+    def paint(
+        self, request: ImageRequest, report: Callable[[str, Any], None], cancel: threading.Event
+    ) -> list[Picture]: ...
+
+    def unload(self) -> None: ...
+
+
+Engine = Backend | Embedder | Reranker | Speaker | Transcriber | Painter
+"""What a worker process serves: a text generator, an embedder, a reranker, a speaker, a transcriber or a
+painter."""
 
 
 def create(

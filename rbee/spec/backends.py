@@ -28,6 +28,9 @@ class Backend(StrEnum):
     """Transcription and translation by Whisper models (Hugging Face folders) on transformers."""
     DIFFUSERS = "diffusers"
     """Images from text by diffusion pipelines (Hugging Face diffusers folders: Stable Diffusion and kin)."""
+    PIPER = "piper"
+    """Speech from Piper voices (VITS models in ONNX, on onnxruntime): neural, many times faster than real time on
+    a CPU."""
     ESPEAK = "espeak"
     """Speech from eSpeak NG, the program (Debian's espeak-ng): formant synthesis, no model file, every language."""
     SYNTHETIC = "synthetic"
@@ -116,6 +119,14 @@ TABLE: dict[Backend, Capability] = {
         "diffusers",
         "image",
     ),
+    Backend.PIPER: Capability(
+        Backend.PIPER,
+        frozenset({ModelFormat.PIPER}),
+        ModelKind.SPEECH,
+        ("cpu",),  # onnxruntime's CPU provider: the piper extra installs no GPU build
+        "piper",
+        "piper",
+    ),
     Backend.ESPEAK: Capability(
         Backend.ESPEAK,
         frozenset({ModelFormat.ESPEAK}),
@@ -145,6 +156,7 @@ _PREFERENCE = {
         Backend.CTRANSFORMERS,
         Backend.WHISPER,
         Backend.DIFFUSERS,
+        Backend.PIPER,
         Backend.ESPEAK,
     ),
     False: (
@@ -156,6 +168,7 @@ _PREFERENCE = {
         Backend.CTRANSFORMERS,
         Backend.WHISPER,
         Backend.DIFFUSERS,
+        Backend.PIPER,
         Backend.ESPEAK,
     ),
 }

@@ -192,7 +192,8 @@ def _backend_fits(index: int, worker: WorkerSpec, model: ModelSpec) -> Iterator[
     if served is not model.kind:
         yield Problem(
             ("workers", index, "backend"),
-            f"the {backend} backend serves {served} models, and '{model.name}' is a {model.kind} model; "
+            f"the {backend} backend serves {served} models, and '{model.name}' is {article(model.kind)} {model.kind} "
+            "model; "
             f"use auto, or set kind: {served} on the model",
         )
         return
@@ -208,3 +209,7 @@ def _backend_fits(index: int, worker: WorkerSpec, model: ModelSpec) -> Iterator[
 def _names(items: Iterable[str]) -> str:
     names = ", ".join(items)
     return names or "none yet"
+
+
+def article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

@@ -206,7 +206,7 @@ class ModelSpec(Strict):
     name: Name
     source: str = Field(
         description="hf://org/repo[/file][@revision], file:///path, pypi://package/path, or system://espeak-ng "
-        "(a speech engine the hive's system provides)"
+        "(a speech engine the hive's system provides); a speech model that is not system://espeak-ng is a Piper voice"
     )
     format: Literal["auto"] | source_mod.ModelFormat = "auto"
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
@@ -246,12 +246,13 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _speech_from_its_engine(self) -> ModelSpec:
-        speaks = self.resolved_format is source_mod.ModelFormat.ESPEAK
+        speaks = self.resolved_format in (source_mod.ModelFormat.ESPEAK, source_mod.ModelFormat.PIPER)
         if speaks and self.kind is not ModelKind.SPEECH:
-            raise ValueError(f"{self.source} serves speech; set kind: speech on model {self.name}")
+            raise ValueError(f"{self.source} is a {self.resolved_format} voice; set kind: speech on model {self.name}")
         if self.kind is ModelKind.SPEECH and not speaks:
             raise ValueError(
-                f"speech models are served by eSpeak NG: give model {self.name} source: system://espeak-ng"
+                f"speech models are eSpeak NG (source: system://espeak-ng) or Piper voices (a .onnx file with its "
+                f".onnx.json, or a folder holding them; format: piper): model {self.name} is {self.resolved_format}"
             )
         return self
 
@@ -263,7 +264,7 @@ class ModelSpec(Strict):
     def resolved_format(self) -> source_mod.ModelFormat:
         if self.format != "auto":
             return source_mod.ModelFormat(self.format)
-        return self.parsed_source.guess_format()
+        return self.parsed_source.guess_format(str(self.kind))
 
 
 class WorkerSpec(Strict):

@@ -30,6 +30,9 @@ class ModelFormat(StrEnum):
     MLX = "mlx"
     ESPEAK = "espeak"
     """eSpeak NG's own voices (`system://espeak-ng`)."""
+    PIPER = "piper"
+    """A Piper voice: an ONNX model (`voice.onnx`) with its config beside it (`voice.onnx.json`), one file or a
+    folder holding the pair."""
 
 
 SYSTEM_ENGINES = {"espeak-ng": ModelFormat.ESPEAK}
@@ -63,12 +66,15 @@ class ModelSource:
             return PurePosixPath(self.location).name
         return PurePosixPath(self.path).name if self.path else None
 
-    def guess_format(self) -> ModelFormat:
+    def guess_format(self, kind: str | None = None) -> ModelFormat:
+        """The format its name implies; a speech model (`kind`) that is not a system engine is a Piper voice."""
         if self.kind is SourceKind.SYSTEM:
             return SYSTEM_ENGINES[self.location]
         name = self.file_name or ""
         if name.lower().endswith(".gguf"):
             return ModelFormat.GGUF
+        if name.lower().endswith(".onnx") or kind == "speech":
+            return ModelFormat.PIPER
         if self.kind is SourceKind.HF and self.location.lower().startswith("mlx-community/"):
             return ModelFormat.MLX
         return ModelFormat.SAFETENSORS

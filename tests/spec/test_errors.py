@@ -126,6 +126,25 @@ CASES = [
         "the embed backend serves embedding models, and 'smol' is a rerank model",
     ),
     (
+        "speech-from-a-gguf",
+        BASE.replace("    source: file:///models/smol.gguf", "    source: file:///models/smol.gguf\n    kind: speech"),
+        "hive.yaml:4:5: models[0]",
+        "speech models are eSpeak NG (source: system://espeak-ng) or Piper voices",
+    ),
+    (
+        "voice-not-speech",
+        BASE.replace("    source: file:///models/smol.gguf", "    source: file:///voices/joe.onnx"),
+        "hive.yaml:4:5: models[0]",
+        "file:///voices/joe.onnx is a piper voice; set kind: speech on model smol",
+    ),
+    (
+        "image-model-on-torch",
+        BASE.replace("    source: file:///models/smol.gguf", "    source: hf://org/sd\n    kind: image")
+        + "    backend: torch\n",
+        "hive.yaml:10:14: workers[0].backend",
+        "the torch backend serves text models, and 'smol' is an image model",
+    ),
+    (
         "bad-connection",
         BASE.replace("  - name: box\n", "  - name: box\n    connection: sshh\n", 1),
         "hive.yaml:3:17: hives[0].connection",

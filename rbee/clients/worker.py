@@ -72,19 +72,26 @@ class WorkerClient:
         """A rerank request: `{"scores", "prompt_tokens"}`, a score per document in their order."""
         return await self._post(f"{url}/v1/execute", credential, body)
 
-    async def transcribe(self, url: str, credential: str | None, body: audio_wire.TranscribeRequest) -> dict[str, Any]:
-        """A transcription: `{"text", "language", "duration", "segments"}`."""
-        return await self._post(f"{url}/v1/execute", credential, body)
+    async def transcribe(
+        self, url: str, credential: str | None, body: audio_wire.TranscribeRequest, recording: bytes
+    ) -> dict[str, Any]:
+        """A transcription: `{"text", "language", "duration", "segments"}`. The recording goes as its own bytes,
+        framed with the request (audio.framed), not as base64 in JSON."""
+        data = audio_wire.framed(body, recording)
+        return await self._post(f"{url}/v1/execute", credential, data, audio_wire.FRAMED)
 
     async def count(self, url: str, credential: str | None, body: wire.ExecuteRequest) -> int:
         """How many tokens the request's prompt is, by the worker's tokenizer."""
         answer = await self._post(f"{url}/v1/count", credential, body)
         return int(answer["input_tokens"])
 
-    async def _post(self, url: str, credential: str | None, body: pydantic.BaseModel) -> dict[str, Any]:
-        headers = _headers(credential)
+    async def _post(
+        self, url: str, credential: str | None, body: pydantic.BaseModel | bytes, kind: str = "application/json"
+    ) -> dict[str, Any]:
+        headers = {**_headers(credential), "Content-Type": kind}
+        data = body if isinstance(body, bytes) else body.model_dump_json()
         try:
-            async with self.session().post(url, data=body.model_dump_json(), headers=headers) as response:
+            async with self.session().post(url, data=data, headers=headers) as response:
                 text = await response.text()
                 if response.status != 200:
                     raise _refusal(response.status, text)

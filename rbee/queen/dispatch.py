@@ -140,11 +140,11 @@ class Dispatcher:
         )
 
     async def transcribe(
-        self, ask: Ask, key: Key | None, body: audio_wire.TranscribeRequest, exchange: Exchange
+        self, ask: Ask, key: Key | None, body: audio_wire.TranscribeRequest, recording: bytes, exchange: Exchange
     ) -> dict[str, Any]:
         """A recording heard whole: `{"text", "language", "duration", "segments"}`, recorded whatever happens."""
         return await self._call(
-            ask, key, exchange, lambda route: self.workers.transcribe(route.url, route.credential, body)
+            ask, key, exchange, lambda route: self.workers.transcribe(route.url, route.credential, body, recording)
         )
 
     async def count(self, ask: Ask, key: Key | None, body: wire.ExecuteRequest, exchange: Exchange) -> int:

@@ -63,7 +63,7 @@ async def _heard(request: Request, task: transcription.Task) -> Response:
     except pydantic.ValidationError as failure:
         raise invalid(failure) from None
     ask = Ask(asked.model, request.headers.get("x-rbee-hive"), exchange.key, len(audio) // 1000)
-    heard = await queen.dispatch.transcribe(ask, key, body, exchange)
+    heard = await queen.dispatch.transcribe(ask, key, body, audio, exchange)
     shaped, media_type = transcription.answer(asked, task, heard)
     if isinstance(shaped, dict):
         return JSONResponse(shaped)

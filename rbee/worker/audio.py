@@ -84,8 +84,11 @@ def decode(data: bytes) -> tuple[Any, int]:
             raise Undecodable(f"the WAV file has {8 * width}-bit samples; send 8, 16 or 32-bit PCM")
         kind, offset, scale = kinds[width]
         usable = len(frames) - len(frames) % (width * channels)
-        samples = (np.frombuffer(frames[:usable], dtype=kind).astype(np.float32) - offset) / scale
-        return samples.reshape(-1, channels).mean(axis=1), rate
+        samples = np.frombuffer(frames[:usable], dtype=kind).astype(np.float32)
+        if offset:
+            samples -= offset
+        samples *= 1.0 / scale  # in place: each whole-array pass over a minute of audio costs milliseconds
+        return (samples if channels == 1 else samples.reshape(-1, channels).mean(axis=1)), rate
     if importlib.util.find_spec("soundfile") is None:
         raise Undecodable("the file is not WAV; send WAV, or install soundfile on the hive for FLAC, OGG and MP3")
     import soundfile

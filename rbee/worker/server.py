@@ -195,12 +195,11 @@ def create_app(runtime: Runtime) -> Starlette:
 
     async def transcribe(request: Request, engine: backends.Transcriber) -> Response:
         try:
-            body = audio_wire.TranscribeRequest.model_validate_json(await request.body())
-            data = base64.b64decode(body.audio, validate=True)
+            body, data = audio_wire.unframed(await request.body())
         except pydantic.ValidationError as error:
             return JSONResponse(wire.error_body(daemon.first_error(error), "invalid_request"), 400)
-        except ValueError:
-            return JSONResponse(wire.error_body("audio is not base64", "invalid_request"), 400)
+        except ValueError as error:
+            return JSONResponse(wire.error_body(str(error), "invalid_request"), 400)
         try:
             samples, rate = audio.decode(data)
             engine.check_language(body.language)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-
 import pydantic
 import pytest
 
+from rbee.api import audio as audio_wire
 from rbee.api import transcription, wire
 
 HEARD = {
@@ -76,7 +75,11 @@ def test_bad_values(fields: dict[str, str]) -> None:
 def test_the_workers_request() -> None:
     asked = transcription.to_worker("t-1", form(language="de", prompt="Kenobi"), b"RIFF....", "translate")
     assert asked.task == "translate" and asked.language == "de" and asked.prompt == "Kenobi"
-    assert base64.b64decode(asked.audio) == b"RIFF...."
+    body = audio_wire.framed(asked, b"RIFF....\n\x00\xff")
+    assert audio_wire.unframed(body) == (asked, b"RIFF....\n\x00\xff"), "the recording's own bytes, newlines and all"
+    for broken in (b"no newline at all", b'{"request_id": "x"}\n', b'{"audio": "x"}\nRIFF'):
+        with pytest.raises(ValueError):
+            audio_wire.unframed(broken)
     with pytest.raises(wire.Unsupported, match="empty"):
         transcription.to_worker("t-2", form(), b"", "transcribe")
     with pytest.raises(pydantic.ValidationError):

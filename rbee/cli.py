@@ -11,7 +11,7 @@ import typer
 
 from rbee import __version__
 from rbee.clients import tls
-from rbee.keeper import fleet, models, render, status
+from rbee.keeper import fleet, models, platform, render, status
 from rbee.keeper import infer as keeper_infer
 from rbee.keeper import logs as keeper_logs
 from rbee.keeper.home import Home, SecretError
@@ -194,9 +194,14 @@ def route(
     prompt: Annotated[
         str | None, typer.Option(help="The sample prompt's text (prefix routing picks by its beginning).")
     ] = None,
+    prefer: Annotated[str | None, typer.Option(help="With providers: local, cheapest or fastest.")] = None,
+    max_price: Annotated[float | None, typer.Option(help="With providers: the most per 1,000 tokens.")] = None,
+    region: Annotated[str | None, typer.Option(help="With providers: regions or countries, comma-separated.")] = None,
 ) -> None:
-    """Show, for a sample request, the candidate workers and which one the routing policy picks."""
-    status.route(model, explain, hive, len(prompt) if prompt is not None else prompt_chars, prompt)
+    """Show, for a sample request, the candidate workers (and providers) and which one is picked."""
+    asked = {"prefer": prefer, "max_price": None if max_price is None else str(max_price), "region": region}
+    chosen = {name: value for name, value in asked.items() if value is not None}
+    status.route(model, explain, hive, len(prompt) if prompt is not None else prompt_chars, prompt, chosen)
 
 
 @app.command()
@@ -207,6 +212,28 @@ def destroy(
 ) -> None:
     """Stop every worker, every hive and the queen (cascading); with --purge, uninstall too."""
     fleet.destroy(file, yes, purge)
+
+
+@app.command()
+def usage(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d.")] = "24h",
+    by: Annotated[str, typer.Option(help="Sum per key, provider or model.")] = "key",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What requests took and cost, per API key, provider or model: the bill (with the margin) and the payout."""
+    if by not in ("key", "provider", "model"):
+        raise typer.BadParameter("key, provider or model", param_hint="--by")
+    platform.usage(since, by, as_json)
+
+
+providers_app = typer.Typer(help="Other queens and endpoints that serve models for this one.", no_args_is_help=True)
+app.add_typer(providers_app, name="providers")
+
+
+@providers_app.command("ls")
+def providers_ls(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Each provider's condition, models, prices, region and measured time to first token."""
+    platform.providers(as_json)
 
 
 models_app = typer.Typer(help="The models in each hive's catalog.", no_args_is_help=True)
@@ -248,18 +275,7 @@ def inventory_command(
     out_dir: Annotated[Path, typer.Option("--dir", help="Where to write it.")] = Path("inventory"),
 ) -> None:
     """Write a pyinfra inventory of the hives, so `pyinfra inventory/NAME.py deploys/hive.py` works by hand."""
-    from rbee.infra.inventory import inventory
-
-    spec = fleet.load_desired(file).spec
-    home = Home.default()
-    home.credentials(create=True)  # the fleet key the install derives each hive's credential from
-    authority = home.authority
-    if any(hive.tls for hive in spec.hives):
-        authority.ensure()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{file.name.split('.')[0].replace('-', '_') or 'hive'}.py"
-    target.write_text(inventory(spec.hives, str(home.fleet_key_file), spec, str(authority.folder)))
-    out.print(f"Wrote {target} ({len(spec.hives)} hives). Run: pyinfra {target} deploys/hive.py")
+    fleet.write_inventory(file, out_dir)
 
 
 @app.command("schema")

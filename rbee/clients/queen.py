@@ -146,13 +146,30 @@ class QueenClient:
         except httpx.HTTPError as error:
             raise QueenCallError(str(error) or type(error).__name__) from None
 
-    def route(self, model: str, hive: str | None, prompt_chars: int, prompt: str | None = None) -> dict[str, Any]:
-        params: dict[str, str | int] = {"model": model, "prompt_chars": prompt_chars}
+    def route(
+        self,
+        model: str,
+        hive: str | None,
+        prompt_chars: int,
+        prompt: str | None = None,
+        preferences: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """`preferences`: prefer, max_price, region, as a request's X-Rbee-* headers would give them."""
+        params: dict[str, str | int] = {"model": model, "prompt_chars": prompt_chars, **(preferences or {})}
         if hive:
             params["hive"] = hive
         if prompt is not None:
             params["prompt"] = prompt[:4096]  # the queen reads only its beginning
         answer: dict[str, Any] = self._call("GET", "/v2/route", params=params).json()
+        return answer
+
+    def usage(self, seconds: float, by: str) -> dict[str, Any]:
+        """The usage record since `seconds` ago, summed by key, provider or model."""
+        answer: dict[str, Any] = self._call("GET", "/v2/usage", params={"since": seconds, "by": by}).json()
+        return answer
+
+    def providers(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call("GET", "/v2/platform/providers").json()
         return answer
 
     def set_suspended(self, suspended: bool) -> bool:

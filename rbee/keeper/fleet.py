@@ -345,3 +345,19 @@ def _destroy(spec: schema.HiveFile, home: Home, credentials: FleetCredentials, p
     out.print("Destroy complete. No rbee process remains.")
     if failed:
         raise typer.Exit(1)
+
+
+def write_inventory(file: Path, out_dir: Path) -> None:
+    """`rbee inventory`: a pyinfra inventory of `file`'s hives in `out_dir`."""
+    from rbee.infra.inventory import inventory
+
+    spec = load_desired(file).spec
+    home = Home.default()
+    home.credentials(create=True)  # the fleet key the install derives each hive's credential from
+    authority = home.authority
+    if any(hive.tls for hive in spec.hives):
+        authority.ensure()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{file.name.split('.')[0].replace('-', '_') or 'hive'}.py"
+    target.write_text(inventory(spec.hives, str(home.fleet_key_file), spec, str(authority.folder)))
+    out.print(f"Wrote {target} ({len(spec.hives)} hives). Run: pyinfra {target} deploys/hive.py")

@@ -136,6 +136,18 @@ def route(answer: dict[str, Any], explain: bool) -> None:
     out.print(f"policy: {answer['policy']}")
     out.print(table if answer["candidates"] else Text("No candidates.", style="dim"))
     out.print(f"pick: {answer['pick'] or 'none'} — {answer['reason']}" if explain else f"pick: {answer['pick']}")
+    federated = answer.get("providers")
+    if federated:
+        order = Table("try", "candidate", "price in/out per 1k", "ttft", "", box=None)
+        for rank, candidate in enumerate(federated["order"], 1):
+            ttft = f"{candidate['ttft_ms']:g} ms" if candidate["ttft_ms"] is not None else "not measured"
+            note = "no worker free: the request queues" if candidate["queues"] else ""
+            price = f"{candidate['price_in']:g}/{candidate['price_out']:g}"
+            order.add_row(str(rank), candidate["name"], price, ttft, note)
+        out.print("with providers, a request tries:")
+        out.print(order if federated["order"] else Text("nothing: no candidate is allowed", style="dim"))
+        for reason in federated["left_out"] if explain else ():
+            out.print(Text(f"  left out: {reason}", style="dim"))
 
 
 def model_facts(entry: CatalogEntry) -> str:

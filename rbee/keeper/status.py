@@ -139,10 +139,17 @@ def events(follow: bool, limit: int, as_json: bool) -> None:
         pass
 
 
-def route(model: str, explain: bool, hive: str | None, prompt_chars: int, prompt: str | None = None) -> None:
+def route(
+    model: str,
+    explain: bool,
+    hive: str | None,
+    prompt_chars: int,
+    prompt: str | None = None,
+    preferences: dict[str, str] | None = None,
+) -> None:
     client = queen()
     try:
-        answer = client.route(model, hive, prompt_chars, prompt)
+        answer = client.route(model, hive, prompt_chars, prompt, preferences)
     except QueenCallError as error:
-        fail(unreachable(client, error))
+        fail(unreachable(client, error) if error.status is None else f"The queen refused: {error}")
     render.route(answer, explain)

@@ -179,6 +179,11 @@ class Admission:
                 self.refusals[(model, reason)] += 1
                 waiter.future.set_exception(Refusal(status, reason, message, 5))
 
+    def has_free(self, model: str) -> bool:
+        """Whether a request for `model` would be given a worker now, without queueing."""
+        lane = self.lanes.get(model)
+        return lane is not None and not lane.queue and any(route.free for route in lane.live)
+
     def has_workers(self, model: str) -> bool:
         lane = self.lanes.get(model)
         return lane is not None and bool(lane.live)

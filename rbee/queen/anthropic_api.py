@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rbee.api import anthropic, calls, wire
+from rbee.queen import federation
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.errors import invalid
 from rbee.queen.generation import client_body, generate, refused
@@ -45,6 +46,14 @@ async def count_tokens(request: Request) -> Response:
 async def messages(request: Request) -> Response:
     queen, key, body = await client_body(request, anthropic.MessagesRequest)
     request_id = anthropic.new_id()
+    queen.fleet.keys.permit(key, body.model)
+    require_text_model(queen, body.model)
+    on_error = anthropic.StreamEncoder(request_id, body.model).error
+    forwarded = await federation.route(
+        request, queen, key, body.model, federation.Shape.MESSAGES, bool(body.stream), on_error
+    )
+    if forwarded is not None:
+        return forwarded
     try:
         body.refuse_unserved()
         chat = body.chat(queen.fleet.sees(body.model))
@@ -55,8 +64,6 @@ async def messages(request: Request) -> Response:
         }
     except wire.Unsupported as unserved:
         raise refused(unserved) from None
-    queen.fleet.keys.permit(key, body.model)
-    require_text_model(queen, body.model)
     encoder = None
     if body.stream:
         fields.update(format=wire.StreamFormat.ANTHROPIC, openai_model=body.model)

@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from rbee.api.credentials import FleetCredentials, bearer_of, matches, usable
 from rbee.queen.errors import ClientError, Handler
+from rbee.spec.providers import RoutePreferences
 from rbee.spec.schema import HiveFile
 
 log = logging.getLogger("rbee.queen")
@@ -33,6 +34,8 @@ class Key:
     """`admin`, or the environment variable it came from: what the request log and metrics call it."""
     models: tuple[str, ...] | None
     max_concurrent: int | None
+    routing: RoutePreferences | None = None
+    """How its requests choose among this fleet and its providers by default (federation.py)."""
 
 
 ADMIN_KEY = Key("admin", None, None)
@@ -68,7 +71,7 @@ class ApiKeys:
         for ref in spec.queen.api_keys:
             value = environ.get(ref.env)
             if value:
-                keys[value] = Key(ref.env, ref.models, ref.max_concurrent)
+                keys[value] = Key(ref.env, ref.models, ref.max_concurrent, ref.routing)
             else:
                 log.warning("API key variable %s is not set in the queen's environment; that key is refused", ref.env)
         self.keys, self.required = keys, spec.queen.auth != "none"

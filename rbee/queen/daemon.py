@@ -25,6 +25,7 @@ from rbee.queen.dispatch import Dispatcher
 from rbee.queen.events import EventLog
 from rbee.queen.fleet import Fleet
 from rbee.queen.heartbeats import Heartbeats
+from rbee.queen.metering import Meter
 from rbee.queen.metrics import Metrics
 from rbee.queen.parts import Queen
 from rbee.queen.reconcile import Reconciler
@@ -62,13 +63,14 @@ def build(
     autoscale = Autoscaler(fleet, admission, events, credentials)
     admission.wake = autoscale.wake  # a request that finds no worker starts one
     counters = Metrics(admission)
+    meter = Meter(store, counters.registry)
     return Queen(
         store=store,
         events=events,
         fleet=fleet,
         admission=admission,
         autoscale=autoscale,
-        dispatch=Dispatcher(fleet, admission, autoscale, WorkerClient(), counters),
+        dispatch=Dispatcher(fleet, admission, autoscale, WorkerClient(), counters, meter),
         tasks=TaskStore(),
         reconciler=Reconciler(
             fleet,
@@ -81,6 +83,7 @@ def build(
         ),
         metrics=counters,
         credentials=credentials,
+        meter=meter,
     )
 
 
@@ -148,6 +151,8 @@ def serve(
         spec = queen.fleet.spec
         poller = asyncio.create_task(poll(queen, poll_interval), name="poll")
         watcher = asyncio.create_task(watch_streams(queen), name="watch streams")
+        metering = asyncio.create_task(queen.meter.run(), name="metering")
+        probing = asyncio.create_task(queen.fleet.providers.watch(), name="providers")
         queen.reconciler.start(spec.queen.reconcile_interval if spec else DEFAULT_RECONCILE_INTERVAL)
         # What is built by now lives as long as the queen: out of the collector's sight, so that its collections
         # (triggered by every request's allocations) walk only what requests made.
@@ -156,8 +161,9 @@ def serve(
         serving = await daemon.start(uvicorn_server)
         log.info("queen listening on %s (pid %d)", listen, os.getpid())
         await serving
-        poller.cancel()
-        watcher.cancel()
+        for task in (poller, watcher, metering, probing):
+            task.cancel()
+        queen.meter.flush()
         await close(queen)
 
     daemon.run(main())

@@ -24,7 +24,9 @@ from rbee.queen.auth import Key
 from rbee.queen.autoscale import Autoscaler
 from rbee.queen.errors import ClientError
 from rbee.queen.fleet import Fleet
+from rbee.queen.metering import Meter
 from rbee.queen.metrics import Exchange, Metrics
+from rbee.queen.providers import LOCAL
 from rbee.queen.scheduling import Ask, Route
 
 BUSY_RETRY = 0.005
@@ -69,9 +71,17 @@ class Answer:
 
 class Dispatcher:
     def __init__(
-        self, fleet: Fleet, admission: Admission, autoscale: Autoscaler, workers: WorkerClient, counters: Metrics
+        self,
+        fleet: Fleet,
+        admission: Admission,
+        autoscale: Autoscaler,
+        workers: WorkerClient,
+        counters: Metrics,
+        meter: Meter | None = None,
     ) -> None:
         self.fleet = fleet
+        self.meter = meter
+        """Where each request this fleet's workers served is metered (at queen.federation.local_price)."""
         self.admission = admission
         self.autoscale = autoscale
         self.workers = workers
@@ -98,7 +108,17 @@ class Dispatcher:
                 stream.abort(f"hive {hive} {why}", "hive_unreachable")
 
     def record(self, exchange: Exchange) -> None:
+        """A request this fleet's workers served (or refused): counted, logged and metered."""
         metrics.record(self.metrics, exchange)
+        providers = self.fleet.providers
+        if exchange.first_byte is not None and exchange.status == 200 and providers.by_name:
+            providers.answered_locally(exchange.model, exchange.first_byte - exchange.started)
+        if self.meter is not None:
+            settings = providers.settings
+            tokens = (exchange.prompt_tokens, exchange.tokens)
+            self.meter.add(
+                exchange.key, LOCAL, exchange.model, tokens, settings.local_price, settings.margin, exchange.status
+            )
 
     async def _admit(self, ask: Ask, key: Key | None, exchange: Exchange, deadline: float) -> Ticket:
         try:
@@ -275,6 +295,7 @@ class Dispatcher:
                 await deliver(on_error(str(exchange.error), "worker_lost"))
             else:
                 exchange.tokens = int(end.get("completion_tokens", 0))
+                exchange.prompt_tokens = int(end.get("prompt_tokens", 0))
                 if end.get("error"):
                     exchange.failed(502, str(end["error"]))
         finally:
@@ -313,6 +334,7 @@ class Dispatcher:
                 exchange.failed(502, str(end["error"]))
             else:
                 exchange.tokens = int(end.get("completion_tokens", 0))
+                exchange.prompt_tokens = int(end.get("prompt_tokens", 0))
         except WorkerCallError as failure:
             exchange.failed(502, str(failure))
             raise ClientError(502, str(failure), "api_error", failure.code) from None

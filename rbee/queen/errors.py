@@ -123,6 +123,7 @@ async def read_object(request: Request, limit: int) -> dict[str, Any]:
     raw = await read_json(request, limit)
     if not isinstance(raw, dict):
         raise ClientError(400, "the body must be a JSON object", code="invalid_json")
+    request.scope["rbee.object"] = raw  # as the client sent it: what a provider is given (federation.py)
     return raw
 
 

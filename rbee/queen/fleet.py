@@ -23,11 +23,13 @@ from rbee.queen.admission import Admission
 from rbee.queen.auth import ApiKeys
 from rbee.queen.events import EventLog
 from rbee.queen.heartbeats import MISSED, Heartbeats
+from rbee.queen.providers import Providers
 from rbee.queen.registry import Registry
 from rbee.queen.scheduling import Policy, PolicyKind, Route, make_policy
 from rbee.queen.store import Store
 from rbee.spec.backends import ModelKind
 from rbee.spec.policy import PolicyError, PolicyRef, digest
+from rbee.spec.providers import ProviderSpec
 from rbee.spec.schema import HiveFile
 
 SEEN_EVERY = 60.0
@@ -52,6 +54,7 @@ class Fleet:
         credentials: FleetCredentials | None,
         queue_wait: float | None = None,
         policy_dir: Path | None = None,
+        providers: Providers | None = None,
     ) -> None:
         self.store = store
         self.events = events
@@ -63,6 +66,10 @@ class Fleet:
         self.policy_dir = policy_dir
         """Where the keeper puts routing policies, named by digest (the queen's own state directory)."""
         self.registry = Registry(credentials)
+        self.providers = providers or Providers()
+        """Other queens and endpoints that serve models for this one (federation.py)."""
+        for registered, key in store.registered_providers():
+            self.providers.register(ProviderSpec.model_validate_json(registered), key)
         self.beating: set[str] = set()
         self.silenced: set[str] = set()
         """Hives whose beats stopped, or that stopped answering polls, since the last `take_silenced`: their
@@ -125,15 +132,25 @@ class Fleet:
 
     def _configure(self, spec: HiveFile, routing: Policy) -> None:
         self.keys.configure(spec)
+        self.providers.configure(spec.providers, spec.queen.federation)
         self.admission.max_queue = spec.queen.max_queue
         self.admission.policy = routing
 
     def served_models(self) -> list[str]:
-        """The models hive.yaml runs workers of, in its order."""
-        if self.spec is None:
-            return []
+        """The models hive.yaml runs workers of, in its order, then those only providers serve."""
+        own = [] if self.spec is None else self._own_models()
+        return own + [name for name in self.providers.models() if name not in own]
+
+    def _own_models(self) -> list[str]:
+        assert self.spec is not None
         served = {worker.model for worker in self.spec.workers if worker.replicas > 0}
         return [model.name for model in self.spec.models if model.name in served]
+
+    def serves_locally(self, model: str) -> bool:
+        """Whether hive.yaml runs (or may start) workers of `model`."""
+        return self.spec is not None and any(
+            worker.model == model and worker.replicas > 0 for worker in self.spec.workers
+        )
 
     def stream_idle(self, model: str) -> float:
         """Seconds a stream of `model` may go without a byte from its worker before it is ended."""
@@ -154,9 +171,11 @@ class Fleet:
         return found is not None and found.mmproj is not None
 
     def model_kind(self, model: str) -> ModelKind | None:
-        """The kind of a model hive.yaml names; None for a model it does not."""
+        """The kind of a model hive.yaml names or a provider serves; None for a model neither does."""
         found = self.spec.model(model) if self.spec else None
-        return found.kind if found else None
+        if found is not None:
+            return found.kind
+        return self.providers.models().get(model)
 
     # -- observed state --------------------------------------------------------------------------------------
 
@@ -254,6 +273,7 @@ class Fleet:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        await self.providers.close()
         for task in list(self._tasks):
             task.cancel()
         if self._observer is not None:

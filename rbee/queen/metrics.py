@@ -123,6 +123,7 @@ class Exchange:
     queued: float = 0.0
     status: int = 200
     tokens: int = 0
+    prompt_tokens: int = 0
     error: str | None = None
 
     def failed(self, status: int, error: str) -> None:

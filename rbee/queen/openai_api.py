@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from rbee.api import calls, openai_stream, wire
 from rbee.api import embeddings as vectors
 from rbee.api import openai as oai
-from rbee.queen import choices, parts
+from rbee.queen import choices, federation, parts
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.auth import Key
 from rbee.queen.dispatch import Answer
@@ -94,6 +94,15 @@ async def _generate(request: Request, chat: bool) -> Response:
     require_kind(queen, body.model, ModelKind.TEXT)
     request_id = oai.new_id("chatcmpl" if chat else "cmpl")
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    model = body.model
+
+    def on_error(message: str, code: str) -> bytes:  # an encoder only for a stream that fails
+        return openai_stream.StreamEncoder(request_id, model, chat, include_usage).error(message, code)
+
+    shape = federation.Shape.CHAT if chat else federation.Shape.COMPLETIONS
+    forwarded = await federation.route(request, queen, key, model, shape, bool(body.stream), on_error)
+    if forwarded is not None:
+        return forwarded
     try:
         fields: dict[str, Any] = {"request_id": request_id, **body.sampling()}
         body.refuse_unserved()
@@ -107,16 +116,10 @@ async def _generate(request: Request, chat: bool) -> Response:
     tools = [calls.Tool.model_validate(tool) for tool in (fields.get("constraint") or {}).get("tools", ())]
     if body.n > 1:
         return await _choices(request, queen, key, body, fields, tools, include_usage)
-    on_error = None
     if body.stream:
         fmt = wire.StreamFormat.OPENAI_CHAT if chat else wire.StreamFormat.OPENAI_COMPLETION
         fields.update(format=fmt, openai_model=body.model, include_usage=include_usage)
-        model = body.model
-
-        def on_error(message: str, code: str) -> bytes:  # an encoder only for a stream that fails
-            return openai_stream.StreamEncoder(request_id, model, chat, include_usage).error(message, code)
-
-    answer = await generate(request, queen, key, body.model, fields, on_error)
+    answer = await generate(request, queen, key, body.model, fields, on_error if body.stream else None)
     if isinstance(answer, RelayResponse):
         return answer
     return JSONResponse(_whole(request_id, body.model, chat, [answer], tools))
@@ -174,6 +177,9 @@ async def embeddings(request: Request) -> Response:
     queen, key, body = await client_body(request, vectors.EmbeddingRequest)
     queen.fleet.keys.permit(key, body.model)
     require_kind(queen, body.model, ModelKind.EMBEDDING)
+    forwarded = await federation.route(request, queen, key, body.model, federation.Shape.EMBEDDINGS, False, None)
+    if forwarded is not None:
+        return forwarded
     exchange = Exchange(oai.new_id("emb"), body.model, key.name if key else None)
     ask = Ask(body.model, request.headers.get("x-rbee-hive"), exchange.key, sum(map(len, body.texts)))
     execute = wire.EmbedRequest(request_id=exchange.id, input=tuple(body.texts), encoding="base64")

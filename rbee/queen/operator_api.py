@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from rbee import __version__
 from rbee.api.state import HiveState
-from rbee.queen import docs, parts
+from rbee.queen import docs, federation, parts
 from rbee.queen.errors import ClientError, read_json, read_object
 from rbee.queen.fleet import UnknownHive
 from rbee.queen.scheduling import Ask, prefix_of
@@ -174,7 +174,26 @@ async def explain(request: Request) -> Response:
     prefix = prefix_of([query.get("prompt", "")])
     candidates, pick, reason = queen.admission.explain(Ask(model, query.get("hive"), None, prompt_chars, prefix))
     policy = queen.admission.policy.kind
-    return JSONResponse({"model": model, "policy": policy, "candidates": candidates, "pick": pick, "reason": reason})
+    answer: dict[str, object] = {
+        "model": model,
+        "policy": policy,
+        "candidates": candidates,
+        "pick": pick,
+        "reason": reason,
+    }
+    serving = queen.fleet.providers.serving(model)
+    if serving:  # the order a request would try this fleet and its providers in, with its request's preferences
+        asked = {
+            f"x-rbee-{name.replace('_', '-')}": query[name]
+            for name in ("prefer", "max_price", "region")
+            if name in query
+        }
+        prefs = federation.preferences(None, asked)
+        ranked, left_out = federation.rank(
+            model, federation.Shape.CHAT, prefs, federation.local_side(queen, model), serving
+        )
+        answer["providers"] = {"order": [candidate.describe() for candidate in ranked], "left_out": left_out}
+    return JSONResponse(answer)
 
 
 async def policy(request: Request) -> Response:

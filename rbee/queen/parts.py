@@ -14,6 +14,7 @@ from rbee.queen.autoscale import Autoscaler
 from rbee.queen.dispatch import Dispatcher
 from rbee.queen.events import EventLog
 from rbee.queen.fleet import Fleet
+from rbee.queen.metering import Meter
 from rbee.queen.metrics import Metrics
 from rbee.queen.reconcile import Reconciler
 from rbee.queen.store import Store
@@ -32,6 +33,7 @@ class Queen:
     reconciler: Reconciler
     metrics: Metrics
     credentials: FleetCredentials
+    meter: Meter
     server: uvicorn.Server | None = None
 
 

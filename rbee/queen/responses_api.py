@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rbee.api import calls, responses, wire
+from rbee.queen import federation
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.generation import client_body, generate, refused
 from rbee.queen.openai_api import require_text_model
@@ -17,14 +18,20 @@ from rbee.queen.openai_api import require_text_model
 
 async def create(request: Request) -> Response:
     queen, key, body = await client_body(request, responses.ResponsesRequest)
+    queen.fleet.keys.permit(key, body.model)
+    require_text_model(queen, body.model)
+    request_id = responses.new_id()
+    on_error = responses.StreamEncoder(request_id, body.model).error
+    forwarded = await federation.route(
+        request, queen, key, body.model, federation.Shape.RESPONSES, bool(body.stream), on_error
+    )
+    if forwarded is not None:
+        return forwarded
     try:
         body.refuse_unserved()
         chat = body.chat(queen.fleet.sees(body.model))
     except wire.Unsupported as unserved:
         raise refused(unserved) from None
-    queen.fleet.keys.permit(key, body.model)
-    require_text_model(queen, body.model)
-    request_id = responses.new_id()
     fields: dict[str, Any] = {
         "request_id": request_id,
         **body.sampling(),

@@ -7,6 +7,8 @@
 - the operator (its credential, rbee's wire error shape): /v2/spec, plan, models, status, traffic, route, events,
   reconcile, shutdown
 - each hive (its own credential): POST /v2/hives/{name}/heartbeat
+- the platform (the operator): /v2/usage, /v2/platform/providers; a provider registering itself may instead
+  carry the registration key hive.yaml names (queen.federation.registration_key)
 
 Every request first passes the browser guard (origins.py): Host, Origin and Content-Type.
 """
@@ -26,6 +28,7 @@ from rbee.queen import (
     operator_api,
     origins,
     plan_api,
+    platform_api,
     rerank_api,
     responses_api,
     speech_api,
@@ -100,6 +103,10 @@ def create_app(queen: Queen) -> RawSend:
             route("/v2/reconcile", operator(operator_api.reconcile), "PUT"),
             route("/v2/admin/shutdown", operator(operator_api.shutdown), "POST"),
             route("/v2/hives/{name}/heartbeat", hive(operator_api.heartbeat), "POST"),
+            route("/v2/usage", operator(platform_api.usage)),
+            route("/v2/platform/providers", operator(platform_api.providers), "GET"),
+            route("/v2/platform/providers", errors.wire_errors(platform_api.register), "POST"),
+            route("/v2/platform/providers/{name}", operator(platform_api.unregister), "DELETE"),
         ]
     )
     app.state.queen = queen

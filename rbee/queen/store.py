@@ -1,5 +1,6 @@
-"""The queen's durable state in SQLite (WAL, versioned schema): applied specs with generation numbers, and an
-event log. Live worker state is never stored here: it is observed from the hives.
+"""The queen's durable state in SQLite (WAL, versioned schema): applied specs with generation numbers, an event
+log, the usage record of every request (metering), and the providers that registered themselves. Live worker
+state is never stored here: it is observed from the hives.
 """
 
 from __future__ import annotations
@@ -50,7 +51,30 @@ MIGRATIONS: list[list[str]] = [
             value TEXT
         )""",
     ],
+    [
+        """CREATE TABLE usage (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            key TEXT,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cost REAL NOT NULL,
+            margin REAL NOT NULL,
+            status INTEGER NOT NULL
+        )""",
+        "CREATE INDEX usage_at ON usage (at)",
+        """CREATE TABLE providers (
+            name TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            key TEXT,
+            registered_at REAL NOT NULL
+        )""",
+    ],
 ]
+USAGE_COLUMNS = ("at", "key", "provider", "model", "input_tokens", "output_tokens", "cost", "margin", "status")
+GROUPINGS = {"key": "COALESCE(key, '')", "provider": "provider", "model": "model"}
 
 
 class Store:
@@ -156,3 +180,41 @@ class Store:
 
     def prune_events(self, keep: int = 100_000) -> None:
         self._db.execute("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?", (keep,))
+
+    def add_usage(self, rows: list[tuple[Any, ...]]) -> None:
+        """Usage records, each USAGE_COLUMNS in order, in one transaction."""
+        if not rows:
+            return
+        marks = ", ".join("?" for _ in USAGE_COLUMNS)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(f"INSERT INTO usage ({', '.join(USAGE_COLUMNS)}) VALUES ({marks})", rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def usage(self, since: float, by: str) -> list[dict[str, Any]]:
+        """Usage since `since` (a Unix time) summed per key, provider or model: requests, tokens, what providers
+        cost (their payout) and what it is billed at (cost plus each record's margin)."""
+        group = GROUPINGS[by]  # one of three fixed expressions: never a caller's string
+        rows = self._db.execute(
+            f"SELECT {group}, COUNT(*), SUM(input_tokens), SUM(output_tokens), SUM(cost), SUM(cost * (1 + margin)),"
+            f" SUM(status >= 400) FROM usage WHERE at >= ? GROUP BY {group} ORDER BY {group}",
+            (since,),
+        ).fetchall()
+        names = ("name", "requests", "input_tokens", "output_tokens", "cost", "billed", "failed")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def register_provider(self, name: str, spec: str, key: str | None) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO providers (name, spec, key, registered_at) VALUES (?, ?, ?, ?)",
+            (name, spec, key, time.time()),
+        )
+
+    def registered_providers(self) -> list[tuple[str, str | None]]:
+        """Each registered provider's spec (JSON) and key."""
+        return [(str(spec), key) for spec, key in self._db.execute("SELECT spec, key FROM providers ORDER BY name")]
+
+    def remove_provider(self, name: str) -> bool:
+        return self._db.execute("DELETE FROM providers WHERE name = ?", (name,)).rowcount > 0

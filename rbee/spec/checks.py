@@ -36,6 +36,8 @@ def check(spec: HiveFile) -> list[Problem]:
     return [
         *_unique_names("hives", [hive.name for hive in spec.hives]),
         *_unique_names("models", [model.name for model in spec.models]),
+        *_unique_names("providers", [provider.name for provider in spec.providers]),
+        *_provider_models(spec),
         *_unique_addresses(spec),
         *_api_key_scopes(spec),
         *_open_queen(spec),
@@ -97,8 +99,23 @@ def _unique_addresses(spec: HiveFile) -> Iterator[Problem]:
             local_dirs.setdefault(data, hive.name)
 
 
+def _provider_models(spec: HiveFile) -> Iterator[Problem]:
+    """A model served here and by a provider is one model: the same kind on both sides."""
+    local = {model.name: model for model in spec.models}
+    for index, provider in enumerate(spec.providers):
+        for model_index, offered in enumerate(provider.models or ()):
+            own = local.get(offered.name)
+            if own is not None and own.kind is not offered.kind:
+                yield Problem(
+                    ("providers", index, "models", model_index),
+                    f"provider '{provider.name}' offers '{offered.name}' as {article(offered.kind)} {offered.kind} "
+                    f"model, and models: has it as {article(own.kind)} {own.kind} model; give it the same kind",
+                )
+
+
 def _api_key_scopes(spec: HiveFile) -> Iterator[Problem]:
     known = {model.name for model in spec.models}
+    known |= {model.name for provider in spec.providers for model in provider.models or ()}
     for key_index, key in enumerate(spec.queen.api_keys):
         for model_index, name in enumerate(key.models or ()):
             if name not in known:

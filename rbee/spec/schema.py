@@ -33,6 +33,7 @@ from rbee.spec.fields import (
     is_loopback,
     refuse_inline_key,
 )
+from rbee.spec.providers import Federation, ProviderSpec, RoutePreferences
 
 
 class ApiKeyRef(Strict):
@@ -46,6 +47,9 @@ class ApiKeyRef(Strict):
     )
     max_concurrent: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="Requests this key may have in flight or queued at once (429 past it)."
+    )
+    routing: RoutePreferences | None = Field(
+        default=None, description="How this key's requests choose among this fleet and its providers by default."
     )
 
 
@@ -82,6 +86,9 @@ class QueenSpec(Strict):
     )
     cors_origins: tuple[Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+$")], ...] = Field(
         default=(), description="Web origins whose pages may call the queen from a browser; none by default."
+    )
+    federation: Federation = Field(
+        default=Federation(), description="Providers: what this fleet's own workers cost, the margin, retries."
     )
 
 
@@ -335,6 +342,9 @@ class HiveFile(Strict):
     hives: tuple[HiveSpec, ...]
     models: tuple[ModelSpec, ...] = ()
     workers: tuple[WorkerSpec, ...] = ()
+    providers: tuple[ProviderSpec, ...] = Field(
+        default=(), description="Other rbee queens or OpenAI-compatible endpoints that serve models for this queen."
+    )
 
     def hive(self, name: str) -> HiveSpec | None:
         return next((hive for hive in self.hives if hive.name == name), None)

@@ -186,8 +186,21 @@ class DownloadSize(Frozen):
     bytes: int
 
 
+class ProviderObservation(Frozen):
+    """A provider as the keeper found it: whether its API answered (its /v1/models, with the key), the models it
+    lists, and how the queen holds it now (its applied spec as JSON; None: not applied)."""
+
+    name: str
+    reachable: bool | None = None
+    """None: not asked (a provider being removed)."""
+    reason: str = ""
+    models: tuple[str, ...] = ()
+    applied: str | None = None
+
+
 class ObservedState(Frozen):
     hives: tuple[HiveObservation, ...] = ()
+    providers: tuple[ProviderObservation, ...] = ()
     downloads: tuple[DownloadSize, ...] = ()
     """The sizes of the sources a plan may fetch, where they could be told; planning reads them, never waits."""
 

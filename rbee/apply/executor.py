@@ -20,7 +20,7 @@ from rbee.clients.hive import HiveCallError, HiveClient, Progress
 from rbee.infra import job, tls
 from rbee.infra import wheel as rbee_wheel
 from rbee.infra.job import Step
-from rbee.plan.actions import Action, Change, Plan
+from rbee.plan.actions import PROVIDER_ACTIONS, Action, Change, Plan
 from rbee.spec.schema import HiveFile, HiveSpec
 
 HIVE_UP = (Action.INSTALL_HIVE, Action.START_HIVE)
@@ -57,6 +57,11 @@ class Executor:
 
     async def execute(self, plan: Plan) -> dict[str, str | None]:
         changes = plan.actionable
+        for change in changes:  # the queen takes a provider with the spec apply gives it next
+            if change.action in PROVIDER_ACTIONS:
+                self.reporter.begin(change)
+                self._finish(change, None)
+        changes = tuple(change for change in changes if change.action not in PROVIDER_ACTIONS)
         up = [change for change in changes if change.action in HIVE_UP]
         down = [change for change in changes if change.action in HIVE_DOWN]
         middle = [change for change in changes if change.action not in HIVE_UP + HIVE_DOWN]

@@ -33,6 +33,7 @@ from rbee.keeper.progress import ConsoleReporter, QuietReporter
 from rbee.keeper.render import fail, out
 from rbee.observe import downloads as observe_downloads
 from rbee.observe import fleet as observe_fleet
+from rbee.observe import providers as observe_providers
 from rbee.plan import planner
 from rbee.plan.actions import Plan, Symbol
 from rbee.plan.saved import SavedPlan, SavedPlanError, observed_digest
@@ -40,7 +41,8 @@ from rbee.spec import checks, load, policy, schema
 
 LOCK_WAIT = 900.0
 """Seconds `rbee apply` and `rbee destroy` wait for the queen's reconcile pass (whose own deadline is shorter)."""
-"""Seconds a plan waits for the Hub to tell the sizes of what it would fetch (it plans without them after)."""
+PROVIDER_TIMEOUT = 5.0
+"""Seconds a plan waits for each provider's model list (it plans without it after)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,10 @@ def observe(spec: schema.HiveFile, home: Home, timeout: float) -> tuple[Observed
     retired = tuple(hive for hive in (previous.hives if previous else ()) if spec.hive(hive.name) is None)
     everything = spec.model_copy(update={"hives": spec.hives + retired})
     observed = observe_fleet.observe(everything, seen, timeout, credentials=home.credentials(create=False))
+    if spec.providers or (previous is not None and previous.providers):
+        applied = previous.providers if previous is not None else ()
+        found = asyncio.run(observe_providers.observe(spec.providers, applied, min(timeout, PROVIDER_TIMEOUT)))
+        observed = observed.model_copy(update={"providers": found})
     return observe_downloads.sizes(spec, observed, min(timeout, observe_downloads.SIZE_TIMEOUT)), retired
 
 

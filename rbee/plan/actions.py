@@ -20,6 +20,9 @@ class Action(StrEnum):
     REMOVE_MODEL = "remove-model"
     START_WORKERS = "start-workers"
     STOP_WORKERS = "stop-workers"
+    ADD_PROVIDER = "add-provider"
+    CHANGE_PROVIDER = "change-provider"
+    REMOVE_PROVIDER = "remove-provider"
     NOTHING = "nothing"
     """The target is already as desired; the reason says how it is."""
     WAIT = "wait"
@@ -118,6 +121,17 @@ def hive_change(
 ) -> Change:
     """A change to a hive's daemon: id `NAME/hive[/step]`, target `hive NAME`."""
     return Change(f"{hive}/hive{'/' + step if step else ''}", action, symbol, hive, f"hive {hive}", reason, requires)
+
+
+PROVIDER_ACTIONS = (Action.ADD_PROVIDER, Action.CHANGE_PROVIDER, Action.REMOVE_PROVIDER)
+"""Changes the queen makes when it is given the spec: apply has nothing to do on a hive for them."""
+PROVIDER_GROUP = "provider/"
+"""A provider's changes are grouped under `provider/NAME` where a hive's are under its name."""
+
+
+def provider_change(name: str, action: Action, symbol: Symbol, reason: str) -> Change:
+    """A change to a provider: id `provider/NAME`, target `provider NAME`."""
+    return Change(f"{PROVIDER_GROUP}{name}", action, symbol, f"{PROVIDER_GROUP}{name}", f"provider {name}", reason)
 
 
 def model_change(

@@ -23,6 +23,7 @@ from rbee.api.state import (
     WorkerState,
 )
 from rbee.api.units import human_size
+from rbee.plan import providers
 from rbee.plan.actions import Action, Change, Plan, Symbol, hive_change, model_change, workers_change
 from rbee.plan.memory import Ledger
 from rbee.spec.schema import HiveFile, HiveSpec, ModelSpec, WorkerSpec, model_dirs
@@ -61,6 +62,7 @@ def _make_plan(desired: HiveFile, observed: ObservedState, version: str) -> Plan
         changes.extend(_plan_hive(hive, observation, workers_by_hive[hive.name], models, version, observed))
     for name in sorted(observations):
         changes.extend(_plan_removed_hive(observations[name]))
+    changes.extend(providers.plan(desired, observed))
     return Plan(tuple(changes))
 
 

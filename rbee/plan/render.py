@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rbee.plan.actions import Action, Change, Plan, Summary, Symbol
+from rbee.plan.actions import PROVIDER_GROUP, Action, Change, Plan, Summary, Symbol
 from rbee.spec.schema import HiveFile
 
 VERBS: dict[Action, str] = {
@@ -17,6 +17,9 @@ VERBS: dict[Action, str] = {
     Action.REMOVE_MODEL: "remove",
     Action.START_WORKERS: "start",
     Action.STOP_WORKERS: "stop",
+    Action.ADD_PROVIDER: "add",
+    Action.CHANGE_PROVIDER: "change",
+    Action.REMOVE_PROVIDER: "remove",
     Action.NOTHING: "",
     Action.WAIT: "wait",
 }
@@ -34,13 +37,20 @@ def lines(plan: Plan, spec: HiveFile, *, show_unchanged: bool = True) -> list[Li
     by_hive: dict[str, list[Change]] = {}
     for change in plan.changes:
         by_hive.setdefault(change.hive, []).append(change)
+    providers = {provider.name: provider for provider in spec.providers}
     for hive_name, changes in by_hive.items():
-        hive = spec.hive(hive_name)
-        where = f"{hive.describe_connection()}, {hive.api_url}" if hive else "not in hive.yaml"
         shown = [change for change in changes if show_unchanged or change.symbol is not Symbol.NOTHING]
         if not shown:
             continue
-        out.append(Line(f"hive {hive_name} ({where})"))
+        if hive_name.startswith(PROVIDER_GROUP):
+            name = hive_name[len(PROVIDER_GROUP) :]
+            provider = providers.get(name)
+            where = f"{provider.kind}, {provider.endpoint}" if provider else "not in hive.yaml"
+            out.append(Line(f"provider {name} ({where})"))
+        else:
+            hive = spec.hive(hive_name)
+            where = f"{hive.describe_connection()}, {hive.api_url}" if hive else "not in hive.yaml"
+            out.append(Line(f"hive {hive_name} ({where})"))
         out.extend(Line(_change_line(change), change.symbol) for change in shown)
         out.append(Line(""))
     out.append(Line(summary_line(plan.summary)))

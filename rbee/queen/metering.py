@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -74,7 +74,7 @@ class Meter:
         """Record one request's usage (`tokens`: in, out); written at the next flush."""
         cost = pricing.cost(*tokens)
         usage = Usage(time.time(), key, provider, model, tokens[0], tokens[1], cost, margin, status)
-        self.pending.append(astuple(usage))
+        self.pending.append((usage.at, key, provider, model, tokens[0], tokens[1], cost, margin, status))
         who = key or ""
         if tokens[0]:
             self._one(self.tokens, provider, model, who, "input").inc(tokens[0])

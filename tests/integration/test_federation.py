@@ -283,3 +283,25 @@ def test_providers_register_themselves(tmp_path: Path, providers: dict[str, Runn
         assert beta.key not in log and "the-platforms-registration-key" not in log
     finally:
         queen.stop()
+
+
+def test_the_plan_shows_providers_like_hives(platform: RunningQueen, providers: dict[str, RunningQueen]) -> None:
+    spec = platform.spec.model_dump(mode="json", exclude_defaults=True)
+    spec["providers"][0]["pricing"] = {"input": 0.1, "output": 0.25}  # alpha: repriced
+    spec["providers"].append({"name": "nowhere", "endpoint": "http://127.0.0.1:9/v1"})
+    del spec["providers"][1]  # beta: gone
+    path = platform.home.root / "hive.yaml"
+    path.write_text(json.dumps(spec))
+    planned = subprocess.run(
+        [sys.executable, "-m", "rbee", "plan", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RBEE_HOME": str(platform.home.root), "NO_COLOR": "1", "COLUMNS": "250"},
+    )
+    shown = planned.stdout
+    assert f"provider alpha (rbee, {providers['alpha'].url}/v1)" in shown, shown + planned.stderr
+    assert "~ change    provider alpha" in shown and 'pricing {"input":0.1,"output":0.2} -> ' in shown
+    assert "= " in shown and "provider gamma" in shown and "as desired; answers, listing synthetic" in shown
+    assert "- remove    provider beta" in shown
+    assert "+ add       provider nowhere" in shown and "the queen probes it until it does" in shown

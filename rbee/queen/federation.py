@@ -205,7 +205,7 @@ async def route(
     body: dict[str, Any] = request.scope.get("rbee.object") or {}
     deadline = time.monotonic() + settings.retry_budget
     tried: list[str] = []
-    for candidate in ranked:
+    for index, candidate in enumerate(ranked):
         provider = candidate.provider
         if provider is None:
             return None
@@ -216,7 +216,8 @@ async def route(
         if left <= 0:
             tried.append(f"{provider.name} was not tried: the retry budget of {settings.retry_budget:g} s is spent")
             continue
-        answer = await _try(queen, key, model, shape, body, stream, on_error, provider, left, settings)
+        bound = left if index == len(ranked) - 1 else patience(provider, left)
+        answer = await _try(queen, key, model, shape, body, stream, on_error, provider, bound, settings)
         if isinstance(answer, Response):
             return answer
         tried.append(answer)
@@ -227,6 +228,15 @@ async def route(
         "api_error" if tried else "service_unavailable",
         "no_provider",
     )
+
+
+def patience(provider: Provider, left: float) -> float:
+    """How long one provider may take to its first bytes when another candidate comes after it: twice its
+    promised p95 time to first token (at least a second), or else half what is left of the retry budget, so that a
+    provider that froze leaves time to try the next. The last candidate has all that is left."""
+    sla = provider.spec.sla
+    wanted = max(1.0, 2 * sla.ttft_p95) if sla is not None else left / 2
+    return min(left, wanted)
 
 
 async def _try(

@@ -305,3 +305,57 @@ def test_the_plan_shows_providers_like_hives(platform: RunningQueen, providers: 
     assert "= " in shown and "provider gamma" in shown and "as desired; answers, listing synthetic" in shown
     assert "- remove    provider beta" in shown
     assert "+ add       provider nowhere" in shown and "the queen probes it until it does" in shown
+
+
+def test_an_openai_compatible_endpoint_as_provider(tmp_path: Path, providers: dict[str, RunningQueen]) -> None:
+    """kind: openai takes chat, completions and embeddings; the usage chunk the platform asks for to meter a
+    stream is taken out again for a client that did not ask for it."""
+    plain = {**entries(providers)[1], "kind": "openai", "name": "plain"}
+    queen = start_queen(tmp_path, "openai", replicas=0, providers=[plain], queen={"federation": FAST})
+    try:
+        wait_for(lambda: listed(queen) and listed(queen)[0]["models"], "probed")
+        body = {"model": "synthetic", "messages": [{"role": "user", "content": "x"}], "max_tokens": 6, "stream": True}
+        with httpx.stream("POST", f"{queen.url}/v1/chat/completions", json=body, headers=queen.keyed) as reply:
+            events = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and not any('"usage"' in event for event in events), events
+        with_usage = {**body, "stream_options": {"include_usage": True}}
+        with httpx.stream("POST", f"{queen.url}/v1/chat/completions", json=with_usage, headers=queen.keyed) as reply:
+            asked = [line[6:] for line in reply.iter_lines() if line.startswith("data: ")]
+        assert any('"usage"' in event for event in asked), "asked for: passed on"
+        messages = httpx.post(
+            f"{queen.url}/v1/messages",
+            json={"model": "synthetic", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]},
+            headers=queen.keyed,
+        )
+        assert messages.status_code == 503 and "plain takes no messages requests" in messages.text
+        billed = usage_of(queen, "provider")["plain"]
+        assert billed["requests"] == 2 and billed["output_tokens"] == 12, billed
+    finally:
+        queen.stop()
+
+
+def test_a_real_model_answers_through_a_provider(tmp_path: Path) -> None:
+    """One end-to-end answer from SmolLM2 served by a real fleet (rbee apply: hive, llama.cpp worker) that is the
+    platform's provider: the platform holds no model at all."""
+    from tests.fleet import applied_fleet, make_fleet
+    from tests.models import SMOLLM2_SOURCE
+
+    (tmp_path / "lab").mkdir()
+    lab = make_fleet(tmp_path / "lab", SMOLLM2_SOURCE)
+    with applied_fleet(lab) as fleet:
+        os.environ["KEY_LAB"] = fleet.api_key
+        provider = {"name": "lab", "endpoint": f"{fleet.queen_url}/v1", "kind": "rbee", "api_key": {"env": "KEY_LAB"}}
+        queen = start_queen(tmp_path, "platform", replicas=0, providers=[{**provider, "models": ["smollm2"]}])
+        try:
+            with openai.OpenAI(base_url=f"{queen.url}/v1", api_key=queen.key, max_retries=0) as client:
+                answer = client.chat.completions.create(
+                    model="smollm2", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=12, seed=3
+                )
+            assert answer.choices[0].message.content and answer.usage is not None
+            billed = usage_of(queen, "provider")["lab"]
+            assert (billed["input_tokens"], billed["output_tokens"]) == (
+                answer.usage.prompt_tokens,
+                answer.usage.completion_tokens,
+            )
+        finally:
+            queen.stop()

@@ -44,17 +44,17 @@ from rbee.spec.policy import PolicyRef
 
 store = Store(__import__("pathlib").Path(sys.argv[1]))
 spec = load.loads("hives: [{name: second}]\\n")
-real = store._db
+real = store.db._db
 
 
 class Crashing:
     def execute(self, statement, *args):
-        if statement.startswith("INSERT OR REPLACE INTO settings"):
+        if statement.startswith("INSERT INTO settings"):
             os.kill(os.getpid(), signal.SIGKILL)  # the spec row is written, the policy row not yet
         return real.execute(statement, *args)
 
 
-store._db = Crashing()
+store.db._db = Crashing()
 store.apply_spec(spec, "second.yaml", PolicyRef(name="route.py", sha256="b" * 64))
 """
 

@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "rbee needs Python 3.11 or newer"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,gguf,embed,mlx,ctransformers,speech,piper,transcription,image]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,gguf,embed,mlx,ctransformers,speech,piper,transcription,image,ha]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -315,8 +315,11 @@ def queen_serve(
     poll_interval: Annotated[float, typer.Option(help="Seconds between reads of the hives' state.")] = 1.0,
     tls_cert: Annotated[Path | None, typer.Option(help="Serve TLS with this certificate (and --tls-key).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The certificate's private key.")] = None,
+    store: Annotated[
+        str | None, typer.Option(help="A postgresql:// store shared with other queens (hive.yaml's queen.store).")
+    ] = None,
 ) -> None:
-    """Run the queen in the foreground (its state in HOME/queen)."""
+    """Run the queen in the foreground (its state in HOME/queen, or in --store)."""
     from rbee.queen import daemon
 
     keeper_home = Home(home)
@@ -325,7 +328,9 @@ def queen_serve(
         out.print(f"{home} holds no credentials; run rbee apply, which makes them and starts the queen.")
         raise typer.Exit(1)
     tls_files = (str(tls_cert), str(tls_key)) if tls_cert and tls_key else None
-    daemon.serve(keeper_home.queen_dir, listen, credentials, keeper_home.admin_key_file, poll_interval, tls_files)
+    daemon.serve(
+        keeper_home.queen_dir, listen, credentials, keeper_home.admin_key_file, poll_interval, tls_files, store
+    )
 
 
 @hive_app.command("serve")

@@ -44,8 +44,11 @@ class Executor:
         retired: tuple[HiveSpec, ...] = (),
         wheel_dir: Path | None = None,
         authority: tls.Authority | None = None,
+        fence: int | None = None,
     ) -> None:
         self.spec = spec
+        self.fence = fence
+        """The leading queen's lease generation, sent with each command to a hive (several queens on one store)."""
         self.authority = authority
         self.wheel_dir = wheel_dir
         self.retired = {hive.name: hive for hive in retired}
@@ -123,7 +126,7 @@ class Executor:
             for hive in hives:
                 if (result := results.get(hive.name)) is None or result.error:
                     continue
-                client = HiveClient(hive, self.credentials.hive(hive.name))
+                client = HiveClient(hive, self.credentials.hive(hive.name), self.fence)
                 try:
                     await client.wait_healthy()
                     health[hive.name] = None
@@ -141,7 +144,7 @@ class Executor:
         did not stop, or could not be asked."""
 
         async def one(hive: HiveSpec) -> bool:
-            client = HiveClient(hive, self.credentials.hive(hive.name))
+            client = HiveClient(hive, self.credentials.hive(hive.name), self.fence)
             try:
                 return await client.shutdown()
             finally:
@@ -157,7 +160,7 @@ class Executor:
         return hive
 
     async def _hive_changes(self, name: str, changes: list[Change]) -> None:
-        client = HiveClient(self._hive_spec(name), self.credentials.hive(name))
+        client = HiveClient(self._hive_spec(name), self.credentials.hive(name), self.fence)
         try:
             for change in changes:
                 blocked = self._blocked_by(change)

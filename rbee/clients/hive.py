@@ -48,11 +48,14 @@ class HiveCallError(Exception):
 
 
 class HiveClient:
-    def __init__(self, hive: HiveSpec, token: str | None) -> None:
+    def __init__(self, hive: HiveSpec, token: str | None, fence: int | None = None) -> None:
+        """`fence`: the lease generation of the queen that leads (several queens on one store), sent with every
+        call; the hive refuses a command with a lower one than it has obeyed (hive/fencing.py)."""
         self.hive = hive
+        fenced = {"X-Rbee-Fence": str(fence)} if fence is not None else {}
         self._client = httpx.AsyncClient(
             base_url=hive.api_url,
-            headers=wire.bearer(token),
+            headers={**wire.bearer(token), **fenced},
             timeout=CALL_TIMEOUT,
             trust_env=False,
             verify=tls.context(),

@@ -2,7 +2,8 @@
 
 GET /health (open), and with the hive's own credential: GET /v1/state, POST /v1/models (SSE progress),
 DELETE /v1/models/{name}, POST /v1/workers, POST /v1/workers/{id}/ready|progress|failed|stop|park,
-POST /v1/heartbeat (the queen subscribes to heartbeats), POST /v1/shutdown.
+POST /v1/heartbeat (a queen subscribes to heartbeats), POST /v1/shutdown. Commands that change the hive are
+fenced (fencing.py): one from a queen that no longer leads is refused.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from rbee.api.hive_config import PID_NAME, HiveConfig
 from rbee.api.state import CatalogEntry, HiveState, WorkerShape
 from rbee.clients import tls
 from rbee.hive import config as hive_config
-from rbee.hive import detect, gguf, logs_api, provision
+from rbee.hive import detect, fencing, gguf, logs_api, provision
 from rbee.hive.catalog import Catalog, ModelRecord
+from rbee.hive.fencing import Fence
 from rbee.hive.heartbeat import Heartbeat
 from rbee.hive.jobs import ProvisionJob
 from rbee.hive.supervisor import Supervisor, SupervisorError
@@ -55,6 +57,7 @@ class Hive:
         self.supervisor = Supervisor(config, self.catalog)
         self.token = hive_config.token(config)
         self.heartbeat = Heartbeat(self.state, self.token)
+        self.fence = Fence(config.root / "fence")
         self.supervisor.on_change = self.heartbeat.changed
         self.server: uvicorn.Server | None = None
         self._model_locks: dict[str, asyncio.Lock] = {}
@@ -143,6 +146,17 @@ def create_app(hive: Hive) -> Starlette:
     def guarded(handler: Handler) -> Handler:
         """The hive's own credential (what the queen and the keeper send)."""
         return own(answered(handler))
+
+    def commanded(handler: Handler) -> Handler:
+        """A command that changes the hive: the hive's credential, and no stale leader's lease (fencing.py)."""
+
+        async def check(request: Request) -> Response:
+            refused = hive.fence.admit(request.headers.get(fencing.HEADER))
+            if refused is not None:
+                return error(409, refused, "fenced")
+            return await answered(handler)(request)
+
+        return own(check)
 
     def reported(handler: Handler) -> Handler:
         """A worker's report about itself: its own credential, or the hive's."""
@@ -271,16 +285,16 @@ def create_app(hive: Hive) -> Starlette:
             Route("/health", health),
             Route("/v1/state", guarded(get_state)),
             Route("/v1/logs", guarded(get_logs)),
-            Route("/v1/models", guarded(add_model), methods=["POST"]),
-            Route("/v1/models/{name}", guarded(remove_model), methods=["DELETE"]),
-            Route("/v1/workers", guarded(start_workers), methods=["POST"]),
+            Route("/v1/models", commanded(add_model), methods=["POST"]),
+            Route("/v1/models/{name}", commanded(remove_model), methods=["DELETE"]),
+            Route("/v1/workers", commanded(start_workers), methods=["POST"]),
             Route("/v1/workers/{id}/ready", reported(worker_ready), methods=["POST"]),
             Route("/v1/workers/{id}/failed", reported(worker_failed), methods=["POST"]),
             Route("/v1/workers/{id}/progress", reported(worker_progress), methods=["POST"]),
-            Route("/v1/workers/{id}/stop", guarded(stop_worker), methods=["POST"]),
-            Route("/v1/workers/{id}/park", guarded(park_worker), methods=["POST"]),
+            Route("/v1/workers/{id}/stop", commanded(stop_worker), methods=["POST"]),
+            Route("/v1/workers/{id}/park", commanded(park_worker), methods=["POST"]),
             Route("/v1/heartbeat", guarded(subscribe), methods=["POST"]),
-            Route("/v1/shutdown", guarded(shutdown), methods=["POST"]),
+            Route("/v1/shutdown", commanded(shutdown), methods=["POST"]),
         ]
     )
 

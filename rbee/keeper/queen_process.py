@@ -80,6 +80,7 @@ def ensure_running(spec: HiveFile, home: Home, operator: str) -> tuple[QueenClie
                 "--listen",
                 spec.queen.listen,
                 *tls_arguments,
+                *(["--store", spec.queen.store] if spec.queen.store else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,

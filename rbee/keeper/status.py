@@ -36,6 +36,7 @@ def unreachable(client: QueenClient, error: QueenCallError, hint: str = "run rbe
 def status(file: Path | None, as_json: bool) -> None:
     conditions: list[dict[str, Any]] = []
     reconcile: dict[str, Any] | None = None
+    leadership: dict[str, Any] | None = None
     if file is not None:
         credentials = Home.default().credentials(create=False)
         observed = observe_hives.observe(load_desired(file).spec, credentials=credentials)
@@ -47,11 +48,15 @@ def status(file: Path | None, as_json: bool) -> None:
         except QueenCallError as error:
             fail(unreachable(client, error))
         hives, conditions, reconcile = body["hives"], body.get("conditions", []), body.get("reconcile")
+        leadership = body.get("leadership")
     if as_json:
-        sys.stdout.write(
-            json.dumps({"hives": hives, "conditions": conditions, "reconcile": reconcile}, indent=2) + "\n"
-        )
+        answer = {"hives": hives, "conditions": conditions, "reconcile": reconcile, "leadership": leadership}
+        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
         return
+    if leadership is not None and leadership.get("shared"):
+        leader = leadership.get("leader") or "no queen (the lease is free: the next queen to renew takes it)"
+        this = "this queen" if leadership.get("this_queen") else "another queen"
+        out.print(f"Leader: {leader} ({this}, lease generation {leadership.get('generation')})")
     render.status(hives)
     if conditions:
         out.print()

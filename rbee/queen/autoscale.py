@@ -20,6 +20,7 @@ from rbee.clients.hive import HiveCallError, HiveClient, Progress, Readiness
 from rbee.queen.admission import Admission
 from rbee.queen.events import EventLog
 from rbee.queen.fleet import Fleet
+from rbee.queen.leadership import Leadership
 from rbee.queen.scheduling import Route
 from rbee.spec.schema import HiveFile, HiveSpec, WorkerSpec
 
@@ -43,8 +44,17 @@ class Start:
 
 
 class Autoscaler:
-    def __init__(self, fleet: Fleet, admission: Admission, events: EventLog, credentials: FleetCredentials) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        admission: Admission,
+        events: EventLog,
+        credentials: FleetCredentials,
+        leadership: Leadership | None = None,
+    ) -> None:
         self.fleet = fleet
+        self.leadership = leadership
+        """Only the leading queen starts and parks workers; the others ask it to (store.ask_wake)."""
         self.admission = admission
         self.events = events
         self.credentials = credentials
@@ -62,6 +72,11 @@ class Autoscaler:
             return True
         spec = self.fleet.spec
         target = self._target(spec, model) if spec is not None else None
+        if not self._leads():
+            if target is None and self._loading(model) is None:
+                return False
+            self._spawn(asyncio.to_thread(self.fleet.store.ask_wake, model))  # the leader starts it
+            return True
         if target is None:
             loading = self._loading(model)
             if loading is None:
@@ -75,6 +90,13 @@ class Autoscaler:
         self.starting[model] = start
         self._spawn(self._start(hive, group, start))
         return True
+
+    def _leads(self) -> bool:
+        return self.leadership is None or self.leadership.leading
+
+    def _client(self, hive: HiveSpec) -> HiveClient:
+        """A client for commands to `hive`, fenced with the lease generation this queen leads under."""
+        return HiveClient(hive, self.credentials.hive(hive.name), self.leadership.fence if self.leadership else None)
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str | None = None) -> None:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -128,7 +150,7 @@ class Autoscaler:
         return (best[1], best[2]) if best else None
 
     async def _start(self, hive: HiveSpec, group: WorkerSpec, start: Start) -> None:
-        client = HiveClient(hive, self.credentials.hive(hive.name))
+        client = self._client(hive)
         self.events.record(
             "cold-start", f"{hive.name}/workers {group.model}", "a request found no free worker; starting one"
         )
@@ -173,7 +195,7 @@ class Autoscaler:
     def park_idle(self) -> None:
         """Park every worker idle past its group's idle timeout while its group runs above its floor."""
         spec = self.fleet.spec
-        if spec is None:
+        if spec is None or not self._leads():
             return
         now = time.monotonic()
         registry = self.fleet.registry
@@ -205,7 +227,7 @@ class Autoscaler:
                 task.add_done_callback(self._tasks.discard)
 
     async def _park(self, hive: HiveSpec, route: Route, idle_after: float) -> None:
-        client = HiveClient(hive, self.credentials.hive(hive.name))
+        client = self._client(hive)
         reason = f"idle for {idle_after:g} s; started again on demand"
         try:
             await client.park_worker(route.worker_id, reason)

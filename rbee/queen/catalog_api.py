@@ -41,7 +41,7 @@ async def pull(request: Request) -> Response:
     if fetches.running(hive.name, name):
         raise ClientError(409, f"{name} is already being fetched to {hive.name}", code="already_fetching")
     fetch = fetches.begin(hive.name, name, "operator")
-    client = HiveClient(hive, queen.credentials.hive(hive.name))
+    client = HiveClient(hive, queen.credentials.hive(hive.name), queen.leadership.fence)
 
     async def run() -> None:
         error: str | None = None
@@ -65,7 +65,7 @@ async def remove(request: Request) -> Response:
     queen = parts.of(request)
     _, hive = _hive(queen.fleet.spec, request.query_params.get("hive"))
     name = request.path_params["model"]
-    client = HiveClient(hive, queen.credentials.hive(hive.name))
+    client = HiveClient(hive, queen.credentials.hive(hive.name), queen.leadership.fence)
     try:
         await client.remove_model(name)
     except HiveCallError as error:

@@ -25,6 +25,7 @@ from rbee.queen.dispatch import Dispatcher
 from rbee.queen.events import EventLog
 from rbee.queen.fleet import Fleet
 from rbee.queen.heartbeats import Heartbeats
+from rbee.queen.leadership import Leadership
 from rbee.queen.metering import Meter
 from rbee.queen.metrics import Metrics
 from rbee.queen.parts import Queen
@@ -45,13 +46,16 @@ def build(
     queue_wait: float | None = None,
     listen: str | None = None,
     tls_served: bool = False,
+    store: str | None = None,
 ) -> Queen:
-    """Every part of a queen whose state lives in `state_dir`, wired by explicit arguments."""
-    store = Store(state_dir / "queen.db")
-    events = EventLog(store)
+    """Every part of a queen whose state lives in `state_dir` (its database there too, unless `store` names a
+    PostgreSQL one that several queens share), wired by explicit arguments."""
+    shared = Store(store or state_dir / "queen.db")
+    events = EventLog(shared)
+    leadership = Leadership(shared, events, listen)
     admission = Admission()
     fleet = Fleet(
-        store,
+        shared,
         events,
         admission,
         ApiKeys(admin_key_file),
@@ -60,30 +64,34 @@ def build(
         queue_wait,
         state_dir / "policies",
     )
-    autoscale = Autoscaler(fleet, admission, events, credentials)
+    autoscale = Autoscaler(fleet, admission, events, credentials, leadership)
     admission.wake = autoscale.wake  # a request that finds no worker starts one
     counters = Metrics(admission)
-    meter = Meter(store, counters.registry)
+    meter = Meter(shared, counters.registry)
+    reconciler = Reconciler(
+        fleet,
+        events,
+        autoscale,
+        credentials,
+        state_dir,
+        state_dir.parent / "wheels",
+        Authority(state_dir.parent / "tls"),
+        leadership,
+    )
+    leadership.on_lead = reconciler.request  # a new leader looks at the fleet at once
     return Queen(
-        store=store,
+        store=shared,
         events=events,
         fleet=fleet,
         admission=admission,
         autoscale=autoscale,
         dispatch=Dispatcher(fleet, admission, autoscale, WorkerClient(), counters, meter),
         tasks=TaskStore(),
-        reconciler=Reconciler(
-            fleet,
-            events,
-            autoscale,
-            credentials,
-            state_dir,
-            state_dir.parent / "wheels",
-            Authority(state_dir.parent / "tls"),
-        ),
+        reconciler=reconciler,
         metrics=counters,
         credentials=credentials,
         meter=meter,
+        leadership=leadership,
     )
 
 
@@ -91,6 +99,8 @@ async def poll(queen: Queen, interval: float) -> None:
     """Keep the registry fresh, park idle workers, and ask for a reconcile pass when hives stop beating."""
     while True:
         try:
+            if queen.store.shared:
+                await follow_store(queen)
             await queen.fleet.refresh()
             queen.autoscale.park_idle()
             silenced = queen.fleet.take_silenced()
@@ -103,6 +113,17 @@ async def poll(queen: Queen, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+async def follow_store(queen: Queen) -> None:
+    """With several queens on one store: take a spec another queen applied, and, leading, start the workers the
+    others asked for (their requests wait for them)."""
+    generation = await asyncio.to_thread(queen.store.current_generation)
+    if generation > queen.fleet.generation and await asyncio.to_thread(queen.fleet.reload):
+        queen.reconciler.spec_changed(queen.fleet.generation)
+    if queen.leadership.leading:
+        for model in await asyncio.to_thread(queen.store.take_wakes):
+            queen.autoscale.wake(model)
+
+
 async def watch_streams(queen: Queen) -> None:
     """Once a second: end streams gone idle, and note queue depths for the web UI's charts."""
     while True:
@@ -112,12 +133,18 @@ async def watch_streams(queen: Queen) -> None:
         queen.metrics.traffic.sample_queues({model: admission.queue_depth(model) for model in admission.lanes})
 
 
+def lease_of(queen: Queen) -> float:
+    spec = queen.fleet.spec
+    return spec.queen.lease if spec is not None else 10.0
+
+
 async def close(queen: Queen) -> None:
     queen.tasks.cancel_all()
     await queen.reconciler.stop()
     await queen.autoscale.close()
     await queen.dispatch.workers.close()
     await queen.fleet.close()
+    queen.leadership.release()
     queen.store.close()
 
 
@@ -128,6 +155,7 @@ def serve(
     admin_key_file: Path,
     poll_interval: float = 1.0,
     tls_files: tuple[str, str] | None = None,
+    store: str | None = None,
 ) -> None:
     """Run the queen; with `tls_files` (certificate, key: the keeper issues them when the queen listens off
     loopback) it serves only TLS. Either way it pins the fleet CA for its links to hives and workers."""
@@ -139,7 +167,12 @@ def serve(
 
     async def main() -> None:
         queen = build(
-            state_dir, credentials, admin_key_file=admin_key_file, listen=listen, tls_served=tls_files is not None
+            state_dir,
+            credentials,
+            admin_key_file=admin_key_file,
+            listen=listen,
+            tls_served=tls_files is not None,
+            store=store,
         )
         app: Any = server.create_app(queen)
         recording = transcript_file()
@@ -153,6 +186,7 @@ def serve(
         watcher = asyncio.create_task(watch_streams(queen), name="watch streams")
         metering = asyncio.create_task(queen.meter.run(), name="metering")
         probing = asyncio.create_task(queen.fleet.providers.watch(), name="providers")
+        leading = asyncio.create_task(queen.leadership.run(lambda: lease_of(queen)), name="lease")
         queen.reconciler.start(spec.queen.reconcile_interval if spec else DEFAULT_RECONCILE_INTERVAL)
         # What is built by now lives as long as the queen: out of the collector's sight, so that its collections
         # (triggered by every request's allocations) walk only what requests made.
@@ -161,7 +195,7 @@ def serve(
         serving = await daemon.start(uvicorn_server)
         log.info("queen listening on %s (pid %d)", listen, os.getpid())
         await serving
-        for task in (poller, watcher, metering, probing):
+        for task in (poller, watcher, metering, probing, leading):
             task.cancel()
         queen.meter.flush()
         await close(queen)

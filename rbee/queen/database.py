@@ -111,8 +111,14 @@ class Postgres:
     dialect = "postgresql"
 
     def __init__(self, url: str) -> None:
-        import psycopg
-        from psycopg_pool import ConnectionPool, PoolTimeout
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool, PoolTimeout
+        except ImportError:
+            raise StoreError(
+                f"{public(url)}: a PostgreSQL store needs rbee's ha extra on the queen's machine: "
+                "pip install 'rbee[ha]'"
+            ) from None
 
         if urlsplit(url).password:
             raise StoreError(

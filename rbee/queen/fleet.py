@@ -112,6 +112,23 @@ class Fleet:
         self.events.changed()
         return generation, changed
 
+    def reload(self) -> bool:
+        """Take the spec another queen on the same store applied (a newer generation); True when it changed."""
+        current = self.store.current_spec()
+        if current is None or current[0] <= self.generation:
+            return False
+        generation, spec = current
+        policy = self.store.policy()
+        try:
+            routing = self._policy(spec, policy)
+        except PolicyError as error:  # its file is on the other queen's disk: route least-loaded here
+            routing = Policy(PolicyKind.LEAST_LOADED)
+            self.events.record("failed", "queen/routing", f"{error}; routing least-loaded until it is here")
+        self.generation, self.spec, self.policy = generation, spec, policy
+        self._configure(spec, routing)
+        self.events.changed()
+        return True
+
     def _policy(self, spec: HiveFile, policy: PolicyRef | None) -> Policy:
         """The routing policy `spec` names, built once; a policy file only from the queen's own disk, and only
         if its text has the digest the keeper named."""

@@ -117,6 +117,7 @@ def snapshot(queen: parts.Queen) -> dict[str, object]:
     hives = fleet.spec.hives if fleet.spec else ()
     return {
         "generation": fleet.generation,
+        "leadership": queen.leadership.describe(),
         "connections": {hive.name: f"{hive.describe_connection()}, {hive.api_url}" for hive in hives},
         "observed_at": fleet.registry.observed_at,
         "hives": observed.model_dump(mode="json")["hives"] if observed else [],

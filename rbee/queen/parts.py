@@ -14,6 +14,7 @@ from rbee.queen.autoscale import Autoscaler
 from rbee.queen.dispatch import Dispatcher
 from rbee.queen.events import EventLog
 from rbee.queen.fleet import Fleet
+from rbee.queen.leadership import Leadership
 from rbee.queen.metering import Meter
 from rbee.queen.metrics import Metrics
 from rbee.queen.reconcile import Reconciler
@@ -34,6 +35,7 @@ class Queen:
     metrics: Metrics
     credentials: FleetCredentials
     meter: Meter
+    leadership: Leadership
     server: uvicorn.Server | None = None
 
 

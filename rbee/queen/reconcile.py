@@ -35,6 +35,7 @@ from rbee.queen.autoscale import Autoscaler
 from rbee.queen.events import EventLog
 from rbee.queen.fetches import Fetch, Fetches
 from rbee.queen.fleet import Fleet
+from rbee.queen.leadership import Leadership
 from rbee.spec.schema import HiveFile
 
 log = logging.getLogger("rbee.reconcile")
@@ -107,8 +108,11 @@ class Reconciler:
         lock_dir: Path,
         wheel_dir: Path,
         authority: tls.Authority | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.authority = authority
+        self.leadership = leadership
+        """With several queens on one store, only the leader's passes act (and its commands are fenced)."""
         self.fleet = fleet
         self.events = events
         self.autoscale = autoscale
@@ -195,6 +199,8 @@ class Reconciler:
             return None
         self.schedule(spec.queen.reconcile_interval)
         started, clock = time.time(), time.perf_counter()
+        if self.leadership is not None and not self.leadership.leading:
+            return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "not leading"))
         if self.suspended:
             return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "suspended"))
         with lock.hold(self.lock_dir, wait=False, holder=f"the queen's reconcile pass {self.passes + 1}") as held:
@@ -208,7 +214,12 @@ class Reconciler:
             results: dict[str, str | None] = {}
             if any(change.is_actionable for change in runnable):
                 run = executor.Executor(
-                    spec, self.credentials, EventReporter(self), wheel_dir=self.wheel_dir, authority=self.authority
+                    spec,
+                    self.credentials,
+                    EventReporter(self),
+                    wheel_dir=self.wheel_dir,
+                    authority=self.authority,
+                    fence=self.leadership.fence if self.leadership else None,
                 )
                 results = await run.execute(Plan(runnable))
             with _gc_paused():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, StringConstraints, WithJsonSchema
 
@@ -119,4 +120,16 @@ def check_routing(value: Any) -> Any:
         raise ValueError(
             f"'{value}': a routing policy file sits beside hive.yaml; write its file name only, like route.py"
         )
+    return value
+
+
+def check_store(value: Any) -> Any:
+    """A PostgreSQL URL without a password: it is passed to the queen's process as an argument."""
+    if not isinstance(value, str):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ValueError(f"'{value}' is not a postgresql://user@host:port/database URL")
+    if parts.password:
+        raise ValueError("the store's URL holds a password; put it in ~/.pgpass or PGPASSWORD on the queen's machine")
     return value

@@ -30,6 +30,7 @@ from rbee.spec.fields import (
     check_model_dir,
     check_routing,
     check_service_user,
+    check_store,
     is_loopback,
     refuse_inline_key,
 )
@@ -86,6 +87,18 @@ class QueenSpec(Strict):
     )
     cors_origins: tuple[Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.:\[\]-]+$")], ...] = Field(
         default=(), description="Web origins whose pages may call the queen from a browser; none by default."
+    )
+    store: Annotated[str, BeforeValidator(check_store)] | None = Field(
+        default=None,
+        description="postgresql://user@host:port/db: the queen's state in PostgreSQL, so that several queens share it "
+        "(one reconciles at a time, all serve); its password in ~/.pgpass or PGPASSWORD, never in the URL. "
+        "Omitted: SQLite in the queen's state directory.",
+    )
+    lease: Seconds = Field(
+        default=10.0, description="With a shared store: how long a leading queen's lease lasts without renewal."
+    )
+    peers: tuple[Annotated[str, StringConstraints(pattern=r"^https?://[A-Za-z0-9.\[\]:-]+$")], ...] = Field(
+        default=(), description="The other queens on the same store (their URLs): rbee's commands try them in turn."
     )
     federation: Federation = Field(
         default=Federation(), description="Providers: what this fleet's own workers cost, the margin, retries."

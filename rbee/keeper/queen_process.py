@@ -108,6 +108,21 @@ def running(home: Home) -> QueenClient | None:
     return QueenClient(str(record["url"]), credentials.operator if credentials else None)
 
 
+def reachable(home: Home) -> QueenClient | None:
+    """The queen this RBEE_HOME started, or, when it does not answer, the first of its peers that does (the other
+    queens on the same store, hive.yaml's queen.peers as last applied): any of them answers for the fleet."""
+    local = running(home)
+    if local is not None and local.answers():
+        return local
+    spec, _ = home.applied()
+    credentials = home.credentials(create=False)
+    for peer in spec.queen.peers if spec is not None else ():
+        client = QueenClient(peer, credentials.operator if credentials else None)
+        if client.is_running():
+            return client
+    return local
+
+
 def stop(home: Home) -> bool:
     """Stop the queen this keeper started; True if one was running."""
     record = home.queen()

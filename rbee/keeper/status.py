@@ -23,7 +23,7 @@ DEFAULT_QUEEN = "http://127.0.0.1:8080"
 
 def queen(hint: str = "run rbee apply first") -> QueenClient:
     """The queen this RBEE_HOME started, or one clear error."""
-    found = queen_process.running(Home.default())
+    found = queen_process.reachable(Home.default())
     if found is None:
         fail(f"No queen is running for this RBEE_HOME; {hint}.")
     return found

@@ -51,7 +51,7 @@ def wait_for(check: Any, what: str, seconds: float = 30) -> float:
 
 
 @contextlib.contextmanager
-def second_queen(fleet: Fleet, store: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def second_queen(fleet: Fleet, store: str, port: int) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Another queen on the same store, with the same credentials (copied as an operator copies RBEE_HOME)."""
     home = fleet.root / "home-b"
     home.mkdir(mode=0o700)
@@ -59,7 +59,6 @@ def second_queen(fleet: Fleet, store: str) -> Iterator[tuple[str, subprocess.Pop
         shutil.copy2(fleet.home.root / name, home / name)
     if (fleet.home.root / "tls").exists():
         shutil.copytree(fleet.home.root / "tls", home / "tls")
-    port = free_port()
     command = [sys.executable, "-m", "rbee", "queen", "serve", "--home", str(home), "--listen", f"127.0.0.1:{port}"]
     process = subprocess.Popen(
         [*command, "--store", store],
@@ -88,8 +87,10 @@ def chat(url: str, fleet: Fleet) -> httpx.Response:
 
 def test_two_queens_one_store_the_leader_killed(tmp_path: Path, server: postgres.PostgresServer) -> None:
     store = server.database("ha")
-    fleet = make_fleet(tmp_path, SMOLLM2_SOURCE, queen=f"store: '{store}', lease: {LEASE}s", reconcile="1s")
-    with applied_fleet(fleet), second_queen(fleet, store) as (other, _):
+    port = free_port()
+    options = f"store: '{store}', lease: {LEASE}s, peers: ['http://127.0.0.1:{port}']"
+    fleet = make_fleet(tmp_path, SMOLLM2_SOURCE, queen=options, reconcile="1s")
+    with applied_fleet(fleet), second_queen(fleet, store, port) as (other, _):
         first = fleet.queen_url
         operator = fleet.operator
         wait_for(lambda: status(other, operator)["generation"] == status(first, operator)["generation"], "spec")
@@ -111,6 +112,8 @@ def test_two_queens_one_store_the_leader_killed(tmp_path: Path, server: postgres
         assert status(other, operator)["leadership"]["generation"] == 2
         wait_for(lambda: (status(other, operator)["reconcile"]["last"] or {}).get("skipped") is None, "its pass")
         assert chat(other, fleet).status_code == 200
+        through_peer = fleet.rbee("status")  # this RBEE_HOME's own queen is gone: its peer answers
+        assert "(this queen, lease generation 2)" in through_peer.stdout, through_peer.stdout + through_peer.stderr
         after = httpx.get(f"{fleet.hive_url}/v1/state", headers=fleet.hive_auth()).json()["workers"]
         assert [(w["id"], w["pid"], w["state"]) for w in after] == [(w["id"], w["pid"], "idle") for w in before], (
             "the new leader adopted the worker as it was"

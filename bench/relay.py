@@ -37,6 +37,7 @@ from rbee.keeper.home import Home  # noqa: E402
 from rbee.queen.admission import Admission  # noqa: E402
 from rbee.queen.scheduling import Ask, Route  # noqa: E402
 from rbee.spec.schema import HiveFile  # noqa: E402
+from tests.federation import start_synthetic  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 TOKEN = "bench-worker-credential"
@@ -47,31 +48,6 @@ PATTERN = b'"finish_reason":null'
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_synthetic(
-    port: int, workers: int, slots: int, rate: float, tls_files: tuple[str, str] | None
-) -> subprocess.Popen[bytes]:
-    serving_tls = ["--tls-cert", tls_files[0], "--tls-key", tls_files[1]] if tls_files else []
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "loads" / "synthetic_worker.py"),
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--slots",
-            str(slots),
-            "--rate",
-            str(rate),
-            *serving_tls,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_http(f"{'https' if tls_files else 'http'}://127.0.0.1:{port}/health")
-    return process
 
 
 def start_bare_relay(port: int, upstream: str, ca_file: Path | None) -> subprocess.Popen[bytes]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from rbee.clients import tls
 from rbee.clients.queen import QueenClient
 from rbee.keeper import queen_process
 from rbee.keeper.home import Home
@@ -83,7 +84,11 @@ class RunningQueen:
                 self.synthetic.wait(10)
 
 
-def start_synthetic(port: int, workers: int, slots: int, rate: float) -> subprocess.Popen[bytes]:
+def start_synthetic(
+    port: int, workers: int, slots: int, rate: float, tls_files: tuple[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """bench/loads/synthetic_worker.py on `port` (serving TLS with `tls_files`), once it answers."""
+    serving_tls = ["--tls-cert", tls_files[0], "--tls-key", tls_files[1]] if tls_files else []
     process = subprocess.Popen(
         [
             sys.executable,
@@ -96,14 +101,16 @@ def start_synthetic(port: int, workers: int, slots: int, rate: float) -> subproc
             str(slots),
             "--rate",
             str(rate),
+            *serving_tls,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    url = f"{'https' if tls_files else 'http'}://127.0.0.1:{port}/health"
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False).status_code == 200:
+            if httpx.get(url, timeout=1, trust_env=False, verify=tls.context()).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass

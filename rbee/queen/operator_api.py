@@ -246,6 +246,7 @@ async def reconcile(request: Request) -> Response:
     reconciler = queen.reconciler
     if wanted != reconciler.suspended:
         reconciler.suspended = wanted
+        queen.store.set_suspended(wanted)
         queen.events.record("reconcile", "fleet", "suspended" if wanted else "resumed")
         if not wanted:
             reconciler.request()

@@ -130,8 +130,9 @@ class Reconciler:
         self.client: aiohttp.ClientSession | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.interval: float | None = None
-        self.suspended = False
-        """Set by `rbee suspend` (maintenance, or tests of the keeper alone): no pass acts until resumed."""
+        self.suspended = fleet.store.suspended
+        """Set by `rbee suspend` (maintenance, or tests of the keeper alone): no pass acts until resumed; kept in
+        the store, so a restart does not resume it."""
         self._wanted = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
 
@@ -201,6 +202,8 @@ class Reconciler:
         started, clock = time.time(), time.perf_counter()
         if self.leadership is not None and not self.leadership.leading:
             return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "not leading"))
+        if self.fleet.store.shared:  # another queen may have been told to suspend or resume
+            self.suspended = await asyncio.to_thread(lambda: self.fleet.store.suspended)
         if self.suspended:
             return self._finish(PassSummary(self.passes + 1, generation, started, 0.0, 0, 0, 0, "suspended"))
         with lock.hold(self.lock_dir, wait=False, holder=f"the queen's reconcile pass {self.passes + 1}") as held:

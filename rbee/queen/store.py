@@ -160,6 +160,19 @@ class Store:
         named = self._setting("policy", self.db)
         return PolicyRef.model_validate_json(named) if named else None
 
+    @property
+    def suspended(self) -> bool:
+        """Whether the operator suspended the reconcile loop (`rbee suspend`): kept across the queen's restarts,
+        so that a queen restarted during maintenance does not start changing the fleet on its own."""
+        return self._setting("suspended", self.db) == "true"
+
+    def set_suspended(self, suspended: bool) -> None:
+        self.db.execute(
+            "INSERT INTO settings (name, value) VALUES ('suspended', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            ("true" if suspended else "false",),
+        )
+
     def _setting(self, name: str, runner: Runner) -> str | None:
         rows = runner.execute("SELECT value FROM settings WHERE name = ?", (name,)).rows
         return str(rows[0][0]) if rows and rows[0][0] is not None else None

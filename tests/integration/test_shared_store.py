@@ -64,6 +64,11 @@ def test_specs_events_and_usage(location: str) -> None:
     store.register_provider("lab", '{"name":"lab","endpoint":"http://y/v1"}', None)
     assert store.registered_providers() == [('{"name":"lab","endpoint":"http://y/v1"}', None)]
     assert store.remove_provider("lab") and not store.remove_provider("lab")
+    assert not store.suspended
+    store.set_suspended(True)
+    assert Store(location).suspended, "kept: a restarted queen stays suspended"
+    store.set_suspended(False)
+    assert not store.suspended
     store.saw_hive("box")
     store.saw_hive("box")
     assert store.seen_hives() == {"box"}

@@ -22,6 +22,8 @@ from rbee.queen.events import EventLog
 from rbee.queen.store import Store
 
 log = logging.getLogger("rbee.queen")
+LOOK = 0.25
+"""Seconds between looks at hive.yaml's lease length while waiting to renew."""
 
 
 class Leadership:
@@ -77,7 +79,16 @@ class Leadership:
             if generation is not None:
                 self.renewed = time.monotonic()
             self._became(generation)
-            await asyncio.sleep(self.lease / 3)
+            await self._pause(lease)
+
+    async def _pause(self, lease: Callable[[], float]) -> None:
+        """A third of the lease, or less when hive.yaml's lease becomes shorter meanwhile (a spec applied): the
+        lease in force was taken for the old length, and another queen must not wait that out."""
+        until = time.monotonic() + self.lease / 3
+        while time.monotonic() < until:
+            await asyncio.sleep(min(LOOK, max(0.0, until - time.monotonic())))
+            if lease() < self.lease:
+                return
 
     def _became(self, generation: int | None) -> None:
         if generation is not None and not self.leading:

@@ -15,6 +15,9 @@ Image generation: a tiny random Stable Diffusion (made here) paints a 128x128 pi
 (queen, diffusers worker, the picture back as base64 PNG in OpenAI's answer) and in process (the same backend,
 the same seed).
 
+Each kind is measured in a process of its own (`--only KIND`): an engine one kind loads in process must not
+slow the next kind's fleet.
+
 RESULT modalities speech_ratio=... speech_ttfb_ms=... speech_rtf=... piper_ratio=... piper_ttfb_ms=...
 piper_rtf=... transcription_ratio=... image_ratio=... target_met=yes|no
 """
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +48,7 @@ PARAGRAPH = (
     "many workers of each model run where. The plan prints what would change, and apply makes it so. "
 ) * 16
 RATE = 22050
+KINDS = ("speech", "transcription", "piper", "image")
 
 
 def alternating(program: str, url: str, headers: dict[str, str], runs: int) -> dict[str, float]:
@@ -217,25 +223,52 @@ def recorded(program: str) -> bytes:
     return done.stdout
 
 
+def measure(kind: str, runs: int, program: str) -> dict[str, float]:
+    """One kind's measurement, in this process (which measures nothing else: an engine loaded in process for one
+    kind, Whisper's torch say, slowed the next kind's fleet by a tenth when they shared the bench's process)."""
+    if kind == "speech":
+        root = Path(tempfile.mkdtemp(prefix="rbee-modalities-"))
+        fleet = make_fleet(root, "system://espeak-ng", model="voice", model_options="kind: speech, idle_timeout: 0")
+        applied = fleet.rbee("apply", str(fleet.spec), "--yes")
+        if applied.returncode != 0:
+            raise SystemExit(applied.stdout + applied.stderr)
+        try:
+            return alternating(program, fleet.queen_url, fleet.keyed, runs)
+        finally:
+            fleet.rbee("destroy", str(fleet.spec), "--yes")
+            shutil.rmtree(root, ignore_errors=True)
+    if kind == "transcription":
+        recording = recorded(program)
+        return {**transcription(recording, runs), "seconds": (len(recording) - 44) / 2 / RATE}
+    if kind == "piper":
+        return neural_speech(runs)
+    return painting(runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--only", choices=KINDS, help="measure one kind, and print it as JSON (each kind runs so)")
     args = parser.parse_args()
     program = shutil.which("espeak-ng")
     if program is None:
         raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
-    root = Path(tempfile.mkdtemp(prefix="rbee-modalities-"))
-    fleet = make_fleet(root, "system://espeak-ng", model="voice", model_options="kind: speech, idle_timeout: 0")
-    applied = fleet.rbee("apply", str(fleet.spec), "--yes")
-    if applied.returncode != 0:
-        raise SystemExit(applied.stdout + applied.stderr)
-    try:
-        measured = alternating(program, fleet.queen_url, fleet.keyed, args.runs)
-    finally:
-        fleet.rbee("destroy", str(fleet.spec), "--yes")
-        shutil.rmtree(root, ignore_errors=True)
-    fleet_seconds, ttfb, alone_seconds = measured["fleet"], measured["ttfb"], measured["alone"]
-    alone_size, fleet_size = int(measured["alone_bytes"]), int(measured["fleet_bytes"])
+    if args.only is not None:
+        print("MEASURED " + json.dumps(measure(args.only, args.runs, program)))
+        return
+    results = {}
+    for kind in KINDS:
+        runs = args.runs if kind == "speech" else max(3, args.runs // 3)
+        done = subprocess.run(
+            [sys.executable, __file__, "--only", kind, "--runs", str(runs)], capture_output=True, text=True, check=False
+        )
+        found = [line for line in done.stdout.splitlines() if line.startswith("MEASURED ")]
+        if done.returncode != 0 or not found:
+            raise SystemExit(f"measuring {kind} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        results[kind] = json.loads(found[-1].removeprefix("MEASURED "))
+    speech = results["speech"]
+    fleet_seconds, ttfb, alone_seconds = speech["fleet"], speech["ttfb"], speech["alone"]
+    alone_size, fleet_size = int(speech["alone_bytes"]), int(speech["fleet_bytes"])
     audio_seconds = alone_size / 2 / RATE
     ratio = alone_seconds / fleet_seconds
     rtf = fleet_seconds / audio_seconds
@@ -244,22 +277,21 @@ def main() -> None:
         f"first byte after {ttfb * 1000:.1f} ms), the engine in process {alone_seconds * 1000:.0f} ms ({alone_size} "
         f"bytes); real-time factor {rtf:.4f}"
     )
-    recording = recorded(program)
-    heard = transcription(recording, max(3, args.runs // 3))
+    heard = results["transcription"]
     stt_ratio = heard["alone"] / heard["fleet"]
-    stt_seconds = (len(recording) - 44) / 2 / RATE
     print(
-        f"transcription: {stt_seconds:.1f} s of speech; through the queen {heard['fleet'] * 1000:.0f} ms, the engine "
-        f"in process {heard['alone'] * 1000:.0f} ms (a tiny random Whisper: the code path's cost, not a real model's)"
+        f"transcription: {heard['seconds']:.1f} s of speech; through the queen {heard['fleet'] * 1000:.0f} ms, the "
+        f"engine in process {heard['alone'] * 1000:.0f} ms (a tiny random Whisper: the code path's cost, not a real "
+        "model's)"
     )
-    neural = neural_speech(max(3, args.runs // 3))
+    neural = results["piper"]
     piper_ratio, piper_rtf = neural["alone"] / neural["fleet"], neural["fleet"] / neural["seconds"]
     print(
         f"piper: {neural['seconds']:.1f} s of audio; through the queen {neural['fleet'] * 1000:.0f} ms (first byte "
         f"after {neural['ttfb'] * 1000:.0f} ms), the engine in process {neural['alone'] * 1000:.0f} ms; real-time "
         f"factor {piper_rtf:.3f}"
     )
-    painted = painting(max(3, args.runs // 3))
+    painted = results["image"]
     image_ratio = painted["alone"] / painted["fleet"]
     print(
         f"image: 128x128 in 10 steps; through the queen {painted['fleet'] * 1000:.0f} ms, the engine in process "

@@ -50,7 +50,7 @@ def test_example_plans_the_full_cold_start_and_exits_2() -> None:
     assert "hive workstation (local, http://127.0.0.1:9200)" in result.stdout
     assert "+ install   hive cuda-box" in result.stdout
     assert "+ start     workers qwen-chat [gguf, cuda:0] x2" in result.stdout
-    assert result.stdout.rstrip().endswith("Plan: 18 to add, 0 to change, 0 to destroy.")
+    assert result.stdout.rstrip().endswith("Plan: 22 to add, 0 to change, 0 to destroy.")
     assert "\x1b[" not in result.stdout, "no colour when stdout is not a terminal"
 
 
@@ -113,7 +113,7 @@ def test_schema_validates_the_example_and_rejects_a_typo() -> None:
 def test_validate_counts_what_the_file_asks_for() -> None:
     result = rbee("validate", str(EXAMPLE))
     assert result.returncode == 0
-    assert "3 hives, 4 models, 7 worker replicas" in result.stdout
+    assert "3 hives, 6 models, 9 worker replicas" in result.stdout
 
 
 def test_apply_without_a_terminal_needs_yes_and_changes_nothing(tmp_path: Path) -> None:

@@ -258,7 +258,7 @@ def main() -> None:
         return
     results = {}
     for kind in KINDS:
-        runs = args.runs if kind == "speech" else max(3, args.runs // 3)
+        runs = args.runs if kind in ("speech", "transcription") else max(3, args.runs // 2)  # the slow ones fewer
         done = subprocess.run(
             [sys.executable, __file__, "--only", kind, "--runs", str(runs)], capture_output=True, text=True, check=False
         )

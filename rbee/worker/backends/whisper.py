@@ -7,6 +7,7 @@ Audio is heard as Whisper hears it: 16 kHz mono, in 30-second windows, each wind
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,7 @@ class Whisper:
     def __init__(self, model_path: str, device: str = "cpu", threads: int | None = None) -> None:
         self.path = model_path
         self.device = "cpu" if device == "auto" else device
-        self.threads = threads
+        self.threads = threads or max(1, os.cpu_count() or 1)
         self._model: Any = None
         self._processor: Any = None
         self._lock = threading.Lock()
@@ -39,8 +40,7 @@ class Whisper:
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads)
         self._processor = WhisperProcessor.from_pretrained(self.path)
         progress(0.3)
         model = WhisperForConditionalGeneration.from_pretrained(self.path, use_safetensors=True)
@@ -67,6 +67,7 @@ class Whisper:
         import torch
 
         self.check_language(language)
+        torch.set_num_threads(self.threads)  # in the generating thread itself, as for text (FACTS.md)
         heard = resampled(samples, rate, RATE)
         windows = [heard[start : start + WINDOW * RATE] for start in range(0, max(len(heard), 1), WINDOW * RATE)]
         features = self._processor(windows, sampling_rate=RATE, return_tensors="pt").input_features

@@ -16,7 +16,8 @@ Image generation: a tiny random Stable Diffusion (made here) paints a 128x128 pi
 the same seed).
 
 Each kind is measured in a process of its own (`--only KIND`): an engine one kind loads in process must not
-slow the next kind's fleet.
+slow the next kind's fleet. Each ratio is the median over turns of one in-process run against the fleet run
+right after it (a paired comparison: this machine's slow moments fall on both of a turn).
 
 RESULT modalities speech_ratio=... speech_ttfb_ms=... speech_rtf=... piper_ratio=... piper_ttfb_ms=...
 piper_rtf=... transcription_ratio=... image_ratio=... target_met=yes|no
@@ -51,6 +52,12 @@ RATE = 22050
 KINDS = ("speech", "transcription", "piper", "image")
 
 
+def paired(inside: list[float], through: list[float]) -> float:
+    """The median of each turn's in-process time over its fleet time (the first turn, a warm-up, left out): the
+    two of a turn run back to back, so a slow moment of this shared machine falls on both and cancels out."""
+    return statistics.median(alone / fleet for alone, fleet in zip(inside[1:], through[1:], strict=True))
+
+
 def alternating(program: str, url: str, headers: dict[str, str], runs: int) -> dict[str, float]:
     """The engine in process and the fleet, one run of each in turn (so a busy moment of the machine falls on
     both), after one warm-up of each: the medians, the fleet's first byte, and the bytes each made."""
@@ -82,6 +89,7 @@ def alternating(program: str, url: str, headers: dict[str, str], runs: int) -> d
     return {
         "alone": statistics.median(inside[1:]),
         "fleet": statistics.median(through[1:]),
+        "ratio": paired(inside, through),
         "ttfb": statistics.median(firsts[1:]),
         "alone_bytes": sizes["alone"],
         "fleet_bytes": sizes["fleet"],
@@ -124,7 +132,11 @@ def transcription(recording: bytes, runs: int) -> dict[str, float]:
     finally:
         fleet.rbee("destroy", str(fleet.spec), "--yes")
         shutil.rmtree(root, ignore_errors=True)
-    return {"alone": statistics.median(inside[1:]), "fleet": statistics.median(through[1:])}
+    return {
+        "alone": statistics.median(inside[1:]),
+        "fleet": statistics.median(through[1:]),
+        "ratio": paired(inside, through),
+    }
 
 
 def neural_speech(runs: int) -> dict[str, float]:
@@ -171,6 +183,7 @@ def neural_speech(runs: int) -> dict[str, float]:
     return {
         "alone": statistics.median(inside[1:]),
         "fleet": statistics.median(through[1:]),
+        "ratio": paired(inside, through),
         "ttfb": statistics.median(firsts[1:]),
         "seconds": size / 2 / engine.rate,
     }
@@ -212,7 +225,11 @@ def painting(runs: int) -> dict[str, float]:
     finally:
         fleet.rbee("destroy", str(fleet.spec), "--yes")
         shutil.rmtree(root, ignore_errors=True)
-    return {"alone": statistics.median(inside[1:]), "fleet": statistics.median(through[1:])}
+    return {
+        "alone": statistics.median(inside[1:]),
+        "fleet": statistics.median(through[1:]),
+        "ratio": paired(inside, through),
+    }
 
 
 def recorded(program: str) -> bytes:
@@ -270,7 +287,7 @@ def main() -> None:
     fleet_seconds, ttfb, alone_seconds = speech["fleet"], speech["ttfb"], speech["alone"]
     alone_size, fleet_size = int(speech["alone_bytes"]), int(speech["fleet_bytes"])
     audio_seconds = alone_size / 2 / RATE
-    ratio = alone_seconds / fleet_seconds
+    ratio = speech["ratio"]
     rtf = fleet_seconds / audio_seconds
     print(
         f"speech: {audio_seconds:.1f} s of audio; through the queen {fleet_seconds * 1000:.0f} ms ({fleet_size} bytes, "
@@ -278,21 +295,21 @@ def main() -> None:
         f"bytes); real-time factor {rtf:.4f}"
     )
     heard = results["transcription"]
-    stt_ratio = heard["alone"] / heard["fleet"]
+    stt_ratio = heard["ratio"]
     print(
         f"transcription: {heard['seconds']:.1f} s of speech; through the queen {heard['fleet'] * 1000:.0f} ms, the "
         f"engine in process {heard['alone'] * 1000:.0f} ms (a tiny random Whisper: the code path's cost, not a real "
         "model's)"
     )
     neural = results["piper"]
-    piper_ratio, piper_rtf = neural["alone"] / neural["fleet"], neural["fleet"] / neural["seconds"]
+    piper_ratio, piper_rtf = neural["ratio"], neural["fleet"] / neural["seconds"]
     print(
         f"piper: {neural['seconds']:.1f} s of audio; through the queen {neural['fleet'] * 1000:.0f} ms (first byte "
         f"after {neural['ttfb'] * 1000:.0f} ms), the engine in process {neural['alone'] * 1000:.0f} ms; real-time "
         f"factor {piper_rtf:.3f}"
     )
     painted = results["image"]
-    image_ratio = painted["alone"] / painted["fleet"]
+    image_ratio = painted["ratio"]
     print(
         f"image: 128x128 in 10 steps; through the queen {painted['fleet'] * 1000:.0f} ms, the engine in process "
         f"{painted['alone'] * 1000:.0f} ms (a tiny random pipeline: the code path's cost, not a real model's)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pydantic
 from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -22,6 +23,9 @@ from rbee.spec.backends import ModelKind
 
 FORM_ROOM = 1 << 20
 """Bytes of an upload beyond its file: the form's other fields and its boundaries."""
+# The whole body is in memory already (read_bounded, at most MAX_AUDIO + FORM_ROOM): Starlette's parser would copy
+# a file part past 1 MB to a temporary file on disk and read it back (a millisecond and a disk write per 2 MB).
+MultiPartParser.spool_max_size = audio_wire.MAX_AUDIO + FORM_ROOM
 
 
 async def transcriptions(request: Request) -> Response:

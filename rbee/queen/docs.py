@@ -7,7 +7,7 @@ from typing import Any
 import pydantic
 
 from rbee import __version__
-from rbee.api import openai, wire
+from rbee.api import image_generation, openai, speech, wire
 
 ERROR = {
     "type": "object",
@@ -55,6 +55,8 @@ def openapi() -> dict[str, Any]:
         ("ChatRequest", openai.ChatRequest),
         ("CompletionRequest", openai.CompletionRequest),
         ("TaskRequest", wire.ExecuteRequest),
+        ("ImageGenerationRequest", image_generation.ImageGenerationRequest),
+        ("SpeechRequest", speech.SpeechRequest),
     ]
     for name, model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -86,6 +88,20 @@ def openapi() -> dict[str, Any]:
                     "summary": "Text completion",
                     "requestBody": _body("CompletionRequest"),
                     "responses": _responses("a completion or an SSE stream", True),
+                }
+            },
+            "/v1/images/generations": {
+                "post": {
+                    "summary": "Pictures from a prompt (an image model; stream: true for progress and previews)",
+                    "requestBody": _body("ImageGenerationRequest"),
+                    "responses": _responses("b64_json pictures, or OpenAI's image stream", True),
+                }
+            },
+            "/v1/audio/speech": {
+                "post": {
+                    "summary": "Speech from text (a speech model), streamed as it is made",
+                    "requestBody": _body("SpeechRequest"),
+                    "responses": _responses("audio/mpeg, audio/wav or audio/pcm"),
                 }
             },
             "/v2/tasks": {

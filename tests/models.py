@@ -317,7 +317,20 @@ def requantized(source: Path, quantization: str, out: Path) -> Path:
 WHISPER_LANGUAGES = ("en", "de", "fr")
 
 
-def make_tiny_whisper(folder: Path) -> Path:
+@dataclass(frozen=True)
+class WhisperShape:
+    width: int
+    layers: int
+    heads: int
+    ffn: int
+
+
+TINY_WHISPER = WhisperShape(width=64, layers=1, heads=2, ffn=128)
+WHISPER_TINY_SHAPE = WhisperShape(width=384, layers=4, heads=6, ffn=1536)
+"""openai/whisper-tiny's shape (39M weights): the smallest real Whisper's cost per second of audio."""
+
+
+def make_tiny_whisper(folder: Path, shape: WhisperShape = TINY_WHISPER) -> Path:
     """A random Whisper as a Hugging Face folder (safetensors, tokenizer, feature extractor): one encoder and one
     decoder layer of width 64 over a byte-level vocabulary with Whisper's special tokens, languages en, de and fr.
     It hears real audio through the real code path (80 mel bins, 30-second windows) and says nothing sensible: a
@@ -350,13 +363,13 @@ def make_tiny_whisper(folder: Path) -> Path:
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in [end, *specials, "<|notimestamps|>"]}
     config = WhisperConfig(
         vocab_size=len(tokenizer),
-        d_model=64,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=128,
-        decoder_ffn_dim=128,
+        d_model=shape.width,
+        encoder_layers=shape.layers,
+        decoder_layers=shape.layers,
+        encoder_attention_heads=shape.heads,
+        decoder_attention_heads=shape.heads,
+        encoder_ffn_dim=shape.ffn,
+        decoder_ffn_dim=shape.ffn,
         num_mel_bins=80,
         max_source_positions=1500,
         max_target_positions=64,

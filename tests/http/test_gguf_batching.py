@@ -1,6 +1,7 @@
 """Continuous batching in the gguf worker (real llama.cpp, SmolLM2, the worker app in process): one model load
 serves four requests at once, each seeded answer is the one it gets alone, a cancel frees its sequence
-mid-batch, a shared prompt prefix is not evaluated again, and a prompt too long for a slot is a 400."""
+mid-batch, a shared prompt prefix is not evaluated again, a prompt too long for a slot is a 400, and a free slot
+between two generating ones is filled for the step and left as it was."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from starlette.testclient import TestClient
 
 from rbee.api import wire
 from rbee.api.state import WorkerState
+from rbee.worker.backends import Generation
 from rbee.worker.backends.gguf import GgufBackend
 from rbee.worker.server import Runtime, WorkerOptions, create_app
 
@@ -124,3 +126,55 @@ def test_a_prompt_longer_than_a_slot_is_a_400(worker: tuple[TestClient, Runtime]
     error = reply.json()["error"]
     assert error["code"] == "context_length_exceeded" and f"holds {CONTEXT}" in error["message"]
     assert runtime.active == {}
+
+
+def test_a_free_slot_between_generating_ones_is_filled_and_its_cache_left_as_it_was(engine: GgufBackend) -> None:
+    """llama.cpp splits a batch at a gap in the sequence ids (a micro-batch per run of consecutive slots); the
+    loop fills a short gap with a token that reads nothing and is removed again after the call."""
+    import llama_cpp
+
+    prompts = ["Zebras run across the plain and", "Quietly the river turns and", "Seven small boats sail and"]
+
+    def start(index: int) -> tuple[Iterator[str], threading.Event, Generation]:
+        cancel, result = threading.Event(), Generation()
+        options = wire.SamplingOptions(max_tokens=40, seed=5 + index)
+        pieces = engine.generate(prompts[index], options, cancel, result)
+        return pieces, cancel, result
+
+    def alone(index: int) -> str:
+        pieces, _, _ = start(index)
+        return "".join(pieces)
+
+    expected = [alone(i) for i in range(3)]
+    calls: list[list[tuple[int, bool]]] = []
+    decode = engine._ctx.decode
+
+    def spy(batch: object) -> None:
+        raw = engine._batch.batch
+        calls.append([(raw.seq_id[i][0], bool(raw.logits[i])) for i in range(raw.n_tokens)])
+        decode(batch)
+
+    engine._ctx.decode = spy
+    try:
+        started = [start(i) for i in range(3)]
+        firsts = [next(pieces) for pieces, _, _ in started]  # all three are in the batch now
+        slots = {id(seq.result): seq.slot for seq in engine._active}
+        order = sorted(range(3), key=lambda i: slots[id(started[i][2])])
+        low, middle, high = order
+        started[middle][1].set()  # the middle slot's request ends: a gap between the other two
+        texts = {i: firsts[i] + "".join(started[i][0]) for i in (low, high)}
+        "".join(started[middle][0])
+    finally:
+        engine._ctx.decode = decode
+    gap_slot = slots[id(started[middle][2])]
+    low_slot, high_slot = slots[id(started[low][2])], slots[id(started[high][2])]
+    filled = [
+        call for call in calls if (gap_slot, False) in call and (low_slot, True) in call and (high_slot, True) in call
+    ]
+    assert filled, f"no batch filled slot {gap_slot} between {low_slot} and {high_slot}"
+    assert [seq for seq, _ in filled[-1][: high_slot - low_slot + 1]] == list(range(low_slot, high_slot + 1))
+    assert texts[low] == expected[low] and texts[high] == expected[high], "the filler changed an answer"
+    memory = llama_cpp.llama_get_memory(engine._ctx.ctx)
+    for slot, state in enumerate(engine._slots):  # the cache holds exactly what each slot says it holds
+        assert llama_cpp.llama_memory_seq_pos_max(memory, slot) == len(state.cached) - 1, slot
+    assert alone(middle) == expected[middle], "a request reusing the filled slot's cache answered differently"

@@ -47,9 +47,9 @@ def configure_logging(line_format: str) -> None:
 
 
 def server(app: Any, listen: str, graceful: int, tls: tuple[str, str] | None = None) -> uvicorn.Server:
-    """A uvicorn server for `app` on `listen` (host:port): no access log and no lifespan, as every daemon
-    wants; `graceful` bounds how long open connections may take to finish at shutdown. With `tls` (certificate
-    and key files) it speaks only TLS 1.2 or newer."""
+    """A uvicorn server for `app` on `listen` (host:port): no access log, no lifespan and no proxy headers, as
+    every daemon wants; `graceful` bounds how long open connections may take to finish at shutdown. With `tls`
+    (certificate and key files) it speaks only TLS 1.2 or newer."""
     host, _, port = listen.rpartition(":")
     certificate, key = tls if tls else (None, None)
     return uvicorn.Server(
@@ -60,6 +60,10 @@ def server(app: Any, listen: str, graceful: int, tls: tuple[str, str] | None = N
             log_level="warning",
             access_log=False,
             lifespan="off",
+            # No daemon sits behind a proxy or reads a client's address: X-Forwarded-* from loopback is not to be
+            # believed, and parsing it cost every request. No "server: uvicorn" either: nobody's business.
+            proxy_headers=False,
+            server_header=False,
             timeout_graceful_shutdown=graceful,
             ssl_certfile=certificate,
             ssl_keyfile=key,

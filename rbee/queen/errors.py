@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pydantic
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from rbee import daemon
@@ -79,13 +79,26 @@ async def read_bounded(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
-    parts, size = [], 0
-    async for part in request.stream():
+    # The server's messages read straight (Starlette's request.stream() is an async generator around the same
+    # receive: a tenth of the work before a relayed request's first token, on a body that came in one message).
+    if hasattr(request, "_body"):  # read already (by a guard in front)
+        if len(request._body) > limit:
+            raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
+        return request._body
+    parts, size, receive = [], 0, request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        part = message.get("body", b"")
         parts.append(part)
         size += len(part)
         if size > limit:
             raise ClientError(413, f"the body is larger than {limit} bytes", code="body_too_large")
-    raw = request._body = b"".join(parts)  # joined once (adding part by part was quadratic); .form() reads it
+        if not message.get("more_body", False):
+            break
+    raw = request._body = parts[0] if len(parts) == 1 else b"".join(parts)  # .form() and .json() read it
+    request._stream_consumed = True
     return raw
 
 
@@ -98,7 +111,8 @@ async def read_json(request: Request, limit: int) -> Any:
         raise ClientError(400, "the body must be a JSON object", code="invalid_json") from None
     except RecursionError:
         raise _too_deep_error() from None
-    if _too_deep(value):
+    # JSON cannot nest deeper than it opens brackets: most bodies are not walked at all
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(value):
         raise _too_deep_error()
     return value
 

@@ -21,6 +21,15 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_folder(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 as a Hugging Face folder (float32 safetensors from its GGUF), for torch: a real model's logits,
+    whose margins float noise between batch sizes does not cross (a random model's near-ties do)."""
+    from tests.models import smollm2_folder as convert
+
+    return convert(smollm2, tmp_path_factory.mktemp("smollm2-hf"))
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random llama (HF safetensors folder), made on the spot from Python's own sources."""
     from tests.models import make_tiny_llama

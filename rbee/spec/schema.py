@@ -301,12 +301,13 @@ class WorkerSpec(Strict):
     idle_timeout: Seconds | None = Field(default=None, description="Overrides the model's idle_timeout.")
     slots: Annotated[int, Field(ge=1, le=256)] | None = Field(
         default=None,
-        description="Requests each worker serves at once from one model load (continuous batching; gguf: default "
-        "4). Backends that cannot batch serve one. Applies to workers started after it changes.",
+        description="Requests each worker serves at once from one model load (continuous batching; gguf and "
+        "torch: default 4). Backends that cannot batch serve one. Applies to workers started after it changes.",
     )
     context: Annotated[int, Field(ge=256, le=1048576)] | None = Field(
         default=None,
-        description="Tokens of context per slot (gguf: default 4096); the KV cache holds slots x context tokens.",
+        description="Tokens of context per slot (gguf: default 4096; torch: the model's own); the KV cache holds "
+        "slots x context tokens.",
     )
     threads: Annotated[int, Field(ge=1, le=256)] | None = Field(
         default=None,

@@ -108,8 +108,9 @@ def test_cancel_stops_within_a_token(client: tuple[TestClient, Runtime]) -> None
         test_client, TOKEN, {"request_id": "r-1", "prompt": "class", "max_tokens": 900, "temperature": 1.0}
     )
     assert seen[-1] == -1, "the stream ends with a cancelled done event"
-    # This model makes hundreds of tokens/s, so a few are in flight while the cancel travels; far from 900.
-    assert len(seen) < 60, seen
+    # This model makes thousands of tokens/s, and a batching engine makes them while earlier ones are written
+    # out, so dozens are in flight while the cancel travels; far from 900.
+    assert len(seen) < 300, seen
     assert runtime.state is WorkerState.IDLE
 
 

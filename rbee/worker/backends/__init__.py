@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from rbee.api.calls import Constraint
 from rbee.api.image_generation import ImageRequest, Picture
@@ -131,6 +132,28 @@ class OneAtATime:
         # closing(): an engine left at a stop string ends (and frees what it holds) before the lock is released
         with self._lock, contextlib.closing(self._generate(prompt, options, cancel, result)) as stream:
             yield from text_pieces(stream, options.stop, result)
+
+
+T = TypeVar("T")
+
+
+def handed_over(
+    out: queue.SimpleQueue[T | FinishReason | BackendError], cancel: threading.Event, result: Generation
+) -> Iterator[T]:
+    """What a batch loop hands one request (its tokens, as the loop makes them) until it says how the answer
+    ended: a finish reason (kept on `result`) or an error (raised). Tokens the loop made before it saw a cancel
+    are not handed over: the loop runs ahead of its readers."""
+    while True:
+        item = out.get()
+        if cancel.is_set():
+            result.finish_reason = FinishReason.CANCELLED
+            return
+        if isinstance(item, FinishReason):
+            result.finish_reason = item
+            return
+        if isinstance(item, BackendError):
+            raise item
+        yield item
 
 
 def text_pieces(stream: Iterable[bytes], stop: Sequence[str], result: Generation) -> Iterator[str]:

@@ -34,6 +34,7 @@ from rbee.worker.backends import (
     Generation,
     PromptTooLong,
     gguf_prompts,
+    handed_over,
     masks,
     penalties,
     probabilities,
@@ -230,23 +231,11 @@ class GgufBackend:
             self._waiting.append(sequence)
             self._wake.notify()
         try:
-            yield from text_pieces(self._read(sequence), options.stop, result)
+            yield from text_pieces(handed_over(sequence.out, cancel, result), options.stop, result)
         finally:
             sequence.left = True  # a stop string, a reader that went away: the loop frees its slot next step
             with self._wake:
                 self._wake.notify()
-
-    @staticmethod
-    def _read(sequence: _Sequence) -> Iterator[bytes]:
-        """A sequence's token bytes as the batch loop hands them over, until it says how the answer ended."""
-        while True:
-            item = sequence.out.get()
-            if isinstance(item, FinishReason):
-                sequence.result.finish_reason = item
-                return
-            if isinstance(item, BackendError):
-                raise item
-            yield item
 
     def vocabulary_size(self) -> int | None:
         return self._model.n_vocab() if self._model is not None else None

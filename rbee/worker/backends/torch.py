@@ -1,37 +1,93 @@
-"""transformers + torch on CUDA or CPU, for Hugging Face safetensors folders.
+"""transformers + torch on CUDA or CPU, for Hugging Face safetensors folders, with continuous batching.
 
-The token loop is rbee's own (one forward pass per token with the KV cache), so cancel takes effect between
-tokens, a seeded request repeats exactly, and no streamer thread is involved. torch's thread count is set in
-the generating thread itself: set only in the loading thread, generation ran at half speed (FACTS.md).
+One loop thread owns the model: it evaluates each admitted prompt alone (a prefill), then advances every active
+request by a token per forward pass, the batch of `slots` rows in one KV cache (rows.py). A request joins between
+two steps and leaves at once; each has its own torch.Generator (a seeded answer repeats), its own penalties,
+constraint and cancel. The loop is rbee's own, not transformers' continuous batching, which draws every request
+from one generator: seeded answers would depend on what else was in the batch. torch's thread count is set in the
+loop thread itself: set only in the loading thread, generation ran at half speed (FACTS.md).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import queue
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from rbee.api.calls import Constraint
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
-from rbee.worker.backends import BackendError, Generation, OneAtATime, hf, masks, probabilities
+from rbee.worker.backends import (
+    BackendError,
+    Generation,
+    handed_over,
+    hf,
+    masks,
+    probabilities,
+    rows,
+    text_pieces,
+)
+
+DEFAULT_SLOTS = 4
+"""Rows of the batch when hive.yaml names no `slots` (as for gguf)."""
 
 
-class TorchBackend(OneAtATime):
+@dataclass(eq=False)
+class _Sequence:
+    """One request in the batch loop."""
+
+    ids: list[int]
+    limit: int
+    options: SamplingOptions
+    cancel: threading.Event
+    result: Generation
+    generator: Any
+    matcher: Any = None
+    out: queue.SimpleQueue[int | FinishReason | BackendError] = field(default_factory=queue.SimpleQueue)
+    row: int = -1
+    start: int = 0
+    """Its first column in the cache."""
+    position: int = 0
+    """The rotary position of its next token."""
+    generated: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    left: bool = False
+    """Its reader stopped reading (a stop string): it leaves at the next step."""
+
+
+class TorchBackend:
     name = "torch"
+    batches = True
     sampling = frozenset({"presence_penalty", "frequency_penalty", "logit_bias", "logprobs"})
 
-    def __init__(self, model_path: str, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        slots: int | None = None,
+        context: int | None = None,
+    ) -> None:
         self.model_path = model_path
         self.device = "cpu" if device == "auto" else device
         self.threads = threads or max(1, os.cpu_count() or 1)
+        self.slots = max(1, slots or DEFAULT_SLOTS)
+        self.context_asked = context
         self._model: Any = None
         self._tokenizer: Any = None
         self._stop_ids: frozenset[int] = frozenset()
         self._cache_arg = "past_key_values"
-        self._lock = threading.Lock()
         self._masks: masks.Masks | None = None
+        self._cache: rows.RowCache | None = None
+        self._waiting: list[_Sequence] = []
+        self._active: list[_Sequence] = []
+        self._wake = threading.Condition()
+        self._loop: threading.Thread | None = None
+        self._closing = False
 
     def load(self, progress: Callable[[float], None]) -> None:
         import torch
@@ -58,6 +114,10 @@ class TorchBackend(OneAtATime):
         size = int(model.config.vocab_size)
         self._masks = masks.Masks(masks.hf_vocabulary(tokenizer, size), size)
         self._masks.prepare()
+        self._cache = rows.RowCache(self.slots, 2 * self._context(), self._torch_device())
+        self._closing = False
+        self._loop = threading.Thread(target=self._run, name="batch-loop", daemon=True)
+        self._loop.start()
         progress(1.0)
 
     def check_constraint(self, constraint: Constraint) -> None:
@@ -71,57 +131,168 @@ class TorchBackend(OneAtATime):
     def render_chat(self, messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
         return hf.render_chat(self._tokenizer, messages)
 
-    def _loaded(self) -> bool:
-        return self._model is not None
+    # -- one request -------------------------------------------------------------------------------------------
 
-    def _generate(
+    def generate(
         self, prompt: str, options: SamplingOptions, cancel: threading.Event, result: Generation
-    ) -> Generator[bytes, None, None]:
+    ) -> Iterator[str]:
+        import torch
+
+        if self._model is None or self._loop is None:
+            raise BackendError("the model is not loaded")
+        context = self._context()
+        ids = hf.encode(self._tokenizer, prompt, context)
+        result.prompt_tokens = len(ids)
+        result.finish_reason = FinishReason.LENGTH
+        generator = torch.Generator(device=self._torch_device())
+        generator.manual_seed(options.seed if options.seed is not None else torch.seed())
+        masking = self._masks
+        matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
+        limit = min(options.max_tokens, context - len(ids))
+        sequence = _Sequence(ids, limit, options, cancel, result, generator, matcher)
+        with self._wake:
+            self._waiting.append(sequence)
+            self._wake.notify()
+        try:
+            yield from text_pieces(self._read(sequence), options.stop, result)
+        finally:
+            sequence.left = True  # a stop string, a reader that went away: the loop frees its row next step
+            with self._wake:
+                self._wake.notify()
+
+    def _read(self, sequence: _Sequence) -> Iterator[bytes]:
+        """A sequence's text as the loop hands its tokens over (detokenized here, in the request's own thread)."""
+        text = hf.TokenText(self._tokenizer)
+        for token in handed_over(sequence.out, sequence.cancel, sequence.result):
+            yield text.add(token).encode("utf-8")
+
+    # -- the batch loop ----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
         import torch
 
         torch.set_num_threads(self.threads)
-        model, tokenizer = self._model, self._tokenizer
-        context = self._context()
-        ids = hf.encode(tokenizer, prompt, context)
-        result.prompt_tokens = len(ids)
-        limit = min(options.max_tokens, context - len(ids))
-        device = self._torch_device()
-        generator = torch.Generator(device=device)
-        generator.manual_seed(options.seed if options.seed is not None else torch.seed())
-        text = hf.TokenText(tokenizer)
-        generated: list[int] = []
-        result.finish_reason = FinishReason.LENGTH
-        past: Any = None
-        step = torch.tensor([ids], device=device)
-        masking = self._masks
-        matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
-        with torch.inference_mode():
-            while len(generated) < limit:
-                if cancel.is_set():
-                    result.finish_reason = FinishReason.CANCELLED
-                    return
-                out = model(input_ids=step, use_cache=True, **{self._cache_arg: past})
-                past = getattr(out, self._cache_arg)
-                logits = out.logits[0, -1, :].float()
-                if matcher is not None and masking is not None:
-                    banned = torch.from_numpy(~masking.allowed(matcher)).to(logits.device)
-                    logits = logits.masked_fill(banned, float("-inf"))
-                raw = logits.cpu().numpy().copy() if options.logprobs is not None else None
-                token = _sample(logits, options, (ids, generated), generator)
-                if matcher is not None and not matcher.consume_token(token):
-                    raise BackendError(f"the constraint failed: {matcher.get_error()}")
-                if token in self._stop_ids:
-                    result.finish_reason = FinishReason.STOP
+        while True:
+            with self._wake:
+                while not self._closing and not self._active and not self._waiting:
+                    self._wake.wait()
+                if self._closing:
                     break
-                if raw is not None:
-                    result.logprobs.append(probabilities.report(raw, token, options.logprobs or 0, self._piece))
-                generated.append(token)
-                result.completion_tokens = len(generated)
-                step = torch.tensor([[token]], device=device)
-                yield text.add(token).encode("utf-8")
+                joining: list[_Sequence] = []
+                while self._waiting and len(self._active) + len(joining) < self.slots:
+                    joining.append(self._waiting.pop(0))
+            try:
+                with torch.inference_mode():
+                    for sequence in joining:
+                        self._prefill(sequence)
+                    self._step()
+            except Exception as error:  # a failed forward pass ends every request in it, never the loop
+                failure = BackendError(f"torch failed: {error}")
+                for sequence in dict.fromkeys([*joining, *self._active]):
+                    self._finish(sequence, failure)
+        for sequence in self._active + self._waiting:
+            sequence.out.put(BackendError("the worker is stopping"))
+
+    def _prefill(self, sequence: _Sequence) -> None:
+        import torch
+
+        assert self._cache is not None
+        if sequence.cancel.is_set() or sequence.left:
+            sequence.out.put(FinishReason.CANCELLED)
+            return
+        if not self._active:
+            self._cache.reset()
+        sequence.row = len(self._active)
+        self._active.append(sequence)
+        length = len(sequence.ids)
+        starts = [s.start for s in self._active[:-1]]
+        sequence.start = self._cache.prefill(sequence.row, length, starts)
+        self._moved(starts)
+        device, dtype = self._torch_device(), self._model.dtype
+        causal = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+        out = self._model(
+            input_ids=torch.tensor([sequence.ids], device=device),
+            position_ids=torch.arange(length, device=device).unsqueeze(0),
+            attention_mask=causal[None, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: self._cache},
+        )
+        sequence.position = length
+        self._take(sequence, out.logits[0, -1, :].float())
+
+    def _step(self) -> None:
+        import torch
+
+        assert self._cache is not None
+        for sequence in [s for s in self._active if s.left or s.cancel.is_set()]:
+            self._finish(sequence, FinishReason.CANCELLED)
+        if not self._active:
+            return
+        count = len(self._active)
+        starts = [s.start for s in self._active]
+        self._cache.step(count, starts)
+        self._moved(starts)
+        device = self._torch_device()
+        tokens = [s.next_token for s in self._active]
+        out = self._model(
+            input_ids=torch.tensor(tokens, device=device)[:, None],
+            position_ids=torch.tensor([s.position for s in self._active], device=device)[:, None],
+            attention_mask=self._cache.mask(count, self._model.dtype),  # each row sees the columns it wrote
+            use_cache=True,
+            **{self._cache_arg: self._cache},
+        )
+        for index, sequence in enumerate(list(self._active)):  # row i of the logits: _active[i] when it ran
+            sequence.position += 1
+            self._take(sequence, out.logits[index, -1, :].float())
+
+    def _moved(self, starts: list[int]) -> None:
+        """The cache shifted its columns: the active rows' starts, as it left them."""
+        for sequence, start in zip(self._active, starts, strict=False):
+            sequence.start = start
+
+    def _take(self, sequence: _Sequence, logits: Any) -> None:
+        """Sample `sequence`'s next token from its row's logits and hand it over, or end it."""
+        import torch
+
+        options, masking, matcher = sequence.options, self._masks, sequence.matcher
+        if matcher is not None and masking is not None:
+            banned = torch.from_numpy(~masking.allowed(matcher)).to(logits.device)
+            logits = logits.masked_fill(banned, float("-inf"))
+        raw = logits.cpu().numpy().copy() if options.logprobs is not None else None
+        token = _sample(logits, options, (sequence.ids, sequence.generated), sequence.generator)
+        if matcher is not None and not matcher.consume_token(token):
+            self._finish(sequence, BackendError(f"the constraint failed: {matcher.get_error()}"))
+            return
+        if token in self._stop_ids:
+            self._finish(sequence, FinishReason.STOP)
+            return
+        if raw is not None:
+            sequence.result.logprobs.append(probabilities.report(raw, token, options.logprobs or 0, self._piece))
+        sequence.generated.append(token)
+        sequence.result.completion_tokens = len(sequence.generated)
+        sequence.out.put(token)
+        if len(sequence.generated) >= sequence.limit:
+            self._finish(sequence, FinishReason.LENGTH)
+        else:
+            sequence.next_token = token
+
+    def _finish(self, sequence: _Sequence, ending: FinishReason | BackendError) -> None:
+        if sequence in self._active:
+            row, last = sequence.row, self._active[-1]
+            self._active.remove(sequence)
+            if last is not sequence and self._cache is not None:  # the last row moves into the freed one
+                self._cache.move(last.row, row)
+                last.row = row
+                self._active.remove(last)
+                self._active.insert(row, last)
+        sequence.out.put(ending)
+
+    # -- the rest ----------------------------------------------------------------------------------------------
 
     def _context(self) -> int:
-        return int(getattr(self._model.config, "max_position_embeddings", 2048))
+        largest = int(getattr(self._model.config, "max_position_embeddings", 2048))
+        return min(self.context_asked, largest) if self.context_asked else largest
 
     def check_prompt(self, prompt: str) -> None:
         """A prompt that cannot fit the context is the client's 400 before the stream begins."""
@@ -138,7 +309,12 @@ class TorchBackend(OneAtATime):
         return str(self._tokenizer.decode([token])).encode("utf-8")
 
     def unload(self) -> None:
-        self._model = self._tokenizer = None
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        if self._loop is not None:
+            self._loop.join(timeout=10)
+        self._model = self._tokenizer = self._cache = self._loop = None
         try:
             import torch
 

@@ -46,6 +46,8 @@ DEFAULT_CONTEXT = GGUF_CONTEXT
 DEFAULT_SLOTS = GGUF_SLOTS
 BATCH = 512
 """Tokens per llama.cpp call: every generating sequence's next token, then prompt chunks."""
+REUSE_MIN = 32
+"""Prompt tokens a slot's cache must save to be chosen over the lowest free slot (see _place)."""
 GAP_FILL = 3
 """The longest run of free slots between busy ones that the batch fills rather than splits at (see _fill_gaps)."""
 
@@ -284,7 +286,7 @@ class GgufBackend:
                 return
             sequence = self._waiting.pop(0)
             tokens = sequence.prompt.tokens
-            index = max(free, key=lambda i: gguf_prompts.shared(self._slots[i].cached, tokens))
+            index = self._place(free, tokens)
             slot = self._slots[index]
             # At least the prompt's last token is evaluated again: its logits pick the first token of the answer.
             keep = min(gguf_prompts.shared(slot.cached, tokens), len(tokens) - 1)
@@ -296,6 +298,15 @@ class GgufBackend:
             sequence.slot, sequence.done = index, keep
             sequence.result.cached_tokens = keep
             self._active.append(sequence)
+
+    def _place(self, free: list[int], tokens: Sequence[int]) -> int:
+        """The free slot a prompt goes to: the one whose cache shares the longest start with it, when that saves
+        REUSE_MIN tokens or more; else the lowest free one. Slots scattered by prefix affinity cost every step of
+        every answer (llama.cpp splits the batch at each gap: see _fill_gaps), a few prompt tokens only once."""
+        best = max(free, key=lambda i: gguf_prompts.shared(self._slots[i].cached, tokens))
+        lowest = free[0]
+        saved = gguf_prompts.shared(self._slots[best].cached, tokens)
+        return best if saved - gguf_prompts.shared(self._slots[lowest].cached, tokens) >= REUSE_MIN else lowest
 
     def _step(self) -> None:
         import llama_cpp

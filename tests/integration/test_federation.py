@@ -106,8 +106,9 @@ def test_prefer_fastest_follows_measured_time_to_first_token(platform: RunningQu
     for region in ("DE", "US", "FR"):  # each measured once
         assert ask(platform, X_Rbee_Region=region).status_code == 200
     measured = {provider["name"]: provider["ttft_ms"]["synthetic"] for provider in listed(platform)}
-    fastest = min(measured, key=measured.__getitem__)
-    assert ask(platform, X_Rbee_Prefer="fastest").headers["x-rbee-provider"] == fastest
+    answered = ask(platform, X_Rbee_Prefer="fastest").headers["x-rbee-provider"]
+    # the listing rounds to 0.1 ms, and three alike providers can tie there: any of the fastest listed will do
+    assert measured[answered] == min(measured.values()), (answered, measured)
     explained = subprocess.run(
         [sys.executable, "-m", "rbee", "route", "-m", "synthetic", "--prefer", "cheapest", "--region", "eu"],
         capture_output=True,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import os
 import queue
 import threading
@@ -34,6 +33,7 @@ from rbee.worker.backends import (
     Generation,
     PromptTooLong,
     gguf_prompts,
+    gguf_slots,
     handed_over,
     masks,
     penalties,
@@ -46,10 +46,6 @@ DEFAULT_CONTEXT = GGUF_CONTEXT
 DEFAULT_SLOTS = GGUF_SLOTS
 BATCH = 512
 """Tokens per llama.cpp call: every generating sequence's next token, then prompt chunks."""
-REUSE_MIN = 32
-"""Prompt tokens a slot's cache must save to be chosen over the lowest free slot (see _place)."""
-GAP_FILL = 3
-"""The longest run of free slots between busy ones that the batch fills rather than splits at (see _fill_gaps)."""
 
 
 @dataclass(eq=False)
@@ -75,24 +71,6 @@ class _Sequence:
     """Report each token's log probability with this many alternatives (None: do not)."""
     penalties: penalties.Penalties | None = None
     """Logit bias and penalties, applied to its logits before its sampler chain (None: none to apply)."""
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One token a slot puts into the next batch."""
-
-    token: int
-    logits: bool
-    """Its logits are read: the next token of the answer is sampled from them."""
-    sequence: _Sequence | None
-    """None: a filler in a free slot, which keeps the slots in the batch consecutive (see _fill_gaps)."""
-
-
-@dataclass
-class _Slot:
-    cached: list[int] = field(default_factory=list)
-    """The tokens whose keys and values are in this slot's sequence of the cache, in order."""
-    busy: bool = False
 
 
 class GgufBackend:
@@ -121,7 +99,7 @@ class GgufBackend:
         self._ctx: Any = None
         self._batch: Any = None
         self._prompts: gguf_prompts.Prompts | None = None
-        self._slots = [_Slot() for _ in range(self.slots)]
+        self._slots = [gguf_slots.Slot() for _ in range(self.slots)]
         self._waiting: list[_Sequence] = []
         self._active: list[_Sequence] = []
         self._wake = threading.Condition()
@@ -219,7 +197,7 @@ class GgufBackend:
         masking = self._masks
         matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
         limit = min(options.max_tokens, room)
-        sequence = _Sequence(made, limit, self._sampler(options), cancel, result, matcher)
+        sequence = _Sequence(made, limit, penalties.llama_chain(options), cancel, result, matcher)
         sequence.logprobs = options.logprobs
         adding = penalties.Penalties(
             dict(options.logit_bias).items(),
@@ -241,23 +219,6 @@ class GgufBackend:
 
     def vocabulary_size(self) -> int | None:
         return self._model.n_vocab() if self._model is not None else None
-
-    @staticmethod
-    def _sampler(options: SamplingOptions) -> Any:
-        """The sampler chain after the logit bias and penalties (penalties.Penalties applies those)."""
-        import llama_cpp
-        from llama_cpp import _internals
-
-        sampler = _internals.LlamaSampler()
-        if options.temperature == 0:
-            sampler.add_greedy()
-            return sampler
-        if options.top_k > 0:
-            sampler.add_top_k(options.top_k)
-        sampler.add_top_p(options.top_p, 1)
-        sampler.add_temp(options.temperature)
-        sampler.add_dist(options.seed if options.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
-        return sampler
 
     # -- the batch loop --------------------------------------------------------------------------------------
 
@@ -286,7 +247,7 @@ class GgufBackend:
                 return
             sequence = self._waiting.pop(0)
             tokens = sequence.prompt.tokens
-            index = self._place(free, tokens)
+            index = gguf_slots.place(self._slots, free, tokens)
             slot = self._slots[index]
             # At least the prompt's last token is evaluated again: its logits pick the first token of the answer.
             keep = min(gguf_prompts.shared(slot.cached, tokens), len(tokens) - 1)
@@ -298,15 +259,6 @@ class GgufBackend:
             sequence.slot, sequence.done = index, keep
             sequence.result.cached_tokens = keep
             self._active.append(sequence)
-
-    def _place(self, free: list[int], tokens: Sequence[int]) -> int:
-        """The free slot a prompt goes to: the one whose cache shares the longest start with it, when that saves
-        REUSE_MIN tokens or more; else the lowest free one. Slots scattered by prefix affinity cost every step of
-        every answer (llama.cpp splits the batch at each gap: see _fill_gaps), a few prompt tokens only once."""
-        best = max(free, key=lambda i: gguf_prompts.shared(self._slots[i].cached, tokens))
-        lowest = free[0]
-        saved = gguf_prompts.shared(self._slots[best].cached, tokens)
-        return best if saved - gguf_prompts.shared(self._slots[lowest].cached, tokens) >= REUSE_MIN else lowest
 
     def _step(self) -> None:
         import llama_cpp
@@ -322,7 +274,7 @@ class GgufBackend:
         sampled: list[tuple[_Sequence, int]] = []
         fillers: list[tuple[int, int]] = []
 
-        def add(slot: int, entry: _Entry) -> None:
+        def add(slot: int, entry: gguf_slots.Entry) -> None:
             at = batch.n_tokens
             cached = self._slots[slot].cached
             batch.token[at] = entry.token
@@ -338,15 +290,8 @@ class GgufBackend:
             if entry.logits:
                 sampled.append((entry.sequence, at))
 
-        # llama.cpp splits a batch over a cache of one stream per sequence into micro-batches of consecutive
-        # sequence ids holding equally many tokens each: first one token of every slot in slot order (one
-        # micro-batch), then the rest of the prompts.
-        order = sorted(plan)
-        for slot in order:
-            add(slot, plan[slot][0])
-        for slot in order:
-            for entry in plan[slot][1:]:
-                add(slot, entry)
+        for slot, entry in gguf_slots.in_batch_order(plan):  # see gguf_slots
+            add(slot, entry)
         try:
             self._ctx.decode(self._batch)
         finally:
@@ -381,14 +326,14 @@ class GgufBackend:
             else:
                 sequence.next_token = token
 
-    def _plan(self) -> dict[int, list[_Entry]]:
+    def _plan(self) -> dict[int, list[gguf_slots.Entry]]:
         """What each slot puts into the next batch: the next token of every answer, then prompt chunks as far as
         the batch has room, then fillers for short gaps between the slots in it."""
-        plan: dict[int, list[_Entry]] = {}
+        plan: dict[int, list[gguf_slots.Entry]] = {}
         room = BATCH
         for sequence in self._active:  # the answers first: one token each
             if sequence.next_token is not None:
-                plan[sequence.slot] = [_Entry(sequence.next_token, True, sequence)]
+                plan[sequence.slot] = [gguf_slots.Entry(sequence.next_token, True, sequence)]
                 sequence.next_token = None
                 room -= 1
         for sequence in self._active:  # then prompts, as far as the batch has room
@@ -402,31 +347,11 @@ class GgufBackend:
                     continue
                 sequence.done += 1
                 plan.setdefault(sequence.slot, []).append(
-                    _Entry(tokens[sequence.done - 1], sequence.done == len(tokens), sequence)
+                    gguf_slots.Entry(tokens[sequence.done - 1], sequence.done == len(tokens), sequence)
                 )
                 room -= 1
-        self._fill_gaps(plan, room)
+        gguf_slots.fill_gaps(plan, self._slots, self.context, room)
         return plan
-
-    def _fill_gaps(self, plan: dict[int, list[_Entry]], room: int) -> None:
-        """A free slot between two slots in the batch gets a token nobody reads, removed again after the call.
-
-        Each run of consecutive slots is a micro-batch of its own that reads every weight again: with slots 0-4
-        and 6-7 generating, a step of SmolLM2 Q8_0 took 41 ms here against 31 ms for slots 0-7, while a token
-        more in a micro-batch costs ~3 ms. So gaps of up to GAP_FILL slots are filled; longer ones cost less
-        split.
-        """
-        order = sorted(plan)
-        for before, after in itertools.pairwise(order):
-            gap = range(before + 1, after)
-            if not gap or len(gap) > GAP_FILL or len(gap) > room:
-                continue
-            if any(len(self._slots[slot].cached) >= self.context for slot in gap):
-                continue  # a full slot takes no token, not even one that goes again
-            for slot in gap:
-                cached = self._slots[slot].cached
-                plan[slot] = [_Entry(cached[-1] if cached else 0, False, None)]
-                room -= 1
 
     def _see(self, sequence: _Sequence, image: vision.Image) -> None:
         """An image of a prompt into its sequence's cache, at once (mtmd decodes it in calls of its own)."""

@@ -12,6 +12,8 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
+from rbee.api.wire import SamplingOptions
+
 REPEAT_WINDOW = 64
 """The repetition penalty looks at the answer's last this many tokens (llama.cpp's penalty_last_n)."""
 
@@ -57,3 +59,21 @@ class Penalties:
         self.recent.append(token)
         self.recent_counts[token] += 1
         self.answer_counts[token] += 1
+
+
+def llama_chain(options: SamplingOptions) -> Any:
+    """llama.cpp's sampler chain for what comes after the bias and penalties: greedy at temperature 0, else
+    top-k, top-p, temperature and the seeded draw."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    sampler = _internals.LlamaSampler()
+    if options.temperature == 0:
+        sampler.add_greedy()
+        return sampler
+    if options.top_k > 0:
+        sampler.add_top_k(options.top_k)
+    sampler.add_top_p(options.top_p, 1)
+    sampler.add_temp(options.temperature)
+    sampler.add_dist(options.seed if options.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+    return sampler

@@ -127,12 +127,23 @@ class FreeHeap:
     pushes: Iterator[int] = field(default_factory=itertools.count)
     """A tie-breaker before the route: a worker replaced under the same key (a new Route, versions from 0) must
     never make the heap compare two Route objects."""
+    bound: int = 64
+    """Entries past which the heap is swept of stale ones."""
 
     def push(self, route: Route) -> None:
         if route.free:
             route.version += 1
             entry = (route.in_flight / route.slots, route.last_used, route.key, route.version, next(self.pushes), route)
             heapq.heappush(self.heap, entry)
+            if len(self.heap) > self.bound:
+                self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop the entries a later push made stale. Every admission and release pushes, and only least-loaded
+        decisions pop: under prefix routing the heap grew by two entries a request, for as long as the queen ran."""
+        self.heap = [entry for entry in self.heap if entry[3] == entry[5].version and entry[5].free]
+        heapq.heapify(self.heap)
+        self.bound = 2 * len(self.heap) + 64  # swept again after as many pushes as entries kept: O(1) a push
 
     def pop(self, accept: Callable[[Route], bool] | None = None) -> Route | None:
         skipped = []
@@ -236,12 +247,18 @@ class Policy:
     def _by_prefix(self, ask: Ask, free: FreeHeap, routes: list[Route]) -> tuple[Route | None, str]:
         at = _point(ask.prefix)
         tag = f"{at:016x}"[:8]
-        load = (sum(map(_IN_FLIGHT, routes)) + 1) / self._ring(ask.model, None, routes).slots
+        load: float | None = None  # the model's mean load, summed over its replicas only when a replica is past half
         for rank, route in enumerate(self._order(ask, routes, at), 1):
             if rank > WALK:
                 break
-            if route.free and route.in_flight < max(math.ceil(LOAD_BOUND * load * route.slots), -(-route.slots // 2)):
-                return route, f"prefix {tag}: replica {rank} of its order ({route.in_flight}/{route.slots} busy)"
+            if not route.free:
+                continue
+            if route.in_flight >= -(-route.slots // 2):
+                if load is None:
+                    load = (sum(map(_IN_FLIGHT, routes)) + 1) / self._ring(ask.model, None, routes).slots
+                if route.in_flight >= math.ceil(LOAD_BOUND * load * route.slots):
+                    continue
+            return route, f"prefix {tag}: replica {rank} of its order ({route.in_flight}/{route.slots} busy)"
         fallback, reason = self._least_loaded(ask, free)
         return fallback, f"prefix {tag}: its replicas are past their bounded load; {reason}"
 

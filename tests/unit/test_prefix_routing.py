@@ -119,3 +119,22 @@ async def test_the_ring_is_built_once_per_set_of_replicas() -> None:
     (await admission.acquire(ask("after a replica left"), 1.0)).release()
     assert admission.policy._rings[("m", None)] is not ring
     settle(admission)
+
+
+async def test_the_free_heap_stays_bounded_under_prefix_routing() -> None:
+    """Every admission and release pushes onto the least-loaded heap and prefix decisions never pop it: without a
+    sweep of its stale entries it grew by two a request for the queen's life. Least-loaded still picks right after
+    many sweeps."""
+    admission = Admission()
+    admission.sync(routes(5, slots=4))
+    for i in range(5000):
+        ticket = await admission.acquire(ask(f"question {i}"), 1.0)
+        ticket.release()
+    heap = admission.lanes["m"].free.heap
+    assert len(heap) <= 2 * 5 + 64 + 1, len(heap)
+    held = [await admission.acquire(Ask("m"), 1.0) for _ in range(20)]  # no prefix: least loaded, every slot
+    assert sorted(ticket.route.in_flight for ticket in held[-5:]) == [4] * 5
+    assert sorted({ticket.route.worker_id for ticket in held}) == [f"w-{i}" for i in range(5)]
+    for ticket in held:
+        ticket.release()
+    settle(admission)

@@ -32,7 +32,7 @@ from rbee.clients.provider import ProviderCall, ProviderCallError
 from rbee.queen import metrics, parts
 from rbee.queen.asgi import SSE, Deliver, RelayResponse
 from rbee.queen.auth import Key
-from rbee.queen.errors import ClientError
+from rbee.queen.errors import ClientError, sent_object
 from rbee.queen.metrics import Exchange
 from rbee.queen.providers import LOCAL, Provider
 from rbee.spec.providers import Federation, Prefer, Pricing, ProviderKind, RoutePreferences
@@ -202,7 +202,7 @@ async def route(
         return None
     settings = providers.settings
     ranked, left_out = rank(model, shape, preferences(key, request.headers), local_side(queen, model), serving)
-    body: dict[str, Any] = request.scope.get("rbee.object") or {}
+    body = sent_object(request)
     deadline = time.monotonic() + settings.retry_budget
     tried: list[str] = []
     for index, candidate in enumerate(ranked):

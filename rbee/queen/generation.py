@@ -5,7 +5,7 @@ name (the worker writes it, the queen relays it untouched) or read whole for the
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import pydantic
 from starlette.requests import Request
@@ -15,12 +15,10 @@ from rbee.queen import parts
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.auth import Key
 from rbee.queen.dispatch import Answer, OnError
-from rbee.queen.errors import ClientError, invalid, read_object
+from rbee.queen.errors import ClientError, Shape, invalid, read_model
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask, prefix_of
 from rbee.queen.streaming import streamed
-
-Shape = TypeVar("Shape", bound=pydantic.BaseModel)
 
 
 async def client_body(request: Request, shape: type[Shape]) -> tuple[parts.Queen, Key | None, Shape]:
@@ -28,11 +26,7 @@ async def client_body(request: Request, shape: type[Shape]) -> tuple[parts.Queen
     validated as `shape` (a 400 naming the field)."""
     queen = parts.of(request)
     key = queen.fleet.keys.authenticate(request)
-    raw = await read_object(request, queen.fleet.max_body)
-    try:
-        return queen, key, shape.model_validate(raw)
-    except pydantic.ValidationError as failure:
-        raise invalid(failure) from None
+    return queen, key, await read_model(request, queen.fleet.max_body, shape)
 
 
 def refused(unserved: wire.Unsupported) -> ClientError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pydantic
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -21,7 +20,7 @@ from rbee.queen import choices, federation, parts
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.auth import Key
 from rbee.queen.dispatch import Answer
-from rbee.queen.errors import ClientError, invalid, read_object
+from rbee.queen.errors import ClientError, read_model
 from rbee.queen.generation import client_body, generate, refused
 from rbee.queen.metrics import Exchange
 from rbee.queen.scheduling import Ask
@@ -83,13 +82,8 @@ def require_kind(queen: parts.Queen, model: str, kind: ModelKind) -> None:
 async def _generate(request: Request, chat: bool) -> Response:
     queen = parts.of(request)
     key = queen.fleet.keys.authenticate(request)
-    raw = await read_object(request, queen.fleet.max_body)
-    try:
-        body: oai.ChatRequest | oai.CompletionRequest = (
-            oai.ChatRequest.model_validate(raw) if chat else oai.CompletionRequest.model_validate(raw)
-        )
-    except pydantic.ValidationError as failure:
-        raise invalid(failure) from None
+    asked: type[oai.ChatRequest | oai.CompletionRequest] = oai.ChatRequest if chat else oai.CompletionRequest
+    body = await read_model(request, queen.fleet.max_body, asked)
     queen.fleet.keys.permit(key, body.model)
     require_kind(queen, body.model, ModelKind.TEXT)
     request_id = oai.new_id("chatcmpl" if chat else "cmpl")

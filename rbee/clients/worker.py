@@ -1,8 +1,9 @@
-"""A worker's HTTP API as the queen and the hive call it: one pooled aiohttp session to every worker.
+"""A worker's HTTP API as the queen and the hive call it: one pooled aiohttp session to every worker for its JSON
+calls, and for its streams the lean client of clients/http1.py (what comes before a relayed request's first token).
 
 `stream` passes a worker's bytes through untouched (the worker already wrote the client's wire format), so the
-queen relays them without parsing each event. aiohttp with keep-alive and no pool limit relayed 1,000
-concurrent streams where a shared httpx client collapsed (FACTS.md).
+queen relays them without parsing each event. Keep-alive with no pool limit relayed 1,000 concurrent streams
+where a shared httpx client collapsed (FACTS.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pydantic
 from rbee.api import audio as audio_wire
 from rbee.api import image_generation as images
 from rbee.api import wire
-from rbee.clients import tls
+from rbee.clients import http1, tls
 
 Streamed = wire.ExecuteRequest | audio_wire.SpeakRequest | images.ImageRequest
 """The requests a worker answers as a stream."""
@@ -44,6 +45,7 @@ class WorkerClient:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._streams = http1.Pool(tls.context)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -55,6 +57,7 @@ class WorkerClient:
         return self._session
 
     async def close(self) -> None:
+        self._streams.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -62,7 +65,7 @@ class WorkerClient:
     def stream(self, url: str, credential: str | None, body: Streamed) -> WorkerStream:
         """The worker's response bytes as they arrive (a generation's events, speech's audio, a painting's
         progress and pictures)."""
-        return WorkerStream(self.session(), url, credential, body)
+        return WorkerStream(self._streams, url, credential, body)
 
     async def embed(self, url: str, credential: str | None, body: wire.EmbedRequest) -> dict[str, Any]:
         """An embedding request: `{"embeddings", "prompt_tokens"}`."""
@@ -125,13 +128,7 @@ class WorkerStream:
     there), and a way to end it from outside (a worker that stopped sending, a hive that went away): the pump
     then raises WorkerCallError with the reason."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        credential: str | None,
-        body: Streamed,
-    ) -> None:
+    def __init__(self, pool: http1.Pool, url: str, credential: str | None, body: Streamed) -> None:
         self.last = time.monotonic()
         """When the last bytes came (or the request went)."""
         self.first: float | None = None
@@ -140,21 +137,20 @@ class WorkerStream:
         self.count = 0
         """Chunks so far: with no more than TAIL, the tail holds the stream from its start."""
         self.aborted: WorkerCallError | None = None
-        self._request = session, url, credential, body
-        self._response: aiohttp.ClientResponse | None = None
+        self._request = pool, url, credential, body
+        self._response: http1.Response | None = None
 
     async def accept(self) -> None:
         """Send the request and wait for the worker's answer to begin; WorkerCallError when it refuses."""
-        session, url, credential, body = self._request
+        pool, url, credential, body = self._request
         try:
-            data, headers = body.model_dump_json(), _headers(credential)
-            response = await session.post(f"{url}/v1/execute", data=data, headers=headers)
+            response = await pool.post(f"{url}/v1/execute", body.model_dump_json().encode(), _headers(credential))
             if response.status != 200:
                 try:
-                    raise _refusal(response.status, await response.text())
+                    raise _refusal(response.status, (await response.read()).decode(errors="replace"))
                 finally:
-                    response.release()
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+                    response.close()
+        except (TimeoutError, OSError) as error:  # ConnectionError (http1.Broken) is an OSError
             raise _lost(error) from None
         self._response, self.last = response, time.monotonic()
 
@@ -165,21 +161,21 @@ class WorkerStream:
         assert self._response is not None, "accept first"
         tail = self.tail
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in self._response:
                 self.last = time.monotonic()
                 if not self.count:
                     self.first = self.last
                 self.count += 1
                 tail.append(chunk)
                 await deliver(chunk)
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
+        except (TimeoutError, OSError) as error:
             raise self.aborted or _lost(error) from None
         if self.aborted is not None:
             raise self.aborted
 
     def header(self, name: str) -> str | None:
         """A header of the worker's answer, once it accepted."""
-        return self._response.headers.get(name) if self._response is not None else None
+        return self._response.headers.get(name.lower()) if self._response is not None else None
 
     def close(self) -> None:
         """Let the stream go: a finished one's connection is back in the pool already; an unfinished one's closes,

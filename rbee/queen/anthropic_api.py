@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rbee.api import anthropic, calls, wire
-from rbee.queen import federation
+from rbee.queen import federation, ranking
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.errors import invalid
 from rbee.queen.generation import client_body, generate, refused
@@ -50,7 +50,7 @@ async def messages(request: Request) -> Response:
     require_text_model(queen, body.model)
     on_error = anthropic.StreamEncoder(request_id, body.model).error
     forwarded = await federation.route(
-        request, queen, key, body.model, federation.Shape.MESSAGES, bool(body.stream), on_error
+        request, queen, key, body.model, ranking.Shape.MESSAGES, bool(body.stream), on_error
     )
     if forwarded is not None:
         return forwarded

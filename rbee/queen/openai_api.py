@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from rbee.api import calls, openai_stream, wire
 from rbee.api import embeddings as vectors
 from rbee.api import openai as oai
-from rbee.queen import choices, federation, parts
+from rbee.queen import choices, federation, parts, ranking
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.auth import Key
 from rbee.queen.dispatch import Answer
@@ -93,7 +93,7 @@ async def _generate(request: Request, chat: bool) -> Response:
     def on_error(message: str, code: str) -> bytes:  # an encoder only for a stream that fails
         return openai_stream.StreamEncoder(request_id, model, chat, include_usage).error(message, code)
 
-    shape = federation.Shape.CHAT if chat else federation.Shape.COMPLETIONS
+    shape = ranking.Shape.CHAT if chat else ranking.Shape.COMPLETIONS
     forwarded = await federation.route(request, queen, key, model, shape, bool(body.stream), on_error)
     if forwarded is not None:
         return forwarded
@@ -171,7 +171,7 @@ async def embeddings(request: Request) -> Response:
     queen, key, body = await client_body(request, vectors.EmbeddingRequest)
     queen.fleet.keys.permit(key, body.model)
     require_kind(queen, body.model, ModelKind.EMBEDDING)
-    forwarded = await federation.route(request, queen, key, body.model, federation.Shape.EMBEDDINGS, False, None)
+    forwarded = await federation.route(request, queen, key, body.model, ranking.Shape.EMBEDDINGS, False, None)
     if forwarded is not None:
         return forwarded
     exchange = Exchange(oai.new_id("emb"), body.model, key.name if key else None)

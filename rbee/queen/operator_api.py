@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from rbee import __version__
 from rbee.api.state import HiveState
-from rbee.queen import docs, federation, parts
+from rbee.queen import docs, parts, ranking
 from rbee.queen.errors import ClientError, read_json, read_object
 from rbee.queen.fleet import UnknownHive
 from rbee.queen.scheduling import Ask, prefix_of
@@ -189,10 +189,8 @@ async def explain(request: Request) -> Response:
             for name in ("prefer", "max_price", "region")
             if name in query
         }
-        prefs = federation.preferences(None, asked)
-        ranked, left_out = federation.rank(
-            model, federation.Shape.CHAT, prefs, federation.local_side(queen, model), serving
-        )
+        prefs = ranking.preferences(None, asked)
+        ranked, left_out = ranking.rank(model, ranking.Shape.CHAT, prefs, ranking.local_side(queen, model), serving)
         answer["providers"] = {"order": [candidate.describe() for candidate in ranked], "left_out": left_out}
     return JSONResponse(answer)
 

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from rbee.api import calls, responses, wire
-from rbee.queen import federation
+from rbee.queen import federation, ranking
 from rbee.queen.asgi import RelayResponse
 from rbee.queen.generation import client_body, generate, refused
 from rbee.queen.openai_api import require_text_model
@@ -23,7 +23,7 @@ async def create(request: Request) -> Response:
     request_id = responses.new_id()
     on_error = responses.StreamEncoder(request_id, body.model).error
     forwarded = await federation.route(
-        request, queen, key, body.model, federation.Shape.RESPONSES, bool(body.stream), on_error
+        request, queen, key, body.model, ranking.Shape.RESPONSES, bool(body.stream), on_error
     )
     if forwarded is not None:
         return forwarded

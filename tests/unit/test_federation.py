@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from rbee.queen import federation
+from rbee.queen import federation, ranking
 from rbee.queen.auth import Key
 from rbee.queen.errors import ClientError
 from rbee.queen.providers import Provider
@@ -34,16 +34,14 @@ def providers(**ttft: float) -> list[Provider]:
     return made
 
 
-def order(
-    prefs: RoutePreferences, local: federation.Local | None = None, shape: str = "chat", **ttft: float
-) -> list[str]:
-    own = local or federation.Local(False, False, None, Pricing())
-    ranked, _ = federation.rank("m", federation.Shape(shape), prefs, own, providers(**ttft))
+def order(prefs: RoutePreferences, local: ranking.Local | None = None, shape: str = "chat", **ttft: float) -> list[str]:
+    own = local or ranking.Local(False, False, None, Pricing())
+    ranked, _ = ranking.rank("m", ranking.Shape(shape), prefs, own, providers(**ttft))
     return [candidate.name + ("(queue)" if candidate.queues else "") for candidate in ranked]
 
 
-FREE = federation.Local(True, True, 0.05, Pricing())
-BUSY = federation.Local(True, False, 0.05, Pricing())
+FREE = ranking.Local(True, True, 0.05, Pricing())
+BUSY = ranking.Local(True, False, 0.05, Pricing())
 
 
 @pytest.mark.parametrize(
@@ -60,25 +58,23 @@ BUSY = federation.Local(True, False, 0.05, Pricing())
         (RoutePreferences(prefer="fastest"), FREE, ["local", "alpha", "gamma", "beta"]),
     ],
 )
-def test_the_order_of_candidates(prefs: RoutePreferences, local: federation.Local | None, expected: list[str]) -> None:
+def test_the_order_of_candidates(prefs: RoutePreferences, local: ranking.Local | None, expected: list[str]) -> None:
     assert order(prefs, local) == expected
 
 
 def test_fastest_by_measured_time_to_first_token_unmeasured_last() -> None:
     fastest = RoutePreferences(prefer="fastest")
     assert order(fastest, FREE, beta=0.01, gamma=0.2) == ["beta", "local", "gamma", "alpha"]
-    expensive_here = federation.Local(True, True, None, Pricing(input=1, output=1))
+    expensive_here = ranking.Local(True, True, None, Pricing(input=1, output=1))
     assert order(RoutePreferences(prefer="cheapest"), expensive_here) == ["alpha", "gamma", "beta", "local"]
 
 
 def test_the_left_out_say_why_and_openai_endpoints_take_only_their_shapes() -> None:
     unhealthy = providers()
     unhealthy[1].failed("refused our key", 3, at_once=True)
-    ranked, left_out = federation.rank(
-        "m", federation.Shape.MESSAGES, RoutePreferences(max_price=0.25), FREE, unhealthy
-    )
+    ranked, left_out = ranking.rank("m", ranking.Shape.MESSAGES, RoutePreferences(max_price=0.25), FREE, unhealthy)
     assert [candidate.name for candidate in ranked] == ["local"]
-    chat, _ = federation.rank("m", federation.Shape.CHAT, RoutePreferences(), FREE, unhealthy)
+    chat, _ = ranking.rank("m", ranking.Shape.CHAT, RoutePreferences(), FREE, unhealthy)
     assert "beta" not in [candidate.name for candidate in chat]
     assert left_out == [
         "alpha takes no messages requests (an OpenAI-compatible endpoint)",
@@ -89,9 +85,9 @@ def test_the_left_out_say_why_and_openai_endpoints_take_only_their_shapes() -> N
 
 def test_headers_override_the_keys_defaults() -> None:
     key = Key("tenant", None, None, RoutePreferences(prefer="cheapest", region=("eu",), max_price=1.0))
-    chosen = federation.preferences(key, {"x-rbee-region": "us, CA", "x-rbee-max-price": "0.5"})
+    chosen = ranking.preferences(key, {"x-rbee-region": "us, CA", "x-rbee-max-price": "0.5"})
     assert (chosen.prefer, chosen.region, chosen.max_price) == ("cheapest", ("us", "CA"), 0.5)
-    assert federation.preferences(None, {}) == RoutePreferences()
+    assert ranking.preferences(None, {}) == RoutePreferences()
     for header, value in (
         ("x-rbee-prefer", "soon"),
         ("x-rbee-max-price", "-1"),
@@ -99,7 +95,7 @@ def test_headers_override_the_keys_defaults() -> None:
         ("x-rbee-region", "a b"),
     ):
         with pytest.raises(ClientError) as refused:
-            federation.preferences(None, {header: value})
+            ranking.preferences(None, {header: value})
         assert refused.value.param.lower() == header
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 # A plan asks the Hub for download sizes; no test may reach the real one (tests that need a Hub serve their own).
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:1")
+# Started in the background by a shell without job control (`make test &`), the suite inherits SIGINT ignored, and
+# so would every rbee process it starts: the tests that press Ctrl-C on one would see nothing happen. A handler
+# is not inherited across exec (an ignored signal is), so setting Python's own here gives each child its default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from tests.models import fetch_smollm2
 

@@ -180,6 +180,12 @@ GGUF_SLOTS = 4
 """The gguf worker's slots when hive.yaml names none: what llama.cpp's own server runs by default."""
 GGUF_CONTEXT = 4096
 """Its tokens of context per slot when hive.yaml names none."""
+TORCH_SLOTS = 4
+"""The torch worker's slots when hive.yaml names none (as for gguf)."""
+TORCH_CONTEXT = 4096
+"""Its tokens of context per slot when hive.yaml names none, or the model's own where that is less: its cache
+grows with what it holds, and a bound set before it starts is one the preflight can check (a model trained for
+128k tokens would otherwise grow a cache of tens of GB for one long prompt)."""
 
 
 def loads(fmt: str | ModelFormat) -> tuple[Backend, ...]:

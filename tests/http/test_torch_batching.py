@@ -140,3 +140,34 @@ def test_a_cancel_mid_batch_ends_only_its_request_and_its_row_goes_to_another(
     assert texts["c-2"] == alone(engine, prompts[2], max_tokens=40, temperature=0)
     assert texts["c-1"] == alone(engine, prompts[1], max_tokens=40, temperature=0)
     assert not engine._active and runtime.state is WorkerState.IDLE
+
+
+SHOP = (
+    "You are the help desk of a bicycle shop in a small town. Answer in two short sentences, politely, and never "
+    "promise a repair date: the workshop sets those. The shop sells city bikes, children's bikes and spare parts."
+)
+
+
+def test_a_prompt_beginning_like_an_earlier_one_evaluates_only_the_rest(engine: TorchBackend) -> None:
+    """The second question to the same system prompt copies the first one's keys and values for their shared
+    beginning and evaluates only its own tokens; its answer is the one it gets cold."""
+
+    def chat(question: str) -> str:
+        messages = [wire.ChatMessage(role="system", content=SHOP), wire.ChatMessage(role="user", content=question)]
+        return engine.render_chat(messages)[0]
+
+    def answer(prompt: str) -> tuple[str, Generation]:
+        result = Generation()
+        options = wire.SamplingOptions(max_tokens=24, temperature=0)
+        return "".join(engine.generate(prompt, options, threading.Event(), result)), result
+
+    engine._prefixes.clear()
+    cold_text, cold = answer(chat("Do you repair punctured tyres?"))
+    assert cold.cached_tokens == 0
+    engine._prefixes.clear()
+    answer(chat("When are you open on Saturdays?"))
+    warm_text, warm = answer(chat("Do you repair punctured tyres?"))
+    assert 32 <= warm.cached_tokens < warm.prompt_tokens, (warm.cached_tokens, warm.prompt_tokens)
+    assert warm_text == cold_text
+    again_text, again = answer(chat("Do you repair punctured tyres?"))  # the whole prompt kept: all but its last
+    assert again.cached_tokens == again.prompt_tokens - 1 and again_text == cold_text

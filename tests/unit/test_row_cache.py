@@ -73,3 +73,28 @@ def test_a_row_moved_into_a_freed_one_keeps_its_columns() -> None:
     prefill(cache, 1, [3, 4, 5], [0])
     cache.move(1, 0)
     assert seen(cache, 0) == [3, 4, 5]
+
+
+def test_prefixes_give_the_longest_kept_beginning_and_forget_the_least_recent_past_their_budget() -> None:
+    import torch
+
+    from rbee.worker.backends import prefixes
+
+    def kv(tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [torch.full((2, tokens, 4), float(tokens))], [torch.zeros((2, tokens, 4))]
+
+    per_token = 2 * 2 * 4 * 4  # keys and values, 2 heads of 4 float32s
+    kept = prefixes.Prefixes(budget=100 * per_token)
+    base = list(range(1000, 1040))
+    kept.keep(base[:10], *kv(10))  # too short to be worth keeping
+    assert len(kept) == 0
+    kept.keep(base, *kv(40))
+    kept.keep(base[:35], *kv(35))
+    found, keys, _ = kept.find([*base, 7, 8])
+    assert found == 40 and float(keys[0][0, 0, 0]) == 40.0 and keys[0].shape[1] == 40
+    assert kept.find([*base[:36], 9])[1][0].shape[1] == 36  # as much of a kept prompt as is shared
+    assert kept.find(base)[0] == 39  # never the whole prompt: its last token's logits are needed
+    assert kept.find([*base[:20], 1, 2, 3])[0] == 0  # 20 shared tokens: fewer than REUSE_MIN
+    kept.find([*base[:35], 5])  # the 35-token prompt is now the most recent
+    kept.keep(list(range(50)), *kv(50))  # 125 tokens' worth over a budget of 100: the 40-token one goes
+    assert kept.find([*base, 7])[0] == 35 and kept.held == 85 * per_token

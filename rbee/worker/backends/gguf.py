@@ -37,6 +37,7 @@ from rbee.worker.backends import (
     handed_over,
     masks,
     penalties,
+    prefixes,
     probabilities,
     text_pieces,
     vision,
@@ -250,7 +251,7 @@ class GgufBackend:
             index = gguf_slots.place(self._slots, free, tokens)
             slot = self._slots[index]
             # At least the prompt's last token is evaluated again: its logits pick the first token of the answer.
-            keep = min(gguf_prompts.shared(slot.cached, tokens), len(tokens) - 1)
+            keep = min(prefixes.shared(slot.cached, tokens), len(tokens) - 1)
             cut = sequence.prompt.image_at(keep)
             keep = cut[0] if cut is not None else keep  # an image is evaluated whole or not at all
             self._ctx.kv_cache_seq_rm(index, keep, -1)

@@ -96,13 +96,3 @@ class Prompts:
         with self._lock:
             made = self._counted.pop(prompt, None)
         return made if made is not None else self.tokenize(prompt)
-
-
-def shared(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """How many tokens the two start with in common: what a slot's cache already holds of a prompt."""
-    count = 0
-    for left, right in zip(cached, tokens, strict=False):
-        if left != right:
-            break
-        count += 1
-    return count

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rbee.worker.backends import gguf_prompts
+from rbee.worker.backends import prefixes
 
-REUSE_MIN = 32
+REUSE_MIN = prefixes.REUSE_MIN
 """Prompt tokens a slot's cache must save to be chosen over the lowest free slot (see place)."""
 GAP_FILL = 3
 """The longest run of free slots between busy ones that the batch fills rather than splits at (see fill_gaps)."""
@@ -45,10 +45,10 @@ def place(slots: Sequence[Slot], free: list[int], tokens: Sequence[int]) -> int:
     REUSE_MIN tokens or more; else the lowest free one. Slots scattered by prefix affinity cost every step of
     every answer (a split or a filler at each gap), a few prompt tokens only once: 8 streams scattered over 16
     slots ran at 121 tok/s, placed low at 153-172."""
-    best = max(free, key=lambda i: gguf_prompts.shared(slots[i].cached, tokens))
+    best = max(free, key=lambda i: prefixes.shared(slots[i].cached, tokens))
     lowest = free[0]
-    saved = gguf_prompts.shared(slots[best].cached, tokens)
-    return best if saved - gguf_prompts.shared(slots[lowest].cached, tokens) >= REUSE_MIN else lowest
+    saved = prefixes.shared(slots[best].cached, tokens)
+    return best if saved - prefixes.shared(slots[lowest].cached, tokens) >= REUSE_MIN else lowest
 
 
 def fill_gaps(plan: dict[int, list[Entry]], slots: Sequence[Slot], context: int, room: int) -> None:

@@ -38,6 +38,8 @@ class RowCache:
         self.t = 0
         """The next column every step writes."""
         self._call: tuple[str, int, int, int] = ("step", 0, 0, 0)
+        self._reused: tuple[int, list[Any], list[Any]] = (0, [], [])
+        """A prefill's kept beginning: its tokens, and its keys and values per layer (prefixes.py)."""
 
     # -- what the model calls ----------------------------------------------------------------------------------
 
@@ -48,8 +50,12 @@ class RowCache:
         kind, first, second, third = self._call
         if kind == "prefill":
             row, at, length = first, second, third
-            keys[row, :, at : at + length] = key_states[0]
-            values[row, :, at : at + length] = value_states[0]
+            reused, kept_keys, kept_values = self._reused
+            if reused:  # the kept beginning goes in first, then what this call computed after it
+                keys[row, :, at : at + reused] = kept_keys[layer_idx]
+                values[row, :, at : at + reused] = kept_values[layer_idx]
+            keys[row, :, at + reused : at + length] = key_states[0]
+            values[row, :, at + reused : at + length] = value_states[0]
             return keys[row : row + 1, :, at : at + length], values[row : row + 1, :, at : at + length]
         count, column = first, second
         keys[:count, :, column] = key_states[:, :, 0]
@@ -61,16 +67,27 @@ class RowCache:
 
     # -- what the batch loop calls -----------------------------------------------------------------------------
 
-    def prefill(self, row: int, length: int, starts: list[int]) -> int:
+    def prefill(
+        self, row: int, length: int, starts: list[int], reused: tuple[int, list[Any], list[Any]] = (0, [], [])
+    ) -> int:
         """Ready a prompt of `length` tokens for `row`; the column it starts at. `starts` are the active rows'
-        first columns (they move when the cache shifts)."""
+        first columns (they move when the cache shifts). With `reused` (a kept beginning of the prompt: its
+        tokens, keys and values per layer), the model computes only the tokens after it."""
         self.room(length, starts)
         at = max(self.t, length) - length
         self.t = max(self.t, length)
         self.valid[row] = False
         self.valid[row, at : at + length] = True
         self._call = ("prefill", row, at, length)
+        self._reused = reused
         return at
+
+    def columns(self, row: int, at: int, length: int) -> tuple[list[Any], list[Any]]:
+        """Views of row `row`'s keys and values at columns [at, at + length), per layer: [heads, length, dim]."""
+        return (
+            [tensor[row, :, at : at + length] for tensor in self.keys],
+            [tensor[row, :, at : at + length] for tensor in self.values],
+        )
 
     def step(self, count: int, starts: list[int]) -> int:
         """Ready the next token of rows 0..count-1; the column they go to."""
@@ -78,6 +95,7 @@ class RowCache:
         column = self.t
         self.valid[:count, column] = True
         self._call = ("step", count, column, 0)
+        self._reused = (0, [], [])
         self.t += 1
         return column
 

@@ -1,7 +1,8 @@
 """transformers + torch on CUDA or CPU, for Hugging Face safetensors folders, with continuous batching.
 
-One loop thread owns the model: it evaluates each admitted prompt alone (a prefill), then advances every active
-request by a token per forward pass, the batch of `slots` rows in one KV cache (rows.py). A request joins between
+One loop thread owns the model: it evaluates each admitted prompt alone (a prefill, of only what follows the longest
+beginning kept from an earlier prompt: prefixes.py), then advances every active request by a token per forward
+pass, the batch of `slots` rows in one KV cache (rows.py). A request joins between
 two steps and leaves at once; each has its own torch.Generator (a seeded answer repeats), its own penalties,
 constraint and cancel. The loop is rbee's own, not transformers' continuous batching, which draws every request
 from one generator: seeded answers would depend on what else was in the batch. torch's thread count is set in the
@@ -20,18 +21,20 @@ from typing import Any
 
 from rbee.api.calls import Constraint
 from rbee.api.wire import ChatMessage, FinishReason, SamplingOptions
+from rbee.spec import backends
 from rbee.worker.backends import (
     BackendError,
     Generation,
     handed_over,
     hf,
     masks,
+    prefixes,
     probabilities,
     rows,
     text_pieces,
 )
 
-DEFAULT_SLOTS = 4
+DEFAULT_SLOTS = backends.TORCH_SLOTS
 """Rows of the batch when hive.yaml names no `slots` (as for gguf)."""
 
 
@@ -83,6 +86,7 @@ class TorchBackend:
         self._cache_arg = "past_key_values"
         self._masks: masks.Masks | None = None
         self._cache: rows.RowCache | None = None
+        self._prefixes = prefixes.Prefixes()
         self._waiting: list[_Sequence] = []
         self._active: list[_Sequence] = []
         self._wake = threading.Condition()
@@ -206,19 +210,24 @@ class TorchBackend:
         self._active.append(sequence)
         length = len(sequence.ids)
         starts = [s.start for s in self._active[:-1]]
-        sequence.start = self._cache.prefill(sequence.row, length, starts)
+        kept = self._prefixes.find(sequence.ids)
+        reused = kept[0]
+        sequence.start = self._cache.prefill(sequence.row, length, starts, kept)
         self._moved(starts)
         device, dtype = self._torch_device(), self._model.dtype
-        causal = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+        # the tokens after the kept beginning see it and, causally, each other
+        causal = torch.full((length - reused, length), torch.finfo(dtype).min, dtype=dtype, device=device)
         out = self._model(
-            input_ids=torch.tensor([sequence.ids], device=device),
-            position_ids=torch.arange(length, device=device).unsqueeze(0),
-            attention_mask=causal[None, None],
+            input_ids=torch.tensor([sequence.ids[reused:]], device=device),
+            position_ids=torch.arange(reused, length, device=device).unsqueeze(0),
+            attention_mask=causal.triu(reused + 1)[None, None],
             use_cache=True,
             logits_to_keep=1,
             **{self._cache_arg: self._cache},
         )
         sequence.position = length
+        sequence.result.cached_tokens = reused
+        self._prefixes.keep(sequence.ids, *self._cache.columns(sequence.row, sequence.start, length))
         self._take(sequence, out.logits[0, -1, :].float())
 
     def _step(self) -> None:
@@ -291,8 +300,10 @@ class TorchBackend:
     # -- the rest ----------------------------------------------------------------------------------------------
 
     def _context(self) -> int:
+        """hive.yaml's `context` (or TORCH_CONTEXT), at most what the model was trained for: the bound the plan and
+        the preflight count its cache by."""
         largest = int(getattr(self._model.config, "max_position_embeddings", 2048))
-        return min(self.context_asked, largest) if self.context_asked else largest
+        return min(self.context_asked or backends.TORCH_CONTEXT, largest)
 
     def check_prompt(self, prompt: str) -> None:
         """A prompt that cannot fit the context is the client's 400 before the stream begins."""
@@ -315,6 +326,7 @@ class TorchBackend:
         if self._loop is not None:
             self._loop.join(timeout=10)
         self._model = self._tokenizer = self._cache = self._loop = None
+        self._prefixes.clear()
         try:
             import torch
 

@@ -28,17 +28,16 @@ from starlette.routing import Route
 from rbee import __version__, daemon
 from rbee.api import credentials, wire
 from rbee.api.hive_config import PID_NAME, HiveConfig
-from rbee.api.state import CatalogEntry, HiveState, WorkerShape
+from rbee.api.state import HiveState, WorkerShape
 from rbee.clients import tls
 from rbee.hive import config as hive_config
-from rbee.hive import detect, fencing, gguf, logs_api, provision
-from rbee.hive.catalog import Catalog, ModelRecord
+from rbee.hive import detect, fencing, logs_api, model_facts, provision
+from rbee.hive.catalog import Catalog
 from rbee.hive.fencing import Fence
 from rbee.hive.heartbeat import Heartbeat
 from rbee.hive.jobs import ProvisionJob
 from rbee.hive.supervisor import Supervisor, SupervisorError
 from rbee.spec import backends
-from rbee.spec.source import ModelFormat
 
 log = logging.getLogger("rbee.hive")
 """Seconds of silence after which a progress stream gets an SSE comment."""
@@ -72,27 +71,10 @@ class Hive:
             version=__version__,
             backends=tuple(b for b in self.supervisor.facts.engines if b in backends.TABLE),
             host=self.supervisor.facts,
-            catalog=tuple(self._entry(record) for record in self.catalog.models()),
+            catalog=tuple(model_facts.entry(record) for record in self.catalog.models()),
             workers=tuple(self.supervisor.infos()),
             model_dirs=hive_config.model_dirs(self.config),
         )
-
-    def _entry(self, record: ModelRecord) -> CatalogEntry:
-        """The catalog entry with what its gguf header says: what a worker of it costs per token of KV cache (so a
-        plan can show each start's memory against the free memory), and the model's architecture, quantization,
-        size in weights and trained context (`rbee models ls` and the web UI show them)."""
-        entry = record.entry()
-        found = gguf.header(Path(record.path)) if record.format == str(ModelFormat.GGUF) else None
-        if found is None:
-            return entry
-        facts = {
-            "kv_bytes_per_token": found.kv_bytes_per_token(),
-            "architecture": found.architecture,
-            "quantization": found.quantization,
-            "parameters": found.parameters or None,
-            "context_length": found.context_length,
-        }
-        return entry.model_copy(update=facts)
 
     async def read_free_memory(self) -> None:
         """Free memory as it is now, for a caller about to plan; heartbeats reuse the last reading."""

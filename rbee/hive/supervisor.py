@@ -19,10 +19,10 @@ from rbee.api.hive_config import HiveConfig
 from rbee.api.state import BACKEND_SHAPE, HostFacts, WorkerGroup, WorkerInfo, WorkerShape, WorkerState
 from rbee.clients.worker import WorkerClient
 from rbee.hive import config as hive_config
-from rbee.hive import detect, gguf, ports
+from rbee.hive import detect, model_facts, ports
 from rbee.hive.catalog import Catalog, ModelRecord
 from rbee.hive.launch import Launch, worker_command
-from rbee.spec import backends, placement
+from rbee.spec import placement
 
 log = logging.getLogger("rbee.hive")
 LOAD_TIMEOUT = 600.0
@@ -124,8 +124,8 @@ class Supervisor:
         try:
             backend = placement.choose_backend(record.name, record.kind, record.format, requested_backend, self.facts)
             place = placement.choose_device(requested_device, backend, detect.refresh_free(self.facts))
-            per_token = gguf.kv_bytes_per_token(Path(record.path)) if backend == str(backends.Backend.GGUF) else None
-            cache = placement.kv_cache(per_token, shape)
+            per_token, trained = model_facts.kv_facts(Path(record.path), backend)
+            cache = placement.kv_cache(per_token, shape, backend, place.id, trained)
             need = placement.footprint(record.size_bytes, cache)
             placement.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1), cache=cache)
         except placement.Refused as refusal:

@@ -29,8 +29,10 @@ class Ledger:
         if entry is None:
             return
         for worker in stopped:
-            per_token = entry.kv_bytes_per_token if worker.backend == str(backends.Backend.GGUF) else None
-            cache = placement.kv_cache(per_token, WorkerShape(worker.slots, shape.context))
+            shaped = WorkerShape(worker.slots, shape.context)
+            cache = placement.kv_cache(
+                entry.kv_bytes_per_token, shaped, worker.backend, worker.device, entry.context_length
+            )
             freed = placement.footprint(entry.size_bytes, cache)
             self.taken[worker.device] = self.taken.get(worker.device, 0) - freed
 
@@ -59,13 +61,12 @@ class Ledger:
             device = placement.choose_device(worker.device, backend, self.facts)
         except placement.Refused as refusal:
             return f"; the hive will refuse it: {refusal}"
-        per_token = entry.kv_bytes_per_token if backend == str(backends.Backend.GGUF) else None
-        cache = placement.kv_cache(per_token, worker.shape)
+        cache = placement.kv_cache(entry.kv_bytes_per_token, worker.shape, backend, device.id, entry.context_length)
         each = placement.footprint(entry.size_bytes, cache)
         parts = f"{human_size(placement.memory_needed(entry.size_bytes))} weights"
         if cache is not None:
-            parts += f" + {human_size(cache.bytes)} KV cache of {cache.slots} slots x {cache.context} tokens"
-        elif estimated and backend == str(backends.Backend.GGUF):
+            parts += f" + {cache.size} KV cache of {cache.slots} slots x {cache.context} tokens"
+        elif estimated and backend in (str(backends.Backend.GGUF), str(backends.Backend.TORCH)):
             parts += ", its KV cache known once it is fetched"
         need = each * count
         sizing = f"{count} x {human_size(each)} ({parts})" if count > 1 else f"{human_size(each)} ({parts})"

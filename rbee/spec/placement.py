@@ -107,15 +107,33 @@ class KvCache:
     slots: int
     context: int
     bytes: int
+    grows: bool = False
+    """Allocated as it fills (torch), `bytes` being the most it grows to; else allocated whole at the start."""
+
+    @property
+    def size(self) -> str:
+        return f"{'up to ' if self.grows else ''}{human_size(self.bytes)}"
 
 
-def kv_cache(per_token: int | None, shape: WorkerShape) -> KvCache | None:
-    """The KV cache a gguf worker of `shape` (hive.yaml's sizes or the backend's defaults) holds, from the bytes
-    one token takes (the model header tells); None when that is unknown."""
+def kv_cache(
+    per_token: int | None, shape: WorkerShape, backend: str, device: str = "cpu", trained: int | None = None
+) -> KvCache | None:
+    """The KV cache a worker of `shape` (hive.yaml's sizes or the backend's defaults) on `device` holds, from the
+    bytes one token takes (a gguf's header tells, in llama.cpp's f16 cache; a folder's config.json, in float32)
+    and the context the model was trained for; None for a backend without one, or when that is unknown."""
     if per_token is None:
         return None
-    slots, context = shape.slots or backends.GGUF_SLOTS, shape.context or backends.GGUF_CONTEXT
-    return KvCache(slots, context, per_token * slots * context)
+    if backend == str(backends.Backend.GGUF):
+        slots, context = shape.slots or backends.GGUF_SLOTS, shape.context or backends.GGUF_CONTEXT
+        return KvCache(slots, context, per_token * slots * context)
+    if backend == str(backends.Backend.TORCH):
+        slots = shape.slots or backends.TORCH_SLOTS
+        context = shape.context or backends.TORCH_CONTEXT
+        context = min(context, trained) if trained else context  # what the worker holds (torch.py's _context)
+        # rows of up to twice the context (worker/backends/rows.py); float16 off the CPU
+        held = per_token * slots * 2 * context // (1 if device == "cpu" else 2)
+        return KvCache(slots, context, held, grows=True)
+    return None
 
 
 def footprint(size_bytes: int, cache: KvCache | None) -> int:
@@ -132,7 +150,7 @@ def preflight(model: str, size_bytes: int, device: Device, reserved: int = 0, ca
         parts = ""
         if cache is not None:
             parts = (
-                f" ({human_size(memory_needed(size_bytes))} for its weights, {human_size(cache.bytes)} for a KV cache "
+                f" ({human_size(memory_needed(size_bytes))} for its weights, {cache.size} for a KV cache "
                 f"of {cache.slots} slots x {cache.context} tokens)"
             )
         fix = "lower workers[].slots or context, " if cache is not None else ""

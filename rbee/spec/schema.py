@@ -306,8 +306,8 @@ class WorkerSpec(Strict):
     )
     context: Annotated[int, Field(ge=256, le=1048576)] | None = Field(
         default=None,
-        description="Tokens of context per slot (gguf: default 4096; torch: the model's own); the KV cache holds "
-        "slots x context tokens.",
+        description="Tokens of context per slot (gguf: default 4096; torch: 4096, or the model's own where that is "
+        "less); the KV cache holds slots x context tokens (torch's grows as it fills, to twice that at most).",
     )
     threads: Annotated[int, Field(ge=1, le=256)] | None = Field(
         default=None,

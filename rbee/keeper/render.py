@@ -16,6 +16,7 @@ from rbee.api.state import CatalogEntry, HiveObservation
 from rbee.api.units import human_size
 from rbee.plan import render
 from rbee.plan.actions import Plan, Symbol
+from rbee.spec import backends
 from rbee.spec.schema import HiveFile
 
 # markup=False: what hives, workers and models say is printed as it is (a reason holding `[/INST]` is text).
@@ -45,11 +46,18 @@ def plan(the_plan: Plan, spec: HiveFile, unchanged: bool = True) -> None:
         out.print(Text(line.text, style=style or ""))
 
 
+def slots(worker: dict[str, Any]) -> str:
+    """How many requests a worker serves at once, and whether its backend could serve more from one model load."""
+    if worker["backend"] not in backends.BATCHES:
+        return "1, one at a time"
+    return str(worker.get("slots") or 1)
+
+
 def status(hives: list[dict[str, Any]]) -> None:
     """Hives, their catalogs and their workers, from `/v2/status` or an observation (as JSON)."""
     table = Table("hive", "status", "version", "reason", box=None)
     models = Table("hive", "model", "format", "size", "source", box=None)
-    workers = Table("hive", "worker", "model", "backend", "device", "state", "pid", "port", "reason", box=None)
+    workers = Table("hive", "worker", "model", "backend", "device", "slots", "state", "pid", "port", "reason", box=None)
     for hive in hives:
         state = hive.get("state") or {}
         colour = {"running": "green", "down": "yellow"}.get(hive["status"], "red")
@@ -67,6 +75,7 @@ def status(hives: list[dict[str, Any]]) -> None:
                 worker["model"],
                 worker["backend"],
                 worker["device"],
+                slots(worker),
                 worker["state"],
                 str(worker.get("pid") or ""),
                 str(worker.get("port") or ""),

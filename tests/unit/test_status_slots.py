@@ -9,5 +9,6 @@ from rbee.keeper import render
 def test_batching_backends_show_their_slots_and_the_others_say_one_at_a_time() -> None:
     assert render.slots({"backend": "gguf", "slots": 16}) == "16"
     assert render.slots({"backend": "torch", "slots": 4}) == "4"
-    assert render.slots({"backend": "mlx", "slots": 1}) == "1, one at a time"
+    assert render.slots({"backend": "mlx", "slots": 4}) == "4"
+    assert render.slots({"backend": "espeak", "slots": 1}) == "1, one at a time"
     assert render.slots({"backend": "ctransformers"}) == "1, one at a time"

@@ -6,7 +6,7 @@ import contextlib
 import importlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -154,6 +154,43 @@ def handed_over(
         if isinstance(item, BackendError):
             raise item
         yield item
+
+
+def joining(
+    wake: threading.Condition, waiting: list[Any], active: Sized, slots: int, closing: Callable[[], bool]
+) -> list[Any] | None:
+    """For a batch loop: wait (under `wake`) until a request is active or waiting, then the waiting ones that join
+    now, as many as the free slots take; None once the loop is closing."""
+    with wake:
+        while not closing() and not active and not waiting:
+            wake.wait()
+        if closing():
+            return None
+        joined: list[Any] = []
+        while waiting and len(active) + len(joined) < slots:
+            joined.append(waiting.pop(0))
+        return joined
+
+
+def served(
+    wake: threading.Condition,
+    waiting: list[Any],
+    sequence: Any,
+    stream: Iterable[bytes],
+    stop: Sequence[str],
+    result: Generation,
+) -> Iterator[str]:
+    """A request handed to a batch loop (appended to its `waiting`, under `wake`) and its text as the loop makes
+    it; once its reader stops (a stop string, a client gone) the loop is told to let it go at its next step."""
+    with wake:
+        waiting.append(sequence)
+        wake.notify()
+    try:
+        yield from text_pieces(stream, stop, result)
+    finally:
+        sequence.left = True
+        with wake:
+            wake.notify()
 
 
 def text_pieces(stream: Iterable[bytes], stop: Sequence[str], result: Generation) -> Iterator[str]:

@@ -39,7 +39,7 @@ from rbee.worker.backends import (
     penalties,
     prefixes,
     probabilities,
-    text_pieces,
+    served,
     vision,
 )
 
@@ -208,15 +208,8 @@ class GgufBackend:
         )
         sequence.penalties = adding if adding.active else None
         result.finish_reason = FinishReason.LENGTH
-        with self._wake:
-            self._waiting.append(sequence)
-            self._wake.notify()
-        try:
-            yield from text_pieces(handed_over(sequence.out, cancel, result), options.stop, result)
-        finally:
-            sequence.left = True  # a stop string, a reader that went away: the loop frees its slot next step
-            with self._wake:
-                self._wake.notify()
+        pieces = handed_over(sequence.out, cancel, result)
+        yield from served(self._wake, self._waiting, sequence, pieces, options.stop, result)
 
     def vocabulary_size(self) -> int | None:
         return self._model.n_vocab() if self._model is not None else None

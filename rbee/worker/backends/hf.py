@@ -3,11 +3,13 @@ templates, prompt encoding, the context check, and incremental detokenization.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rbee.api.wire import ChatMessage
-from rbee.worker.backends import BackendError, PromptTooLong
+from rbee.worker.backends import BackendError, Generation, PromptTooLong, handed_over
 
 
 def plain_chat(messages: Sequence[ChatMessage]) -> tuple[str, tuple[str, ...]]:
@@ -59,3 +61,12 @@ class TokenText:
             return ""
         self.prefix, self.read = self.read, len(self.tokens)
         return str(after[len(before) :])
+
+
+def token_texts(
+    tokenizer: Any, out: queue.SimpleQueue[Any], cancel: threading.Event, result: Generation
+) -> Iterator[bytes]:
+    """A batch loop's tokens for one request as text, detokenized here, in the request's own thread."""
+    text = TokenText(tokenizer)
+    for token in handed_over(out, cancel, result):
+        yield text.add(token).encode("utf-8")

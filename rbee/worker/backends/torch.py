@@ -25,13 +25,13 @@ from rbee.spec import backends
 from rbee.worker.backends import (
     BackendError,
     Generation,
-    handed_over,
     hf,
+    joining,
     masks,
     prefixes,
     probabilities,
     rows,
-    text_pieces,
+    served,
 )
 
 DEFAULT_SLOTS = backends.TORCH_SLOTS
@@ -154,21 +154,8 @@ class TorchBackend:
         matcher = masking.matcher(options.constraint) if masking is not None and options.constraint else None
         limit = min(options.max_tokens, context - len(ids))
         sequence = _Sequence(ids, limit, options, cancel, result, generator, matcher)
-        with self._wake:
-            self._waiting.append(sequence)
-            self._wake.notify()
-        try:
-            yield from text_pieces(self._read(sequence), options.stop, result)
-        finally:
-            sequence.left = True  # a stop string, a reader that went away: the loop frees its row next step
-            with self._wake:
-                self._wake.notify()
-
-    def _read(self, sequence: _Sequence) -> Iterator[bytes]:
-        """A sequence's text as the loop hands its tokens over (detokenized here, in the request's own thread)."""
-        text = hf.TokenText(self._tokenizer)
-        for token in handed_over(sequence.out, sequence.cancel, sequence.result):
-            yield text.add(token).encode("utf-8")
+        tokens = hf.token_texts(self._tokenizer, sequence.out, cancel, result)
+        yield from served(self._wake, self._waiting, sequence, tokens, options.stop, result)
 
     # -- the batch loop ----------------------------------------------------------------------------------------
 
@@ -177,22 +164,17 @@ class TorchBackend:
 
         torch.set_num_threads(self.threads)
         while True:
-            with self._wake:
-                while not self._closing and not self._active and not self._waiting:
-                    self._wake.wait()
-                if self._closing:
-                    break
-                joining: list[_Sequence] = []
-                while self._waiting and len(self._active) + len(joining) < self.slots:
-                    joining.append(self._waiting.pop(0))
+            joined = joining(self._wake, self._waiting, self._active, self.slots, lambda: self._closing)
+            if joined is None:
+                break
             try:
                 with torch.inference_mode():
-                    for sequence in joining:
+                    for sequence in joined:
                         self._prefill(sequence)
                     self._step()
             except Exception as error:  # a failed forward pass ends every request in it, never the loop
                 failure = BackendError(f"torch failed: {error}")
-                for sequence in dict.fromkeys([*joining, *self._active]):
+                for sequence in dict.fromkeys([*joined, *self._active]):
                     self._finish(sequence, failure)
         for sequence in self._active + self._waiting:
             sequence.out.put(BackendError("the worker is stopping"))

@@ -125,6 +125,7 @@ class Supervisor:
             backend = placement.choose_backend(record.name, record.kind, record.format, requested_backend, self.facts)
             place = placement.choose_device(requested_device, backend, detect.refresh_free(self.facts))
             per_token, trained = model_facts.kv_facts(Path(record.path), backend)
+            shape = placement.fitted(record.size_bytes, per_token, shape, backend, place, trained, replicas)
             cache = placement.kv_cache(per_token, shape, backend, place.id, trained)
             need = placement.footprint(record.size_bytes, cache)
             placement.preflight(record.name, record.size_bytes, place, reserved=need * (replicas - 1), cache=cache)

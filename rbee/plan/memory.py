@@ -61,18 +61,23 @@ class Ledger:
             device = placement.choose_device(worker.device, backend, self.facts)
         except placement.Refused as refusal:
             return f"; the hive will refuse it: {refusal}"
-        cache = placement.kv_cache(entry.kv_bytes_per_token, worker.shape, backend, device.id, entry.context_length)
+        free = device.memory_free - self.taken.get(device.id, 0)
+        per_token, trained = entry.kv_bytes_per_token, entry.context_length
+        room = device.model_copy(update={"memory_free": max(free, 0)})
+        shape = placement.fitted(entry.size_bytes, per_token, worker.shape, backend, room, trained, count)
+        cache = placement.kv_cache(per_token, shape, backend, device.id, trained)
         each = placement.footprint(entry.size_bytes, cache)
         parts = f"{human_size(placement.memory_needed(entry.size_bytes))} weights"
         if cache is not None:
             parts += f" + {cache.size} KV cache of {cache.slots} slots x {cache.context} tokens"
+            if shape.slots != worker.shape.slots:
+                parts += ", as many slots as fit"
         elif estimated and backend in (str(backends.Backend.GGUF), str(backends.Backend.TORCH)):
             parts += ", its KV cache known once it is fetched"
         need = each * count
         sizing = f"{count} x {human_size(each)} ({parts})" if count > 1 else f"{human_size(each)} ({parts})"
         if not device.memory_free:
             return f"; needs about {sizing} on {device.id} (its free memory is not known)"
-        free = device.memory_free - self.taken.get(device.id, 0)
         others = " after the starts above" if free < device.memory_free else ""
         if free > device.memory_free:
             others = " once the stops it waits for free theirs"

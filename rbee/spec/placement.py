@@ -136,6 +136,30 @@ def kv_cache(
     return None
 
 
+def fitted(
+    size_bytes: int,
+    per_token: int | None,
+    shape: WorkerShape,
+    backend: str,
+    device: Device,
+    trained: int | None = None,
+    replicas: int = 1,
+) -> WorkerShape:
+    """`shape` with the slots hive.yaml leaves to the backend made what fits: the backend's default, or fewer (not
+    below one) where `replicas` workers with that many slots' KV cache would not fit in `device`'s free memory.
+    Slots hive.yaml names are kept as they are (the preflight refuses them if they do not fit)."""
+    if shape.slots is not None or not device.memory_free:
+        return shape
+    usual = kv_cache(per_token, shape, backend, device.id, trained)
+    if usual is None:
+        return shape
+    room = device.memory_free // max(replicas, 1) - memory_needed(size_bytes)
+    per_slot = usual.bytes // usual.slots
+    if per_slot <= 0 or room >= usual.bytes:
+        return shape
+    return shape._replace(slots=max(1, min(usual.slots, room // per_slot)))
+
+
 def footprint(size_bytes: int, cache: KvCache | None) -> int:
     """What one worker takes on its device: the weights with runtime buffers, and its KV cache."""
     return memory_needed(size_bytes) + (cache.bytes if cache else 0)

@@ -301,8 +301,9 @@ class WorkerSpec(Strict):
     idle_timeout: Seconds | None = Field(default=None, description="Overrides the model's idle_timeout.")
     slots: Annotated[int, Field(ge=1, le=256)] | None = Field(
         default=None,
-        description="Requests each worker serves at once from one model load (continuous batching; gguf and "
-        "torch: default 4). Backends that cannot batch serve one. Applies to workers started after it changes.",
+        description="Requests each worker serves at once from one model load (continuous batching; gguf, torch "
+        "and mlx: default 4, or as many as the device's free memory holds the KV cache of). Backends that cannot "
+        "batch serve one. Applies to workers started after it changes.",
     )
     context: Annotated[int, Field(ge=256, le=1048576)] | None = Field(
         default=None,

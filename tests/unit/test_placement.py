@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from rbee.api.state import HostFacts
+from rbee.api.state import Device, HostFacts, WorkerShape
 from rbee.hive import detect
 from rbee.spec import placement
+from rbee.spec.placement import fitted
 
 PROFILES = Path(__file__).parent / "host_profiles"
 GB = 1_000_000_000
@@ -143,3 +144,23 @@ def test_a_mac_with_an_hf_folder_gets_mlx_and_a_cuda_box_torch() -> None:
     assert backends.extras([hf_folder], None, profile("mac-m2-pro").has("metal")) == ("mlx",)
     assert backends.extras([hf_folder], None, profile("cuda-4x-a100").has("metal")) == ("torch",)
     assert backends.extras([hf_folder], ["gguf", "embed"], True) == ("embed", "gguf"), "pinned backends win"
+
+
+def test_slots_left_to_the_backend_are_as_many_as_fit() -> None:
+    """The hive's preflight and the plan size a group that names no slots the same way: the backend's default (4)
+    where it fits, else as many slots as the free memory holds for each replica, never fewer than one."""
+    per_token = 1_000_000  # 4.1 GB a slot of 4096 tokens
+    weights = 100_000_000
+    roomy = Device(id="cpu", kind="cpu", memory_total=64 << 30, memory_free=40_000_000_000)
+    tight = Device(id="cpu", kind="cpu", memory_total=16 << 30, memory_free=10_000_000_000)
+    unknown = Device(id="cpu", kind="cpu")
+    left = WorkerShape()
+    assert fitted(weights, per_token, left, "gguf", roomy).slots is None  # the default 4 fits
+    assert fitted(weights, per_token, left, "gguf", tight).slots == 2
+    assert fitted(weights, per_token, left, "gguf", tight, replicas=2).slots == 1
+    assert fitted(weights, per_token, left, "gguf", tight, replicas=5).slots == 1  # one, refused by the preflight
+    assert fitted(weights, per_token, WorkerShape(slots=4), "gguf", tight).slots == 4  # named: kept
+    assert fitted(weights, per_token, left, "gguf", unknown).slots is None
+    assert fitted(weights, None, left, "gguf", tight).slots is None  # cost per token unknown
+    assert fitted(weights, per_token, WorkerShape(context=1024), "gguf", tight).slots is None  # 4 x 1024 fit
+    assert fitted(weights, per_token // 2, left, "torch", tight, trained=8192).slots == 2  # float32 rows of 2 x 4096

@@ -26,6 +26,9 @@ Streamed = wire.ExecuteRequest | audio_wire.SpeakRequest | images.ImageRequest
 """The requests a worker answers as a stream."""
 TAIL = 8
 """Chunks of a stream kept to find its end comment in."""
+KEEP_IDLE = 4.0
+"""Seconds an idle connection to a worker is used again: less than the 5 s after which a worker (uvicorn) closes
+one, so a request never goes out on a connection its worker is closing (the worker would look lost)."""
 
 
 class WorkerCallError(Exception):
@@ -45,7 +48,7 @@ class WorkerClient:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._streams = http1.Pool(tls.context)
+        self._streams = http1.Pool(tls.context, keep_idle=KEEP_IDLE)
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:

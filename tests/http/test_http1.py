@@ -214,3 +214,17 @@ async def test_a_header_value_cannot_break_the_request_line() -> None:
     pool = http1.Pool(no_tls)
     with pytest.raises(ValueError, match="line break"):
         await pool.post("http://127.0.0.1:9/v1/execute", b"{}", {"Authorization": "Bearer x\r\nX-Evil: 1"})
+
+
+async def test_a_connection_idle_past_keep_idle_is_not_used_again() -> None:
+    """Workers close a connection idle for 5 s; the pool lets one go sooner, so no request races that close."""
+    pool = http1.Pool(no_tls, keep_idle=0.2)
+    server = Server(answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"))
+    async with server as url:
+        assert await (await pool.post(f"{url}/v1/execute", b"{}", {})).read() == b"ok"
+        assert await (await pool.post(f"{url}/v1/execute", b"{}", {})).read() == b"ok"
+        assert server.connections == 1
+        await asyncio.sleep(0.3)
+        assert await (await pool.post(f"{url}/v1/execute", b"{}", {})).read() == b"ok"
+        assert server.connections == 2
+    pool.close()

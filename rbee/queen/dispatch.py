@@ -296,6 +296,7 @@ class Dispatcher:
             else:
                 exchange.tokens = int(end.get("completion_tokens", 0))
                 exchange.prompt_tokens = int(end.get("prompt_tokens", 0))
+                exchange.cached_tokens = int(end.get("cached_tokens", 0))
                 if end.get("error"):
                     exchange.failed(502, str(end["error"]))
         finally:
@@ -335,6 +336,7 @@ class Dispatcher:
             else:
                 exchange.tokens = int(end.get("completion_tokens", 0))
                 exchange.prompt_tokens = int(end.get("prompt_tokens", 0))
+                exchange.cached_tokens = int(end.get("cached_tokens", 0))
         except WorkerCallError as failure:
             exchange.failed(502, str(failure))
             raise ClientError(502, str(failure), "api_error", failure.code) from None

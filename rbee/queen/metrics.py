@@ -64,6 +64,15 @@ class Metrics:
             "rbee_requests", "Requests by model and HTTP status.", ["model", "status"], registry=self.registry
         )
         self.tokens = Counter("rbee_tokens_generated", "Tokens generated, by model.", ["model"], registry=self.registry)
+        self.prompt_tokens = Counter(
+            "rbee_prompt_tokens", "Prompt tokens read, by model.", ["model"], registry=self.registry
+        )
+        self.cached_tokens = Counter(
+            "rbee_prompt_tokens_cached",
+            "Of the prompt tokens, those a worker found in its prefix cache and did not evaluate again, by model.",
+            ["model"],
+            registry=self.registry,
+        )
         self.ttft = Histogram(
             "rbee_time_to_first_token_seconds",
             "From arrival to the first token.",
@@ -124,6 +133,8 @@ class Exchange:
     status: int = 200
     tokens: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0
+    """Of the prompt's tokens, those its worker found cached (its end comment says)."""
     error: str | None = None
 
     def failed(self, status: int, error: str) -> None:
@@ -137,6 +148,10 @@ def record(metrics: Metrics, exchange: Exchange) -> None:
     metrics.one(metrics.requests, model, str(exchange.status)).inc()
     if exchange.tokens:
         metrics.one(metrics.tokens, model).inc(exchange.tokens)
+    if exchange.prompt_tokens:
+        metrics.one(metrics.prompt_tokens, model).inc(exchange.prompt_tokens)
+    if exchange.cached_tokens:
+        metrics.one(metrics.cached_tokens, model).inc(exchange.cached_tokens)
     first = exchange.first_byte - exchange.started if exchange.first_byte is not None else None
     between = (
         (now - exchange.first_byte) / (exchange.tokens - 1) if exchange.first_byte and exchange.tokens > 1 else None
@@ -158,6 +173,8 @@ def record(metrics: Metrics, exchange: Exchange) -> None:
                 "worker": exchange.worker,
                 "status": exchange.status,
                 "tokens": exchange.tokens,
+                "prompt_tokens": exchange.prompt_tokens,
+                "cached_tokens": exchange.cached_tokens,
                 "queued_ms": round(exchange.queued * 1000, 2),
                 "ttft_ms": ttft,
                 "duration_ms": round((now - exchange.started) * 1000, 2),

@@ -268,3 +268,25 @@ def test_zz_destroy_leaves_no_process(fleet: Fleet) -> None:
     assert "No rbee process remains." in result.stdout
     assert fleet.ours() == []
     assert not (Path(fleet.root) / "hive" / "hive.pid").exists()
+
+
+def cached_prompt_tokens(fleet: Fleet) -> float:
+    metrics = httpx.get(f"{fleet.queen_url}/metrics", headers=fleet.keyed).text
+    found = re.search(r'rbee_prompt_tokens_cached_total\{model="smollm2"\} ([0-9.]+)', metrics)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_shared_system_prompt_is_read_once_and_the_metrics_say_so(fleet: Fleet, client: openai.OpenAI) -> None:
+    """Prefix routing sends both questions to the replica that read the system prompt, whose slot still holds it:
+    the second evaluates only its own tokens, and the queen counts what was reused."""
+    # longer than the 512 characters prefix routing hashes, so both questions hash alike
+    system = "You are the help desk of a bicycle shop. Answer in one short sentence and never promise dates. " * 6
+    before = cached_prompt_tokens(fleet)
+    for question in ("When are you open?", "Do you repair tyres?"):
+        client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            max_tokens=4,
+            temperature=0,
+        )
+    assert cached_prompt_tokens(fleet) - before >= 100

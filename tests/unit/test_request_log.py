@@ -31,7 +31,9 @@ def test_each_request_is_one_line_in_the_logs_format_and_counted_once() -> None:
     counted.log_stream = io.StringIO()
     metrics.record(counted, finished("a"))
     metrics.record(counted, finished("b", status=502, tokens=0))
-    metrics.record(counted, finished("c"))
+    reused = finished("c")
+    reused.prompt_tokens, reused.cached_tokens = 40, 32  # a prompt whose beginning the worker held
+    metrics.record(counted, reused)
     lines = counted.log_stream.getvalue().splitlines()
     assert len(lines) == 3
     found = [LINE.match(line) for line in lines]
@@ -40,12 +42,15 @@ def test_each_request_is_one_line_in_the_logs_format_and_counted_once() -> None:
     assert [r["id"] for r in records] == ["a", "b", "c"]
     assert records[1]["status"] == 502 and records[1]["error"] == "the worker went away"
     assert records[0]["ttft_ms"] == pytest.approx(10.0, abs=0.01)
+    assert (records[2]["prompt_tokens"], records[2]["cached_tokens"]) == (40, 32)
     stamp = lines[0][:19]
     assert abs(time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) - time.time()) < 5
     exported = counted.render().decode()
     assert 'rbee_requests_total{model="smollm2",status="200"} 2.0' in exported
     assert 'rbee_requests_total{model="smollm2",status="502"} 1.0' in exported
     assert 'rbee_tokens_generated_total{model="smollm2"} 10.0' in exported
+    assert 'rbee_prompt_tokens_total{model="smollm2"} 40.0' in exported
+    assert 'rbee_prompt_tokens_cached_total{model="smollm2"} 32.0' in exported
     assert 'rbee_time_to_first_token_seconds_count{model="smollm2"} 3.0' in exported
 
 

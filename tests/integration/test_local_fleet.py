@@ -260,16 +260,6 @@ def test_rbee_logs_follows_new_lines_until_interrupted(fleet: Fleet) -> None:
     assert following.returncode == 0
 
 
-def test_zz_destroy_leaves_no_process(fleet: Fleet) -> None:
-    before = fleet.ours()
-    assert len(before) == 4, before  # queen, hive, two workers
-    result = fleet.rbee("destroy", str(fleet.spec), "--yes")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "No rbee process remains." in result.stdout
-    assert fleet.ours() == []
-    assert not (Path(fleet.root) / "hive" / "hive.pid").exists()
-
-
 def cached_prompt_tokens(fleet: Fleet) -> float:
     metrics = httpx.get(f"{fleet.queen_url}/metrics", headers=fleet.keyed).text
     found = re.search(r'rbee_prompt_tokens_cached_total\{model="smollm2"\} ([0-9.]+)', metrics)
@@ -290,3 +280,13 @@ def test_a_shared_system_prompt_is_read_once_and_the_metrics_say_so(fleet: Fleet
             temperature=0,
         )
     assert cached_prompt_tokens(fleet) - before >= 100
+
+
+def test_zz_destroy_leaves_no_process(fleet: Fleet) -> None:
+    before = fleet.ours()
+    assert len(before) == 4, before  # queen, hive, two workers
+    result = fleet.rbee("destroy", str(fleet.spec), "--yes")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No rbee process remains." in result.stdout
+    assert fleet.ours() == []
+    assert not (Path(fleet.root) / "hive" / "hive.pid").exists()

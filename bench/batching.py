@@ -3,6 +3,11 @@ the same worker with one slot (which serves them one after another, as the queen
 and against the engine's own batched loop in process (no HTTP, no worker: the ceiling); and the time to the first
 token of a request whose 1,000-token prefix another request evaluated before it (cached) or nobody did (cold).
 
+A stream is a client that sends its next request as soon as its last one ends (REQUESTS per stream), so requests
+join and leave the batch while it runs, as a served model's do. A single burst of 8 requests measures how unequal
+their lengths are as much as batching: the last answer to end runs alone, at a one-token step's cost, while the
+1-slot worker pays only for tokens. The burst is still printed, as the line before the RESULT.
+
 Every level sends the same seeded requests, so all three answer with the same tokens (seeded answers do not
 depend on what else is in the batch; tests/http/test_gguf_batching.py checks it).
 
@@ -52,6 +57,8 @@ from tests.servers import free_port  # noqa: E402
 LEVELS = (1, 2, 4, 8, 16)
 SLOTS = 16
 TURNS = 3
+REQUESTS = 4
+"""Requests each stream sends, one after another."""
 """Paired turns at 8 streams; each ratio is their median."""
 CONTEXT = 2048
 THREADS = 2
@@ -94,22 +101,26 @@ class Worker:
 
     def stream(self, body: dict[str, object]) -> tuple[int, float]:
         """Completion tokens and seconds to the first token of one request."""
-        return asyncio.run(self._streams([body], together=True))[0]
+        return asyncio.run(self._streams([body], 1))[0]
 
-    def rate(self, work: list[dict[str, object]], together: bool) -> float:
-        """Tokens per second over `work`, sent all at once or one after another."""
+    def rate(self, work: list[dict[str, object]], streams: int) -> float:
+        """Tokens per second over `work`, sent by `streams` clients that each send their next request when their
+        last one ends."""
         started = time.perf_counter()
-        done = asyncio.run(self._streams(work, together))
+        done = asyncio.run(self._streams(work, streams))
         return sum(tokens for tokens, _ in done) / (time.perf_counter() - started)
 
-    async def _streams(self, work: list[dict[str, object]], together: bool) -> list[tuple[int, float]]:
+    async def _streams(self, work: list[dict[str, object]], streams: int) -> list[tuple[int, float]]:
         # One event loop reads every stream: eight threads of a blocking client took a tenth of this 2-core
         # machine's CPU from the worker they measured (8 streams: 152-179 tok/s read that way, 179-215 this way).
         timeout = aiohttp.ClientTimeout(total=600)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            if together:
-                return list(await asyncio.gather(*(self._one(session, body) for body in work)))
-            return [await self._one(session, body) for body in work]
+
+            async def client(share: list[dict[str, object]]) -> list[tuple[int, float]]:
+                return [await self._one(session, body) for body in share]
+
+            shares = await asyncio.gather(*(client(work[k::streams]) for k in range(streams)))
+            return [done for share in shares for done in share]
 
     async def _one(self, session: aiohttp.ClientSession, body: dict[str, object]) -> tuple[int, float]:
         started, first = time.perf_counter(), None
@@ -132,18 +143,20 @@ class Worker:
             self.process.kill()
 
 
-def concurrently(work: list[object], run: object) -> float:
-    """Run `run(item)` for every item at once; tokens per second over all of them."""
+def concurrently(work: list[object], streams: int, run: object) -> float:
+    """Run `run(item)` for every item from `streams` threads, each taking its next item when its last one ends;
+    tokens per second over all of them."""
     counts: list[int] = []
     lock = threading.Lock()
 
-    def one(item: object) -> None:
-        tokens = run(item)  # type: ignore[operator]
-        with lock:
-            counts.append(int(tokens))
+    def client(share: list[object]) -> None:
+        for item in share:
+            tokens = run(item)  # type: ignore[operator]
+            with lock:
+                counts.append(int(tokens))
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(item,)) for item in work]
+    threads = [threading.Thread(target=client, args=(work[k::streams],)) for k in range(streams)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -199,18 +212,19 @@ def main() -> None:
         for warm in (single.stream, batched.stream, generate):
             warm({"prompt": "warm up", "max_tokens": 4})
 
-        def turn(level: int, batched: Worker) -> tuple[float, float, float]:
+        def turn(level: int, batched: Worker, requests: int = REQUESTS) -> tuple[float, float, float]:
             """The three, one right after another, on the same requests: this machine's speed moves by a fifth
             from minute to minute, so each ratio compares measurements seconds apart, not minutes."""
-            work = bodies(level, args.tokens)
+            work = bodies(level * requests, args.tokens)
             return (
-                single.rate(work, together=False),
-                batched.rate(work, together=True),
-                concurrently(list(work), generate),
+                single.rate(work, streams=1),
+                batched.rate(work, streams=level),
+                concurrently(list(work), level, generate),
             )
 
         table = {level: turn(level, batched) for level in LEVELS}
         turns = [table[8], *(turn(8, batched) for _ in range(TURNS - 1))]
+        burst = turn(8, batched, requests=1)
         if args.backend != "mlx":  # mlx keeps no prefix cache
             cold = batched.stream({"prompt": PREFIX + "What grows first?", "max_tokens": 4})[1]
             cached = batched.stream({"prompt": PREFIX + "What is picked last?", "max_tokens": 4})[1]
@@ -229,6 +243,11 @@ def main() -> None:
     vs_inprocess = statistics.median(together / ceiling for _, together, ceiling in turns)
     agg = [statistics.median(values) for values in zip(*turns, strict=True)]
     print(f"8 streams, {TURNS} turns: " + ", ".join(f"{a:.1f}/{b:.1f}/{c:.1f}" for a, b, c in turns))
+    alone, together, ceiling = burst
+    print(
+        f"one burst of 8 requests: 1-slot worker {alone:.1f} tok/s, {SLOTS}-slot worker {together:.1f}, "
+        f"in process {ceiling:.1f} ({together / alone:.2f}x the 1-slot worker)"
+    )
     met = vs_single >= 2.0 and vs_inprocess >= 0.85
     prefix = "ttft_cold_ms=n/a ttft_cached_ms=n/a ttft_ratio=n/a"
     if cold:

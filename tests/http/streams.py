@@ -1,11 +1,14 @@
-"""Reading a worker's SSE stream in tests, and cancelling it part-way."""
+"""Reading a worker's SSE stream in tests, cancelling it part-way, and asking for an answer that does not end."""
 
 from __future__ import annotations
 
 import json
 import threading
 
+import llama_cpp
 from starlette.testclient import TestClient
+
+from rbee.worker.backends.gguf import GgufBackend
 
 
 def cancel_after(
@@ -33,3 +36,11 @@ def cancel_after(
     reader.start()
     reader.join(timeout=60)
     return seen
+
+
+def endless(engine: GgufBackend) -> list[list[float]]:
+    """A logit_bias that bans every token that ends a generation, for a request that must run to max_tokens or be
+    cut: how long a seeded answer runs depends on the llama.cpp build's numerics and on what its KV cache held."""
+    vocab = llama_cpp.llama_model_get_vocab(engine._model.model)
+    tokens = range(engine._model.n_vocab())
+    return [[token, -100] for token in tokens if llama_cpp.llama_vocab_is_eog(vocab, token)]

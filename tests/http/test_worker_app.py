@@ -15,11 +15,9 @@ from rbee.api.state import WorkerState
 from rbee.worker.backends.gguf import GgufBackend
 from rbee.worker.runtime import release
 from rbee.worker.server import Runtime, WorkerOptions, create_app
-from tests.http.streams import cancel_after
+from tests.http.streams import cancel_after, endless
 
 TOKEN = {"Authorization": "Bearer w-token"}
-LONG = 3
-"""A seed with which SmolLM2 writes its long essay past 200 tokens (most seeds end it within 80)."""
 
 
 def options(path: Path) -> WorkerOptions:
@@ -94,10 +92,12 @@ def test_stop_strings_end_the_text(client: tuple[TestClient, Runtime]) -> None:
     assert " 8" not in text and stream[-1][1]["finish_reason"] == "stop"
 
 
-def test_cancel_stops_within_a_token(client: tuple[TestClient, Runtime]) -> None:
+def test_cancel_stops_within_a_token(client: tuple[TestClient, Runtime], engine: GgufBackend) -> None:
     test_client, runtime = client
     seen = cancel_after(
-        test_client, TOKEN, {"request_id": "r-1", "prompt": "Write a long essay.", "max_tokens": 400, "seed": LONG}
+        test_client,
+        TOKEN,
+        {"request_id": "r-1", "prompt": "Write a long essay.", "max_tokens": 400, "logit_bias": endless(engine)},
     )
     assert seen[-1] == -1, "the stream ends with a cancelled done event"
     assert len(seen) <= 3 + 2, f"at most one token after the cancel: {seen}"
@@ -144,12 +144,19 @@ def test_the_workers_credential_is_required(client: tuple[TestClient, Runtime]) 
     assert test_client.get("/health").status_code == 200
 
 
-def test_a_worker_stopped_mid_answer_ends_with_an_error_not_a_finish(client: tuple[TestClient, Runtime]) -> None:
+def test_a_worker_stopped_mid_answer_ends_with_an_error_not_a_finish(
+    client: tuple[TestClient, Runtime], engine: GgufBackend
+) -> None:
     """Scale-down, parking and destroy stop a worker through /v1/admin/shutdown: its client must not read a cut
     answer as a complete one."""
     test_client, _ = client
     seen: list[tuple[str | None, dict[str, object]]] = []
-    body = {"prompt": "Write a long essay.", "max_tokens": 400, "format": "openai-completion", "seed": LONG}
+    body = {
+        "prompt": "Write a long essay.",
+        "max_tokens": 400,
+        "format": "openai-completion",
+        "logit_bias": endless(engine),
+    }
     with test_client.stream("POST", "/v1/execute", json={**body, "format": "rbee"}, headers=TOKEN) as reply:
         lines = reply.iter_lines()
         for line in lines:
@@ -163,12 +170,12 @@ def test_a_worker_stopped_mid_answer_ends_with_an_error_not_a_finish(client: tup
 
 
 def test_an_answer_past_its_time_limit_ends_with_an_error_and_frees_the_worker(
-    client: tuple[TestClient, Runtime],
+    client: tuple[TestClient, Runtime], engine: GgufBackend
 ) -> None:
     """The queen sends each request its model's request_timeout; a generation that runs past it is cut there and
     ends with a `time_limit` error, never a finish reason, and the worker takes the next request at once."""
     test_client, runtime = client
-    body = {"prompt": "Write a long essay.", "max_tokens": 2000, "time_limit": 0.3, "seed": LONG}
+    body = {"prompt": "Write a long essay.", "max_tokens": 2000, "time_limit": 0.3, "logit_bias": endless(engine)}
     started = time.monotonic()
     reply = test_client.post("/v1/execute", json=body, headers=TOKEN)
     took = time.monotonic() - started

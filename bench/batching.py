@@ -6,7 +6,7 @@ token of a request whose 1,000-token prefix another request evaluated before it 
 A stream is a client that sends its next request as soon as its last one ends (REQUESTS per stream), so requests
 join and leave the batch while it runs, as a served model's do. A single burst of 8 requests measures how unequal
 their lengths are as much as batching: the last answer to end runs alone, at a one-token step's cost, while the
-1-slot worker pays only for tokens. The burst is still printed, as the line before the RESULT.
+1-slot worker pays only for tokens. The burst is still measured and printed on a line of its own.
 
 Every level sends the same seeded requests, so all three answer with the same tokens (seeded answers do not
 depend on what else is in the batch; tests/http/test_gguf_batching.py checks it).
@@ -57,9 +57,9 @@ from tests.servers import free_port  # noqa: E402
 LEVELS = (1, 2, 4, 8, 16)
 SLOTS = 16
 TURNS = 3
+"""Paired turns at 8 streams; each ratio is their median."""
 REQUESTS = 4
 """Requests each stream sends, one after another."""
-"""Paired turns at 8 streams; each ratio is their median."""
 CONTEXT = 2048
 THREADS = 2
 PREFIX = "Notes from the orchard, season by season. " * 110  # ~1,000 tokens
